@@ -1,0 +1,47 @@
+# Quick start: `make demo` and `make test`. Both bootstrap everything they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup venv stack-install demo test test-unit lint format bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install the package (fast when nothing changed)
+
+stack-install: venv ## Install Postgres/Adminer/Java packages and fetch the Kafka/Debezium/Apicurio jars
+	$(BIN)/streaming-ml stack install
+
+setup: venv stack-install ## Everything: venv, system packages, jars (idempotent)
+
+demo: setup ## Run the end-to-end demo (Ctrl-C stops everything)
+	$(BIN)/streaming-ml demo
+
+test: setup ## Run the whole test suite against real components
+	$(BIN)/pytest
+
+test-unit: venv ## Unit tests only (start nothing)
+	$(BIN)/pytest tests/unit
+
+lint: venv ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## Full benchmark (see docs/performance.md)
+	$(BIN)/streaming-ml bench --out bench-results.json --plot bench-latency.png
+
+clean: ## Stop the local stack and remove its state (keeps downloaded jars)
+	-$(BIN)/streaming-ml stack down --purge

@@ -1,0 +1,80 @@
+"""All settings in one pydantic-settings object, read from ``SML_*`` environment variables.
+
+Only entry points (the CLI, ``service.py``, test fixtures) build a ``Settings``;
+library code receives the values it needs as arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SML_", extra="ignore")
+
+    # Where things live.
+    host: str = Field("127.0.0.1", description="Interface every local listener binds to")
+    state_dir: Path = Field(REPO_ROOT / ".stack", description="Stack state: data dirs, logs, secrets")
+    dist_dir: Path = Field(
+        REPO_ROOT / ".stack" / "dist",
+        description="Downloaded jars (Kafka, Connect, Debezium, Apicurio); shared by all state dirs",
+    )
+
+    # Ports of the local stack (conventional defaults).
+    postgres_port: int = 5432
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    registry_port: int = 8081
+    connect_port: int = 8083
+    adminer_port: int = 8080
+    service_port: int = 3000
+    bridge_metrics_port: int = 9400
+
+    # Names used everywhere: code, connector configs, README, compose.
+    database: str = "cars"
+    listings_table: str = "car_listings"
+    predictions_table: str = "car_price_predictions"
+    topic_prefix: str = "cars"
+    predictions_topic: str = "car_price_predictions"
+    dlq_topic: str = "car_listings.dlq"
+    source_connector: str = "car-listings-source"
+    sink_connector: str = "car-price-predictions-sink"
+    consumer_group: str = "streaming-ml-bridge"
+
+    # Model and service.
+    model_name: str = Field("ford_price", description="BentoML model name; tag is name:version")
+    service_url: str | None = Field(None, description="Prediction service base URL")
+    request_timeout_s: float = 5.0
+
+    # Bridge micro-batching.
+    batch_max_events: int = Field(500, description="Max events per model call")
+    batch_linger_ms: int = Field(20, description="Max wait to fill a batch")
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @property
+    def listings_topic(self) -> str:
+        return f"{self.topic_prefix}.public.{self.listings_table}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def registry_url(self) -> str:
+        """Confluent-compatible API of the Apicurio registry."""
+        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://{self.host}:{self.connect_port}"
+
+    @property
+    def prediction_url(self) -> str:
+        return self.service_url or f"http://{self.host}:{self.service_port}"

@@ -1,0 +1,29 @@
+"""One root exception; every message says what failed and what to do about it."""
+
+
+class StreamingMLError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(StreamingMLError):
+    """A setting is missing or inconsistent."""
+
+
+class DataError(StreamingMLError):
+    """Input data cannot be read or does not fit the listing schema."""
+
+
+class ModelNotFoundError(StreamingMLError):
+    """No trained model exists in the BentoML model store."""
+
+
+class StackError(StreamingMLError):
+    """A local stack component could not be installed, started, or reached."""
+
+
+class ConnectorError(StreamingMLError):
+    """A Kafka Connect connector could not be registered or is not running."""
+
+
+class ServiceUnavailableError(StreamingMLError):
+    """The prediction service did not answer in time."""

@@ -1,0 +1,55 @@
+"""Structured logging, configured once at the entry point.
+
+Library modules only call ``logging.getLogger(__name__)`` and pass context as
+``extra={...}``; this formatter renders it as ``key=value`` pairs (or JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def _context(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [f"{stamp}.{int(record.msecs):03d}", record.levelname.lower(), record.name]
+        parts.append(record.getMessage())
+        parts.extend(f"{k}={v}" for k, v in _context(record).items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, object] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_context(record),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
+    """Route all package logs to stderr; stdout stays free for command output."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("urllib3", "httpx", "httpcore", "matplotlib", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
