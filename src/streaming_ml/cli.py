@@ -16,7 +16,11 @@ from streaming_ml.config import Settings
 from streaming_ml.exceptions import StreamingMLError
 from streaming_ml.logging import configure_logging
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="CDC-driven model serving: Postgres -> Debezium -> Kafka -> BentoML -> Kafka -> Postgres.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 stack_app = typer.Typer(help="Run the real CDC stack as local processes.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 
