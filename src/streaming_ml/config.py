@@ -48,6 +48,7 @@ class Settings(BaseSettings):
 
     # Model and service.
     model_name: str = Field("ford_price", description="BentoML model name; tag is name:version")
+    model_version: str = Field("latest", description="Model version the service loads")
     service_url: str | None = Field(None, description="Prediction service base URL")
     request_timeout_s: float = 5.0
 
@@ -74,6 +75,10 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.host}:{self.connect_port}"
+
+    @property
+    def model_tag(self) -> str:
+        return f"{self.model_name}:{self.model_version}"
 
     @property
     def prediction_url(self) -> str:
