@@ -146,6 +146,73 @@ def stack_psql(command: str | None = typer.Option(None, "-c", help="Run one stat
     raise typer.Exit(code)
 
 
+@app.command()
+def bridge(
+    once: bool = typer.Option(False, "--once", help="Drain what is in the topic, then exit"),
+    max_events: int | None = typer.Option(None, help="Exit after this many change events"),
+    timeout: float | None = typer.Option(None, help="Exit after this many seconds"),
+    group: str | None = typer.Option(None, help="Consumer group (default: SML_CONSUMER_GROUP)"),
+    service_url: str | None = typer.Option(None, help="Prediction service base URL"),
+    metrics_port: int | None = typer.Option(None, help="Port of /metrics on 127.0.0.1"),
+    connectors: bool = typer.Option(
+        True, help="Register/update the source and sink connectors first"
+    ),
+) -> None:
+    """Consume listing changes, price them in micro-batches, produce predictions."""
+    settings = _settings()
+    overrides = {"service_url": service_url, "bridge_metrics_port": metrics_port}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    from streaming_ml.bridge import run_bridge
+    from streaming_ml.stack import postgres_dsn
+
+    try:
+        stats = run_bridge(
+            settings, dsn=postgres_dsn(settings), group_id=group, once=once,
+            max_events=max_events, timeout=timeout, register_connectors=connectors,
+        )  # fmt: skip
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(json.dumps(stats.summary()))
+
+
+@app.command()
+def load(
+    rows: int = typer.Option(..., "--rows", help="Listings to insert"),
+    rate: float | None = typer.Option(None, help="Rows per second (default: as fast as possible)"),
+    invalid: int = typer.Option(0, help="How many of them are invalid (varied ways)"),
+    batch: int = typer.Option(500, help="Rows per transaction"),
+    seed: int = typer.Option(0, help="Seed of the synthetic generator"),
+) -> None:
+    """Insert synthetic listings into car_listings; print how many and their id range."""
+    settings = _settings()
+    from streaming_ml.load import load_listings
+    from streaming_ml.stack import postgres_dsn
+
+    try:
+        summary = load_listings(
+            postgres_dsn(settings), rows, seed=seed, invalid=invalid, rate=rate, batch=batch,
+            table=settings.listings_table,
+        )  # fmt: skip
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(summary.describe())
+
+
+@app.command()
+def demo(
+    wait: bool = typer.Option(True, help="Keep running until Ctrl-C (--no-wait: exit at once)"),
+    rows: int = typer.Option(8, help="Listings to insert for the demo"),
+) -> None:
+    """Start everything, insert a few listings, show their predicted prices."""
+    settings = _settings()
+    from streaming_ml.demo import run_demo
+
+    try:
+        run_demo(settings, rows=rows, wait=wait)
+    except StreamingMLError as error:
+        _fail(error)
+
+
 def main() -> None:
     app()
 

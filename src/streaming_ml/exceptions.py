@@ -27,3 +27,7 @@ class ConnectorError(StreamingMLError):
 
 class ServiceUnavailableError(StreamingMLError):
     """The prediction service did not answer in time."""
+
+
+class BridgeError(StreamingMLError):
+    """The bridge cannot keep its delivery guarantee (Kafka unreachable, bad answer)."""

@@ -1,0 +1,1017 @@
+"""The bridge: Debezium change events in, price predictions out.
+
+One loop, shaped like confluent-kafka-python's consumer examples:
+
+1. collect a micro-batch (up to ``batch_max_events`` or ``batch_linger_ms``);
+2. decode each event with the registry; undecodable or unpriceable rows go to the
+   dead-letter topic with their original bytes and a reason;
+3. skip updates whose features did not change (features hash), price the rest in
+   one ``/predict_batch`` call, retrying with backoff and pausing the partitions
+   while the service is down;
+4. produce one prediction (or a tombstone for a delete) per listing, wait for the
+   broker's acknowledgements, and only then commit the consumed offsets.
+
+A crash anywhere before the commit means redelivery; the JDBC sink upserts by
+``listing_id``, so a redelivered event rewrites the same row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import requests
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from streaming_ml import serde
+from streaming_ml.config import Settings
+from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, feature_problems
+from streaming_ml.exceptions import BridgeError, ServiceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+# Debezium op codes: create, update, delete, read (snapshot).
+PRICED_OPS = frozenset({"c", "u", "r"})
+HASH_CACHE_SIZE = 1_000_000
+
+
+# --- Pure pieces (unit-tested without Kafka) ------------------------------------
+
+
+def features_hash(row: Mapping[str, Any]) -> str:
+    """Stable hash of the priced features: equal features give an equal hash whatever
+    the other columns (price) or the numeric representation (2 vs 2.0) are."""
+    canonical: dict[str, Any] = {}
+    for name in FEATURES:
+        value = row.get(name)
+        kind = COLUMNS_BY_NAME[name].kind
+        if value is not None and kind != "category":
+            value = float(value)
+            if kind == "int" and value.is_integer():
+                value = int(value)
+        canonical[name] = value
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dlq_reason(problems: Mapping[str, str]) -> str:
+    """``field: problem; field: problem`` in schema order, e.g. for a DLQ header."""
+    order = {name: i for i, name in enumerate(FEATURES)}
+    items = sorted(problems.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    return "; ".join(f"{name}: {problem}" for name, problem in items)
+
+
+def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("reason", reason.encode()),
+        ("source.topic", topic.encode()),
+        ("source.partition", str(partition).encode()),
+        ("source.offset", str(offset).encode()),
+    ]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row change, whatever envelope it came in."""
+
+    op: str
+    listing_id: int | None
+    row: dict[str, Any] | None  # the row after the change (None for a delete)
+    source_ts_ms: int | None
+    lsn: int | None
+
+
+def parse_change(key: Mapping[str, Any] | None, value: Mapping[str, Any]) -> Change:
+    """Read a decoded Debezium event: the standard envelope, or an
+    ``ExtractNewRecordState``-flattened row with ``__op``/``__source_ts_ms`` fields."""
+    if "op" in value and ("after" in value or "before" in value):
+        source = value.get("source") or {}
+        after, before = value.get("after"), value.get("before")
+        op = str(value["op"])
+        ts = source.get("ts_ms", value.get("ts_ms"))
+        lsn = source.get("lsn")
+        row = after if op != "d" else None
+        listing_id = _listing_id(key, after or before)
+    else:
+        deleted = str(value.get("__deleted", "false")).lower() == "true"
+        op = "d" if deleted else str(value.get("__op", "c"))
+        ts = value.get("__source_ts_ms", value.get("__ts_ms"))
+        lsn = value.get("__lsn")
+        row = None if op == "d" else dict(value)
+        listing_id = _listing_id(key, value)
+    return Change(
+        op=op,
+        listing_id=listing_id,
+        row=dict(row) if row is not None else None,
+        source_ts_ms=int(ts) if ts is not None else None,
+        lsn=int(lsn) if lsn is not None else None,
+    )
+
+
+def _listing_id(key: Mapping[str, Any] | None, row: Mapping[str, Any] | None) -> int | None:
+    for source in (key, row):
+        if source and source.get("id") is not None:
+            return int(source["id"])
+    return None
+
+
+def offsets_to_commit(positions: Iterable[tuple[str, int, int]]) -> list[TopicPartition]:
+    """The next offset to read per partition, from (topic, partition, offset) of handled
+    messages: the highest offset + 1, since every message up to it is done."""
+    highest: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in positions:
+        tp = (topic, partition)
+        highest[tp] = max(offset, highest.get(tp, -1))
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
+
+
+ActionKind = Literal["predict", "tombstone", "skip", "dlq"]
+
+
+@dataclass
+class Action:
+    """What the bridge does with one consumed message; ``outputs`` keep input order."""
+
+    kind: ActionKind
+    index: int
+    listing_id: int | None = None
+    change: Change | None = None
+    features_hash: str | None = None
+    reason: str | None = None
+    skip_why: str | None = None
+
+
+def plan_actions(
+    changes: Sequence[Change | str],
+    known_hashes: Callable[[int], str | None],
+    stored_hashes: Callable[[list[int]], Mapping[int, str]] | None = None,
+) -> list[Action]:
+    """Decide per event, in order: predict, tombstone, skip (unchanged features) or DLQ.
+
+    ``changes`` holds a Change, or a string reason when the message could not be
+    decoded. ``known_hashes`` answers from the bridge's cache; ``stored_hashes`` is
+    asked once for updates the cache does not know (the predictions table), so an
+    unchanged update is recognised after a restart too.
+    """
+    overlay: dict[int, str | None] = {}  # effect of earlier events in this batch
+
+    def last_hash(listing_id: int) -> str | None:
+        if listing_id in overlay:
+            return overlay[listing_id]
+        return known_hashes(listing_id)
+
+    # One lookup for updates whose listing the cache does not know.
+    misses = [
+        c.listing_id
+        for c in changes
+        if isinstance(c, Change)
+        and c.op == "u"
+        and c.listing_id is not None
+        and known_hashes(c.listing_id) is None
+    ]
+    stored = dict(stored_hashes(sorted(set(misses)))) if stored_hashes and misses else {}
+
+    actions: list[Action] = []
+    for index, change in enumerate(changes):
+        if isinstance(change, str):
+            actions.append(Action("dlq", index, reason=change))
+            continue
+        if change.op not in PRICED_OPS and change.op != "d":
+            actions.append(Action("skip", index, change.listing_id, change, skip_why=change.op))
+            continue
+        lid = change.listing_id
+        if lid is None:
+            actions.append(Action("dlq", index, change=change, reason="id: missing from event"))
+            continue
+        if change.op == "d":
+            overlay[lid] = None
+            actions.append(Action("tombstone", index, lid, change))
+            continue
+        if change.row is None:
+            actions.append(Action("dlq", index, lid, change, reason="after: missing from event"))
+            continue
+        problems = feature_problems(change.row)
+        if problems:
+            # An update that breaks a priced row leaves no stale price behind.
+            kind: ActionKind = "dlq"
+            actions.append(Action(kind, index, lid, change, reason=dlq_reason(problems)))
+            if change.op == "u":
+                overlay[lid] = None
+                actions.append(Action("tombstone", index, lid, change))
+            continue
+        digest = features_hash(change.row)
+        previous = last_hash(lid)
+        if previous is None and change.op == "u" and lid not in overlay:
+            previous = stored.get(lid)
+        if previous == digest:
+            actions.append(Action("skip", index, lid, change, digest, skip_why="unchanged"))
+            continue
+        overlay[lid] = digest
+        actions.append(Action("predict", index, lid, change, digest))
+    return actions
+
+
+def prediction_record(
+    action: Action,
+    result: Mapping[str, Any],
+    *,
+    kafka_ts_ms: int,
+    received_ts_ms: int,
+    predicted_ts_ms: int,
+    model_latency_ms: float,
+) -> dict[str, Any]:
+    """The Avro value for one priced listing (fields of data.PREDICTION_FIELDS)."""
+    assert action.change is not None and action.listing_id is not None
+    source_ts = (
+        action.change.source_ts_ms if action.change.source_ts_ms is not None else kafka_ts_ms
+    )
+    return {
+        "listing_id": action.listing_id,
+        "predicted_price": float(result["predicted_price"]),
+        "model_tag": str(result["model_tag"]),
+        "features_hash": action.features_hash,
+        "source_lsn": action.change.lsn,
+        "source_ts_ms": source_ts,
+        "kafka_ts_ms": kafka_ts_ms,
+        "bridge_received_ts_ms": received_ts_ms,
+        "predicted_ts_ms": predicted_ts_ms,
+        "model_latency_ms": float(model_latency_ms),
+        "end_to_end_ms": float(predicted_ts_ms - source_ts),
+    }
+
+
+def service_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The feature columns of each row, as /predict_batch expects them."""
+    return [{name: row.get(name) for name in FEATURES} for row in rows]
+
+
+def backoff_delays(retries: int, base_s: float, cap_s: float) -> list[float]:
+    """Exponential backoff: base, 2*base, 4*base ... capped."""
+    return [min(cap_s, base_s * 2**i) for i in range(retries)]
+
+
+# --- Metrics ----------------------------------------------------------------------
+
+
+class BridgeMetrics:
+    """Prometheus metrics in a registry owned by one bridge (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("sml_bridge_events", "Change events consumed", ["op"], registry=r)
+        self.predictions = Counter(
+            "sml_bridge_predictions", "Prediction records produced", registry=r
+        )
+        self.tombstones = Counter(
+            "sml_bridge_tombstones", "Prediction tombstones produced (deletes)", registry=r
+        )
+        self.dlq = Counter("sml_bridge_dlq", "Events sent to the DLQ", ["stage"], registry=r)
+        self.skipped = Counter(
+            "sml_bridge_skipped_unchanged", "Updates not re-priced: features unchanged", registry=r
+        )
+        self.batch_size = Histogram(
+            "sml_bridge_batch_size",
+            "Events per micro-batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "sml_bridge_consumer_lag", "High watermark minus position", ["partition"], registry=r
+        )
+        self.paused = Gauge(
+            "sml_bridge_paused", "1 while consumption is paused (service down)", registry=r
+        )
+        self.latency = Histogram(
+            "sml_bridge_stage_latency_seconds",
+            "Latency per stage: commit_to_kafka, kafka_to_bridge, model_call, end_to_end",
+            ["stage"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+
+
+@dataclass
+class BridgeStats:
+    events: int = 0
+    predicted: int = 0
+    tombstones: int = 0
+    skipped_unchanged: int = 0
+    skipped_other: int = 0
+    dlq: int = 0
+    batches: int = 0
+    last_batch: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "predicted": self.predicted,
+            "tombstones": self.tombstones,
+            "skipped_unchanged": self.skipped_unchanged,
+            "skipped_other": self.skipped_other,
+            "dlq": self.dlq,
+            "batches": self.batches,
+        }
+
+
+class _Stopped(Exception):
+    """stop() was called while a batch could not be finished (service down)."""
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+# --- The bridge ---------------------------------------------------------------------
+
+
+class Bridge:
+    """Consume listing changes, price them with the service, produce predictions.
+
+    ``run()`` blocks until ``stop()``, ``max_events`` or ``timeout``; with
+    ``once=True`` it returns as soon as the assigned partitions are drained.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dsn: str | None = None,
+        group_id: str | None = None,
+        register_connectors: bool = True,
+        serve_metrics: bool = True,
+        max_retries: int = 4,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+    ) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.group_id = group_id or settings.consumer_group
+        self.register_connectors = register_connectors
+        self.serve_metrics = serve_metrics
+        self.delays = backoff_delays(max_retries, backoff_s, max_backoff_s)
+        self.max_backoff_s = max_backoff_s
+        self.metrics = BridgeMetrics()
+        self.stats = BridgeStats()
+        self._stop = threading.Event()
+        self._hashes: OrderedDict[int, str] = OrderedDict()
+        self._assignment: set[tuple[str, int]] = set()
+        self._paused = False
+        self._busy = False
+        self._in_hand: list[Message] = []
+        self._carry: list[Message] = []
+        self._received_ms: dict[tuple[str, int, int], int] = {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._metrics_server: Any = None
+        self._session = requests.Session()
+        self.ready = threading.Event()  # set once subscribed (for demo/tests)
+
+    # -- lifecycle --
+
+    def stop(self) -> None:
+        """Ask run() to finish the batch in hand, commit, close and return."""
+        self._stop.set()
+
+    def run(
+        self, max_events: int | None = None, timeout: float | None = None, once: bool = False
+    ) -> BridgeStats:
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        self._setup()
+        try:
+            while not self._stop.is_set():
+                if max_events is not None and self.stats.events >= max_events:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.info("bridge timeout reached", extra={"timeout_s": timeout})
+                    break
+                limit = self.settings.batch_max_events
+                if max_events is not None:
+                    limit = min(limit, max_events - self.stats.events)
+                batch = self._collect(limit)
+                if not batch:
+                    if once and self._drained():
+                        logger.info("drained assigned partitions (--once)")
+                        break
+                    continue
+                try:
+                    self._process(batch)
+                except _Stopped:
+                    logger.warning(
+                        "stopped while the service was down; batch left uncommitted "
+                        "(it is redelivered on the next start)",
+                        extra={"events": len(batch)},
+                    )
+                    break
+        finally:
+            self._teardown()
+        return self.stats
+
+    def _setup(self) -> None:
+        s = self.settings
+        if self.register_connectors:
+            from streaming_ml import connect
+
+            connect.ensure_connectors(s)
+        self._ensure_topics()
+        self._registry = serde.registry_client(s.registry_url)
+        self._decode = serde.writer_schema_deserializer(self._registry)
+        self._key_ser, self._value_ser = serde.prediction_serializers(self._registry)
+        self._producer = Producer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap,
+                "client.id": "streaming-ml-bridge",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+            }
+        )
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap,
+                "group.id": self.group_id,
+                "client.id": "streaming-ml-bridge",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                # The change topic appears with the first captured row: notice it soon.
+                "topic.metadata.refresh.interval.ms": 5000,
+            }
+        )
+        self._consumer.subscribe(
+            [s.listings_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        if self.serve_metrics:
+            self._metrics_server, _ = start_http_server(
+                s.bridge_metrics_port, addr=s.host, registry=self.metrics.registry
+            )
+        logger.info(
+            "bridge started",
+            extra={
+                "topic": s.listings_topic,
+                "group": self.group_id,
+                "service": s.prediction_url,
+                "metrics": f"http://{s.host}:{s.bridge_metrics_port}/metrics"
+                if self.serve_metrics
+                else "off",
+            },
+        )
+        self.ready.set()
+
+    def _teardown(self) -> None:
+        try:
+            if self._producer is not None:
+                self._flush_all()
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+                self._metrics_server = None
+            self._session.close()
+            logger.info("bridge stopped", extra=self.stats.summary())
+
+    def _ensure_topics(self) -> None:
+        """Create the output topics up front (the broker may not auto-create them)."""
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        wanted = [self.settings.predictions_topic, self.settings.dlq_topic]
+        futures = admin.create_topics([NewTopic(t, num_partitions=1) for t in wanted])
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=30)
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BridgeError(
+                        f"cannot create topic {topic} on {self.settings.kafka_bootstrap}: "
+                        f"{error}. Is Kafka up? Try `streaming-ml stack status`."
+                    ) from error
+
+    # -- rebalance --
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment = {(tp.topic, tp.partition) for tp in partitions}
+        consumer.assign(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+        logger.info("partitions assigned", extra={"partitions": sorted(self._assignment)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if self._in_hand and not self._busy:
+            # Finish what was collected while we still own the partitions.
+            batch, self._in_hand = self._in_hand, []
+            try:
+                self._busy = True
+                self._process(batch, allow_pause=False)
+            except (ServiceUnavailableError, _Stopped) as error:
+                logger.warning(
+                    "revoked with an unfinished batch; it is redelivered to the new owner",
+                    extra={"events": len(batch), "error": str(error)},
+                )
+            finally:
+                self._busy = False
+        self._assignment -= revoked
+        self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in revoked]
+        logger.info("partitions revoked", extra={"partitions": sorted(revoked)})
+
+    # -- the loop --
+
+    def _collect(self, limit: int) -> list[Message]:
+        """Block up to 1 s for the first event, then linger to fill the batch."""
+        assert self._consumer is not None
+        self._in_hand = self._carry[:limit]
+        self._carry = self._carry[limit:]
+        linger = self.settings.batch_linger_ms / 1000
+        first_deadline = time.monotonic() + 1.0
+        linger_deadline: float | None = time.monotonic() + linger if self._in_hand else None
+        while len(self._in_hand) < limit and not self._stop.is_set():
+            now = time.monotonic()
+            deadline = linger_deadline if linger_deadline is not None else first_deadline
+            if now >= deadline:
+                break
+            wanted = limit - len(self._in_hand)
+            for msg in self._consumer.consume(num_messages=wanted, timeout=deadline - now):
+                if self._usable(msg):
+                    self._note_received(msg)
+                    self._in_hand.append(msg)
+            if self._in_hand and linger_deadline is None:
+                linger_deadline = time.monotonic() + linger
+        batch, self._in_hand = self._in_hand, []
+        return [m for m in batch if (m.topic(), m.partition()) in self._assignment]
+
+    def _note_received(self, msg: Message) -> None:
+        self._received_ms[(msg.topic(), msg.partition(), msg.offset())] = int(time.time() * 1000)
+
+    def _usable(self, msg: Message) -> bool:
+        error = msg.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            # Broker restarts and unknown topics show up here; librdkafka recovers.
+            logger.warning("consumer error", extra={"error": str(error)})
+        if error.fatal():
+            raise BridgeError(f"fatal Kafka consumer error: {error}; restart the bridge")
+        return False
+
+    def _drained(self) -> bool:
+        assert self._consumer is not None
+        if not self._assignment:
+            return False
+        tps = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
+        positions = self._consumer.position(tps)
+        committed = self._consumer.committed(tps, timeout=10)
+        for pos, com in zip(positions, committed, strict=True):
+            low, high = self._consumer.get_watermark_offsets(pos, timeout=10, cached=False)
+            at = pos.offset if pos.offset != OFFSET_INVALID else com.offset
+            if at == OFFSET_INVALID or at < 0:
+                at = low
+            if at < high:
+                return False
+        return True
+
+    def _process(self, batch: list[Message], allow_pause: bool = True) -> None:
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        received = [
+            self._received_ms.pop((m.topic(), m.partition(), m.offset()), now_ms) for m in batch
+        ]
+        decoded = [self._decode_message(m) for m in batch]
+        for item in decoded:
+            self.metrics.events.labels(item.op if isinstance(item, Change) else "undecodable").inc()
+        actions = plan_actions(decoded, self._known_hash, self._stored_hashes)
+
+        to_price = [a for a in actions if a.kind == "predict"]
+        results, rejected, model_ms = self._price(to_price, allow_pause)
+        predicted_ms = int(time.time() * 1000)
+
+        outputs: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
+        counts = {"predicted": 0, "tombstones": 0, "dlq": 0, "skipped": 0, "unchanged": 0}
+        new_hashes: dict[int, str | None] = {}
+        s = self.settings
+        for action in actions:
+            msg = batch[action.index]
+            kafka_ts = msg.timestamp()[1]
+            if action.kind == "predict" and id(action) in rejected:
+                action.kind, action.reason = "dlq", rejected[id(action)]
+            if action.kind == "dlq":
+                stage = "decode" if action.change is None else "validation"
+                if id(action) in rejected:
+                    stage = "service"
+                headers = dlq_headers(
+                    action.reason or "", msg.topic(), msg.partition(), msg.offset()
+                )
+                outputs.append((s.dlq_topic, msg.key(), msg.value(), headers))
+                self.metrics.dlq.labels(stage).inc()
+                counts["dlq"] += 1
+                logger.warning(
+                    "event dead-lettered",
+                    extra={
+                        "listing_id": action.listing_id,
+                        "offset": msg.offset(),
+                        "partition": msg.partition(),
+                        "reason": action.reason,
+                    },
+                )
+            elif action.kind == "tombstone":
+                outputs.append((s.predictions_topic, self._key(action.listing_id), None, None))
+                new_hashes[action.listing_id] = None  # type: ignore[index]
+                counts["tombstones"] += 1
+            elif action.kind == "skip":
+                counts["unchanged" if action.skip_why == "unchanged" else "skipped"] += 1
+            else:
+                record = prediction_record(
+                    action,
+                    results[id(action)],
+                    kafka_ts_ms=kafka_ts,
+                    received_ts_ms=received[action.index],
+                    predicted_ts_ms=predicted_ms,
+                    model_latency_ms=model_ms,
+                )
+                outputs.append(
+                    (s.predictions_topic, self._key(action.listing_id), self._value(record), None)
+                )
+                new_hashes[action.listing_id] = action.features_hash  # type: ignore[index]
+                counts["predicted"] += 1
+                self._observe_latency(record)
+
+        self._produce_and_wait(outputs)
+        self._commit(batch)
+        for lid, digest in new_hashes.items():
+            self._remember(lid, digest)
+        self._update_stats(batch, counts, model_ms, started)
+
+    # -- decoding and state --
+
+    def _decode_message(self, msg: Message) -> Change | str:
+        """A Change, or the DLQ reason when the bytes cannot be read."""
+        try:
+            key = self._decode(msg.key(), SerializationContext(msg.topic(), MessageField.KEY))
+            value = self._decode(msg.value(), SerializationContext(msg.topic(), MessageField.VALUE))
+        except Exception as error:  # any decoding failure is a poison message
+            return f"deserialization: {type(error).__name__}: {error}"
+        if value is None:
+            # Debezium's tombstone after a delete event: nothing to price.
+            return Change("tombstone", _listing_id(key, None), None, None, None)
+        if not isinstance(value, Mapping):
+            return f"deserialization: expected a record, got {type(value).__name__}"
+        try:
+            return parse_change(key if isinstance(key, Mapping) else None, value)
+        except (TypeError, ValueError) as error:
+            return f"deserialization: not a change event ({error})"
+
+    def _known_hash(self, listing_id: int) -> str | None:
+        return self._hashes.get(listing_id)
+
+    def _remember(self, listing_id: int, digest: str | None) -> None:
+        if digest is None:
+            self._hashes.pop(listing_id, None)
+            return
+        self._hashes[listing_id] = digest
+        self._hashes.move_to_end(listing_id)
+        while len(self._hashes) > HASH_CACHE_SIZE:
+            self._hashes.popitem(last=False)
+
+    def _stored_hashes(self, listing_ids: list[int]) -> dict[int, str]:
+        """features_hash of the stored predictions, in one query per batch."""
+        if not self.dsn or not listing_ids:
+            return {}
+        import psycopg2
+
+        table = self.settings.predictions_table
+        try:
+            with psycopg2.connect(self.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+                cur.execute(
+                    f"SELECT listing_id, features_hash FROM public.{table} "
+                    "WHERE listing_id = ANY(%s)",
+                    (listing_ids,),
+                )
+                found = {int(lid): digest for lid, digest in cur.fetchall() if digest}
+            conn.close()
+            return found
+        except psycopg2.Error as error:
+            # Without the lookup the update is re-priced: correct, only slower.
+            logger.warning("predictions lookup failed", extra={"error": str(error).strip()})
+            return {}
+
+    # -- the model call --
+
+    def _price(
+        self, actions: list[Action], allow_pause: bool
+    ) -> tuple[dict[int, Mapping[str, Any]], dict[int, str], float]:
+        """(results by id(action), DLQ reasons by id(action), model latency ms)."""
+        if not actions:
+            return {}, {}, 0.0
+        started = time.perf_counter()
+        results: dict[int, Mapping[str, Any]] = {}
+        rejected: dict[int, str] = {}
+        self._price_isolating(actions, results, rejected, allow_pause)
+        model_ms = (time.perf_counter() - started) * 1000
+        self.metrics.latency.labels("model_call").observe(model_ms / 1000)
+        return results, rejected, model_ms
+
+    def _price_isolating(
+        self,
+        actions: list[Action],
+        results: dict[int, Mapping[str, Any]],
+        rejected: dict[int, str],
+        allow_pause: bool,
+    ) -> None:
+        """Price ``actions``; on a 4xx split the batch until the offending records are
+        found, so only they are dead-lettered."""
+        rows = service_records(a.change.row for a in actions)  # type: ignore[union-attr]
+        try:
+            answer = self._call_until_answered(rows, allow_pause)
+        except _Rejected as error:
+            if len(actions) == 1:
+                rejected[id(actions[0])] = f"service: {error}"
+                return
+            middle = len(actions) // 2
+            self._price_isolating(actions[:middle], results, rejected, allow_pause)
+            self._price_isolating(actions[middle:], results, rejected, allow_pause)
+            return
+        for action, result in zip(actions, answer, strict=True):
+            results[id(action)] = result
+
+    def _call_until_answered(self, rows: list[dict[str, Any]], allow_pause: bool) -> list[Any]:
+        while True:
+            try:
+                return self._call_with_retries(rows)
+            except ServiceUnavailableError:
+                if not allow_pause:
+                    raise
+                self._wait_for_service()
+
+    def _call_with_retries(self, rows: list[dict[str, Any]]) -> list[Any]:
+        url = self.settings.prediction_url.rstrip("/") + "/predict_batch"
+        problem = ""
+        for attempt, delay in enumerate([*self.delays, None]):
+            try:
+                response = self._session.post(
+                    url, json={"records": rows}, timeout=self.settings.request_timeout_s
+                )
+                if 400 <= response.status_code < 500:
+                    raise _Rejected(response.status_code, response.text[:500])
+                if response.status_code == 200:
+                    answer = response.json()
+                    if not isinstance(answer, list) or len(answer) != len(rows):
+                        got = len(answer) if isinstance(answer, list) else repr(answer)[:200]
+                        raise BridgeError(
+                            f"{url} answered {got} for {len(rows)} records; "
+                            "is the service the right version?"
+                        )
+                    return answer
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            except requests.RequestException as error:
+                problem = f"{type(error).__name__}: {error}"
+            if delay is None:
+                break
+            logger.warning(
+                "prediction call failed, retrying",
+                extra={"attempt": attempt + 1, "retry_in_s": delay, "error": problem},
+            )
+            if self._stop.wait(delay):
+                raise _Stopped
+        raise ServiceUnavailableError(
+            f"prediction service {self.settings.prediction_url} failed {len(self.delays) + 1} "
+            f"times ({problem}); start it with `bentoml serve service:PricePredictor` or "
+            "check SML_SERVICE_URL"
+        )
+
+    def _wait_for_service(self) -> None:
+        """Pause the partitions and keep polling (group membership stays alive) until the
+        service answers its readiness probe again."""
+        assert self._consumer is not None
+        tps = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
+        self._paused = True
+        self.metrics.paused.set(1)
+        if tps:
+            self._consumer.pause(tps)
+        probe = self.settings.prediction_url.rstrip("/") + "/readyz"
+        waited_since = time.monotonic()
+        delay = self.delays[0] if self.delays else 0.5
+        logger.error(
+            "prediction service unavailable: consumption paused until it is back",
+            extra={"probe": probe},
+        )
+        try:
+            while True:
+                self._busy = True
+                try:
+                    msg = self._consumer.poll(min(delay, 1.0))
+                finally:
+                    self._busy = False
+                if msg is not None and self._usable(msg):
+                    self._note_received(msg)
+                    self._carry.append(msg)  # fetched before the pause took effect
+                if self._stop.is_set():
+                    raise _Stopped
+                try:
+                    if self._session.get(probe, timeout=self.settings.request_timeout_s).ok:
+                        break
+                except requests.RequestException:
+                    pass
+                delay = min(self.max_backoff_s, delay * 2)
+                logger.info(
+                    "waiting for the prediction service",
+                    extra={"probe": probe, "waited_s": round(time.monotonic() - waited_since, 1)},
+                )
+        finally:
+            self._paused = False
+            self.metrics.paused.set(0)
+            tps = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
+            if tps:
+                self._consumer.resume(tps)
+        logger.info(
+            "prediction service is back: resuming",
+            extra={"paused_s": round(time.monotonic() - waited_since, 1)},
+        )
+
+    # -- output --
+
+    def _key(self, listing_id: int | None) -> bytes:
+        ctx = SerializationContext(self.settings.predictions_topic, MessageField.KEY)
+        return self._key_ser({serde.KEY_FIELD: listing_id}, ctx)
+
+    def _value(self, record: dict[str, Any]) -> bytes:
+        ctx = SerializationContext(self.settings.predictions_topic, MessageField.VALUE)
+        return self._value_ser(record, ctx)
+
+    def _produce_and_wait(
+        self,
+        outputs: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]],
+        attempts: int = 3,
+    ) -> None:
+        """Produce and block until every record is acknowledged; re-produce failures.
+        The idempotent producer keeps the per-partition order of a batch."""
+        assert self._producer is not None
+        pending = list(outputs)
+        for attempt in range(1, attempts + 1):
+            failed: list[Any] = []
+
+            def on_delivery(
+                error: KafkaError | None, _msg: Message, item: Any, failed: list[Any] = failed
+            ) -> None:
+                if error is not None:
+                    failed.append((item, error))
+
+            for item in pending:
+                topic, key, value, headers = item
+                while True:
+                    try:
+                        self._producer.produce(
+                            topic,
+                            key=key,
+                            value=value,
+                            headers=headers,
+                            on_delivery=lambda e, m, item=item: on_delivery(e, m, item),
+                        )
+                        break
+                    except BufferError:
+                        self._producer.poll(0.1)  # local queue full: let deliveries drain
+                self._producer.poll(0)
+            self._flush_all()
+            if not failed:
+                return
+            pending = [item for item, _ in failed]
+            logger.warning(
+                "some records were not acknowledged, producing them again",
+                extra={"failed": len(failed), "attempt": attempt, "error": str(failed[0][1])},
+            )
+        raise BridgeError(
+            f"{len(pending)} records were not acknowledged by Kafka after {attempts} attempts; "
+            "offsets were not committed, so a restart redelivers the batch"
+        )
+
+    def _flush_all(self) -> None:
+        assert self._producer is not None
+        waited = 0.0
+        while (left := self._producer.flush(5.0)) > 0:
+            waited += 5.0
+            logger.warning(
+                "waiting for Kafka to acknowledge records",
+                extra={"in_flight": left, "waited_s": waited},
+            )
+
+    def _commit(self, batch: list[Message]) -> None:
+        assert self._consumer is not None
+        offsets = offsets_to_commit((m.topic(), m.partition(), m.offset()) for m in batch)
+        offsets = [tp for tp in offsets if (tp.topic, tp.partition) in self._assignment]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            # Outputs are acknowledged; redelivery after a failed commit only upserts again.
+            logger.warning("offset commit failed", extra={"error": str(error)})
+
+    # -- bookkeeping --
+
+    def _observe_latency(self, record: Mapping[str, Any]) -> None:
+        lat = self.metrics.latency
+        lat.labels("commit_to_kafka").observe(
+            max(0.0, (record["kafka_ts_ms"] - record["source_ts_ms"]) / 1000)
+        )
+        lat.labels("kafka_to_bridge").observe(
+            max(0.0, (record["bridge_received_ts_ms"] - record["kafka_ts_ms"]) / 1000)
+        )
+        lat.labels("end_to_end").observe(max(0.0, record["end_to_end_ms"] / 1000))
+
+    def _update_stats(
+        self, batch: list[Message], counts: dict[str, int], model_ms: float, started: float
+    ) -> None:
+        st = self.stats
+        st.events += len(batch)
+        st.predicted += counts["predicted"]
+        st.tombstones += counts["tombstones"]
+        st.dlq += counts["dlq"]
+        st.skipped_unchanged += counts["unchanged"]
+        st.skipped_other += counts["skipped"]
+        st.batches += 1
+        m = self.metrics
+        m.predictions.inc(counts["predicted"])
+        m.tombstones.inc(counts["tombstones"])
+        m.skipped.inc(counts["unchanged"])
+        m.batch_size.observe(len(batch))
+        self._update_lag()
+        st.last_batch = {
+            "events": len(batch),
+            **counts,
+            "model_ms": round(model_ms, 1),
+            "batch_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+        logger.info("batch done", extra=st.last_batch)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        tps = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
+        if not tps:
+            return
+        try:
+            for tp in self._consumer.position(tps):
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    self.metrics.lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+        except KafkaException as error:
+            logger.debug("lag not available", extra={"error": str(error)})
+
+
+def run_bridge(
+    settings: Settings,
+    *,
+    dsn: str | None = None,
+    group_id: str | None = None,
+    once: bool = False,
+    max_events: int | None = None,
+    timeout: float | None = None,
+    register_connectors: bool = True,
+    install_signal_handlers: bool = True,
+) -> BridgeStats:
+    """Entry point of ``streaming-ml bridge``: SIGTERM/SIGINT stop it gracefully."""
+    bridge = Bridge(settings, dsn=dsn, group_id=group_id, register_connectors=register_connectors)
+    if install_signal_handlers:
+        import signal
+
+        def _handle(signum: int, _frame: Any) -> None:
+            logger.info("signal received: finishing the batch in hand", extra={"signal": signum})
+            bridge.stop()
+
+        signal.signal(signal.SIGTERM, _handle)
+        signal.signal(signal.SIGINT, _handle)
+    stats = bridge.run(max_events=max_events, timeout=timeout, once=once)
+    return stats
+
+
+__all__ = [
+    "Bridge",
+    "BridgeMetrics",
+    "BridgeStats",
+    "Change",
+    "dlq_reason",
+    "features_hash",
+    "offsets_to_commit",
+    "parse_change",
+    "plan_actions",
+    "run_bridge",
+]

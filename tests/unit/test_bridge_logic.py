@@ -1,0 +1,163 @@
+"""The bridge's decisions, without Kafka: hashing, planning, DLQ reasons, offsets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streaming_ml.bridge import (
+    Action,
+    Change,
+    backoff_delays,
+    dlq_headers,
+    dlq_reason,
+    features_hash,
+    offsets_to_commit,
+    parse_change,
+    plan_actions,
+    prediction_record,
+    service_records,
+)
+from streaming_ml.data import FEATURES, feature_problems, generate_listing_records
+
+ROW: dict[str, Any] = {
+    "model": "Fiesta", "year": 2017, "price": 9000, "transmission": "Manual",
+    "mileage": 21000, "fuelType": "Petrol", "tax": 145, "mpg": 55.4, "engineSize": 1.0,
+}  # fmt: skip
+
+
+def change(op: str, lid: int, **row: Any) -> Change:
+    return Change(op, lid, None if op == "d" else {**ROW, **row}, 1_700_000_000_000, 42)
+
+
+def test_hash_ignores_price_and_number_representation() -> None:
+    assert features_hash(ROW) == features_hash({**ROW, "price": 1})
+    assert features_hash(ROW) == features_hash({**ROW, "year": 2017.0, "engineSize": 1})
+    assert features_hash(ROW) != features_hash({**ROW, "mileage": 21001})
+    assert features_hash(ROW) != features_hash({**ROW, "model": "Focus"})
+
+
+def test_plan_orders_actions_like_the_input() -> None:
+    changes = [change("c", 1), change("c", 2, mileage=-5), "deserialization: bad", change("c", 3)]
+    actions = plan_actions(changes, lambda _lid: None)
+    assert [(a.kind, a.index, a.listing_id) for a in actions] == [
+        ("predict", 0, 1), ("dlq", 1, 2), ("dlq", 2, None), ("predict", 3, 3),
+    ]  # fmt: skip
+    assert actions[1].reason == "mileage: must be at least 0, got -5"
+    assert actions[2].reason == "deserialization: bad"
+
+
+def test_price_only_update_is_skipped_but_feature_update_repriced() -> None:
+    cache = {7: features_hash(ROW)}
+    actions = plan_actions(
+        [change("u", 7, price=1), change("u", 7, mileage=30_000), change("u", 7, mileage=30_000)],
+        cache.get,
+    )
+    assert [a.kind for a in actions] == ["skip", "predict", "skip"]
+    assert actions[0].skip_why == "unchanged"
+
+
+def test_cache_miss_on_update_asks_the_table_once() -> None:
+    asked: list[list[int]] = []
+
+    def stored(ids: list[int]) -> dict[int, str]:
+        asked.append(ids)
+        return {5: features_hash(ROW)}
+
+    actions = plan_actions(
+        [change("u", 5, price=2), change("u", 6), change("c", 8)], lambda _lid: None, stored
+    )
+    assert asked == [[5, 6]]
+    assert [a.kind for a in actions] == ["skip", "predict", "predict"]
+
+
+def test_delete_then_recreate_in_one_batch() -> None:
+    cache = {3: features_hash(ROW)}
+    actions = plan_actions([change("d", 3), change("c", 3)], cache.get)
+    assert [a.kind for a in actions] == ["tombstone", "predict"]
+
+
+def test_update_that_breaks_a_row_is_dead_lettered_and_unpriced() -> None:
+    actions = plan_actions([change("u", 4, year=None)], lambda _lid: None)
+    assert [a.kind for a in actions] == ["dlq", "tombstone"]
+    assert actions[0].reason == "year: is missing (null)"
+
+
+def test_debezium_tombstone_and_truncate_are_skipped() -> None:
+    actions = plan_actions([Change("tombstone", 9, None, None, None)], lambda _lid: None)
+    assert [(a.kind, a.skip_why) for a in actions] == [("skip", "tombstone")]
+
+
+def test_generated_invalid_rows_are_all_dead_lettered() -> None:
+    records = generate_listing_records(60, seed=3, invalid=12)
+    changes = [Change("c", i, r, 1, 1) for i, r in enumerate(records)]
+    actions = plan_actions(changes, lambda _lid: None)
+    dlq = [a for a in actions if a.kind == "dlq"]
+    assert len(dlq) == 12
+    assert all(a.reason and ": " in a.reason for a in dlq)
+    assert sum(a.kind == "predict" for a in actions) == 48
+
+
+def test_dlq_reason_lists_fields_in_schema_order() -> None:
+    problems = feature_problems({**ROW, "mpg": 0.0, "model": " ", "year": None})
+    assert dlq_reason(problems) == (
+        "model: must not be blank; year: is missing (null); mpg: must be at least 1, got 0.0"
+    )
+    headers = dict(dlq_headers("x: y", "cars.public.car_listings", 0, 17))
+    assert headers == {
+        "reason": b"x: y", "source.topic": b"cars.public.car_listings",
+        "source.partition": b"0", "source.offset": b"17",
+    }  # fmt: skip
+
+
+def test_parse_debezium_envelope() -> None:
+    value = {
+        "before": None, "after": {"id": 12, **ROW}, "op": "c", "ts_ms": 5,
+        "source": {"ts_ms": 1_700_000_000_123, "lsn": 2_345_678, "table": "car_listings"},
+    }  # fmt: skip
+    parsed = parse_change({"id": 12}, value)
+    assert parsed == Change("c", 12, {"id": 12, **ROW}, 1_700_000_000_123, 2_345_678)
+    deleted = parse_change(
+        {"id": 12}, {"before": {"id": 12}, "after": None, "op": "d", "source": {"ts_ms": 1}}
+    )
+    assert (deleted.op, deleted.listing_id, deleted.row) == ("d", 12, None)
+
+
+def test_parse_flattened_row() -> None:
+    parsed = parse_change(None, {"id": 3, **ROW, "__op": "u", "__source_ts_ms": 9, "__lsn": 8})
+    assert (parsed.op, parsed.listing_id, parsed.source_ts_ms, parsed.lsn) == ("u", 3, 9, 8)
+    gone = parse_change({"id": 3}, {"id": 3, "__deleted": "true"})
+    assert (gone.op, gone.row) == ("d", None)
+
+
+def test_offsets_commit_next_offset_per_partition() -> None:
+    tps = offsets_to_commit([("t", 0, 5), ("t", 1, 2), ("t", 0, 7), ("t", 0, 6)])
+    assert [(tp.topic, tp.partition, tp.offset) for tp in tps] == [("t", 0, 8), ("t", 1, 3)]
+
+
+def test_prediction_record_keeps_full_precision_and_latencies() -> None:
+    action = Action("predict", 0, 11, change("c", 11), "abc")
+    record = prediction_record(
+        action, {"predicted_price": 12345.678901, "model_tag": "ford_price:x"},
+        kafka_ts_ms=1_700_000_000_050, received_ts_ms=1_700_000_000_060,
+        predicted_ts_ms=1_700_000_000_100, model_latency_ms=12.5,
+    )  # fmt: skip
+    assert record["predicted_price"] == 12345.678901
+    assert record["end_to_end_ms"] == 100.0
+    assert (record["source_lsn"], record["features_hash"]) == (42, "abc")
+
+
+def test_service_records_carry_only_features() -> None:
+    assert service_records([{"id": 1, **ROW}]) == [{name: ROW[name] for name in FEATURES}]
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert backoff_delays(5, 0.25, 1.0) == [0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", [{"mileage": "12k"}, {"engineSize": 0.0}, {"fuelType": ""}])
+def test_unpriceable_values_are_caught(bad: dict[str, Any]) -> None:
+    actions = plan_actions([change("c", 1, **bad)], lambda _lid: None)
+    assert actions[0].kind == "dlq"
+    assert actions[0].reason.startswith(next(iter(bad)) + ": ")
