@@ -9,10 +9,20 @@ from the definitions below. Column names keep the dataset's spelling
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from streaming_ml.exceptions import DataError
+
+logger = logging.getLogger(__name__)
 
 ColumnKind = Literal["category", "int", "float"]
 
@@ -67,11 +77,15 @@ TARGET = "price"
 COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in LISTING_COLUMNS}
 FEATURE_COLUMNS: tuple[Column, ...] = tuple(c for c in LISTING_COLUMNS if c.name != TARGET)
 FEATURES: tuple[str, ...] = tuple(c.name for c in FEATURE_COLUMNS)
-CATEGORICAL_FEATURES: tuple[str, ...] = tuple(c.name for c in FEATURE_COLUMNS if c.kind == "category")
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(
+    c.name for c in FEATURE_COLUMNS if c.kind == "category"
+)
 NUMERIC_FEATURES: tuple[str, ...] = tuple(c.name for c in FEATURE_COLUMNS if c.kind != "category")
 
 
-def column_bounds(column: Column, today: dt.date | None = None) -> tuple[float | None, float | None]:
+def column_bounds(
+    column: Column, today: dt.date | None = None
+) -> tuple[float | None, float | None]:
     if column.name == "year":
         return MIN_YEAR, max_year(today)
     return column.minimum, column.maximum
@@ -126,8 +140,7 @@ def listings_ddl(table: str = "car_listings") -> str:
     pipeline so they are dead-lettered with a reason instead of vanishing."""
     cols = ",\n    ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in LISTING_COLUMNS)
     return (
-        f"CREATE TABLE IF NOT EXISTS public.{table} (\n"
-        f"    id serial PRIMARY KEY,\n    {cols}\n);\n"
+        f"CREATE TABLE IF NOT EXISTS public.{table} (\n    id serial PRIMARY KEY,\n    {cols}\n);\n"
     )
 
 
@@ -171,3 +184,372 @@ def predictions_ddl(table: str = "car_price_predictions") -> str:
         f"CREATE TRIGGER {table}_stamp BEFORE INSERT OR UPDATE ON public.{table}\n"
         f"    FOR EACH ROW EXECUTE FUNCTION public.{table}_stamp();\n"
     )
+
+
+# --- Loading the Ford CSV -----------------------------------------------------
+
+DUPLICATE_REASON = "exact duplicate"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """A cleaned listing frame plus what was dropped on the way and why."""
+
+    frame: pd.DataFrame
+    dropped: dict[str, int]
+    rows_read: int
+
+    @property
+    def rows_kept(self) -> int:
+        return len(self.frame)
+
+    def report(self) -> str:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in self.dropped.items())
+        return (
+            f"read {self.rows_read} rows, kept {self.rows_kept}, "
+            f"dropped {self.rows_read - self.rows_kept}" + (f" ({reasons})" if reasons else "")
+        )
+
+
+def _python_value(column: Column, value: Any) -> Any:
+    """A cleaned cell as the plain Python value ``check_value`` expects."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if column.kind == "category":
+        return str(value)
+    number = float(value)
+    if column.kind == "int" and number.is_integer():
+        return int(number)
+    return number
+
+
+def _drop_reason(column: Column, raw: str, parsed: Any, today: dt.date | None) -> str | None:
+    if raw == "":
+        return f"{column.name} missing"
+    if parsed is None:
+        return f"{column.name} unparseable"
+    problem = check_value(column, parsed, today)
+    if problem is None:
+        return None
+    if problem.startswith("must be a whole number"):
+        return f"{column.name} not a whole number"
+    return f"{column.name} out of range"
+
+
+def clean_listings(raw: pd.DataFrame, today: dt.date | None = None) -> LoadResult:
+    """Normalise a frame of raw string cells and drop rows that do not fit the schema.
+
+    Each dropped row is counted once, under the first schema column that rejects it,
+    so the counts add up to the number of rows dropped.
+    """
+    rows_read = len(raw)
+    cells = raw.loc[:, list(c.name for c in LISTING_COLUMNS)].astype("string").fillna("")
+    cells = cells.apply(lambda s: s.str.strip())
+    parsed: dict[str, pd.Series] = {}
+    for column in LISTING_COLUMNS:
+        text = cells[column.name]
+        if column.kind == "category":
+            parsed[column.name] = text.where(text != "", None).astype(object)
+        else:
+            parsed[column.name] = pd.to_numeric(text.where(text != ""), errors="coerce")
+
+    raw_lists = {c.name: cells[c.name].tolist() for c in LISTING_COLUMNS}
+    parsed_lists = {c.name: parsed[c.name].tolist() for c in LISTING_COLUMNS}
+    reasons: list[str | None] = []
+    for i in range(rows_read):
+        reason = None
+        for column in LISTING_COLUMNS:
+            value = _python_value(column, parsed_lists[column.name][i])
+            reason = _drop_reason(column, raw_lists[column.name][i], value, today)
+            if reason:
+                break
+        reasons.append(reason)
+
+    frame = pd.DataFrame(parsed)
+    valid = pd.Series([r is None for r in reasons], index=frame.index)
+    dropped: dict[str, int] = {}
+    for reason in reasons:
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+    frame = frame[valid]
+    duplicated = frame.duplicated(keep="first")
+    if duplicated.any():
+        dropped[DUPLICATE_REASON] = int(duplicated.sum())
+        frame = frame[~duplicated]
+    return LoadResult(frame=with_schema_dtypes(frame), dropped=dropped, rows_read=rows_read)
+
+
+def with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Schema column order and dtypes: str categories, int64 ints, float64 floats."""
+    frame = frame.loc[:, [c.name for c in LISTING_COLUMNS]].reset_index(drop=True)
+    for column in LISTING_COLUMNS:
+        series = frame[column.name]
+        if column.kind == "category":
+            frame[column.name] = series.astype(object)
+        elif column.kind == "int" and not series.isna().any():
+            frame[column.name] = series.astype("int64")
+        elif column.kind == "int":
+            frame[column.name] = series.astype("Int64")
+        else:
+            frame[column.name] = series.astype("float64")
+    return frame
+
+
+def load_listings_csv(path: str | Path, today: dt.date | None = None) -> LoadResult:
+    """Read a Ford listings CSV as exported (CRLF endings, padded cells, bad rows kept)
+    and return the rows that fit the schema plus a count of dropped rows per reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"listings CSV not found: {path}. Pass an existing file (columns: "
+            f"{', '.join(c.name for c in LISTING_COLUMNS)}) or leave --data out to use "
+            "the seeded synthetic data."
+        )
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(
+            f"cannot parse {path} as CSV ({error}); is it the Ford listings CSV?"
+        ) from error
+    raw.columns = [str(name).strip() for name in raw.columns]
+    missing = [c.name for c in LISTING_COLUMNS if c.name not in raw.columns]
+    if missing:
+        raise DataError(
+            f"{path} lacks the column(s) {', '.join(missing)}; found {', '.join(raw.columns)}. "
+            "The header must use the dataset spelling (e.g. fuelType, engineSize)."
+        )
+    result = clean_listings(raw, today)
+    logger.info(
+        "loaded listings CSV: %s",
+        result.report(),
+        extra={"path": str(path), "rows_read": result.rows_read, "rows_kept": result.rows_kept},
+    )
+    return result
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the listings in canonical form (schema order, fixed number format), so
+    the same training rows give the same fingerprint whatever file they came from."""
+    canonical = with_schema_dtypes(frame).to_csv(
+        index=False, lineterminator="\n", float_format="%.6g"
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def listing_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts of plain Python values (None for missing), ready for psycopg2 or JSON."""
+    columns = [c for c in LISTING_COLUMNS if c.name in frame.columns]
+    return [
+        {c.name: _python_value(c, v) for c, v in zip(columns, row, strict=True)}
+        for row in frame.loc[:, [c.name for c in columns]].itertuples(index=False, name=None)
+    ]
+
+
+# --- Seeded synthetic listings ------------------------------------------------
+# Calibrated once on the real training split and kept here as plain facts (shares,
+# means, regression coefficients) so that fresh clones, CI and the load generator
+# get realistic Ford listings without the data file.
+
+SNAPSHOT_YEAR = 2020  # the listings were scraped in 2020: ages are counted from it
+
+
+@dataclass(frozen=True)
+class _ModelProfile:
+    share: int  # listings of this model in the calibration data
+    year_mean: float
+    year_sd: float
+    year_min: int
+    automatic: float  # share of Automatic; Semi-Auto next, Manual the rest
+    semi_auto: float
+    diesel: float  # share of Diesel; Hybrid next, Petrol the rest
+    hybrid: float
+    log_price_base: float  # model effect in the log-price regression below
+
+
+# fmt: off
+_PROFILES: dict[str, _ModelProfile] = {
+    # model:                       share  year   sd  min   auto  semi  diesel hybrid base
+    "Fiesta":               _ModelProfile(5242, 2016.8, 2.0, 1998, .028, .042, .061,    0, 9.548),
+    "Focus":                _ModelProfile(3690, 2017.0, 2.1, 2003,  .09, .037, .349,    0, 9.715),
+    "Kuga":                 _ModelProfile(1785, 2017.1, 1.6, 2009, .118, .098, .789, .003, 9.844),
+    "EcoSport":             _ModelProfile( 899, 2017.6, 1.2, 2014, .055, .074, .133,    0, 9.638),
+    "C-MAX":                _ModelProfile( 429, 2016.1, 2.0, 2007, .091, .072, .591,    0, 9.618),
+    "Mondeo":               _ModelProfile( 423, 2016.1, 2.5, 2002,  .24, .063, .806, .031, 9.671),
+    "Ka+":                  _ModelProfile( 417, 2017.9, 0.8, 2016,    0,    0, .002,    0, 9.193),
+    "B-MAX":                _ModelProfile( 280, 2015.5, 1.6, 2012, .069, .195, .217,    0, 9.496),
+    "S-MAX":                _ModelProfile( 236, 2016.4, 2.2, 2006, .205, .171, .876,    0, 9.998),
+    "Grand C-MAX":          _ModelProfile( 201, 2016.3, 1.4, 2011, .139, .075, .697,    0, 9.696),
+    "Galaxy":               _ModelProfile( 184, 2016.5, 2.2, 2005, .147, .201, .957,    0, 10.019),
+    "Edge":                 _ModelProfile( 167, 2017.3, 1.0, 2016, .299, .335,  1.0,    0, 10.122),
+    "KA":                   _ModelProfile( 149, 2013.8, 2.7, 2006,    0,    0, .007,    0, 9.208),
+    "Tourneo Custom":       _ModelProfile(  63, 2017.8, 1.2, 2015, .127,    0,  1.0,    0, 10.029),
+    "Puma":                 _ModelProfile(  62, 2019.1, 1.0, 2017,    0,    0,    0,    0, 9.871),
+    "Grand Tourneo Connect":_ModelProfile(  51, 2017.2, 1.4, 2014,  .26,    0,  1.0,    0, 9.857),
+    "Mustang":              _ModelProfile(  49, 2018.2, 1.3, 2016, .429, .286,    0,    0, 9.625),
+    "Tourneo Connect":      _ModelProfile(  26, 2016.9, 1.5, 2015, .308,    0, .923,    0, 9.806),
+    "Fusion":               _ModelProfile(  15, 2007.9, 2.1, 2004, .267,    0, .133,    0, 9.415),
+    "Streetka":             _ModelProfile(   2, 2005.5, 0.7, 2005,    0,    0,    0,    0, 9.558),
+    "Ranger":               _ModelProfile(   1, 2013.0, 1.0, 2012,    0,    0,  1.0,    0, 10.12),
+    "Escort":               _ModelProfile(   1, 1996.0, 1.0, 1996,    0,    0,    0,    0, 10.6),
+}
+# Engine sizes per model: (litres, share).
+_ENGINES: dict[str, tuple[tuple[float, float], ...]] = {
+    "Fiesta": ((1.0, .654), (1.2, .14), (1.1, .083), (1.5, .065), (1.6, .048), (1.4, .01)),
+    "Focus": ((1.0, .474), (1.5, .26), (2.0, .172), (1.6, .076), (2.3, .014), (1.8, .004)),
+    "Kuga": ((2.0, .612), (1.5, .377), (2.5, .011)),
+    "EcoSport": ((1.0, .77), (1.5, .23)),
+    "C-MAX": ((1.5, .472), (1.0, .287), (1.6, .166), (2.0, .061), (1.8, .014)),
+    "Mondeo": ((2.0, .741), (1.5, .206), (1.6, .024), (2.2, .008), (2.3, .003)),
+    "Ka+": ((1.2, 1.0),),
+    "B-MAX": ((1.0, .404), (1.6, .329), (1.5, .152), (1.4, .116)),
+    "S-MAX": ((2.0, .876), (1.5, .077), (1.6, .021), (2.2, .017), (2.5, .009)),
+    "Grand C-MAX": ((1.5, .552), (1.0, .289), (2.0, .09), (1.6, .07)),
+    "Galaxy": ((2.0, .935), (1.5, .022), (1.8, .022), (2.2, .011), (2.3, .01)),
+    "Edge": ((2.0, 1.0),),
+    "KA": ((1.2, .946), (1.3, .054)),
+    "Tourneo Custom": ((2.0, .984), (2.2, .016)),
+    "Puma": ((1.0, .967), (1.7, .033)),
+    "Grand Tourneo Connect": ((1.5, .9), (1.6, .1)),
+    "Mustang": ((5.0, .735), (2.3, .265)),
+    "Tourneo Connect": ((1.5, .846), (1.6, .115), (1.0, .039)),
+    "Fusion": ((1.4, .533), (1.6, .467)),
+    "Streetka": ((1.6, 1.0),),
+    "Ranger": ((3.2, 1.0),),
+    "Escort": ((1.8, 1.0),),
+}
+# fmt: on
+
+# log(price) = model base + these terms + N(0, _LOG_PRICE_NOISE); ordinary least squares
+# on the calibration data (R^2 ~ 0.9; the age^2 term makes depreciation level off).
+_LOG_PRICE = {
+    "age": -0.1022, "age2": -0.0024, "log_kmiles": -0.1024, "engine": 0.2675,
+    "Automatic": 0.0576, "Semi-Auto": 0.0565, "Diesel": -0.1005, "Hybrid": 0.0111,
+}  # fmt: skip
+_LOG_PRICE_NOISE = 0.132
+# Mileage by age in years: (mean miles, coefficient of variation); older = last row.
+_MILEAGE_BY_AGE = (
+    (1_300, 1.2), (7_200, 0.7), (15_700, 0.58), (22_700, 0.54), (29_900, 0.56), (39_700, 0.52),
+    (41_500, 0.42), (47_700, 0.4), (60_200, 0.39), (70_800, 0.35), (80_000, 0.33),
+)  # fmt: skip
+# mpg = intercept + engine + diesel + age + automatic terms + N(0, sd); OLS fit.
+_MPG = {"intercept": 76.6, "engine": -18.0, "Diesel": 17.5, "age": 0.29, "auto": -6.7, "sd": 6.6}
+# Road tax: cars registered from 2017 pay a flat rate; older ones pay by CO2 band,
+# which tracks fuel economy. (mpg upper edge, {tax: share}).
+_TAX_FLAT = {145: 0.70, 150: 0.14, 125: 0.05, 0: 0.05, 20: 0.03, 30: 0.03}
+_TAX_FLAT_HYBRID = {135: 0.6, 140: 0.27, 145: 0.07, 0: 0.06}
+_TAX_BY_MPG = (
+    (40.0, {235: 0.45, 260: 0.3, 240: 0.1, 300: 0.15}),
+    (45.0, {160: 0.45, 200: 0.35, 165: 0.2}),
+    (50.0, {145: 0.5, 200: 0.2, 150: 0.2, 160: 0.1}),
+    (55.0, {125: 0.5, 30: 0.3, 145: 0.2}),
+    (60.0, {30: 0.6, 125: 0.3, 0: 0.1}),
+    (65.0, {20: 0.5, 30: 0.3, 125: 0.2}),
+    (70.0, {0: 0.67, 20: 0.33}),
+    (math.inf, {0: 0.95, 20: 0.05}),
+)
+FLAT_TAX_FROM_YEAR = 2017
+
+
+def _pick(rng: np.random.Generator, shares: Mapping[Any, float]) -> Any:
+    keys = list(shares)
+    weights = np.asarray(list(shares.values()), dtype=float)
+    return keys[rng.choice(len(keys), p=weights / weights.sum())]
+
+
+def _valid_listing(rng: np.random.Generator) -> dict[str, Any]:
+    name = _pick(rng, {m: p.share for m, p in _PROFILES.items()})
+    profile = _PROFILES[name]
+    year = int(
+        np.clip(
+            round(rng.normal(profile.year_mean, profile.year_sd)), profile.year_min, SNAPSHOT_YEAR
+        )
+    )
+    age = SNAPSHOT_YEAR - year
+    transmission = _pick(
+        rng,
+        {
+            "Automatic": profile.automatic,
+            "Semi-Auto": profile.semi_auto,
+            "Manual": max(0.0, 1 - profile.automatic - profile.semi_auto),
+        },
+    )
+    fuel = _pick(
+        rng,
+        {
+            "Diesel": profile.diesel,
+            "Hybrid": profile.hybrid,
+            "Petrol": max(0.0, 1 - profile.diesel - profile.hybrid),
+        },
+    )
+    engine = float(_pick(rng, dict(_ENGINES[name])))
+    mean_miles, cv = _MILEAGE_BY_AGE[min(age, len(_MILEAGE_BY_AGE) - 1)]
+    shape = 1 / cv**2
+    mileage = max(1, round(rng.gamma(shape, mean_miles / shape)))
+    mpg = (
+        _MPG["intercept"] + _MPG["engine"] * engine + _MPG["Diesel"] * (fuel == "Diesel")
+        + _MPG["age"] * age + _MPG["auto"] * (transmission != "Manual")
+        + rng.normal(0, _MPG["sd"]) + 10 * (fuel == "Hybrid")
+    )  # fmt: skip
+    mpg = round(float(np.clip(mpg, 20.0, 95.0)), 1)
+    if year >= FLAT_TAX_FROM_YEAR:
+        tax = _pick(rng, _TAX_FLAT_HYBRID if fuel == "Hybrid" else _TAX_FLAT)
+    else:
+        tax = _pick(rng, next(shares for edge, shares in _TAX_BY_MPG if mpg < edge))
+    k = _LOG_PRICE
+    log_price = (
+        profile.log_price_base + k["age"] * age + k["age2"] * min(age, 15) ** 2
+        + k["log_kmiles"] * math.log1p(mileage / 1000) + k["engine"] * engine
+        + k.get(transmission, 0.0) + k.get(fuel, 0.0) + rng.normal(0, _LOG_PRICE_NOISE)
+    )  # fmt: skip
+    price = max(495, int(round(math.exp(log_price) / 5) * 5))
+    return {
+        "model": name, "year": year, "price": price, "transmission": transmission,
+        "mileage": mileage, "fuelType": fuel, "tax": int(tax), "mpg": mpg, "engineSize": engine,
+    }  # fmt: skip
+
+
+# Ways a listing arrives broken in the wild; each breaks at least one feature so
+# feature_problems() flags it (the price is the target, not a feature).
+# fmt: off
+_CORRUPTIONS: tuple[tuple[str, Any], ...] = (
+    ("null feature", lambda r, rng, today: r.update({FEATURES[rng.integers(len(FEATURES))]: None})),
+    ("negative mileage", lambda r, rng, today: r.update(mileage=-int(rng.integers(1, 50_000)))),
+    ("future year", lambda r, rng, today: r.update(year=max_year(today) + int(rng.integers(1, 40)))),  # noqa: E501
+    ("engineSize 0", lambda r, rng, today: r.update(engineSize=0.0)),
+    ("blank model", lambda r, rng, today: r.update(model=" " * int(rng.integers(0, 3)))),
+    ("ancient year", lambda r, rng, today: r.update(year=int(rng.integers(1900, MIN_YEAR)))),
+    ("negative tax", lambda r, rng, today: r.update(tax=-int(rng.integers(1, 300)))),
+    ("zero mpg", lambda r, rng, today: r.update(mpg=0.0)),
+    ("blank fuelType", lambda r, rng, today: r.update(fuelType="")),
+    ("huge mileage", lambda r, rng, today: r.update(mileage=int(rng.integers(10**6 + 1, 10**7)))),
+)
+# fmt: on
+CORRUPTION_KINDS: tuple[str, ...] = tuple(name for name, _ in _CORRUPTIONS)
+
+
+def generate_listings(
+    n: int, seed: int, invalid: int = 0, today: dt.date | None = None
+) -> pd.DataFrame:
+    """``n`` realistic Ford listings (schema columns), reproducible for a given seed.
+
+    ``invalid`` of them (at random positions) are broken in rotating ways (see
+    ``CORRUPTION_KINDS``) so that ``feature_problems`` flags each one; the others are
+    all valid. Integer columns become nullable ``Int64`` only when a null was injected.
+    """
+    if n < 0 or not 0 <= invalid <= n:
+        raise DataError(f"need 0 <= invalid <= n and n >= 0, got n={n}, invalid={invalid}")
+    rng = np.random.default_rng(seed)
+    records = [_valid_listing(rng) for _ in range(n)]
+    broken = rng.choice(n, size=invalid, replace=False) if invalid else []
+    for i, row in enumerate(sorted(int(b) for b in broken)):
+        _CORRUPTIONS[i % len(_CORRUPTIONS)][1](records[row], rng, today)
+    if not records:
+        return with_schema_dtypes(pd.DataFrame({c.name: [] for c in LISTING_COLUMNS}))
+    return with_schema_dtypes(pd.DataFrame.from_records(records))
+
+
+def generate_listing_records(
+    n: int, seed: int, invalid: int = 0, today: dt.date | None = None
+) -> list[dict[str, Any]]:
+    """``generate_listings`` as plain Python dicts (None for nulls), e.g. for INSERTs."""
+    return listing_records(generate_listings(n, seed, invalid, today))

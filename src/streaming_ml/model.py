@@ -1,0 +1,98 @@
+"""The served price model: an XGBoost booster plus its ``FeatureSpec``, both plain JSON.
+
+A model in the BentoML store holds ``booster.json`` (XGBoost's own JSON format) and
+the feature spec in its metadata; nothing custom is pickled, so loading needs only
+this module and XGBoost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from streaming_ml.exceptions import ModelNotFoundError
+from streaming_ml.features import FeatureEncoder, FeatureSpec
+
+if TYPE_CHECKING:
+    import bentoml
+
+logger = logging.getLogger(__name__)
+
+BOOSTER_FILE = "booster.json"
+FEATURES_KEY = "features"
+TARGET_TRANSFORM_KEY = "target_transform"
+
+
+class PriceModel:
+    """Predicts GBP prices from listing features; single-threaded, safe to share per worker."""
+
+    def __init__(
+        self, booster: xgb.Booster, spec: FeatureSpec, tag: str, target_transform: str = "log"
+    ) -> None:
+        # One thread per call: the service runs several workers and batches requests,
+        # so intra-call threading only adds contention and latency jitter.
+        booster.set_param({"nthread": 1})
+        self.booster = booster
+        self.spec = spec
+        self.tag = tag
+        self.target_transform = target_transform
+        self._encoder = FeatureEncoder(spec)
+
+    def _to_price(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64).reshape(-1)
+        return np.exp(raw) if self.target_transform == "log" else raw
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        if len(matrix) == 0:
+            return np.empty(0, dtype=np.float64)
+        return self._to_price(self.booster.inplace_predict(matrix, validate_features=False))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Prices for each row of ``frame`` (``data.FEATURES`` columns; others ignored)."""
+        return self.predict_matrix(self._encoder.from_frame(frame))
+
+    def predict_records(self, records: Iterable[Mapping[str, Any]]) -> np.ndarray:
+        """Prices for dicts keyed by feature name: the fast path for JSON request bodies."""
+        return self.predict_matrix(self._encoder.from_records(records))
+
+    @classmethod
+    def from_bento_model(cls, model: bentoml.Model) -> PriceModel:
+        metadata = model.info.metadata
+        if FEATURES_KEY not in metadata:
+            raise ModelNotFoundError(
+                f"{model.tag} is not a price model saved by `streaming-ml train` "
+                "(no feature spec in its metadata); train one with `streaming-ml train`."
+            )
+        booster = xgb.Booster()
+        booster.load_model(model.path_of(BOOSTER_FILE))
+        return cls(
+            booster=booster,
+            spec=FeatureSpec.from_dict(metadata[FEATURES_KEY]),
+            tag=str(model.tag),
+            target_transform=str(metadata.get(TARGET_TRANSFORM_KEY, "log")),
+        )
+
+
+def get_bento_model(tag: str) -> bentoml.Model:
+    """The stored model for ``tag`` (e.g. ``ford_price:latest``) or a ModelNotFoundError."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        return bentoml.models.get(tag)
+    except (BentoMLException, ValueError) as error:
+        raise ModelNotFoundError(
+            f"no model {tag!r} in the BentoML model store ({error}); "
+            "run `streaming-ml train` first (or pass an existing tag, see `bentoml models list`)."
+        ) from error
+
+
+def load_price_model(tag: str) -> PriceModel:
+    model = PriceModel.from_bento_model(get_bento_model(tag))
+    logger.info("loaded price model", extra={"model_tag": model.tag})
+    return model
