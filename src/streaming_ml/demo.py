@@ -1,0 +1,238 @@
+"""``streaming-ml demo``: the whole pipeline on this machine, from a fresh clone.
+
+Starts the stack, trains a model if none exists, starts the service and the
+bridge, inserts a few listings and shows each one with the price the pipeline
+wrote back to Postgres and how long that took. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from streaming_ml.config import Settings
+from streaming_ml.exceptions import ModelNotFoundError, StreamingMLError
+
+logger = logging.getLogger(__name__)
+
+DEMO_SEED = 2020
+PREDICTION_TIMEOUT_S = 180.0
+
+
+def ensure_model(settings: Settings, console: Console) -> str:
+    """The tag of the newest ``ford_price`` model, training one on synthetic data if
+    the model store has none (a fresh clone)."""
+    from streaming_ml.model import get_bento_model
+
+    try:
+        return str(get_bento_model(f"{settings.model_name}:latest").tag)
+    except ModelNotFoundError:
+        pass
+    console.print(f"[bold]No {settings.model_name} model yet: training one on synthetic data…")
+    from streaming_ml.train import train_model
+
+    result = train_model(
+        model_name=settings.model_name, data_path=None, synthetic_rows=20_000, seed=42,
+        version=None,
+    )  # fmt: skip
+    tag = result.get("tag") or result.get("model_tag")
+    return str(tag) if tag else str(get_bento_model(f"{settings.model_name}:latest").tag)
+
+
+def wait_for_predictions(
+    dsn: str, table: str, ids: list[int], timeout_s: float, console: Console | None = None
+) -> dict[int, dict[str, Any]]:
+    """Poll the predictions table until every id has a row or the deadline passes."""
+    import psycopg2
+    import psycopg2.extras
+
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    next_report = started + 5.0
+    query = (
+        f"SELECT listing_id, predicted_price, model_tag, end_to_end_ms, source_ts_ms, "
+        f"(extract(epoch FROM written_at) * 1000)::bigint AS written_ms "
+        f"FROM public.{table} WHERE listing_id = ANY(%s)"
+    )
+    rows: dict[int, dict[str, Any]] = {}
+    with psycopg2.connect(dsn, connect_timeout=10) as conn:
+        conn.autocommit = True
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            while True:
+                cur.execute(query, (ids,))
+                rows = {int(r["listing_id"]): dict(r) for r in cur.fetchall()}
+                if len(rows) >= len(set(ids)):
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if console is not None and now >= next_report:
+                    console.print(
+                        f"  waiting for predictions: {len(rows)}/{len(set(ids))} "
+                        f"after {now - started:.0f}s (up to {timeout_s:.0f}s)"
+                    )
+                    next_report = now + 5.0
+                time.sleep(0.2)  # poll interval of a bounded readiness check
+    conn.close()
+    return rows
+
+
+def _listings(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
+    import psycopg2
+    import psycopg2.extras
+
+    with (
+        psycopg2.connect(dsn, connect_timeout=10) as conn,
+        conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+    ):
+        cur.execute(f"SELECT * FROM public.{table} WHERE id = ANY(%s) ORDER BY id", (ids,))
+        found = {int(r["id"]): dict(r) for r in cur.fetchall()}
+    conn.close()
+    return found
+
+
+def results_table(
+    listings: dict[int, dict[str, Any]], predictions: dict[int, dict[str, Any]]
+) -> Table:
+    table = Table(title="Listings and their predicted prices (read back from Postgres)")
+    for header in ("id", "model", "year", "mileage", "fuel", "engine", "asking £"):
+        table.add_column(header, justify="right" if header != "model" else "left")
+    table.add_column("predicted £", justify="right", style="bold green")
+    table.add_column("commit→prediction", justify="right")
+    table.add_column("commit→row written", justify="right")
+    for lid, row in listings.items():
+        pred = predictions.get(lid)
+        written = (
+            f"{pred['written_ms'] - pred['source_ts_ms']:.0f} ms"
+            if pred and pred.get("written_ms") and pred.get("source_ts_ms")
+            else "-"
+        )
+        table.add_row(
+            str(lid), str(row["model"]), str(row["year"]), f"{row['mileage']:,}",
+            str(row["fuelType"]), f"{row['engineSize']}", f"{row['price']:,}",
+            f"{pred['predicted_price']:,.0f}" if pred else "[red]none (see DLQ)",
+            f"{pred['end_to_end_ms']:.0f} ms" if pred else "-",
+            written,
+        )  # fmt: skip
+    return table
+
+
+def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
+    """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
+    from streaming_ml import stack
+    from streaming_ml.bridge import Bridge
+    from streaming_ml.load import load_listings
+    from streaming_ml.serving import ServiceProcess
+    from streaming_ml.stack.secrets import APP_ROLE, secrets_path
+
+    console = Console()
+    console.rule("[bold]streaming-ml demo")
+    console.print("[bold]1/5[/] installing what is missing (idempotent)…")
+    stack.install(settings)
+    console.print("[bold]2/5[/] starting Postgres, Kafka, registry, Kafka Connect, Adminer…")
+    with ExitStack() as cleanup:
+        stack.up(settings)
+        cleanup.callback(lambda: _stop_stack(settings, console))
+        tag = ensure_model(settings, console)
+        console.print(f"[bold]3/5[/] starting the prediction service (model {tag})…")
+        service = ServiceProcess(
+            host=settings.host, port=settings.service_port, model_tag=tag,
+            log_path=settings.state_dir / "logs" / "service.log",
+        )  # fmt: skip
+        service.start()
+        cleanup.callback(service.stop)
+        live = settings.model_copy(update={"service_url": service.url})
+        dsn = stack.postgres_dsn(settings)
+
+        console.print("[bold]4/5[/] starting the bridge (registers the connectors)…")
+        bridge = Bridge(live, dsn=dsn)
+        failure: list[BaseException] = []
+
+        def _run_bridge() -> None:
+            try:
+                bridge.run()
+            except BaseException as error:  # surfaced to the main thread below
+                failure.append(error)
+                bridge.ready.set()
+
+        thread = threading.Thread(target=_run_bridge, name="bridge", daemon=True)
+        thread.start()
+        cleanup.callback(lambda: (bridge.stop(), thread.join(timeout=60)))
+        if not bridge.ready.wait(timeout=180) or failure:
+            raise (
+                failure[0]
+                if failure
+                else StreamingMLError("the bridge did not start within 180 s; see the log above")
+            )
+
+        console.print(f"[bold]5/5[/] inserting {rows} listings (one of them invalid)…")
+        summary = load_listings(
+            dsn, rows, seed=DEMO_SEED + int(time.time()) % 1000, invalid=1 if rows > 1 else 0,
+            batch=1, table=settings.listings_table,
+        )  # fmt: skip
+        console.print(f"  {summary.describe()}")
+        valid = rows - (1 if rows > 1 else 0)
+        predictions = wait_for_predictions(
+            dsn, settings.predictions_table, summary.ids, PREDICTION_TIMEOUT_S, console
+        )
+        if failure:
+            raise failure[0]
+        console.print(results_table(_listings(dsn, settings.listings_table, summary.ids),
+                                    predictions))  # fmt: skip
+        console.print(
+            f"{len(predictions)}/{valid} valid listings priced; the invalid one went to the "
+            f"DLQ topic [bold]{settings.dlq_topic}[/] with its reason."
+        )
+        if len(predictions) < valid:
+            raise StreamingMLError(
+                f"only {len(predictions)} of {valid} listings were priced within "
+                f"{PREDICTION_TIMEOUT_S:.0f}s; see `streaming-ml stack logs connect` and the "
+                "bridge log above"
+            )
+        _print_endpoints(console, settings, service.url, APP_ROLE, str(secrets_path(
+            settings.state_dir)))  # fmt: skip
+        if not wait:
+            return
+        console.print("[bold]Running. Insert rows (Adminer or psql) and watch them get priced. "
+                      "Ctrl-C stops everything.")  # fmt: skip
+        try:
+            while thread.is_alive():
+                thread.join(timeout=1.0)
+        except KeyboardInterrupt:
+            console.print("\nstopping bridge, service and stack…")
+        if failure:
+            raise failure[0]
+
+
+def _print_endpoints(
+    console: Console, settings: Settings, service_url: str, role: str, secrets_file: str
+) -> None:
+    table = Table(title="Endpoints", show_header=False)
+    table.add_row("Adminer", f"http://{settings.host}:{settings.adminer_port}/")
+    table.add_row(
+        "  login",
+        f"System: PostgreSQL, Server: {settings.host}:{settings.postgres_port}, "
+        f"Username: {role}, Database: {settings.database}",
+    )
+    table.add_row("  password", f"key {role!r} in {secrets_file} (or `streaming-ml stack psql`)")
+    table.add_row("Prediction service", f"{service_url}  (POST /predict_batch, /docs)")
+    table.add_row(
+        "Bridge metrics", f"http://{settings.host}:{settings.bridge_metrics_port}/metrics"
+    )
+    table.add_row("Kafka", settings.kafka_bootstrap)
+    table.add_row("Schema registry", settings.registry_url)
+    table.add_row("Kafka Connect", settings.connect_url + "/connectors")
+    console.print(table)
+
+
+def _stop_stack(settings: Settings, console: Console) -> None:
+    from streaming_ml import stack
+
+    console.print("stopping the stack…")
+    stack.down(settings)
