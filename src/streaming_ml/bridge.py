@@ -398,8 +398,8 @@ class Bridge:
         self, max_events: int | None = None, timeout: float | None = None, once: bool = False
     ) -> BridgeStats:
         deadline = time.monotonic() + timeout if timeout is not None else None
-        self._setup()
         try:
+            self._setup()
             while not self._stop.is_set():
                 if max_events is not None and self.stats.events >= max_events:
                     break
@@ -462,9 +462,15 @@ class Bridge:
             [s.listings_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         if self.serve_metrics:
-            self._metrics_server, _ = start_http_server(
-                s.bridge_metrics_port, addr=s.host, registry=self.metrics.registry
-            )
+            try:
+                self._metrics_server, _ = start_http_server(
+                    s.bridge_metrics_port, addr=s.host, registry=self.metrics.registry
+                )
+            except OSError as error:
+                raise BridgeError(
+                    f"cannot serve metrics on {s.host}:{s.bridge_metrics_port} ({error}); "
+                    "is another bridge running? Set SML_BRIDGE_METRICS_PORT or --metrics-port"
+                ) from error
         logger.info(
             "bridge started",
             extra={
