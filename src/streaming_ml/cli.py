@@ -213,6 +213,57 @@ def demo(
         _fail(error)
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Smoke profile: under 60 s of runs"),
+    rate: float | None = typer.Option(None, help="Latency run: rows/s inserted (default 1000)"),
+    duration: float | None = typer.Option(None, help="Latency run: seconds of inserts"),
+    insert_mode: str = typer.Option("batched", help="batched (rate/100 rows per commit) | single"),
+    batch: int | None = typer.Option(None, help="Rows per commit in batched mode"),
+    steps: str | None = typer.Option(None, help="Throughput step rates, e.g. 1000,2000,4000"),
+    step_duration: float | None = typer.Option(None, help="Seconds per throughput step"),
+    prefill_rows: int | None = typer.Option(None, help="Rows for the bridge-only run"),
+    concurrency: int | None = typer.Option(None, help="Client threads for /predict req/s"),
+    skip_serving: bool = typer.Option(False, "--skip-serving", help="No /predict run"),
+    skip_latency: bool = typer.Option(False, "--skip-latency", help="No latency run"),
+    skip_throughput: bool = typer.Option(
+        False, "--skip-throughput", help="No throughput steps, no bridge-only run"
+    ),
+    out: Path | None = typer.Option(None, help="Write the JSON figures here (default: stdout)"),
+    plot: Path | None = typer.Option(None, help="Write a PNG plot here"),
+) -> None:
+    """Measure latency, sustained throughput, bridge and /predict speed on the real stack."""
+    settings = _settings()
+    from dataclasses import replace
+
+    from streaming_ml.bench import BenchOptions, run_bench
+
+    options = BenchOptions.quick() if quick else BenchOptions()
+    given = {
+        "rate": rate, "duration_s": duration, "batch_rows": batch,
+        "step_duration_s": step_duration, "prefill_rows": prefill_rows,
+        "concurrency": concurrency,
+    }  # fmt: skip
+    try:
+        if steps is not None:
+            given["step_rates"] = tuple(float(r) for r in steps.split(",") if r.strip())
+        options = replace(
+            options,
+            **{k: v for k, v in given.items() if v is not None},
+            insert_mode=insert_mode,
+            run_serving=not skip_serving,
+            run_latency=not skip_latency,
+            run_throughput=not skip_throughput,
+        )
+        doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))
+    except ValueError as error:
+        _fail(StreamingMLError(f"--steps must be comma-separated numbers: {error}"))
+    except StreamingMLError as error:
+        _fail(error)
+    if out is None:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+
+
 def main() -> None:
     app()
 

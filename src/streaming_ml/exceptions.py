@@ -31,3 +31,7 @@ class ServiceUnavailableError(StreamingMLError):
 
 class BridgeError(StreamingMLError):
     """The bridge cannot keep its delivery guarantee (Kafka unreachable, bad answer)."""
+
+
+class BenchError(StreamingMLError):
+    """A benchmark run could not be completed (pipeline not keeping up, bad figures)."""
