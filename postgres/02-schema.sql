@@ -1,0 +1,39 @@
+-- GENERATED from streaming_ml.data (listings_ddl/predictions_ddl); a unit test keeps
+-- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.
+\connect cars
+SET ROLE cars_app;
+CREATE TABLE IF NOT EXISTS public.car_listings (
+    id serial PRIMARY KEY,
+    "model" text,
+    "year" integer,
+    "price" integer,
+    "transmission" text,
+    "mileage" integer,
+    "fuelType" text,
+    "tax" integer,
+    "mpg" double precision,
+    "engineSize" double precision
+);
+CREATE TABLE IF NOT EXISTS public.car_price_predictions (
+    listing_id bigint PRIMARY KEY,
+    predicted_price double precision,
+    model_tag text,
+    features_hash text,
+    source_lsn bigint,
+    source_ts_ms bigint,
+    kafka_ts_ms bigint,
+    bridge_received_ts_ms bigint,
+    predicted_ts_ms bigint,
+    model_latency_ms double precision,
+    end_to_end_ms double precision,
+    written_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION public.car_price_predictions_stamp() RETURNS trigger AS $$
+BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS car_price_predictions_stamp ON public.car_price_predictions;
+CREATE TRIGGER car_price_predictions_stamp BEFORE INSERT OR UPDATE ON public.car_price_predictions
+    FOR EACH ROW EXECUTE FUNCTION public.car_price_predictions_stamp();
+-- Least privilege: the CDC role reads the listings, the sink writes predictions.
+GRANT SELECT ON public.car_listings TO cars_cdc;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions TO cars_sink;
+RESET ROLE;

@@ -1,0 +1,307 @@
+"""The real CDC stack as local processes on the loopback: install, up, down, status.
+
+Postgres 15, Kafka 4.3 (KRaft), Apicurio Registry 3.0.9, Kafka Connect with
+Debezium 3.6 and Adminer each run detached with a pid file and a log under
+``settings.state_dir``; ``up`` waits on real health checks and ``down`` stops them
+in reverse order. State (rows, topics, offsets, schemas, the replication slot)
+survives ``down``/``up``; ``down --purge`` deletes it but keeps the downloaded jars.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streaming_ml.config import Settings
+from streaming_ml.exceptions import StackError
+from streaming_ml.stack import adminer, connect, jars, kafka, postgres, process, registry
+from streaming_ml.stack.process import console
+from streaming_ml.stack.secrets import ensure_passwords, load_passwords
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "COMPONENTS",
+    "down",
+    "endpoints",
+    "install",
+    "postgres_dsn",
+    "print_logs",
+    "print_status",
+    "psql",
+    "status",
+    "up",
+]
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    ports: tuple[str, ...]  # Settings fields
+    timeout_s: float
+    logs: tuple[str, ...]  # files under <state>/logs
+    stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 30.0
+
+
+POSTGRES = Component(
+    postgres.NAME, ("postgres_port",), 60, ("postgres.log",),
+    # SIGINT is Postgres' "fast" shutdown: it does not wait for clients to disconnect.
+    stop_signal=signal.SIGINT,
+)  # fmt: skip
+KAFKA = Component(
+    kafka.NAME, ("kafka_port", "kafka_controller_port"), 120, ("kafka.log", "kafka-server.log")
+)
+REGISTRY = Component(registry.NAME, ("registry_port",), 120, ("registry.log",))
+CONNECT = Component(connect.NAME, ("connect_port",), 180, ("connect.log", "connect-worker.log"))
+ADMINER = Component(adminer.NAME, ("adminer_port",), 20, ("adminer.log",), stop_timeout_s=5)
+
+# Start order (dependencies first); `down` walks it backwards.
+COMPONENTS: tuple[Component, ...] = (POSTGRES, KAFKA, REGISTRY, CONNECT, ADMINER)
+BY_NAME = {c.name: c for c in COMPONENTS}
+
+# Debian packages, each with a check that says whether it is already there.
+APT_PACKAGES: tuple[tuple[str, Callable[[], bool]], ...] = (
+    ("postgresql-15", postgres.installed),
+    ("openjdk-17-jre-headless", lambda: (jars.JAVA_HOME_17 / "bin" / "java").exists()),
+    ("maven", lambda: shutil.which("mvn") is not None),
+    ("php-cli", lambda: shutil.which("php") is not None),
+    ("php-pgsql", lambda: any(Path("/etc/php").glob("*/mods-available/pgsql.ini"))),
+    ("adminer", lambda: (adminer.DOCROOT / "index.php").exists()),
+)
+
+
+# --- install -------------------------------------------------------------------
+
+
+def missing_packages() -> list[str]:
+    return [name for name, present in APT_PACKAGES if not present()]
+
+
+def _apt_install(packages: list[str]) -> None:
+    if os.geteuid() != 0:
+        raise StackError(
+            f"missing Debian packages: {' '.join(packages)}. Install them with "
+            f"`sudo apt-get update && sudo apt-get install -y {' '.join(packages)}`, then rerun."
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    started = time.monotonic()
+    console.print(f"[bold]apt[/]: installing {', '.join(packages)}")
+    for argv in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+    ):
+        with console.status(f"[bold]apt[/]: {' '.join(argv[:2])} ..."):
+            result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            raise StackError(
+                f"apt: `{' '.join(argv)}` failed (exit {result.returncode}); fix the package "
+                f"source and rerun `streaming-ml stack install`:\n{result.stderr.strip()[-1500:]}"
+            )
+    console.print(f"[bold]apt[/]: installed in {time.monotonic() - started:.0f}s")
+
+
+def install(settings: Settings) -> None:
+    """Install missing Debian packages and fetch the pinned jars; a no-op when done."""
+    packages = missing_packages()
+    if packages:
+        _apt_install(packages)
+    jars.fetch_jars(settings.dist_dir)
+
+
+# --- up --------------------------------------------------------------------------
+
+
+def _port(settings: Settings, field: str) -> int:
+    return int(getattr(settings, field))
+
+
+def endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Where each component listens (whether or not it runs)."""
+    host = settings.host
+    return {
+        postgres.NAME: {
+            "host": host, "port": settings.postgres_port,
+            "url": f"postgresql://cars_app@{host}:{settings.postgres_port}/{settings.database}",
+        },
+        kafka.NAME: {
+            "host": host, "port": settings.kafka_port, "url": settings.kafka_bootstrap,
+            "controller_port": settings.kafka_controller_port,
+        },
+        registry.NAME: {"host": host, "port": settings.registry_port, "url": settings.registry_url},
+        connect.NAME: {"host": host, "port": settings.connect_port, "url": settings.connect_url},
+        adminer.NAME: {"host": host, "port": settings.adminer_port, "url": adminer.url(settings)},
+    }  # fmt: skip
+
+
+def up(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Start every component that is not running and wait until all are healthy.
+
+    Returns the endpoints. On failure, whatever this call started is stopped again.
+    """
+    state = settings.state_dir
+    running = {c.name for c in COMPONENTS if process.running_pid(state, c.name) is not None}
+    to_start = [c for c in COMPONENTS if c.name not in running]
+    if not to_start:
+        console.print("[green]stack[/]: everything is already running")
+        _print_endpoints(settings)
+        return endpoints(settings)
+    # Check every port first, so a conflict fails before anything is installed or started.
+    for component in to_start:
+        for field in component.ports:
+            process.require_free_port(
+                component.name, settings.host, _port(settings, field), f"SML_{field.upper()}"
+            )
+    install(settings)
+    state.mkdir(parents=True, exist_ok=True)
+    passwords = ensure_passwords(state)
+    run_as = postgres.server_user()
+    for name in sorted(running):
+        console.print(f"[green]{name}[/]: already running")
+
+    started: list[Component] = []
+    began = time.monotonic()
+
+    def launch(component: Component, start: Callable[[], int]) -> int | None:
+        if component.name in running:
+            return None
+        pid = start()
+        started.append(component)
+        return pid
+
+    def wait(component: Component, pid: int | None, what: str, check: Callable[[], bool]) -> None:
+        waited = process.wait_until(
+            component.name, what, check, timeout=component.timeout_s, pid=pid,
+            log=state / "logs" / component.logs[-1],
+        )  # fmt: skip
+        if pid is not None:
+            console.print(f"[green]{component.name}[/]: ready ({waited:.1f}s)")
+
+    try:
+        # Postgres and Kafka do not depend on each other: start both, then wait.
+        if POSTGRES.name not in running:
+            postgres.initdb(settings, passwords, run_as)
+        pg_pid = launch(POSTGRES, lambda: postgres.start(settings, run_as))
+        if KAFKA.name not in running:
+            kafka.format_storage(settings, settings.dist_dir)
+        kafka_pid = launch(KAFKA, lambda: kafka.start(settings, settings.dist_dir))
+        adminer_pid = launch(ADMINER, lambda: adminer.start(settings))
+
+        wait(POSTGRES, pg_pid, "connections (pg_isready)", lambda: postgres.ready(settings))
+        postgres.apply_init_sql(settings, passwords)
+        registry_pid = launch(
+            REGISTRY, lambda: registry.start(settings, settings.dist_dir, passwords)
+        )
+        wait(KAFKA, kafka_pid, "broker metadata", lambda: kafka.ready(settings))
+        connect_pid = launch(CONNECT, lambda: connect.start(settings, settings.dist_dir, passwords))
+        wait(
+            REGISTRY, registry_pid, "/health/ready + ccompat API", lambda: registry.ready(settings)
+        )
+        wait(CONNECT, connect_pid, "REST API + plugins", lambda: connect.ready(settings))
+        wait(ADMINER, adminer_pid, "HTTP", lambda: adminer.ready(settings))
+    except BaseException:
+        # Nothing half-started: stop what this call started, newest first.
+        for component in reversed(started):
+            _stop(state, component)
+        raise
+    console.print(f"[bold green]stack up[/] in {time.monotonic() - began:.1f}s")
+    _print_endpoints(settings)
+    return endpoints(settings)
+
+
+def _print_endpoints(settings: Settings) -> None:
+    for name, endpoint in endpoints(settings).items():
+        console.print(f"  {name:<9} {endpoint['url']}", soft_wrap=True)
+
+
+# --- down / status / logs / psql -----------------------------------------------
+
+
+def down(settings: Settings, purge: bool = False) -> None:
+    """Stop every component (reverse order); with ``purge`` also delete all state."""
+    state = settings.state_dir
+    for component in reversed(COMPONENTS):
+        with console.status(f"[bold]{component.name}[/]: stopping"):
+            stopped = _stop(state, component)
+        if stopped:
+            console.print(f"[yellow]{component.name}[/]: stopped")
+    if purge:
+        _purge(state, settings.dist_dir)
+        console.print(f"[yellow]stack[/]: state in {state} deleted (jars kept)")
+
+
+def _stop(state: Path, component: Component) -> bool:
+    return process.stop(
+        state, component.name, timeout=component.stop_timeout_s, sig=component.stop_signal
+    )
+
+
+def _purge(state: Path, dist_dir: Path) -> None:
+    if not state.exists():
+        return
+    keep = dist_dir.resolve()
+    for entry in state.iterdir():
+        resolved = entry.resolve()
+        if resolved == keep or keep.is_relative_to(resolved):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if not any(state.iterdir()):
+        state.rmdir()
+
+
+def status(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each component's state (running/stopped), pid and endpoint."""
+    result: dict[str, dict[str, Any]] = {}
+    for name, endpoint in endpoints(settings).items():
+        pid = process.running_pid(settings.state_dir, name)
+        result[name] = {"state": "running" if pid else "stopped", "pid": pid, **endpoint}
+    return result
+
+
+def print_status(settings: Settings, as_json: bool = False) -> None:
+    current = status(settings)
+    if as_json:
+        print(json.dumps(current))
+        return
+    for name, info in current.items():
+        colour = "green" if info["state"] == "running" else "red"
+        console.print(f"[{colour}]{name:<9} {info['state']:<8}[/] {info['url']}", soft_wrap=True)
+
+
+def print_logs(settings: Settings, component: str | None = None, lines: int = 50) -> None:
+    if component is not None and component not in BY_NAME:
+        raise StackError(f"unknown component {component!r}; use one of {', '.join(BY_NAME)}")
+    chosen = [BY_NAME[component]] if component else list(COMPONENTS)
+    for comp in chosen:
+        for log_name in comp.logs:
+            path = settings.state_dir / "logs" / log_name
+            if not path.exists():
+                continue
+            print(f"==> {path} <==")
+            print(process.tail_lines(path, lines))
+
+
+def postgres_dsn(settings: Settings, role: str = "app") -> str:
+    """libpq URL for ``role`` (app, source, sink, registry, superuser) with its password."""
+    name = postgres.resolve_role(role)
+    passwords = load_passwords(settings.state_dir)
+    return postgres.dsn(settings, name, passwords[name], postgres.database_for(name))
+
+
+def psql(settings: Settings, command: str | None = None, role: str = "app") -> int:
+    """Run psql on the stack's database (interactive when ``command`` is None)."""
+    if process.running_pid(settings.state_dir, postgres.NAME) is None:
+        raise StackError("postgres is not running. Start the stack with `streaming-ml stack up`.")
+    return postgres.psql(settings, load_passwords(settings.state_dir), command, role)

@@ -1,0 +1,49 @@
+"""Adminer, the one-file database UI, served by PHP's built-in web server.
+
+It lets a person insert a listing from a browser and watch its prediction appear.
+Debian's ``adminer`` package provides the app, ``php-cli`` the server and
+``php-pgsql`` the Postgres driver.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import requests
+
+from streaming_ml.config import Settings
+from streaming_ml.exceptions import StackError
+from streaming_ml.stack import process
+
+NAME = "adminer"
+DOCROOT = Path("/usr/share/adminer/adminer")
+
+
+def installed() -> bool:
+    return shutil.which("php") is not None and (DOCROOT / "index.php").exists()
+
+
+def start(settings: Settings) -> int:
+    php = shutil.which("php")
+    if php is None or not installed():
+        raise StackError(
+            "adminer: PHP or Adminer is not installed. Run `streaming-ml stack install` "
+            "(apt-get install adminer php-cli php-pgsql)."
+        )
+    argv = [php, "-S", f"{settings.host}:{settings.adminer_port}", "-t", str(DOCROOT)]
+    # PHP_CLI_SERVER_WORKERS > 1 keeps the UI responsive while a slow query runs.
+    env = {"PHP_CLI_SERVER_WORKERS": "2"}
+    return process.start(NAME, argv, state_dir=settings.state_dir, env=env, cwd=DOCROOT)
+
+
+def url(settings: Settings) -> str:
+    return (
+        f"http://{settings.host}:{settings.adminer_port}/?pgsql={settings.host}:"
+        f"{settings.postgres_port}&username=cars_app&db={settings.database}"
+    )
+
+
+def ready(settings: Settings) -> bool:
+    response = requests.get(f"http://{settings.host}:{settings.adminer_port}/", timeout=2)
+    return response.status_code == 200 and "Adminer" in response.text

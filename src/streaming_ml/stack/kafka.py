@@ -1,0 +1,141 @@
+"""Apache Kafka 4.3 in KRaft mode: one process that is both broker and controller.
+
+Storage is formatted once (``kafka.tools.StorageTool format``); the controller quorum
+is static (``controller.quorum.voters``) so ports can change between runs of the
+same state dir. Listeners bind to the loopback and advertise exactly that address.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import uuid
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from streaming_ml.config import Settings
+from streaming_ml.exceptions import StackError
+from streaming_ml.stack import process
+from streaming_ml.stack.jars import java_binary, kafka_classpath
+
+NAME = "kafka"
+HEAP = "-Xmx512m"
+
+
+def home(state_dir: Path) -> Path:
+    return state_dir / "kafka"
+
+
+def data_dir(state_dir: Path) -> Path:
+    return home(state_dir) / "data"
+
+
+def jvm_options(heap: str, log4j: Path, logs_dir: Path) -> list[str]:
+    """Shared by the broker and the Connect worker: small heap, fast start on 2 cores."""
+    return [
+        heap, "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k",
+        "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
+        f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={logs_dir}",
+    ]  # fmt: skip
+
+
+def log4j_config(log_file: Path) -> str:
+    """log4j2 XML: one rolling file per component (stdout goes to the process log)."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <RollingFile name="file" fileName="{log_file}" filePattern="{log_file}.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="50 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="org.apache.kafka.clients.consumer.internals" level="WARN"/>
+    <Logger name="org.reflections" level="ERROR"/>
+    <Root level="INFO"><AppenderRef ref="file"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def server_properties(settings: Settings) -> str:
+    host = settings.host
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{host}:{settings.kafka_controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},"
+        f"CONTROLLER://{host}:{settings.kafka_controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir(settings.state_dir)),
+        "num.partitions": "1",
+        "auto.create.topics.enable": "true",
+        # Single broker: every internal topic has one replica.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.retention.hours": "168",
+        "num.io.threads": "4",
+        "num.network.threads": "2",
+    }
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def _write_config(settings: Settings) -> tuple[Path, Path]:
+    base = home(settings.state_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    props = base / "server.properties"
+    props.write_text(server_properties(settings))
+    log4j = base / "log4j2.xml"
+    log4j.write_text(log4j_config(settings.state_dir / "logs" / "kafka-server.log"))
+    return props, log4j
+
+
+def format_storage(settings: Settings, dist_dir: Path) -> bool:
+    """Format the log dir on first start. Returns True when it was formatted now."""
+    props, log4j = _write_config(settings)
+    if (data_dir(settings.state_dir) / "meta.properties").exists():
+        return False
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    argv = [
+        str(java_binary()), *jvm_options("-Xmx256m", log4j, settings.state_dir / "logs"),
+        "-cp", kafka_classpath(dist_dir), "kafka.tools.StorageTool",
+        "format", "-t", cluster_id, "-c", str(props),
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise StackError(
+            f"kafka: formatting storage failed:\n{(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+    return True
+
+
+def start(settings: Settings, dist_dir: Path) -> int:
+    props, log4j = _write_config(settings)
+    argv = [
+        str(java_binary()), *jvm_options(HEAP, log4j, settings.state_dir / "logs"),
+        "-cp", kafka_classpath(dist_dir), "kafka.Kafka", str(props),
+    ]  # fmt: skip
+    return process.start(NAME, argv, state_dir=settings.state_dir)
+
+
+def ready(settings: Settings) -> bool:
+    """The broker answers a metadata request and lists itself."""
+    # log_level 0: "connection refused" while the broker boots is expected, not news.
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
+    )
+    metadata = admin.list_topics(timeout=2)
+    return bool(metadata.brokers)

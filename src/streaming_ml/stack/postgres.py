@@ -1,0 +1,264 @@
+"""Postgres 15 from the Debian packages, with its own data dir under the state dir.
+
+Logical decoding is on (``wal_level=logical``) for Debezium's pgoutput slot; TCP
+listens on the loopback only and every login needs a SCRAM password. As root we
+run the server as the Debian ``postgres`` OS user, because Postgres refuses root.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import psycopg2
+
+from streaming_ml import data
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.exceptions import StackError
+from streaming_ml.stack import process
+from streaming_ml.stack.secrets import (
+    APP_ROLE,
+    REGISTRY_ROLE,
+    ROLES,
+    SINK_ROLE,
+    SOURCE_ROLE,
+    SUPERUSER,
+    Passwords,
+)
+
+NAME = "postgres"
+BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+INIT_SQL_DIR = REPO_ROOT / "postgres"
+SCHEMA_SQL = "02-schema.sql"
+PUBLICATION = "car_listings_pub"
+SLOT = "car_listings_slot"
+
+# Short role aliases used by postgres_dsn() and the CLI.
+ROLE_ALIASES = {
+    "app": APP_ROLE,
+    "source": SOURCE_ROLE,
+    "sink": SINK_ROLE,
+    "registry": REGISTRY_ROLE,
+    "superuser": SUPERUSER,
+}
+
+
+def data_dir(state_dir: Path) -> Path:
+    return state_dir / "postgres" / "data"
+
+
+def socket_dir(state_dir: Path) -> Path:
+    return state_dir / "postgres" / "run"
+
+
+def installed() -> bool:
+    return (BIN_DIR / "postgres").exists() and (BIN_DIR / "initdb").exists()
+
+
+def psql_binary() -> Path:
+    return BIN_DIR / "psql"
+
+
+def schema_sql(settings: Settings | None = None) -> str:
+    """Text of ``postgres/02-schema.sql``, derived from the schema in streaming_ml.data."""
+    listings = settings.listings_table if settings else "car_listings"
+    predictions = settings.predictions_table if settings else "car_price_predictions"
+    return (
+        "-- GENERATED from streaming_ml.data (listings_ddl/predictions_ddl); a unit test keeps\n"
+        "-- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.\n"
+        "\\connect cars\n"
+        f"SET ROLE {APP_ROLE};\n"
+        f"{data.listings_ddl(listings)}"
+        f"{data.predictions_ddl(predictions)}"
+        "-- Least privilege: the CDC role reads the listings, the sink writes predictions.\n"
+        f"GRANT SELECT ON public.{listings} TO {SOURCE_ROLE};\n"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{predictions} TO {SINK_ROLE};\n"
+        "RESET ROLE;\n"
+    )
+
+
+def server_user() -> process.RunAs | None:
+    """The OS user to run the server as: ``postgres`` when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError as error:
+        raise StackError(
+            "postgres: running as root but there is no `postgres` OS user to run the server as. "
+            "Install the Debian package (`apt-get install postgresql-15`), which creates it."
+        ) from error
+    return process.RunAs(entry.pw_uid, entry.pw_gid)
+
+
+def _check_traversable(path: Path, run_as: process.RunAs) -> None:
+    """The server user must be able to reach its data dir through every parent."""
+    for parent in [path, *path.parents]:
+        st = parent.stat()
+        if st.st_uid == run_as.uid:
+            continue
+        allowed = st.st_mode & 0o001 or (st.st_gid == run_as.gid and st.st_mode & 0o010)
+        if not allowed:
+            raise StackError(
+                f"postgres: the `postgres` OS user cannot enter {parent} (mode "
+                f"{oct(st.st_mode & 0o777)}). Run `chmod o+x {parent}` or use a state dir "
+                "(SML_STATE_DIR) under a world-traversable directory."
+            )
+
+
+def _chown_tree(path: Path, run_as: process.RunAs) -> None:
+    os.chown(path, run_as.uid, run_as.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), run_as.uid, run_as.gid, follow_symlinks=False)
+
+
+def _write_hba(path: Path) -> None:
+    path.write_text(
+        "# Written by streaming-ml: every login needs a SCRAM password, TCP on loopback only.\n"
+        "local   all   all                 scram-sha-256\n"
+        "host    all   all   127.0.0.1/32  scram-sha-256\n"
+        "host    all   all   ::1/128       scram-sha-256\n"
+    )
+
+
+def initdb(settings: Settings, passwords: Passwords, run_as: process.RunAs | None) -> bool:
+    """Create the cluster on first start. Returns True when it was created now."""
+    pgdata = data_dir(settings.state_dir)
+    if (pgdata / "PG_VERSION").exists():
+        return False
+    for directory in (pgdata, socket_dir(settings.state_dir)):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    pwfile = socket_dir(settings.state_dir) / "initdb.pw"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(passwords[SUPERUSER] + "\n")
+    if run_as:
+        settings.state_dir.chmod(settings.state_dir.stat().st_mode | 0o011)
+        (settings.state_dir / "postgres").mkdir(exist_ok=True)
+        (settings.state_dir / "postgres").chmod(0o711)
+        _check_traversable(settings.state_dir / "postgres", run_as)
+        _chown_tree(settings.state_dir / "postgres", run_as)
+    try:
+        result = subprocess.run(
+            [
+                str(BIN_DIR / "initdb"), "-D", str(pgdata), "-U", SUPERUSER,
+                f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+            ],
+            capture_output=True, text=True, timeout=120, cwd=pgdata.parent,
+            user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
+        )  # fmt: skip
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise StackError(f"postgres: initdb failed:\n{result.stderr.strip()[-2000:]}")
+    _write_hba(pgdata / "pg_hba.conf")
+    if run_as:
+        os.chown(pgdata / "pg_hba.conf", run_as.uid, run_as.gid)
+    return True
+
+
+def server_argv(settings: Settings) -> list[str]:
+    # Settings on the command line (not postgresql.conf) so a changed port or host
+    # takes effect on the next `up` without editing the data dir.
+    options = {
+        "listen_addresses": settings.host,
+        "port": str(settings.postgres_port),
+        "unix_socket_directories": str(socket_dir(settings.state_dir)),
+        "wal_level": "logical",
+        "max_wal_senders": "10",
+        "max_replication_slots": "10",
+        # A stalled or forgotten slot must not fill the disk.
+        "max_slot_wal_keep_size": "2GB",
+        "shared_buffers": "128MB",
+        "password_encryption": "scram-sha-256",
+        "logging_collector": "off",
+        "log_line_prefix": "%m [%p] %q%u@%d ",
+    }
+    argv = [str(BIN_DIR / "postgres"), "-D", str(data_dir(settings.state_dir))]
+    for key, value in options.items():
+        argv += ["-c", f"{key}={value}"]
+    return argv
+
+
+def start(settings: Settings, run_as: process.RunAs | None) -> int:
+    return process.start(NAME, server_argv(settings), state_dir=settings.state_dir, run_as=run_as)
+
+
+def ready(settings: Settings) -> bool:
+    result = subprocess.run(
+        [str(BIN_DIR / "pg_isready"), "-q", "-h", settings.host, "-p", str(settings.postgres_port)],
+        capture_output=True, timeout=5,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def _superuser_env(passwords: Passwords) -> dict[str, str]:
+    return {**os.environ, "PGPASSWORD": passwords[SUPERUSER], "PGCONNECT_TIMEOUT": "5"}
+
+
+def apply_init_sql(settings: Settings, passwords: Passwords) -> None:
+    """Run postgres/NN-*.sql as the superuser (idempotent), then set role passwords."""
+    files = sorted(INIT_SQL_DIR.glob("[0-9][0-9]-*.sql"))
+    if not files:
+        raise StackError(f"postgres: no init SQL in {INIT_SQL_DIR}; is the repository complete?")
+    for sql_file in files:
+        result = subprocess.run(
+            [
+                str(psql_binary()), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                "-h", settings.host, "-p", str(settings.postgres_port),
+                "-U", SUPERUSER, "-d", "postgres", "-f", str(sql_file),
+            ],
+            capture_output=True, text=True, timeout=60, env=_superuser_env(passwords),
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StackError(f"postgres: {sql_file.name} failed:\n{result.stderr.strip()[-2000:]}")
+    conn = psycopg2.connect(superuser_dsn(settings, passwords, "postgres"))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for role in ROLES:
+                # psycopg2 quotes the literal client-side; ALTER ROLE takes no bind params.
+                cur.execute(f"ALTER ROLE {role} PASSWORD %s", (passwords[role],))
+    finally:
+        conn.close()
+
+
+def superuser_dsn(settings: Settings, passwords: Passwords, database: str) -> str:
+    return dsn(settings, SUPERUSER, passwords[SUPERUSER], database)
+
+
+def dsn(settings: Settings, role: str, password: str, database: str) -> str:
+    return (
+        f"postgresql://{role}:{password}@{settings.host}:{settings.postgres_port}/{database}"
+        "?connect_timeout=5"
+    )
+
+
+def resolve_role(role: str) -> str:
+    if role in ROLE_ALIASES:
+        return ROLE_ALIASES[role]
+    if role in ROLES:
+        return role
+    raise StackError(f"unknown database role {role!r}; use one of {', '.join(ROLE_ALIASES)}")
+
+
+def database_for(role: str) -> str:
+    return "registry" if role == REGISTRY_ROLE else "cars"
+
+
+def psql(settings: Settings, passwords: Passwords, command: str | None, role: str = "app") -> int:
+    """Run psql as ``role`` on the cars database; the password travels in PGPASSWORD."""
+    name = resolve_role(role)
+    argv = [
+        str(psql_binary()), "-X", "-h", settings.host, "-p", str(settings.postgres_port),
+        "-U", name, "-d", database_for(name),
+    ]  # fmt: skip
+    if command is not None:
+        argv += ["-v", "ON_ERROR_STOP=1", "-c", command]
+    env = {**os.environ, "PGPASSWORD": passwords[name], "PGCONNECT_TIMEOUT": "5"}
+    return subprocess.run(argv, env=env, check=False).returncode

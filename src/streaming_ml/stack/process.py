@@ -1,0 +1,268 @@
+"""Detached component processes: start, find again from a pid file, stop.
+
+Each component runs in its own session (so a Ctrl-C in the terminal that ran
+``stack up`` does not reach it and ``down`` can signal the whole process group),
+writes stdout/stderr to ``<state>/logs/<name>.log`` and is tracked by
+``<state>/run/<name>.pid``. The pid file also stores the process start time so a
+recycled pid is never mistaken for our process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from streaming_ml.exceptions import StackError
+
+logger = logging.getLogger(__name__)
+
+# Progress goes to stderr so stdout stays clean for command output (status --json).
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged OS user to run a component as (Postgres refuses to run as root)."""
+
+    uid: int
+    gid: int
+
+
+def log_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "logs" / f"{name}.log"
+
+
+def pid_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "run" / f"{name}.pid"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (field 22 of /proc/<pid>/stat), None when gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after it are plain.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our own child (tests start the stack
+    in-process), otherwise a stopped component would linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def running_pid(state_dir: Path, name: str) -> int | None:
+    """Pid of the component when its recorded process is still alive, else None."""
+    path = pid_path(state_dir, name)
+    try:
+        pid_text, ticks = path.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    _reap(pid)
+    if _start_ticks(pid) != ticks:
+        return None
+    return pid
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    *,
+    state_dir: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    run_as: RunAs | None = None,
+) -> int:
+    """Start ``argv`` detached, record its pid, return it."""
+    log = log_path(state_dir, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pid_path(state_dir, name).parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {})}
+    with log.open("ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+        out.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=full_env,
+                start_new_session=True,
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise StackError(
+                f"{name}: cannot run {argv[0]}: {error}. Run `streaming-ml stack install`."
+            ) from error
+    ticks = _start_ticks(proc.pid) or "0"
+    pid_path(state_dir, name).write_text(f"{proc.pid} {ticks}\n")
+    logger.info("started", extra={"component": name, "pid": proc.pid, "log": str(log)})
+    return proc.pid
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(0) also succeeds while only zombies are left; look at each member.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+        if int(fields[2]) == pgid:
+            _reap(int(entry.name))
+    return False
+
+
+def stop(state_dir: Path, name: str, *, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+    """Stop the component's process group: ``sig``, wait up to ``timeout``, then SIGKILL.
+
+    Returns True when something was running.
+    """
+    pid = running_pid(state_dir, name)
+    if pid is None:
+        pid_path(state_dir, name).unlink(missing_ok=True)
+        return False
+    # The component is a session leader, so its pid is also its process group id.
+    pgid = pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.1)
+    else:
+        logger.warning("did not stop in time, killing", extra={"component": name, "pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        kill_deadline = time.monotonic() + 5.0
+        while _group_alive(pgid) and time.monotonic() < kill_deadline:
+            _reap(pid)
+            time.sleep(0.05)
+    _reap(pid)
+    pid_path(state_dir, name).unlink(missing_ok=True)
+    logger.info("stopped", extra={"component": name, "pid": pid})
+    return True
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when we could listen on host:port right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def require_free_port(component: str, host: str, port: int, setting: str) -> None:
+    if not port_free(host, port):
+        raise StackError(
+            f"{component}: port {host}:{port} is already in use by another program. "
+            f"Stop that program or choose another port with {setting}=<port>."
+        )
+
+
+def wait_until(
+    component: str,
+    what: str,
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    pid: int | None = None,
+    log: Path | None = None,
+    interval: float = 0.25,
+) -> float:
+    """Poll ``check`` until it returns True; raise StackError after ``timeout`` seconds
+    or as soon as the component's process has exited. Returns the seconds waited."""
+    started = time.monotonic()
+    deadline = started + timeout
+    message = f"[bold]{component}[/]: waiting for {what} (up to {timeout:.0f}s)"
+    with console.status(message) as status:
+        while True:
+            try:
+                if check():
+                    return time.monotonic() - started
+            except Exception as error:  # a health probe failing is the normal "not yet"
+                logger.debug("probe failed", extra={"component": component, "error": str(error)})
+            if pid is not None:
+                _reap(pid)
+                if _start_ticks(pid) is None:
+                    raise StackError(
+                        f"{component} exited while starting ({what} never became ready). "
+                        f"{_log_hint(log)}"
+                    )
+            now = time.monotonic()
+            if now >= deadline:
+                raise StackError(
+                    f"{component}: {what} not ready after {timeout:.0f}s. {_log_hint(log)}"
+                )
+            status.update(
+                f"[bold]{component}[/]: waiting for {what} ({now - started:.0f}s of {timeout:.0f}s)"
+            )
+            time.sleep(interval)
+
+
+def _log_hint(log: Path | None) -> str:
+    if log is None:
+        return ""
+    tail = tail_lines(log, 8)
+    hint = f"See {log} (`streaming-ml stack logs`)."
+    return f"{hint}\nLast log lines:\n{tail}" if tail else hint
+
+
+def tail_lines(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
