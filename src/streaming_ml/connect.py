@@ -212,3 +212,14 @@ def delete_connector(connect_url: str, name: str) -> bool:
             f"deleting connector {name!r}: HTTP {response.status_code} {_message(response)}"
         )
     return True
+
+
+def ensure_connectors(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]]:
+    """Apply the source and sink connectors (idempotent) and wait until both run.
+
+    Returns each connector's status keyed by name.
+    """
+    names = (settings.source_connector, settings.sink_connector)
+    for name in names:
+        apply_connector(settings.connect_url, name, load_connector(name, settings), timeout=timeout)
+    return {name: wait_until_running(settings.connect_url, name, timeout=timeout) for name in names}
