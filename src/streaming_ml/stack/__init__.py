@@ -77,6 +77,8 @@ APT_PACKAGES: tuple[tuple[str, Callable[[], bool]], ...] = (
     ("php-cli", lambda: shutil.which("php") is not None),
     ("php-pgsql", lambda: any(Path("/etc/php").glob("*/mods-available/pgsql.ini"))),
     ("adminer", lambda: (adminer.DOCROOT / "index.php").exists()),
+    # Headless browser for the Adminer end-to-end test (Python playwright drives it).
+    ("chromium", lambda: shutil.which("chromium") is not None),
 )
 
 
