@@ -1,0 +1,64 @@
+# One image for the Python side of the pipeline. docker-compose.yml runs the `runtime`
+# stage three ways:
+#   trainer  streaming-ml train (one-shot, writes the model to the BentoML home volume)
+#   service  bentoml serve service:PricePredictor (port 3000)
+#   bridge   streaming-ml bridge (metrics on 9400)
+# and docker-compose-dev.yml runs the `dev` stage (JupyterLab, the package editable).
+# Nothing is trained at build time: the model lives in a volume, not in the image.
+
+FROM python:3.11.14-slim-bookworm AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    BENTOML_HOME=/home/app/bentoml \
+    BENTOML_DO_NOT_TRACK=true
+
+# The dev compose passes the host user's uid so that files written into the mounted
+# repository (notebook outputs, egg-info) stay owned by that user.
+ARG APP_UID=1000
+RUN groupadd --gid "${APP_UID}" app \
+    && useradd --uid "${APP_UID}" --gid app --create-home --shell /bin/bash app \
+    && python -m venv "${VIRTUAL_ENV}" \
+    && mkdir -p "${BENTOML_HOME}" /app /home/app/work \
+    && chown -R app:app "${VIRTUAL_ENV}" /home/app /app
+
+USER app
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml itself (no second list to keep in sync),
+# so that editing the code does not re-download xgboost and friends.
+COPY --chown=app:app pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+
+FROM base AS dev
+
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['optional-dependencies']['dev']))" > /tmp/requirements-dev.txt \
+    && pip install -r /tmp/requirements-dev.txt jupyterlab==4.6.6
+
+# docker-compose-dev.yml mounts the repository here and installs it editable at start.
+WORKDIR /home/app/work
+EXPOSE 8888
+CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"]
+
+
+# Last stage, so a plain `docker build .` produces the runtime image.
+FROM base AS runtime
+
+# README.md* : pyproject.toml names the readme; the glob keeps the build working in a
+# checkout where it does not exist yet.
+COPY --chown=app:app README.md* ./
+COPY --chown=app:app src ./src
+RUN pip install --no-deps .
+# `bentoml serve service:PricePredictor` imports service.py from the working directory.
+COPY --chown=app:app service.py bentofile.yaml ./
+
+EXPOSE 3000 9400
+# Inside the container a server has to listen on the container's own interfaces;
+# docker-compose.yml publishes each port on the host's 127.0.0.1 only.
+CMD ["bentoml", "serve", "service:PricePredictor", "--host", "0.0.0.0", "--port", "3000"]
