@@ -1,0 +1,57 @@
+"""BentoML service pricing Ford listings with the trained XGBoost model.
+
+Serve it from the repository root with ``bentoml serve`` (or
+``streaming-ml serve``). Validation and the predict glue live in
+``streaming_ml.serving``; this file only wires them to HTTP routes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+
+from streaming_ml.config import Settings
+from streaming_ml.model import PriceModel
+from streaming_ml.serving import (
+    BatchPrediction,
+    JsonBodiesOnly,
+    PredictBatchRequest,
+    Predictor,
+    PredictRequest,
+    model_card,
+)
+
+# service.py is an entry point: the only place the service reads the environment.
+SETTINGS = Settings()
+
+
+# One worker leaves the second core to the bridge; the APIs are async and
+# offload big batches to threads themselves (see serving.Predictor).
+@bentoml.service(workers=1, traffic={"timeout": 30})
+class PricePredictor:
+    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        # Loaded once per worker, never per request.
+        self.predictor = Predictor(
+            PriceModel.from_bento_model(self.bento_model), card=model_card(self.bento_model)
+        )
+
+    @bentoml.api(route="/predict")
+    async def predict(self, request: PredictRequest, /) -> list[float]:  # type: ignore[valid-type]
+        """Price listings sent as columns; returns one price (GBP) per row, in row order."""
+        return await self.predictor.handle_predict(request)
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, request: PredictBatchRequest, /) -> list[BatchPrediction]:
+        """Price listings sent as records (the bridge's micro-batches), in input order."""
+        return await self.predictor.handle_predict_batch(request)
+
+    @bentoml.api(route="/model_info")
+    async def model_info(self) -> dict[str, Any]:
+        """Tag, creation time, labels and metadata of the model being served."""
+        return self.predictor.card
+
+
+PricePredictor.add_asgi_middleware(JsonBodiesOnly)

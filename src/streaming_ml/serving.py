@@ -1,0 +1,548 @@
+"""Everything behind ``service.py``: request models, input validation, the predict
+glue, and a helper that runs the real service as a child process.
+
+``service.py`` stays a thin BentoML class; the rules a request must satisfy come
+from ``streaming_ml.data`` (``check_value`` decides, with the same bounds). The
+process helper is shared by the CLI (``streaming-ml serve``), the demo, the
+benchmark and the tests, so there is one way to start and stop the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import requests
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from streaming_ml.config import REPO_ROOT
+from streaming_ml.data import (
+    FEATURE_COLUMNS,
+    FEATURES,
+    Column,
+    check_value,
+    column_bounds,
+)
+from streaming_ml.exceptions import DataError, ServiceUnavailableError
+
+if TYPE_CHECKING:
+    import bentoml
+    from starlette.responses import Response
+
+    from streaming_ml.model import PriceModel
+
+logger = logging.getLogger(__name__)
+
+SERVICE_TARGET = "service:PricePredictor"
+
+# The reference request: two Ford listings, column-oriented, as a client sends
+# them (``price`` included; the service ignores it). Docs and tests reuse it.
+EXAMPLE_INPUT: dict[str, list[Any]] = {
+    "model": ["C-MAX", "EcoSport"],
+    "year": [2014, 2019],
+    "price": [8295, 18995],
+    "transmission": ["Semi-Auto", "Automatic"],
+    "mileage": [40000, 1400],
+    "fuelType": ["Diesel", "Petrol"],
+    "tax": [160, 150],
+    "mpg": [50.4, 44.1],
+    "engineSize": [2.0, 1.0],
+}
+# The same two listings as ``/predict_batch`` records, with the bridge's extra key.
+EXAMPLE_RECORDS: list[dict[str, Any]] = [
+    {"key": row, **{name: EXAMPLE_INPUT[name][row] for name in FEATURES}} for row in range(2)
+]
+
+# Only JSON documentation: values are typed loosely on purpose so every rule,
+# type included, is decided by data.check_value and reported with its field.
+_JSON_ITEM_TYPES = {"category": "string", "int": "integer", "float": "number"}
+# Below this many rows a plain check_value loop is cheaper than numpy set-up.
+_VECTORISE_FROM_ROWS = 32
+# Requests up to this many rows are priced inline on the event loop (see Predictor).
+INLINE_MAX_ROWS = 64
+# Cap the error list so a garbage million-row body cannot produce a huge reply.
+_MAX_REPORTED_PROBLEMS = 50
+
+
+def _column_field(column: Column) -> tuple[Any, Any]:
+    return (
+        list[Any],
+        Field(
+            description=f"{column.description}; one value per row",
+            examples=[EXAMPLE_INPUT[column.name]],
+            json_schema_extra={"items": {"type": _JSON_ITEM_TYPES[column.kind]}},
+        ),
+    )
+
+
+PredictRequest: type[BaseModel] = create_model(
+    "PredictRequest",
+    __config__=ConfigDict(extra="ignore"),
+    __doc__="Listings as columns: every feature is a list with one value per row. "
+    "Other keys (such as the target `price`) are ignored.",
+    **{column.name: _column_field(column) for column in FEATURE_COLUMNS},
+)
+
+
+class PredictBatchRequest(BaseModel):
+    """Listings as records, the bridge's micro-batch format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    records: list[dict[str, Any]] = Field(
+        description="One object per listing with the feature fields "
+        f"({', '.join(FEATURES)}); other keys are ignored",
+        examples=[EXAMPLE_RECORDS],
+    )
+
+
+class BatchPrediction(BaseModel):
+    predicted_price: float = Field(description="Predicted price in GBP")
+    model_tag: str = Field(description="BentoML tag of the model that priced it")
+
+
+# --- Validation -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one input value (or column) cannot be priced; ``loc`` is its JSON path."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+    @property
+    def path(self) -> str:
+        text = ""
+        for part in self.loc:
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        return text or "body"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "msg": self.msg, "type": "value_error"}
+
+
+class InvalidRequestError(DataError):
+    """The request cannot be priced; ``problems`` names every bad field."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        shown = "; ".join(f"{p.path} {p.msg}" for p in self.problems[:5])
+        more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        super().__init__(f"invalid input: {shown}{more}; fix these fields and resend")
+
+    def to_json(self) -> dict[str, Any]:
+        """Same shape as BentoML's own 400 body for schema errors: ``error`` + ``detail``."""
+        return {
+            "error": str(self),
+            "detail": [p.as_dict() for p in self.problems[:_MAX_REPORTED_PROBLEMS]],
+        }
+
+
+def _suspect_rows(column: Column, values: Sequence[Any], today: dt.date) -> Sequence[int]:
+    """Rows that might fail ``check_value``; a superset, so every other row is valid.
+
+    For numeric columns a vectorised bounds test clears the common all-valid case
+    without a Python call per value; anything it cannot vouch for is handed to
+    check_value, which stays the only judge of validity and of the message.
+    """
+    if column.kind == "category" or len(values) < _VECTORISE_FROM_ROWS:
+        return range(len(values))
+    if not set(map(type, values)) <= {int, float}:
+        return range(len(values))
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (OverflowError, ValueError):  # ints beyond float range
+        return range(len(values))
+    low, high = column_bounds(column, today)
+    ok = np.isfinite(array)
+    if low is not None:
+        ok &= array > low if column.exclusive_minimum else array >= low
+    if high is not None:
+        ok &= array <= high
+    if column.kind == "int":
+        ok &= array == np.floor(array)
+    return np.flatnonzero(~ok).tolist()
+
+
+def column_problems(
+    column: Column, values: Sequence[Any], today: dt.date | None = None
+) -> list[tuple[int, str]]:
+    """``(row, reason)`` for every value of ``column`` that check_value rejects."""
+    today = today or dt.date.today()
+    return [
+        (row, reason)
+        for row in _suspect_rows(column, values, today)
+        if (reason := check_value(column, values[row], today))
+    ]
+
+
+def validate_columns(columns: Mapping[str, Sequence[Any]], today: dt.date | None = None) -> int:
+    """Check column-oriented input (``/predict``); return the row count.
+
+    Raises InvalidRequestError naming ``column[row]`` for each bad value and any
+    column whose length differs from the first one.
+    """
+    today = today or dt.date.today()
+    first = FEATURES[0]
+    rows = len(columns[first])
+    problems = [
+        Problem(
+            (name,),
+            f"has {len(columns[name])} values but {first} has {rows}: "
+            "every column needs exactly one value per row",
+        )
+        for name in FEATURES
+        if len(columns[name]) != rows
+    ]
+    if problems:
+        raise InvalidRequestError(problems)
+    for column in FEATURE_COLUMNS:
+        problems += [
+            Problem((column.name, row), reason)
+            for row, reason in column_problems(column, columns[column.name], today)
+        ]
+    if problems:
+        raise InvalidRequestError(problems)
+    return rows
+
+
+def validate_records(records: Sequence[Mapping[str, Any]], today: dt.date | None = None) -> None:
+    """Check record-oriented input (``/predict_batch``).
+
+    Raises InvalidRequestError naming ``records[i].field`` for each bad value
+    (a missing field is reported as null), in record order.
+    """
+    today = today or dt.date.today()
+    problems = [
+        Problem(("records", row, column.name), reason)
+        for column in FEATURE_COLUMNS
+        for row, reason in column_problems(
+            column, [record.get(column.name) for record in records], today
+        )
+    ]
+    if problems:
+        problems.sort(key=lambda p: p.loc[1])
+        raise InvalidRequestError(problems)
+
+
+# --- Predicting -------------------------------------------------------------------
+
+
+def model_card(bento_model: bentoml.Model) -> dict[str, Any]:
+    """What ``/model_info`` reports about a stored model."""
+    info = bento_model.info
+    return {
+        "tag": str(bento_model.tag),
+        "name": bento_model.tag.name,
+        "version": bento_model.tag.version,
+        "created_at": info.creation_time.isoformat(),
+        "module": info.module,
+        "labels": dict(info.labels),
+        "metadata": dict(info.metadata),
+        "features": list(FEATURES),
+    }
+
+
+class Predictor:
+    """Validates requests and prices them with one loaded PriceModel."""
+
+    def __init__(self, model: PriceModel, card: Mapping[str, Any] | None = None) -> None:
+        self.model = model
+        self.card = dict(card or {"tag": model.tag})
+
+    def predict_columns(self, request: BaseModel) -> list[float]:
+        """``/predict``: one price per row of a PredictRequest, in row order."""
+        columns = {name: getattr(request, name) for name in FEATURES}
+        if validate_columns(columns) == 0:
+            return []
+        # Rows as dicts feed the model's record path; cheaper than a DataFrame for
+        # the small requests this endpoint sees.
+        rows = zip(*columns.values(), strict=True)
+        records = [dict(zip(FEATURES, row, strict=True)) for row in rows]
+        return self.model.predict_records(records).tolist()
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``/predict_batch``: ``{"predicted_price", "model_tag"}`` per record, in order."""
+        validate_records(records)
+        if not records:
+            return []
+        tag = self.model.tag
+        prices = self.model.predict_records(records).tolist()
+        return [{"predicted_price": price, "model_tag": tag} for price in prices]
+
+    # The HTTP side. A small request costs less to price than a hop to a worker
+    # thread, so it is priced on the event loop; a big one goes to a thread so
+    # /readyz and /metrics keep answering while it runs.
+
+    async def handle_predict(self, request: BaseModel) -> list[float] | Response:
+        rows = len(getattr(request, FEATURES[0]))
+        return await _answer(self.predict_columns, request, rows)
+
+    async def handle_predict_batch(self, request: PredictBatchRequest) -> list[Any] | Response:
+        return await _answer(self.predict_records, request.records, len(request.records))
+
+
+async def _answer(price: Callable[[Any], Any], payload: Any, rows: int) -> Any:
+    """``price(payload)``, or the 400 reply naming every bad field."""
+    try:
+        if rows <= INLINE_MAX_ROWS:
+            return price(payload)
+        return await anyio.to_thread.run_sync(price, payload)
+    except InvalidRequestError as error:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(error.to_json(), status_code=400)
+
+
+class JsonBodiesOnly:
+    """ASGI middleware: refuse multipart bodies on the JSON APIs with a 415.
+
+    BentoML would hand a malformed multipart body to Starlette's form parser,
+    whose error surfaces as a 500; every API here takes JSON, so say so instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            content_type = dict(scope["headers"]).get(b"content-type", b"")
+            if content_type.lower().startswith(b"multipart/"):
+                from starlette.responses import JSONResponse
+
+                body = {
+                    "error": "this API takes a JSON body: send Content-Type: application/json",
+                    "detail": [{"loc": ["body"], "msg": "multipart body", "type": "media_type"}],
+                }
+                await JSONResponse(body, status_code=415)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# --- Running the service as a process -----------------------------------------------
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class ServiceProcess:
+    """``bentoml serve service:PricePredictor`` as a child process on one port.
+
+    Use as a context manager: entering starts the service and waits until
+    ``/readyz`` answers; leaving stops the whole process group (SIGTERM, then
+    SIGKILL), so no BentoML worker outlives it. ``model_tag`` pins the model
+    (``name:version``); ``bentoml_home`` selects the model store; ``log_path``
+    receives the service's output (None: inherit this terminal).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 3000,
+        model_tag: str = "ford_price:latest",
+        bentoml_home: Path | None = None,
+        log_path: Path | None = None,
+        startup_timeout_s: float = 120.0,
+        repo_root: Path = REPO_ROOT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.model_tag = model_tag
+        self.bentoml_home = bentoml_home
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.repo_root = repo_root
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _environment(self) -> dict[str, str]:
+        name, _, version = self.model_tag.partition(":")
+        env = dict(os.environ, SML_MODEL_NAME=name, SML_MODEL_VERSION=version or "latest")
+        env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+        if self.bentoml_home is not None:
+            env["BENTOML_HOME"] = str(self.bentoml_home)
+        return env
+
+    def start(self) -> str:
+        """Start the service and wait until it is ready; return its base URL."""
+        if self._process is not None:
+            return self.url
+        if port_in_use(self.host, self.port):
+            raise ServiceUnavailableError(
+                f"port {self.port} on {self.host} is already in use; stop whatever listens "
+                "there (an earlier `streaming-ml serve`?) or choose another port"
+            )
+        command = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET]
+        command += ["--host", self.host, "--port", str(self.port)]
+        output = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log_path.open("ab")
+        logger.info(
+            "starting prediction service",
+            extra={"url": self.url, "model": self.model_tag, "log": str(self.log_path)},
+        )
+        try:
+            # A new session makes the service and its workers one process group.
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.repo_root,
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,
+            )
+        finally:
+            if output is not None:
+                output.close()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def wait_ready(self) -> None:
+        """Poll ``/readyz`` until it answers 200, the process dies, or the deadline."""
+        assert self._process is not None, "start() first"
+        started = time.monotonic()
+        deadline = started + self.startup_timeout_s
+        next_report = started + 5.0
+        ready_url = f"{self.url}/readyz"
+        with requests.Session() as session:
+            while True:
+                code = self._process.poll()
+                if code is not None:
+                    raise self._startup_failure(code)
+                try:
+                    if session.get(ready_url, timeout=1.0).status_code == 200:
+                        logger.info(
+                            "prediction service ready",
+                            extra={
+                                "url": self.url,
+                                "elapsed_s": round(time.monotonic() - started, 1),
+                            },
+                        )
+                        return
+                except requests.RequestException:
+                    pass  # not listening yet
+                now = time.monotonic()
+                if now >= deadline:
+                    raise ServiceUnavailableError(
+                        f"prediction service at {self.url} not ready after "
+                        f"{self.startup_timeout_s:.0f}s; check its log.{self._log_excerpt()}"
+                    )
+                if now >= next_report:
+                    logger.info(
+                        "waiting for prediction service",
+                        extra={
+                            "url": ready_url,
+                            "elapsed_s": round(now - started, 1),
+                            "timeout_s": self.startup_timeout_s,
+                        },
+                    )
+                    next_report = now + 5.0
+                time.sleep(0.2)
+
+    def _startup_failure(self, code: int) -> ServiceUnavailableError:
+        hint = "see its log"
+        if re.search(r"not (be )?found", self.log_tail(200), re.IGNORECASE):
+            hint = "the model is not in the store: run `streaming-ml train` or pass a stored tag"
+        return ServiceUnavailableError(
+            f"prediction service exited with code {code} while starting model "
+            f"{self.model_tag}; {hint}.{self._log_excerpt()}"
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def _log_excerpt(self) -> str:
+        tail = self.log_tail()
+        if tail:
+            return f"\nlast lines of {self.log_path}:\n{tail}"
+        return " Its output is above." if self.log_path is None else ""
+
+    def wait(self) -> int:
+        """Block until the service exits; return its exit code."""
+        assert self._process is not None, "start() first"
+        return self._process.wait()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL what is left after ``timeout_s``."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        group = process.pid  # the session leader's pid is the group id
+        _signal_group(group, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("prediction service ignored SIGTERM; killing it", extra={"pid": group})
+        # Workers may outlive the arbiter by a moment; nothing of the group may stay.
+        deadline = time.monotonic() + 5.0
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(group, signal.SIGKILL)
+        if process.poll() is None:
+            process.wait(timeout=5.0)
+        logger.info("prediction service stopped", extra={"url": self.url})
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def serve_forever(host: str, port: int, model_tag: str, bentoml_home: Path | None = None) -> int:
+    """Run the service in the foreground until it exits or Ctrl-C; return its exit code."""
+    service = ServiceProcess(host=host, port=port, model_tag=model_tag, bentoml_home=bentoml_home)
+    with service:
+        logger.info("serving until Ctrl-C", extra={"url": service.url, "model": model_tag})
+        try:
+            return service.wait()
+        except KeyboardInterrupt:
+            return 0

@@ -1,0 +1,322 @@
+"""Contract tests against the real BentoML service (``bentoml serve`` as a child process)."""
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+
+from streaming_ml.config import REPO_ROOT
+from streaming_ml.data import FEATURES, max_year
+from streaming_ml.exceptions import ServiceUnavailableError
+from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_RECORDS, ServiceProcess
+from tests.fixtures.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def post(url: str, body: Any) -> requests.Response:
+    return requests.post(url, json=body, timeout=30)
+
+
+def prices(service: str, body: dict[str, Any]) -> list[float]:
+    response = post(f"{service}/predict", body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def problems_named(response: requests.Response) -> set[str]:
+    """Every field path a 4xx reply names, from its ``detail`` list."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    body = response.json()
+    assert isinstance(body["error"], str) and body["error"]
+    return {".".join(str(part) for part in item["loc"]) for item in body["detail"]}
+
+
+# --- The reference request ------------------------------------------------------------
+
+
+def test_reference_body_returns_the_models_prices(
+    prediction_service: str, trained_model_tag: str
+) -> None:
+    from streaming_ml.model import load_price_model
+
+    got = prices(prediction_service, EXAMPLE_INPUT)
+
+    assert len(got) == 2
+    assert all(isinstance(p, float) and math.isfinite(p) and p > 0 for p in got)
+    direct = load_price_model(trained_model_tag).predict(pd.DataFrame(EXAMPLE_INPUT))
+    assert got == pytest.approx(direct.tolist(), rel=1e-6)
+
+
+def test_price_column_is_ignored(prediction_service: str) -> None:
+    reference = prices(prediction_service, EXAMPLE_INPUT)
+    without_price = {k: v for k, v in EXAMPLE_INPUT.items() if k != "price"}
+
+    assert prices(prediction_service, dict(EXAMPLE_INPUT, price=[1, 999_999])) == reference
+    assert prices(prediction_service, without_price) == reference
+    assert prices(prediction_service, dict(EXAMPLE_INPUT, colour=["red", "blue"])) == reference
+
+
+def test_rows_are_priced_independently_and_in_order(prediction_service: str) -> None:
+    reference = prices(prediction_service, EXAMPLE_INPUT)
+    reversed_body = {k: v[::-1] for k, v in EXAMPLE_INPUT.items()}
+    first_row = {k: v[:1] for k, v in EXAMPLE_INPUT.items()}
+
+    assert prices(prediction_service, reversed_body) == reference[::-1]
+    assert prices(prediction_service, first_row) == reference[:1]
+    assert reference[0] != reference[1]  # two different cars, so order is observable
+
+
+def test_unknown_model_name_is_priced(prediction_service: str) -> None:
+    body = dict(EXAMPLE_INPUT, model=["Ford Capri Reborn", "EcoSport"])
+
+    got = prices(prediction_service, body)
+
+    assert len(got) == 2 and all(math.isfinite(p) and p > 0 for p in got)
+
+
+def test_empty_columns_give_no_prices(prediction_service: str) -> None:
+    assert prices(prediction_service, {name: [] for name in FEATURES}) == []
+
+
+# --- The bridge's batch endpoint ---------------------------------------------------------
+
+
+def test_batch_matches_predict_and_names_the_model(
+    prediction_service: str, trained_model_tag: str
+) -> None:
+    reference = prices(prediction_service, EXAMPLE_INPUT)
+    records = EXAMPLE_RECORDS + EXAMPLE_RECORDS[::-1]
+
+    response = post(f"{prediction_service}/predict_batch", {"records": records})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["model_tag"] for item in body] == [trained_model_tag] * 4
+    got = [item["predicted_price"] for item in body]
+    assert got == pytest.approx(reference + reference[::-1], rel=1e-9)
+    assert set(body[0]) == {"predicted_price", "model_tag"}
+
+
+def test_batch_of_no_records_is_empty(prediction_service: str) -> None:
+    response = post(f"{prediction_service}/predict_batch", {"records": []})
+
+    assert response.status_code == 200 and response.json() == []
+
+
+def test_model_info_reports_the_served_model(
+    prediction_service: str, trained_model_tag: str
+) -> None:
+    response = requests.post(f"{prediction_service}/model_info", timeout=10)
+
+    assert response.status_code == 200, response.text
+    info = response.json()
+    assert info["tag"] == trained_model_tag
+    assert info["features"] == list(FEATURES)
+    assert isinstance(info["metadata"], dict) and info["metadata"]
+
+
+# --- Bad input: a 4xx naming the field ---------------------------------------------------
+
+
+def _without(name: str) -> dict[str, Any]:
+    return {k: v for k, v in EXAMPLE_INPUT.items() if k != name}
+
+
+def _with(name: str, values: Any) -> dict[str, Any]:
+    return dict(copy.deepcopy(EXAMPLE_INPUT), **{name: values})
+
+
+BAD_COLUMNS = {
+    "missing column": (_without("year"), "year"),
+    "lists of different lengths": (_with("mileage", [40000]), "mileage"),
+    "number as text": (_with("year", ["2014", 2019]), "year.0"),
+    "text as number": (_with("engineSize", [2.0, "big"]), "engineSize.1"),
+    "negative mileage": (_with("mileage", [40000, -1]), "mileage.1"),
+    "year in the future": (_with("year", [2014, max_year() + 1]), "year.1"),
+    "year too old": (_with("year", [1900, 2019]), "year.0"),
+    "fractional year": (_with("year", [2014.5, 2019]), "year.0"),
+    "null value": (_with("tax", [None, 150]), "tax.0"),
+    "blank category": (_with("transmission", ["  ", "Manual"]), "transmission.0"),
+    "category not a string": (_with("fuelType", [1, "Petrol"]), "fuelType.0"),
+    "boolean number": (_with("mpg", [True, 44.1]), "mpg.0"),
+    "zero engine size": (_with("engineSize", [0, 1.0]), "engineSize.0"),
+    "column not a list": (_with("mpg", 50.4), "mpg"),
+}
+
+
+@pytest.mark.parametrize("body, field", BAD_COLUMNS.values(), ids=BAD_COLUMNS.keys())
+def test_bad_predict_input_is_rejected_naming_the_field(
+    prediction_service: str, body: dict[str, Any], field: str
+) -> None:
+    response = post(f"{prediction_service}/predict", body)
+
+    assert field in problems_named(response)
+
+
+def test_every_bad_value_is_reported_at_once(prediction_service: str) -> None:
+    body = _with("mileage", [-5, 1400])
+    body["year"] = [2014, max_year() + 5]
+
+    response = post(f"{prediction_service}/predict", body)
+
+    assert problems_named(response) == {"mileage.0", "year.1"}
+    assert "mileage[0]" in response.json()["error"] and "year[1]" in response.json()["error"]
+
+
+def _records_with(index: int, **changes: Any) -> list[dict[str, Any]]:
+    records = [dict(record) for record in EXAMPLE_RECORDS * 2]
+    records[index].update(changes)
+    return records
+
+
+BAD_RECORDS = {
+    "negative mileage": (_records_with(2, mileage=-3), "records.2.mileage"),
+    "missing field": (
+        [*EXAMPLE_RECORDS, {"model": "Fiesta"}],
+        "records.2.year",
+    ),
+    "wrong type": (_records_with(1, tax="free"), "records.1.tax"),
+    "future year": (_records_with(3, year=max_year() + 1), "records.3.year"),
+    "record not an object": ([EXAMPLE_RECORDS[0], [1, 2]], "records.1"),
+    "records not a list": ({"a": 1}, "records"),
+}
+
+
+@pytest.mark.parametrize("records, field", BAD_RECORDS.values(), ids=BAD_RECORDS.keys())
+def test_bad_batch_is_rejected_naming_record_and_field(
+    prediction_service: str, records: Any, field: str
+) -> None:
+    response = post(f"{prediction_service}/predict_batch", {"records": records})
+
+    assert field in problems_named(response)
+
+
+def test_batch_problems_are_listed_in_record_order(prediction_service: str) -> None:
+    records = _records_with(3, mileage=-1)
+    records[1]["engineSize"] = 0
+
+    response = post(f"{prediction_service}/predict_batch", {"records": records})
+
+    assert problems_named(response) == {"records.1.engineSize", "records.3.mileage"}
+    assert response.json()["error"].index("records[1]") < response.json()["error"].index(
+        "records[3]"
+    )
+
+
+GARBAGE = {
+    "empty body": (b"", "application/json"),
+    "not json": (b"price me", "application/json"),
+    "truncated json": (b'{"model": ["Fiesta"', "application/json"),
+    "json array": (b"[1, 2, 3]", "application/json"),
+    "json null": (b"null", "application/json"),
+    "json string": (b'"hello"', "application/json"),
+    "binary": (bytes(range(256)), "application/json"),
+    "deep nesting": (b"[" * 10_000 + b"]" * 10_000, "application/json"),
+    "huge number": (b'{"year": [1e999]}', "application/json"),
+    "form body": (b"model=Fiesta&year=2017", "application/x-www-form-urlencoded"),
+    "text body": (b"Fiesta,2017", "text/plain"),
+    "multipart without boundary": (b"garbage", "multipart/form-data"),
+    "multipart with boundary": (b"--xx\r\n\r\n--xx--\r\n", "multipart/form-data; boundary=xx"),
+    "pickle": (b"\x80\x04K\x01.", "application/vnd.bentoml+pickle"),
+}
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
+@pytest.mark.parametrize("body, content_type", GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_bodies_get_a_4xx_never_a_5xx(
+    prediction_service: str, path: str, body: bytes, content_type: str
+) -> None:
+    response = requests.post(
+        f"{prediction_service}{path}", data=body, headers={"Content-Type": content_type}, timeout=30
+    )
+
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    json.dumps(response.json())  # a JSON error body, whatever the input
+
+
+def test_service_still_answers_after_garbage(prediction_service: str) -> None:
+    for body, content_type in GARBAGE.values():
+        requests.post(
+            f"{prediction_service}/predict",
+            data=body,
+            headers={"Content-Type": content_type},
+            timeout=30,
+        )
+
+    assert len(prices(prediction_service, EXAMPLE_INPUT)) == 2
+
+
+# --- Health, readiness, metrics --------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/livez", "/readyz"])
+def test_health_endpoints_answer(prediction_service: str, path: str) -> None:
+    assert requests.get(f"{prediction_service}{path}", timeout=10).status_code == 200
+
+
+def test_metrics_count_predict_requests(prediction_service: str) -> None:
+    prices(prediction_service, EXAMPLE_INPUT)
+
+    response = requests.get(f"{prediction_service}/metrics", timeout=10)
+
+    assert response.status_code == 200
+    request_lines = [
+        line
+        for line in response.text.splitlines()
+        if line.startswith("bentoml_service_request_total") and 'endpoint="/predict"' in line
+    ]
+    assert request_lines, response.text[:2000]
+    assert any('http_response_code="200"' in line for line in request_lines)
+
+
+# --- The process helper ------------------------------------------------------------------
+
+
+def test_missing_model_fails_fast_with_a_hint(tmp_path: Path) -> None:
+    service = ServiceProcess(
+        port=free_port(), model_tag="ford_price:doesnotexist", log_path=tmp_path / "svc.log"
+    )
+
+    with pytest.raises(ServiceUnavailableError, match="streaming-ml train"), service:
+        pass
+
+    assert service.log_tail(), "the log explains the failure"
+
+
+def test_busy_port_is_refused(prediction_service: str, trained_model_tag: str) -> None:
+    port = int(prediction_service.rsplit(":", 1)[1])
+
+    with pytest.raises(ServiceUnavailableError, match="already in use"):
+        ServiceProcess(port=port, model_tag=trained_model_tag).start()
+
+
+# --- Packaging --------------------------------------------------------------------------
+
+
+def test_bentoml_build_packages_service_and_model(trained_model_tag: str) -> None:
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
+    build = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    bento_tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "bentoml", "get", bento_tag, "-o", "json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["service"] == "service:PricePredictor"
+    assert [m["tag"].split(":")[0] for m in info["models"]] == ["ford_price"]
