@@ -51,5 +51,5 @@ def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "httpx", "httpcore", "matplotlib", "asyncio"):
+    for noisy in ("urllib3", "httpx", "httpx2", "httpcore", "matplotlib", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
