@@ -243,8 +243,9 @@ def clean_listings(raw: pd.DataFrame, today: dt.date | None = None) -> LoadResul
     so the counts add up to the number of rows dropped.
     """
     rows_read = len(raw)
-    cells = raw.loc[:, list(c.name for c in LISTING_COLUMNS)].astype("string").fillna("")
-    cells = cells.apply(lambda s: s.str.strip())
+    cells = pd.DataFrame(
+        {c.name: raw[c.name].astype("string").fillna("").str.strip() for c in LISTING_COLUMNS}
+    )
     parsed: dict[str, pd.Series] = {}
     for column in LISTING_COLUMNS:
         text = cells[column.name]
@@ -266,12 +267,12 @@ def clean_listings(raw: pd.DataFrame, today: dt.date | None = None) -> LoadResul
         reasons.append(reason)
 
     frame = pd.DataFrame(parsed)
-    valid = pd.Series([r is None for r in reasons], index=frame.index)
+    valid = np.array([r is None for r in reasons], dtype=bool)
     dropped: dict[str, int] = {}
     for reason in reasons:
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
-    frame = frame[valid]
+    frame = frame.loc[valid]
     duplicated = frame.duplicated(keep="first")
     if duplicated.any():
         dropped[DUPLICATE_REASON] = int(duplicated.sum())

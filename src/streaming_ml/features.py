@@ -1,11 +1,11 @@
 """Turn listings into the model's input matrix, identically at training and serving time.
 
-The preprocessing is plain data (``FeatureSpec``: category lists and a reference
-year) stored as JSON next to the booster, never pickled code, so a model saved here
-loads in any process that has this package, or can be rebuilt by hand from the JSON.
-Categorical columns become integer codes that XGBoost treats as categories
-(``feature_types="c"``); a value the training data never had becomes missing
-(NaN) and is still priced by the trees' default branches.
+The preprocessing is plain data (``FeatureSpec``: the category lists) stored as JSON
+next to the booster, never pickled code, so a saved model loads in any process that
+has this package, or can be rebuilt by hand from the JSON. Categorical columns become
+integer codes that XGBoost treats as categories (``feature_types="c"``); a value the
+training data never had becomes missing (NaN) and is still priced by the trees'
+default branches.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import pandas as pd
 
 from streaming_ml.data import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 
-# Derived inputs, appended after the raw features. Usage intensity separates a
-# hard-driven young car from a garage queen better than mileage or year alone.
-DERIVED_FEATURES: tuple[str, ...] = ("mileage_per_year",)
-INPUT_NAMES: tuple[str, ...] = FEATURES + DERIVED_FEATURES
+# The raw features are the model inputs. Car age and mileage per year were tried and
+# dropped: trees already split on year and mileage jointly, and CV got no better
+# (docs/model.md).
+INPUT_NAMES: tuple[str, ...] = FEATURES
 INPUT_TYPES: tuple[str, ...] = tuple(
     "c" if name in CATEGORICAL_FEATURES else "q" for name in INPUT_NAMES
 )
@@ -36,24 +36,17 @@ class FeatureSpec:
     """What the model learned about its inputs that is not in the trees."""
 
     categories: dict[str, tuple[str, ...]]
-    # Ages (for mileage per year) are counted from the newest training year, so a
-    # prediction does not drift with the calendar.
-    reference_year: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "inputs": list(INPUT_NAMES),
             "input_types": list(INPUT_TYPES),
             "categories": {name: list(values) for name, values in self.categories.items()},
-            "reference_year": self.reference_year,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSpec:
-        return cls(
-            categories={name: tuple(values) for name, values in raw["categories"].items()},
-            reference_year=int(raw["reference_year"]),
-        )
+        return cls(categories={name: tuple(v) for name, v in raw["categories"].items()})
 
     def encoders(self) -> dict[str, dict[str, float]]:
         return {
@@ -68,7 +61,7 @@ def fit_feature_spec(frame: pd.DataFrame) -> FeatureSpec:
         name: tuple(sorted({str(v).strip() for v in frame[name].dropna()}))
         for name in CATEGORICAL_FEATURES
     }
-    return FeatureSpec(categories=categories, reference_year=int(frame["year"].max()))
+    return FeatureSpec(categories=categories)
 
 
 def _number(value: Any) -> float:
@@ -84,14 +77,6 @@ def _code(encoder: Mapping[str, float], value: Any) -> float:
     if isinstance(value, str):
         return encoder.get(value.strip(), math.nan)
     return math.nan
-
-
-def _add_derived(matrix: np.ndarray, reference_year: int) -> None:
-    year = matrix[:, _NUMERIC_POSITIONS["year"]]
-    mileage = matrix[:, _NUMERIC_POSITIONS["mileage"]]
-    # +1 so a car registered this year counts as one year of use, not zero.
-    years_used = np.maximum(reference_year - year + 1.0, 1.0)
-    matrix[:, INPUT_NAMES.index("mileage_per_year")] = mileage / years_used
 
 
 class FeatureEncoder:
@@ -112,7 +97,6 @@ class FeatureEncoder:
                 matrix[:, position] = np.asarray(values, dtype=np.float64)
             except (TypeError, ValueError):
                 matrix[:, position] = [_number(v) for v in values]
-        _add_derived(matrix, self.spec.reference_year)
         return matrix.astype(np.float32)
 
     def from_frame(self, frame: pd.DataFrame) -> np.ndarray:

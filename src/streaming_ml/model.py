@@ -16,7 +16,7 @@ import pandas as pd
 import xgboost as xgb
 
 from streaming_ml.exceptions import ModelNotFoundError
-from streaming_ml.features import FeatureEncoder, FeatureSpec
+from streaming_ml.features import INPUT_NAMES, FeatureEncoder, FeatureSpec
 
 if TYPE_CHECKING:
     import bentoml
@@ -67,6 +67,12 @@ class PriceModel:
             raise ModelNotFoundError(
                 f"{model.tag} is not a price model saved by `streaming-ml train` "
                 "(no feature spec in its metadata); train one with `streaming-ml train`."
+            )
+        inputs = metadata[FEATURES_KEY].get("inputs")
+        if inputs != list(INPUT_NAMES):
+            raise ModelNotFoundError(
+                f"{model.tag} was trained on inputs {inputs}, this code builds "
+                f"{list(INPUT_NAMES)}; retrain with `streaming-ml train`."
             )
         booster = xgb.Booster()
         booster.load_model(model.path_of(BOOSTER_FILE))

@@ -42,13 +42,13 @@ class TrainParams:
     """XGBoost settings; defaults chosen by 5-fold CV on the real training split
     (see docs/model.md and scripts/tune_model.py)."""
 
-    max_depth: int = 6
+    max_depth: int = 8
     learning_rate: float = 0.05
-    n_estimators: int = 1500
-    min_child_weight: float = 1.0
+    n_estimators: int = 250
+    min_child_weight: float = 3.0
     subsample: float = 0.8
     colsample_bytree: float = 0.8
-    reg_lambda: float = 1.0
+    reg_lambda: float = 3.0
     max_cat_to_onehot: int = 1
     nthread: int = 2
 

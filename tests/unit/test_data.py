@@ -1,0 +1,222 @@
+"""The schema contract, the CSV loader and the synthetic generator."""
+
+import datetime as dt
+import math
+
+import pandas as pd
+import pytest
+
+from streaming_ml import data
+from streaming_ml.data import (
+    COLUMNS_BY_NAME,
+    CORRUPTION_KINDS,
+    FEATURES,
+    LISTING_COLUMNS,
+    check_value,
+    data_fingerprint,
+    feature_problems,
+    generate_listing_records,
+    generate_listings,
+    listing_records,
+    load_listings_csv,
+)
+from streaming_ml.exceptions import DataError
+
+TODAY = dt.date(2026, 6, 1)
+VALID = {
+    "model": "Fiesta", "year": 2017, "price": 12000, "transmission": "Manual", "mileage": 15944,
+    "fuelType": "Petrol", "tax": 150, "mpg": 57.7, "engineSize": 1.0,
+}  # fmt: skip
+
+
+# --- schema -----------------------------------------------------------------
+
+
+def test_valid_record_has_no_problems():
+    assert feature_problems(VALID, TODAY) == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("year", 2060, "at most 2027"),
+        ("year", 1900, "at least 1970"),
+        ("engineSize", 0.0, "greater than 0"),
+        ("mileage", -1, "at least 0"),
+        ("mpg", math.nan, "finite"),
+        ("tax", 12.5, "whole number"),
+        ("model", "  ", "blank"),
+        ("model", 3, "string"),
+        ("year", "2017", "number"),
+        ("year", True, "number"),
+        ("fuelType", None, "missing"),
+    ],
+)
+def test_feature_problems_names_field_and_reason(field, value, fragment):
+    problems = feature_problems({**VALID, field: value}, TODAY)
+    assert list(problems) == [field]
+    assert fragment in problems[field]
+
+
+def test_missing_key_is_a_problem_and_price_is_not_a_feature():
+    record = {k: v for k, v in VALID.items() if k not in ("mpg", "price")}
+    assert list(feature_problems(record, TODAY)) == ["mpg"]
+
+
+def test_unseen_category_value_is_valid():
+    assert check_value(COLUMNS_BY_NAME["model"], "Model T") is None
+
+
+def test_next_years_models_are_plausible_but_not_later():
+    year = COLUMNS_BY_NAME["year"]
+    assert check_value(year, TODAY.year + 1, TODAY) is None
+    assert check_value(year, TODAY.year + 2, TODAY) is not None
+
+
+# --- CSV loader -------------------------------------------------------------
+
+HEADER = "model,year,price,transmission,mileage,fuelType,tax,mpg,engineSize"
+QUIRKY_ROWS = [
+    " Fiesta,2017,12000,Automatic,15944,Petrol,150,57.7,1.0",  # leading space: kept
+    " Focus,2018,14000,Manual,9083,Petrol,150,57.7,1.0 ",  # trailing space: kept
+    " Focus,2018,14000,Manual,9083,Petrol,150,57.7,1.0",  # same row again: duplicate
+    " Kuga ,2060,15000,Manual,100,Diesel,145,50.0,2.0",  # impossible year
+    " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,0",  # engineSize 0
+    " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,0.0",  # engineSize 0 again
+    " Focus,2016,9000,Manual,,Petrol,30,60.1,1.0",  # null mileage
+    " Focus,2016,9000,Manual,lots,Petrol,30,60.1,1.0",  # unparseable mileage
+    " ,2016,9000,Manual,1000,Petrol,30,60.1,1.0",  # blank model
+    " Mondeo,2015,-5,Manual,1000,Diesel,30,60.1,2.0",  # negative price (the target)
+    " C-MAX,2014,8295,Semi-Auto,40000,Diesel,160,50.4,2.0",  # kept
+]
+
+
+def write_csv(tmp_path, rows, header=HEADER, newline="\r\n"):
+    path = tmp_path / "listings.csv"
+    path.write_bytes((newline.join([header, *rows]) + newline).encode())
+    return path
+
+
+def test_loader_cleans_quirks_and_counts_every_dropped_row(tmp_path):
+    result = load_listings_csv(write_csv(tmp_path, QUIRKY_ROWS), TODAY)
+    assert result.rows_read == len(QUIRKY_ROWS)
+    assert result.dropped == {
+        "exact duplicate": 1,
+        "year out of range": 1,
+        "engineSize out of range": 2,
+        "mileage missing": 1,
+        "mileage unparseable": 1,
+        "model missing": 1,
+        "price out of range": 1,
+    }
+    assert result.rows_kept + sum(result.dropped.values()) == result.rows_read
+    frame = result.frame
+    assert list(frame.columns) == [c.name for c in LISTING_COLUMNS]
+    assert frame["model"].tolist() == ["Fiesta", "Focus", "C-MAX"]
+    assert frame["year"].dtype == "int64" and frame["mpg"].dtype == "float64"
+    assert all(feature_problems(r, TODAY) == {} for r in listing_records(frame))
+    assert "dropped 8" in result.report()
+
+
+def test_loader_accepts_lf_endings_and_padded_header(tmp_path):
+    header = " " + HEADER.replace(",", ", ")
+    path = write_csv(tmp_path, QUIRKY_ROWS[:2], header=header, newline="\n")
+    assert load_listings_csv(path, TODAY).rows_kept == 2
+
+
+def test_loader_explains_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"not found.*synthetic"):
+        load_listings_csv(tmp_path / "nope.csv")
+
+
+def test_loader_names_missing_columns(tmp_path):
+    path = write_csv(tmp_path, ["Fiesta,2017"], header="model,year")
+    with pytest.raises(DataError, match="price, transmission"):
+        load_listings_csv(path)
+
+
+def test_fingerprint_ignores_file_formatting_but_not_content(tmp_path):
+    crlf = load_listings_csv(write_csv(tmp_path, QUIRKY_ROWS), TODAY).frame
+    (tmp_path / "lf").mkdir()
+    lf_rows = [r.strip().replace(" ,", ",") for r in QUIRKY_ROWS]
+    lf = load_listings_csv(write_csv(tmp_path / "lf", lf_rows, newline="\n"), TODAY).frame
+    assert data_fingerprint(crlf) == data_fingerprint(lf)
+    changed = lf.copy()
+    changed.loc[0, "price"] += 1
+    assert data_fingerprint(changed) != data_fingerprint(lf)
+
+
+# --- synthetic generator ----------------------------------------------------
+
+
+def test_generator_is_seeded():
+    pd.testing.assert_frame_equal(generate_listings(300, seed=5), generate_listings(300, seed=5))
+    assert not generate_listings(300, seed=5).equals(generate_listings(300, seed=6))
+
+
+def test_generated_rows_fit_the_schema():
+    frame = generate_listings(2_000, seed=1)
+    assert list(frame.columns) == [c.name for c in LISTING_COLUMNS]
+    records = listing_records(frame)
+    assert [
+        r
+        for r in records
+        if feature_problems(r) or check_value(COLUMNS_BY_NAME["price"], r["price"])
+    ] == []
+    assert frame.duplicated().sum() < 20
+
+
+@pytest.mark.parametrize("invalid", [0, 1, 7, len(CORRUPTION_KINDS) * 3])
+def test_invalid_rows_are_exactly_the_flagged_ones(invalid):
+    records = generate_listing_records(200, seed=3, invalid=invalid, today=TODAY)
+    flagged = [r for r in records if feature_problems(r, TODAY)]
+    assert len(flagged) == invalid
+
+
+def test_every_corruption_kind_is_flagged():
+    kinds = len(CORRUPTION_KINDS)
+    records = generate_listing_records(kinds, seed=11, invalid=kinds, today=TODAY)
+    problems = [feature_problems(r, TODAY) for r in records]
+    assert all(problems)
+    flagged_fields = {field for p in problems for field in p}
+    assert {"model", "year", "mileage", "engineSize", "tax", "mpg", "fuelType"} <= flagged_fields
+
+
+def test_records_are_plain_python_values():
+    records = generate_listing_records(50, seed=2, invalid=10, today=TODAY)
+    allowed = {"model": str, "transmission": str, "fuelType": str, "mpg": float}
+    for record in records:
+        assert set(record) == {c.name for c in LISTING_COLUMNS}
+        for field, value in record.items():
+            if value is None:
+                continue
+            assert type(value) in (allowed.get(field, int), int, float, str), (field, value)
+            if field in ("year", "price", "mileage", "tax"):
+                assert type(value) is int
+    assert any(None in r.values() for r in records)
+
+
+def test_generator_is_realistic():
+    frame = generate_listings(5_000, seed=9)
+    counts = frame["model"].value_counts()
+    assert counts.index[0] == "Fiesta" and counts.index[1] == "Focus"
+    assert frame["transmission"].value_counts().index[0] == "Manual"
+    assert set(frame["fuelType"]) <= set(data.FUEL_TYPES)
+    by_year = frame.groupby("year")["price"].mean()
+    assert by_year[2019] > by_year[2017] > by_year[2015]
+    by_age = frame.groupby("year")["mileage"].median()
+    assert by_age[2015] > by_age[2018] > by_age[2020]
+    assert frame.loc[frame["model"] == "Mustang", "engineSize"].min() >= 2.3
+    assert frame.loc[frame["model"] == "Kuga", "price"].mean() > (
+        frame.loc[frame["model"] == "Ka+", "price"].mean()
+    )
+    assert 10_000 < frame["price"].mean() < 15_000
+
+
+def test_generator_rejects_impossible_invalid_count():
+    with pytest.raises(DataError, match="invalid"):
+        generate_listings(3, seed=1, invalid=4)
+
+
+def test_features_listed_once():
+    assert len(set(FEATURES)) == len(FEATURES) == 8
