@@ -73,6 +73,25 @@ def evaluate(
     typer.echo(json.dumps(metrics))
 
 
+@app.command()
+def serve(
+    port: int | None = typer.Option(None, help="Port (default: SML_SERVICE_PORT, 3000)"),
+    model: str | None = typer.Option(None, help="Model tag (default: SML_MODEL_NAME:latest)"),
+) -> None:
+    """Serve the price model over HTTP (BentoML) in the foreground until Ctrl-C."""
+    settings = _settings()
+    from streaming_ml.serving import serve_forever
+
+    try:
+        code = serve_forever(
+            host=settings.host, port=port or settings.service_port,
+            model_tag=model or settings.model_tag,
+        )  # fmt: skip
+    except StreamingMLError as error:
+        _fail(error)
+    raise typer.Exit(code)
+
+
 @stack_app.command("install")
 def stack_install() -> None:
     """Install missing Debian packages and fetch the pinned jars (idempotent)."""

@@ -441,7 +441,10 @@ class ServiceProcess:
                 if code is not None:
                     raise self._startup_failure(code)
                 try:
-                    if session.get(ready_url, timeout=1.0).status_code == 200:
+                    # BentoML's arbiter listens before the worker accepts: a request
+                    # sent then waits in the backlog, so a longer read timeout
+                    # answers as soon as the worker is up instead of retrying blind.
+                    if session.get(ready_url, timeout=(1.0, 3.0)).status_code == 200:
                         logger.info(
                             "prediction service ready",
                             extra={
@@ -538,11 +541,18 @@ def _group_alive(group: int) -> bool:
 
 
 def serve_forever(host: str, port: int, model_tag: str, bentoml_home: Path | None = None) -> int:
-    """Run the service in the foreground until it exits or Ctrl-C; return its exit code."""
+    """Run the service in the foreground until it exits, Ctrl-C or SIGTERM; return its code."""
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)  # unwinds through ``with service``, which stops the workers
+
     service = ServiceProcess(host=host, port=port, model_tag=model_tag, bentoml_home=bentoml_home)
-    with service:
-        logger.info("serving until Ctrl-C", extra={"url": service.url, "model": model_tag})
-        try:
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with service:
+            logger.info("serving until Ctrl-C", extra={"url": service.url, "model": model_tag})
             return service.wait()
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
