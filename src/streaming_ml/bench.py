@@ -128,10 +128,10 @@ class BenchOptions:
     @classmethod
     def quick(cls) -> BenchOptions:
         return cls(
-            profile="quick", duration_s=6.0, warmup_rows=100, step_rates=(2_000,),
-            step_duration_s=3.0, prefill_rows=3_000, one_row_requests=100,
+            profile="quick", duration_s=5.0, warmup_rows=50, step_rates=(2_000,),
+            step_duration_s=3.0, prefill_rows=2_000, one_row_requests=100,
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
-            concurrent_max_s=3.0, drain_timeout_s=60.0,
+            concurrent_max_s=2.0, drain_timeout_s=60.0,
         )  # fmt: skip
 
     def rows_per_commit(self, rate: float) -> int:
@@ -375,6 +375,7 @@ def _consumer(settings: Settings, group: str | None = None) -> Any:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "client.id": "streaming-ml-bench",
+            "log_level": 3,  # librdkafka's informational lines are noise here
         }
     )
 
@@ -488,7 +489,7 @@ def use_log_append_time(settings: Settings, topics: Sequence[str]) -> dict[str, 
         ResourceType,
     )
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
     key = "message.timestamp.type"
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     previous = {}
@@ -512,12 +513,10 @@ def use_log_append_time(settings: Settings, topics: Sequence[str]) -> dict[str, 
     return previous
 
 
-def group_ready(settings: Settings, group: str) -> bool:
+def group_ready(admin: Any, group: str) -> bool:
     """True when ``group`` is stable with at least one member (partitions assigned)."""
     from confluent_kafka import ConsumerGroupState
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     try:
         description = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
     except Exception as error:  # group not known yet is the normal "not ready"
@@ -552,11 +551,12 @@ class BridgeProcess:
         self.once = once
         self.log_path = log_dir / f"bench-bridge-{group}.log"
         self.out_path = log_dir / f"bench-bridge-{group}.out"
+        self.metrics_port = free_port(settings.host)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         args = ["bridge", "--group", self.group, "--no-connectors"]
-        args += ["--metrics-port", str(free_port(self.settings.host))]
+        args += ["--metrics-port", str(self.metrics_port)]
         if self.once:
             args.append("--once")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -579,13 +579,33 @@ class BridgeProcess:
         )
 
     def wait_ready(self, console: Console, timeout_s: float = 120.0) -> float:
+        """Until the bridge serves metrics (set up) and, when the change topic exists,
+        its consumer group is stable (partitions assigned). Before the first captured
+        row there is no topic and so no assignment to wait for."""
+        from confluent_kafka.admin import AdminClient
+
+        s = self.settings
+        admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 3})
+        metrics = f"http://{s.host}:{self.metrics_port}/metrics"
         with Waiting(console, f"bridge joining consumer group {self.group}", timeout_s) as wait:
-            while not group_ready(self.settings, self.group):
+            while True:
                 if not self.alive():
                     raise self.failure("exited while starting")
+                if _http_ok(metrics, 1.0):
+                    if group_ready(admin, self.group):
+                        break
+                    consumer = _consumer(s)
+                    try:
+                        topic_missing = high_watermarks(consumer, s.listings_topic) is None
+                    finally:
+                        consumer.close()
+                    if topic_missing:
+                        break
+                    wait.update("set up; waiting for its partitions to be assigned")
+                else:
+                    wait.update("waiting for the bridge to set up")
                 if wait.expired():
                     raise self.failure(f"did not join its consumer group in {timeout_s:.0f}s")
-                wait.update("waiting for a stable group with the bridge as member")
                 time.sleep(0.25)
             return wait.elapsed
 
@@ -1016,16 +1036,25 @@ class Bench:
                 why = f"fell behind at {rate:g} rows/s: {error}"
                 break
             commit_rate = step["commit_rows_per_s"] or 0.0
+            output_rate = step["output_rows_per_s"] or 0.0
             generator_ok = commit_rate >= MIN_ACHIEVED_SHARE * rate
-            step["kept_up"] = bool(generator_ok and step["latency_not_growing"])
+            output_ok = output_rate >= MIN_ACHIEVED_SHARE * commit_rate
+            step["kept_up"] = bool(generator_ok and output_ok and step["latency_not_growing"])
             steps.append(step)
             if not generator_ok:
                 why = (
                     f"the load generator reached only {commit_rate:.0f} of {rate:g} rows/s "
                     "(bound by the generator / Postgres commits, not by the pipeline)"
                 )
-                if step["latency_not_growing"]:
+                if output_ok and step["latency_not_growing"]:
                     best = max(best or 0.0, commit_rate)
+                break
+            if not output_ok:
+                why = (
+                    f"fell behind at {rate:g} rows/s: rows were committed at {commit_rate:.0f} "
+                    f"rows/s but written back at only {output_rate:.0f} rows/s "
+                    f"(max lag {step['max_consumer_lag']})"
+                )
                 break
             if not step["latency_not_growing"]:
                 g = step["latency_growth"]
@@ -1529,7 +1558,9 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
         ax.set_xscale("log")
         ax.set_xlabel("ms (log scale)")
         ax.set_title("Latency per stage (latency run)")
-        ax.legend(loc="lower right")
+        low, high = ax.get_xlim()
+        ax.set_xlim(low, high * 4)  # room for the value labels and the legend
+        ax.legend(loc="upper right")
         ax.grid(True, axis="x", which="both", alpha=0.3)
     else:
         _empty(ax, "no stage breakdown")

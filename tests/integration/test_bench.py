@@ -1,0 +1,132 @@
+"""``streaming-ml bench --quick`` against the real test stack and service.
+
+Asserts that the figures are well formed (keys present, finite positive numbers,
+every inserted row measured) and that the bench stops what it started; never a
+speed: speed targets are what the bench reports, not what a test may demand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streaming_ml.bench import settings_env
+from streaming_ml.config import Settings
+from tests.fixtures.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+PERCENTILE_KEYS = ("p50", "p95", "p99", "max")
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def assert_percentiles(figures: dict[str, Any], where: str) -> None:
+    for key in PERCENTILE_KEYS:
+        assert positive(figures[key]), f"{where}.{key} = {figures[key]!r}"
+    assert figures["p50"] <= figures["p95"] <= figures["p99"] <= figures["max"], where
+
+
+@pytest.fixture(scope="module")
+def quick_bench(
+    stack_settings: Settings, prediction_service: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    out_dir = tmp_path_factory.mktemp("bench")
+    settings = stack_settings.model_copy(
+        update={"service_url": prediction_service, "bridge_metrics_port": free_port()}
+    )
+    out, plot = out_dir / "bench.json", out_dir / "bench.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "streaming_ml.cli", "bench", "--quick", "--out", str(out),
+         "--plot", str(plot)],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"bench failed:\n{result.stderr[-4000:]}"
+    return json.loads(out.read_text()), plot
+
+
+def test_quick_bench_reports_well_formed_latency_figures(
+    quick_bench: tuple[dict[str, Any], Path],
+) -> None:
+    doc, _ = quick_bench
+    assert doc["errors"] == []
+    assert doc["rate_rows_per_s"] == 1000
+    assert_percentiles(doc["latency_ms"], "latency_ms")
+    run = doc["latency_run"]
+    inserted = run["rows_inserted"]
+    assert inserted == round(doc["options"]["rate"] * doc["options"]["duration_s"])
+    assert run["rows_measured"] == inserted
+    assert run["rows_with_topic_timestamp"] == inserted
+    assert set(doc["stages"]) == {
+        "commit_to_kafka", "kafka_to_bridge", "bridge_batching", "model_call",
+        "bridge_to_topic", "topic_to_table", "end_to_end",
+    }  # fmt: skip
+    for name, figures in doc["stages"].items():
+        assert figures["count"] == inserted, name
+        for key in PERCENTILE_KEYS:
+            value = figures[key]
+            # A stage can legitimately round to 0 ms (same-millisecond stamps).
+            assert isinstance(value, int | float) and math.isfinite(value), (name, key, value)
+    assert doc["stages"]["end_to_end"]["p50"] == doc["latency_ms"]["p50"]
+
+
+def test_quick_bench_reports_throughput_and_serving_figures(
+    quick_bench: tuple[dict[str, Any], Path],
+) -> None:
+    doc, _ = quick_bench
+    steps = doc["throughput_steps"]
+    assert [s["offered_rows_per_s"] for s in steps] == list(doc["options"]["step_rates"])[
+        : len(steps)
+    ]
+    for step in steps:
+        if "error" not in step:
+            assert step["rows_measured"] == step["rows_inserted"]
+            assert isinstance(step["kept_up"], bool)
+    best = doc["max_sustained_rows_per_s"]
+    assert best is None or positive(best)
+    assert doc["max_sustained_bound"]
+
+    bridge = doc["bridge_run"]
+    assert bridge["predictions"] == bridge["rows"] == doc["options"]["prefill_rows"]
+    assert bridge["bridge_summary"]["predicted"] == bridge["rows"]
+    assert positive(doc["bridge_rows_per_s"])
+
+    assert positive(doc["predict_one_row_ms_p50"])
+    assert positive(doc["predict_1000_rows_ms_p50"])
+    serving = doc["serving"]
+    assert serving["predict_one_row_ms"]["count"] == doc["options"]["one_row_requests"]
+    assert serving["concurrent_one_row"]["errors"] == 0
+    assert positive(serving["concurrent_one_row"]["requests_per_s"])
+
+    assert doc["machine"]["cpu_count"] >= 1
+    assert doc["versions"]["python_libraries"]["bentoml"]
+    assert set(doc["targets"]) >= {"latency_ms.p50", "bridge_rows_per_s"}
+
+
+def test_quick_bench_stops_what_it_started_and_plots(
+    quick_bench: tuple[dict[str, Any], Path], stack_settings: Settings
+) -> None:
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    doc, plot = quick_bench
+    env = doc["environment"]
+    # The fixtures run the stack and the service; the bench adds (and removes) a bridge.
+    assert env["started"] == ["bridge"]
+    assert set(env["reused"]) == {"stack", "service"}
+    admin = AdminClient({"bootstrap.servers": stack_settings.kafka_bootstrap})
+    group = env["bridge_group"]
+    description = admin.describe_consumer_groups([group], request_timeout=15)[group].result()
+    assert description.state == ConsumerGroupState.EMPTY
+    assert not description.members
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
