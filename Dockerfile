@@ -54,9 +54,12 @@ FROM base AS runtime
 # checkout where it does not exist yet.
 COPY --chown=app:app README.md* ./
 COPY --chown=app:app src ./src
-RUN pip install --no-deps .
-# `bentoml serve service:PricePredictor` imports service.py from the working directory.
+# Editable, so that streaming_ml.config.REPO_ROOT is /app and the code finds what it
+# finds in a checkout: service.py (bentoml serve imports it from the working directory)
+# and the connector configs in debezium/ (the bridge registers them).
+RUN pip install --no-deps -e .
 COPY --chown=app:app service.py bentofile.yaml ./
+COPY --chown=app:app debezium ./debezium
 
 EXPOSE 3000 9400
 # Inside the container a server has to listen on the container's own interfaces;

@@ -604,3 +604,39 @@ def test_dev_compose_serves_jupyter_on_the_loopback_with_the_repo_editable() -> 
         v for v in dev["jupyter-data"]["volumes"] if isinstance(v, dict) and v.get("read_only")
     ]
     assert [m["target"] for m in data_mounts] == ["/home/app/data"]
+
+
+def test_runtime_image_has_the_layout_the_code_expects() -> None:
+    """The code locates files from REPO_ROOT; the image must keep the checkout's layout."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    parents: dict[str, str] = {}
+    current = ""
+    for keyword, args in dockerfile_instructions(REPO_ROOT / "Dockerfile"):
+        if keyword == "FROM":
+            words = args.split()
+            current = words[-1]
+            parents[current] = words[0]
+            stages[current] = []
+        stages[current].append((keyword, args))
+    chain = ["runtime"]
+    while parents[chain[-1]] in stages:
+        chain.append(parents[chain[-1]])
+    instructions = [item for stage in reversed(chain) for item in stages[stage]]
+    copied = {
+        word.rstrip("*")
+        for keyword, args in instructions
+        if keyword == "COPY" and "--from=" not in args
+        for word in args.split()[:-1]
+        if not word.startswith("--")
+    }
+    needed = {
+        str(connect.CONNECTORS_DIR.relative_to(REPO_ROOT)),  # debezium/, read by the bridge
+        "service.py",
+        "src",
+        "pyproject.toml",
+    }
+    assert needed <= copied, f"missing in the runtime image: {sorted(needed - copied)}"
+    workdirs = [args for keyword, args in instructions if keyword == "WORKDIR"]
+    assert workdirs[-1] == "/app"
+    # Editable, so that REPO_ROOT (two levels above the package) is /app.
+    assert any(k == "RUN" and "pip install --no-deps -e ." in a for k, a in stages["runtime"])
