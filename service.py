@@ -27,8 +27,13 @@ SETTINGS = Settings()
 
 
 # One worker leaves the second core to the bridge; the APIs are async and
-# offload big batches to threads themselves (see serving.Predictor).
-@bentoml.service(workers=1, traffic={"timeout": 30})
+# offload big batches to threads themselves (see serving.Predictor). Plain
+# `bentoml serve` binds the configured loopback address, never 0.0.0.0.
+@bentoml.service(
+    workers=1,
+    traffic={"timeout": 30},
+    http={"host": SETTINGS.host, "port": SETTINGS.service_port},
+)
 class PricePredictor:
     bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
 

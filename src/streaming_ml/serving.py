@@ -380,6 +380,11 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running service (also its process group id)."""
+        return self._process.pid if self._process is not None else None
+
     def _environment(self) -> dict[str, str]:
         name, _, version = self.model_tag.partition(":")
         env = dict(os.environ, SML_MODEL_NAME=name, SML_MODEL_VERSION=version or "latest")
@@ -417,6 +422,7 @@ class ServiceProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             if output is not None:
@@ -525,6 +531,20 @@ class ServiceProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the parent dies without stopping us.
+
+    The service runs in its own session (so it can be stopped as a group), which
+    also shields it from the parent's Ctrl-C; this keeps a crashed or SIGKILLed
+    parent from leaving an orphaned service on its port. Linux only.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _signal_group(group: int, sig: signal.Signals) -> None:

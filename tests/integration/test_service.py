@@ -16,7 +16,7 @@ import requests
 from streaming_ml.config import REPO_ROOT
 from streaming_ml.data import FEATURES, max_year
 from streaming_ml.exceptions import ServiceUnavailableError
-from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_RECORDS, ServiceProcess
+from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_RECORDS, ServiceProcess, port_in_use
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -291,6 +291,19 @@ def test_missing_model_fails_fast_with_a_hint(tmp_path: Path) -> None:
         pass
 
     assert service.log_tail(), "the log explains the failure"
+
+
+def test_stop_leaves_no_process_and_frees_the_port(trained_model_tag: str, tmp_path: Path) -> None:
+    port = free_port()
+    service = ServiceProcess(port=port, model_tag=trained_model_tag, log_path=tmp_path / "s.log")
+
+    with service:
+        group = service.pid
+        assert requests.get(f"{service.url}/readyz", timeout=10).status_code == 200
+
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)  # neither the server nor any worker is left
+    assert not port_in_use("127.0.0.1", port)
 
 
 def test_busy_port_is_refused(prediction_service: str, trained_model_tag: str) -> None:
