@@ -45,6 +45,9 @@ def worker_properties(settings: Settings, dist_dir: Path) -> str:
         "rest.advertised.host.name": settings.host,
         "rest.advertised.port": str(settings.connect_port),
         "plugin.path": str(plugin_dir(dist_dir)),
+        # Every plugin we ship has ServiceLoader manifests; skipping the reflective
+        # class scan of ~100 jars saves most of the worker's start-up time.
+        "plugin.discovery": "service_load",
         # Worker-level default converters; our connectors set their own Avro converters.
         "key.converter": "org.apache.kafka.connect.json.JsonConverter",
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",

@@ -1,0 +1,359 @@
+"""The local stack end to end, on its own ports and state dir (these tests stop it).
+
+Insert → Debezium → Kafka (Avro, Confluent wire format) → confluent_kafka deserializer;
+confluent_kafka serializer → JDBC sink → Postgres; a restart keeps offsets, the slot
+and the schemas; the CLI's status/psql work; the final ``down`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import requests
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from streaming_ml import connect, serde, stack
+from streaming_ml.config import Settings
+from streaming_ml.data import FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
+from streaming_ml.stack import postgres
+from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[Settings]:
+    settings = private_stack_settings(prefix="sml-stack-test-")
+    try:
+        stack.up(settings)
+        yield settings
+    finally:
+        stack.down(settings, purge=True)
+
+
+def poll_until(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.3)
+
+
+LISTING = {
+    "model": "Focus", "year": 2019, "price": 12_495, "transmission": "Manual",
+    "mileage": 15_320, "fuelType": "Petrol", "tax": 145, "mpg": 55.4, "engineSize": 1.0,
+}  # fmt: skip
+
+
+def insert_listing(settings: Settings, row: dict[str, Any]) -> int:
+    columns = ", ".join(f'"{c.name}"' for c in LISTING_COLUMNS)
+    marks = ", ".join(["%s"] * len(LISTING_COLUMNS))
+    with psycopg2.connect(stack.postgres_dsn(settings)) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO public.car_listings ({columns}) VALUES ({marks}) RETURNING id",
+            [row[c.name] for c in LISTING_COLUMNS],
+        )
+        return int(cur.fetchone()[0])
+
+
+def read_change_events(
+    settings: Settings, until: Callable[[list[dict[str, Any]]], bool], timeout: float = WAIT_S
+) -> list[dict[str, Any]]:
+    """Every change event on the listings topic from the beginning (fresh group), decoded
+    with confluent_kafka's AvroDeserializer, until ``until(events)`` holds."""
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    decode = AvroDeserializer(registry)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"test-stack-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "topic.metadata.refresh.interval.ms": 1000,
+        }
+    )
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        consumer.subscribe([settings.listings_topic])
+        while not until(events):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out reading change events; got {events}")
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue  # the topic appears with the first captured row
+            raw = msg.value()
+            # Confluent wire format: magic byte 0, then a 4-byte big-endian schema id.
+            assert raw[0] == 0
+            schema_id = struct.unpack(">I", raw[1:5])[0]
+            key = decode(msg.key(), SerializationContext(msg.topic(), MessageField.KEY))
+            value = decode(raw, SerializationContext(msg.topic(), MessageField.VALUE))
+            events.append({"key": key, "value": value, "schema_id": schema_id})
+    finally:
+        consumer.close()
+    return events
+
+
+def has_listing(listing_id: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda events: any(e["key"] == {"id": listing_id} for e in events)
+
+
+def test_change_event_carries_every_field(own_stack: Settings) -> None:
+    settings = own_stack
+    snap_id = insert_listing(settings, LISTING)
+    status = connect.register_connector(settings, settings.source_connector)
+    assert status["connector"]["state"] == "RUNNING"
+    live_row = {**LISTING, "model": "Kuga", "fuelType": "Diesel", "mpg": 47.1, "engineSize": 2.0}
+    live_id = insert_listing(settings, live_row)
+
+    events = read_change_events(settings, has_listing(live_id))
+    by_id = {e["key"]["id"]: e for e in events}
+    for listing_id, row, op in ((snap_id, LISTING, "r"), (live_id, live_row, "c")):
+        value = by_id[listing_id]["value"]
+        assert value["id"] == listing_id
+        for column in LISTING_COLUMNS:
+            assert value[column.name] == row[column.name], column.name
+        assert value["__op"] == op
+        assert value["__deleted"] == "false"
+        assert isinstance(value["__lsn"], int) and value["__lsn"] > 0
+        assert isinstance(value["__source_ts_ms"], int) and value["__source_ts_ms"] > 0
+        # Plain numbers, not Debezium's bytes-encoded decimals.
+        assert isinstance(value["mpg"], float) and isinstance(value["engineSize"], float)
+        expected = {"id", *(c.name for c in LISTING_COLUMNS), "__op", "__lsn", "__source_ts_ms"}
+        assert set(value) == expected | {"__deleted"}
+    # The id in the payload is the one the Confluent API serves for the topic's subject.
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    latest = registry.get_latest_version(f"{settings.listings_topic}-value")
+    assert by_id[live_id]["schema_id"] == latest.schema_id
+    # The bridge prices these fields straight from the event.
+    assert set(FEATURES) <= set(by_id[live_id]["value"])
+
+
+def _diverge_content_and_global_ids(registry_port: int) -> None:
+    """Register one schema under two subjects: its content id is shared, its global ids
+    are not, so every schema registered afterwards has contentId != globalId. A converter
+    resolving ids the wrong way round then cannot find the schema."""
+    schema = {
+        "type": "record", "name": f"Probe{uuid.uuid4().hex[:8]}",
+        "fields": [{"name": "x", "type": "long"}],
+    }  # fmt: skip
+    body = {"schema": json.dumps(schema)}
+    base = f"http://127.0.0.1:{registry_port}/apis/ccompat/v7/subjects"
+    for subject in (f"probe-{uuid.uuid4().hex[:8]}-value", f"probe-{uuid.uuid4().hex[:8]}-value"):
+        requests.post(f"{base}/{subject}/versions", json=body, timeout=10).raise_for_status()
+
+
+def _prediction(listing_id: int, price: float) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    values: dict[str, Any] = {
+        "listing_id": listing_id, "predicted_price": price, "model_tag": "ford_price:test",
+        "features_hash": "f" * 16, "source_lsn": None, "source_ts_ms": now, "kafka_ts_ms": now,
+        "bridge_received_ts_ms": now, "predicted_ts_ms": now, "model_latency_ms": 1.25,
+        "end_to_end_ms": 12.5,
+    }  # fmt: skip
+    assert set(values) == {f.name for f in PREDICTION_FIELDS}
+    return values
+
+
+def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> None:
+    settings = own_stack
+    _diverge_content_and_global_ids(settings.registry_port)
+    registry = serde.registry_client(settings.registry_url)
+    key_ser, value_ser = serde.prediction_serializers(registry)
+    topic = settings.predictions_topic
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+
+    def send(listing_id: int, value: dict[str, Any] | None) -> None:
+        producer.produce(
+            topic,
+            key=key_ser({"listing_id": listing_id}, SerializationContext(topic, MessageField.KEY)),
+            value=None
+            if value is None
+            else value_ser(value, SerializationContext(topic, MessageField.VALUE)),
+        )
+
+    kept, deleted = 900_001, 900_002
+    send(kept, _prediction(kept, 10_000.5))
+    send(deleted, _prediction(deleted, 20_000.0))
+    producer.flush(30)
+    # The schema the serializer registered really has different content and global ids.
+    artifact = requests.get(
+        f"http://127.0.0.1:{settings.registry_port}/apis/registry/v3/groups/default/artifacts/"
+        f"{topic}-value/versions/branch=latest",
+        timeout=10,
+    ).json()
+    assert artifact["contentId"] != artifact["globalId"]
+
+    connect.register_connector(settings, settings.sink_connector)
+
+    def rows() -> dict[int, tuple[Any, ...]]:
+        with psycopg2.connect(stack.postgres_dsn(settings)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT listing_id, predicted_price, model_tag, source_lsn, model_latency_ms "
+                "FROM public.car_price_predictions WHERE listing_id = ANY(%s)",
+                ([kept, deleted],),
+            )
+            return {row[0]: row for row in cur.fetchall()}
+
+    def upserted() -> bool:
+        # A sink task that cannot resolve the schema ids fails: report its trace at once.
+        status = connect.connector_status(settings.connect_url, settings.sink_connector)
+        failed = [t for t in (status or {}).get("tasks", []) if t["state"] == "FAILED"]
+        if failed:
+            pytest.fail(f"sink task failed: {failed[0].get('trace', '')[:2000]}")
+        return len(rows()) == 2
+
+    poll_until("both predictions upserted", upserted)
+    assert rows()[kept] == (kept, 10_000.5, "ford_price:test", None, 1.25)
+
+    send(kept, _prediction(kept, 11_000.0))  # upsert, same key
+    send(deleted, None)  # tombstone deletes the row
+    producer.flush(30)
+    poll_until(
+        "update and delete applied", lambda: set(rows()) == {kept} and rows()[kept][1] == 11_000.0
+    )
+
+
+def test_second_up_is_a_no_op(own_stack: Settings) -> None:
+    before = {name: info["pid"] for name, info in stack.status(own_stack).items()}
+    assert all(before.values())
+    stack.up(own_stack)
+    after = {name: info["pid"] for name, info in stack.status(own_stack).items()}
+    assert after == before
+
+
+def _replication_slot(settings: Settings) -> tuple[str, str] | None:
+    dsn = stack.postgres_dsn(settings, role="superuser")
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT slot_name, plugin FROM pg_replication_slots WHERE slot_name = %s",
+            (postgres.SLOT,),
+        )
+        return cur.fetchone()
+
+
+def test_restart_keeps_offsets_slot_and_schemas(own_stack: Settings) -> None:
+    settings = own_stack
+    connect.ensure_connectors(settings)
+    before_id = insert_listing(settings, {**LISTING, "model": "Puma"})
+    read_change_events(settings, has_listing(before_id))
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    subjects_before = {s: registry.get_latest_version(s).schema_id for s in registry.get_subjects()}
+    assert _replication_slot(settings) == (postgres.SLOT, "pgoutput")
+
+    stack.down(settings)
+    for name, info in stack.status(settings).items():
+        assert info["state"] == "stopped", name
+    for field in PORT_FIELDS:
+        assert not stack.process.port_open(settings.host, getattr(settings, field)), field
+
+    stack.up(settings)
+    statuses = connect.ensure_connectors(settings)
+    assert all(s["connector"]["state"] == "RUNNING" for s in statuses.values())
+    assert _replication_slot(settings) == (postgres.SLOT, "pgoutput")
+    subjects_after = {s: registry.get_latest_version(s).schema_id for s in registry.get_subjects()}
+    assert subjects_after == subjects_before
+
+    after_id = insert_listing(settings, {**LISTING, "model": "Mondeo"})
+    events = read_change_events(settings, has_listing(after_id))
+    ids = [e["key"]["id"] for e in events]
+    # Nothing replayed or re-snapshotted: every row's event appears exactly once.
+    assert len(ids) == len(set(ids)), ids
+    assert [e["value"]["__op"] for e in events if e["key"]["id"] == after_id] == ["c"]
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["SML_STATE_DIR"] = str(settings.state_dir)
+    env["SML_DIST_DIR"] = str(settings.dist_dir)
+    for field in PORT_FIELDS:
+        env[f"SML_{field.upper()}"] = str(getattr(settings, field))
+    cli = Path(sys.executable).parent / "streaming-ml"
+    return subprocess.run(
+        [str(cli), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_status_json_describes_every_component(own_stack: Settings) -> None:
+    result = _cli(own_stack, "stack", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert set(body) == {"postgres", "kafka", "registry", "connect", "adminer"}
+    for field, name in zip(
+        ("postgres_port", "kafka_port", "registry_port", "connect_port", "adminer_port"),
+        ("postgres", "kafka", "registry", "connect", "adminer"),
+        strict=True,
+    ):
+        info = body[name]
+        assert info["state"] == "running"
+        assert info["host"] == "127.0.0.1"
+        assert info["port"] == getattr(own_stack, field)
+        assert str(info["port"]) in info["url"]
+    assert body["registry"]["url"] == own_stack.registry_url
+    assert body["connect"]["url"] == own_stack.connect_url
+    assert requests.get(body["registry"]["url"] + "/subjects", timeout=5).status_code == 200
+
+
+def test_psql_runs_as_the_app_role(own_stack: Settings) -> None:
+    result = _cli(own_stack, "stack", "psql", "-c", "SELECT current_user, current_database()")
+    assert result.returncode == 0, result.stderr
+    assert "cars_app" in result.stdout and "cars" in result.stdout
+    failed = _cli(own_stack, "stack", "psql", "-c", "SELECT * FROM no_such_table")
+    assert failed.returncode != 0
+    assert "no_such_table" in failed.stderr
+
+
+def test_connector_roles_are_least_privilege(own_stack: Settings) -> None:
+    with psycopg2.connect(stack.postgres_dsn(own_stack, role="sink")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (False, False)
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT * FROM public.car_listings")
+    with (
+        psycopg2.connect(stack.postgres_dsn(own_stack, role="source")) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (False, True)
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("INSERT INTO public.car_price_predictions (listing_id) VALUES (1)")
+
+
+def test_final_down_leaves_no_process_and_no_port(own_stack: Settings) -> None:
+    settings = own_stack
+    pids = [info["pid"] for info in stack.status(settings).values()]
+    assert all(pids)
+    stack.down(settings, purge=True)
+    for pid in pids:
+        assert _gone(pid), pid
+    for field in PORT_FIELDS:
+        assert not stack.process.port_open(settings.host, getattr(settings, field)), field
+    assert not settings.state_dir.exists()
+    assert (settings.dist_dir / "kafka").is_dir()  # jars are kept
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status

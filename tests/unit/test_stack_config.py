@@ -1,0 +1,216 @@
+"""Stack configuration that needs no running component: init SQL, connector configs,
+worker/broker properties, secrets, port conflicts and process-group stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from streaming_ml import connect, data
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.exceptions import ConfigError, StackError
+from streaming_ml.stack import connect as connect_worker
+from streaming_ml.stack import kafka, postgres, process, secrets, up
+from tests.fixtures.ports import free_port
+from tests.fixtures.stack import private_stack_settings
+
+SOURCE = "car-listings-source"
+SINK = "car-price-predictions-sink"
+
+
+def test_schema_sql_file_matches_the_generator() -> None:
+    text = (REPO_ROOT / "postgres" / postgres.SCHEMA_SQL).read_text()
+    assert text == postgres.schema_sql()
+    assert data.listings_ddl() in text
+    assert data.predictions_ddl() in text
+
+
+def test_init_sql_creates_least_privilege_roles_and_publication() -> None:
+    roles = (REPO_ROOT / "postgres" / "01-roles.sql").read_text()
+    assert "CREATE ROLE cars_cdc LOGIN REPLICATION" in roles
+    assert "SUPERUSER" not in roles  # no connector role gets superuser rights
+    schema = postgres.schema_sql()
+    assert "GRANT SELECT ON public.car_listings TO cars_cdc;" in schema
+    assert (
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions TO cars_sink;"
+        in schema
+    )
+    publication = (REPO_ROOT / "postgres" / "03-publication.sql").read_text()
+    assert f"CREATE PUBLICATION {postgres.PUBLICATION} FOR TABLE public.car_listings" in publication
+
+
+def _settings() -> Settings:
+    return Settings(
+        host="127.0.0.1", postgres_port=15432, registry_port=18081, kafka_port=19092,
+        state_dir=Path("/nonexistent-state"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [SOURCE, SINK])
+def test_connector_configs_render_without_secrets(name: str) -> None:
+    config = connect.load_connector(name, _settings())
+    text = json.dumps(config)
+    assert "{{" not in text and "}}" not in text
+    password = config.get("database.password") or config.get("connection.password")
+    assert password is not None and password.startswith("${env:SML_PG_")
+    for side in ("key", "value"):
+        prefix = f"{side}.converter"
+        assert config[prefix] == connect_worker.CONVERTER_CLASS
+        assert (
+            config[f"{prefix}.apicurio.registry.url"] == "http://127.0.0.1:18081/apis/registry/v3"
+        )
+        # Confluent wire format: 4-byte ids, no headers, ids as the ccompat API hands them out.
+        assert config[f"{prefix}.apicurio.registry.headers.enabled"] == "false"
+        assert config[f"{prefix}.apicurio.registry.id-handler"].endswith("Default4ByteIdHandler")
+        assert config[f"{prefix}.apicurio.registry.use-id"] == "contentId"
+
+
+def test_source_connector_settings() -> None:
+    config = connect.load_connector(SOURCE, _settings())
+    assert config["plugin.name"] == "pgoutput"
+    assert config["database.hostname"] == "127.0.0.1"
+    assert config["database.port"] == "15432"
+    assert config["database.user"] == secrets.SOURCE_ROLE
+    assert config["topic.prefix"] == "cars"
+    assert config["table.include.list"] == "public.car_listings"
+    assert config["slot.name"] == postgres.SLOT
+    assert config["publication.name"] == postgres.PUBLICATION
+    assert config["publication.autocreate.mode"] == "disabled"
+    assert config["transforms.unwrap.add.fields"] == "op,lsn,source.ts_ms"
+
+
+def test_sink_connector_settings() -> None:
+    config = connect.load_connector(SINK, _settings())
+    assert config["topics"] == "car_price_predictions"
+    assert config["connection.url"] == "jdbc:postgresql://127.0.0.1:15432/cars"
+    assert config["connection.username"] == secrets.SINK_ROLE
+    assert config["insert.mode"] == "upsert"
+    assert config["primary.key.mode"] == "record_key"
+    assert config["primary.key.fields"] == "listing_id"
+    assert config["delete.enabled"] == "true"
+    assert config["collection.name.format"] == "public.car_price_predictions"
+
+
+def test_render_rejects_unknown_placeholder() -> None:
+    with pytest.raises(ConfigError, match="no_such_value"):
+        connect.render_connector({"x": "{{no_such_value}}"}, {"known": "1"})
+
+
+def test_render_keeps_connect_config_provider_references() -> None:
+    rendered = connect.render_connector({"p": "${env:X}", "h": "{{host}}"}, {"host": "db"})
+    assert rendered == {"p": "${env:X}", "h": "db"}
+
+
+def test_worker_gets_secrets_only_through_its_environment(tmp_path: Path) -> None:
+    settings = _settings()
+    props = connect_worker.worker_properties(settings, tmp_path)
+    passwords = secrets.ensure_passwords(tmp_path)
+    assert "EnvVarConfigProvider" in props
+    for role in secrets.ROLES:
+        assert passwords[role] not in props
+    env = connect_worker.worker_env(passwords)
+    assert env[secrets.SOURCE_PASSWORD_ENV] == passwords[secrets.SOURCE_ROLE]
+    assert env[secrets.SINK_PASSWORD_ENV] == passwords[secrets.SINK_ROLE]
+
+
+def test_kafka_listens_on_loopback_only() -> None:
+    props = kafka.server_properties(_settings())
+    lines = dict(line.split("=", 1) for line in props.splitlines())
+    assert lines["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:9093"
+    assert lines["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert lines["offsets.topic.replication.factor"] == "1"
+
+
+def test_postgres_listens_on_loopback_with_logical_wal() -> None:
+    argv = postgres.server_argv(_settings())
+    options = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-c")
+    assert options["listen_addresses"] == "127.0.0.1"
+    assert options["port"] == "15432"
+    assert options["wal_level"] == "logical"
+    assert int(options["max_replication_slots"]) >= 4
+    assert options["max_slot_wal_keep_size"] != "-1"
+
+
+def test_passwords_are_private_stable_and_not_in_repr(tmp_path: Path) -> None:
+    first = secrets.ensure_passwords(tmp_path)
+    again = secrets.ensure_passwords(tmp_path)
+    path = secrets.secrets_path(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for role in secrets.ROLES:
+        assert first[role] == again[role]
+        assert len(first[role]) >= 24
+        assert first[role] not in repr(first)
+    assert len({first[role] for role in secrets.ROLES}) == len(secrets.ROLES)
+
+
+def test_missing_credentials_say_to_start_the_stack(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="stack up"):
+        secrets.load_passwords(tmp_path)
+
+
+def test_up_refuses_a_port_in_use_and_starts_nothing() -> None:
+    settings = private_stack_settings(prefix="sml-unit-")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        settings = settings.model_copy(update={"registry_port": taken})
+        with pytest.raises(StackError) as error:
+            up(settings)
+    message = str(error.value)
+    assert message.startswith("registry:")
+    assert f"127.0.0.1:{taken} is already in use" in message
+    assert "SML_REGISTRY_PORT" in message
+    # Nothing was started: no pid file for any component.
+    assert not (settings.state_dir / "run").exists()
+    shutil.rmtree(settings.state_dir)
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    # A parent that ignores SIGTERM plus a child: stop() must escalate and leave neither.
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    pid = process.start("sleeper", [sys.executable, "-c", script], state_dir=tmp_path)
+    log = process.log_path(tmp_path, "sleeper")
+    process.wait_until(
+        "sleeper", "child pid in the log", lambda: log.read_text().strip()[-1:].isdigit(),
+        timeout=20, pid=pid, log=log,
+    )  # fmt: skip
+    child = int(log.read_text().split()[-1])
+    assert process.running_pid(tmp_path, "sleeper") == pid
+    assert process.stop(tmp_path, "sleeper", timeout=1.0)
+    for gone in (pid, child):
+        assert not Path(f"/proc/{gone}").exists() or _is_zombie(gone)
+    assert process.running_pid(tmp_path, "sleeper") is None
+    assert not process.stop(tmp_path, "sleeper")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status
+
+
+def test_port_helpers() -> None:
+    port = free_port()
+    assert process.port_free("127.0.0.1", port)
+    assert not process.port_open("127.0.0.1", port)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        assert process.port_open("127.0.0.1", port)
+        assert not process.port_free("127.0.0.1", port)
