@@ -39,7 +39,9 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 FROM base AS dev
 
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['optional-dependencies']['dev']))" > /tmp/requirements-dev.txt \
-    && pip install -r /tmp/requirements-dev.txt jupyterlab==4.6.6
+    && pip install -r /tmp/requirements-dev.txt jupyterlab==4.6.6 "setuptools>=77" wheel
+# setuptools is here so the editable install at start needs no network (--no-build-isolation);
+# 77 is the first release that reads pyproject's SPDX `license` string.
 
 # docker-compose-dev.yml mounts the repository here and installs it editable at start.
 WORKDIR /home/app/work

@@ -596,7 +596,7 @@ def test_dev_compose_serves_jupyter_on_the_loopback_with_the_repo_editable() -> 
     assert jupyter["build"]["target"] == "dev"
     assert ".:/home/app/work" in jupyter["volumes"]
     command = " ".join(argv(jupyter["command"]))
-    assert "pip install --no-deps --quiet -e ." in command
+    assert "pip install --no-deps --no-build-isolation --quiet -e ." in command
     assert "--port=8888" in command
     workdirs = [a for k, a in dockerfile_instructions(REPO_ROOT / "Dockerfile") if k == "WORKDIR"]
     assert "/home/app/work" in workdirs
