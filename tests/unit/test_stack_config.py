@@ -16,7 +16,7 @@ from streaming_ml import connect, data
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.exceptions import ConfigError, StackError
 from streaming_ml.stack import connect as connect_worker
-from streaming_ml.stack import kafka, postgres, process, secrets, up
+from streaming_ml.stack import jars, kafka, postgres, process, secrets, up
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import private_stack_settings
 
@@ -214,3 +214,22 @@ def test_port_helpers() -> None:
         sock.listen()
         assert process.port_open("127.0.0.1", port)
         assert not process.port_free("127.0.0.1", port)
+
+
+def test_missing_java_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(jars, "JAVA_HOME_17", tmp_path / "no-jdk")
+    monkeypatch.setattr(jars.shutil, "which", lambda name: None)
+    with pytest.raises(StackError, match="openjdk-17-jre-headless"):
+        jars.java_binary()
+
+
+def test_missing_maven_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(jars.shutil, "which", lambda name: None)
+    with pytest.raises(StackError, match="apt-get install maven"):
+        jars.fetch_jars(tmp_path / "dist")
+
+
+def test_jar_stamp_follows_the_poms(tmp_path: Path) -> None:
+    assert not jars.jars_present(tmp_path)
+    (tmp_path / ".installed").write_text("stale\n")
+    assert not jars.jars_present(tmp_path)

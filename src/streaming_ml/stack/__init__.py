@@ -114,10 +114,16 @@ def _apt_install(packages: list[str]) -> None:
 
 def install(settings: Settings) -> None:
     """Install missing Debian packages and fetch the pinned jars; a no-op when done."""
+    started = time.monotonic()
     packages = missing_packages()
     if packages:
         _apt_install(packages)
+    if jars.jars_present(settings.dist_dir) and not packages:
+        console.print(f"[green]install[/]: packages and jars already present ({settings.dist_dir})")
+        return
     jars.fetch_jars(settings.dist_dir)
+    jars.java_binary()  # fails with the fix when Java is still missing
+    console.print(f"[green]install[/]: done in {time.monotonic() - started:.0f}s")
 
 
 # --- up --------------------------------------------------------------------------
@@ -164,6 +170,7 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
                 component.name, settings.host, _port(settings, field), f"SML_{field.upper()}"
             )
     install(settings)
+    jars.java_binary()  # a clear error before anything starts, not halfway through
     state.mkdir(parents=True, exist_ok=True)
     passwords = ensure_passwords(state)
     run_as = postgres.server_user()

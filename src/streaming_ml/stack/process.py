@@ -118,7 +118,7 @@ def start(
             ) from error
     ticks = _start_ticks(proc.pid) or "0"
     pid_path(state_dir, name).write_text(f"{proc.pid} {ticks}\n")
-    logger.info("started", extra={"component": name, "pid": proc.pid, "log": str(log)})
+    logger.debug("started", extra={"component": name, "pid": proc.pid, "log": str(log)})
     return proc.pid
 
 
@@ -174,7 +174,7 @@ def stop(state_dir: Path, name: str, *, timeout: float = 20.0, sig: int = signal
             time.sleep(0.05)
     _reap(pid)
     pid_path(state_dir, name).unlink(missing_ok=True)
-    logger.info("stopped", extra={"component": name, "pid": pid})
+    logger.debug("stopped", extra={"component": name, "pid": pid})
     return True
 
 
