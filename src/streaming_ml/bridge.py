@@ -557,7 +557,10 @@ class Bridge:
             deadline = linger_deadline if linger_deadline is not None else first_deadline
             if now >= deadline:
                 break
-            wanted = limit - len(self._in_hand)
+            # consume() returns only once `wanted` messages arrived or the timeout passed:
+            # with nothing in hand ask for one, so the first event starts the linger at
+            # once instead of after the whole first-event wait (up to 1 s of latency).
+            wanted = limit - len(self._in_hand) if self._in_hand else 1
             for msg in self._consumer.consume(num_messages=wanted, timeout=deadline - now):
                 if self._usable(msg):
                     self._note_received(msg)
