@@ -973,6 +973,8 @@ class Bench:
         o, s = self.options, self.settings
         rows = max(1, round(rate * duration_s))
         batch = o.rows_per_commit(rate)
+        # Other work on the machine skews every figure: record how busy it was.
+        load_before = round(os.getloadavg()[0], 2)
         pred_start = self._topic_ends(s.predictions_topic)
         lag = LagProbe(s, self.env.bridge_group or s.consumer_group, s.listings_topic)
         try:
@@ -1008,6 +1010,7 @@ class Bench:
             "output_rows_per_s": round(len(times) / out_span_s, 1) if out_span_s else None,
             "drain_after_last_insert_s": round(drained_s, 2),
             "max_consumer_lag": max((v for _, v in lag_samples), default=None),
+            "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
             "latency_ms": summarize(e2e),
             "stages": times.stage_summary(),
             "latency_growth": growth,
@@ -1252,6 +1255,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
