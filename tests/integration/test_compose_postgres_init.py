@@ -1,0 +1,168 @@
+"""docker/postgres-init.sh, the compose stack's one-shot database step, run against a real
+Postgres 15 of its own (a throwaway cluster, so the session stack's passwords are never
+touched): it applies postgres/NN-*.sql, gives each role the password compose passes in,
+and can run again on every `docker compose up`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.stack import postgres, process, secrets
+from tests.fixtures.stack import private_stack_settings
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = REPO_ROOT / "docker" / "postgres-init.sh"
+# The values compose passes when no .env overrides them; one has a quote and a space,
+# because the script must pass passwords to SQL as literals, not as text.
+ROLE_PASSWORDS = {
+    "SML_PG_APP_PASSWORD": "cars-app 'local' only",
+    "SML_PG_SOURCE_PASSWORD": "cars-cdc-local-only",
+    "SML_PG_SINK_PASSWORD": "cars-sink-local-only",
+    "SML_PG_REGISTRY_PASSWORD": "registry-local-only",
+}
+ROLE_OF = {
+    "SML_PG_APP_PASSWORD": secrets.APP_ROLE,
+    "SML_PG_SOURCE_PASSWORD": secrets.SOURCE_ROLE,
+    "SML_PG_SINK_PASSWORD": secrets.SINK_ROLE,
+    "SML_PG_REGISTRY_PASSWORD": secrets.REGISTRY_ROLE,
+}
+
+
+@pytest.fixture(scope="module")
+def bare_postgres() -> Iterator[tuple[Settings, str]]:
+    """A cluster with only the superuser, as the postgres container starts. The tests share
+    it and hold whether or not the script already ran on it (it must not matter)."""
+    if not postgres.installed():
+        pytest.fail("Postgres 15 is not installed; run `make setup` (streaming-ml stack install)")
+    settings = private_stack_settings("sml-compose-pg-")
+    passwords = secrets.ensure_passwords(settings.state_dir)
+    run_as = postgres.server_user()
+    try:
+        postgres.initdb(settings, passwords, run_as)
+        pid = postgres.start(settings, run_as)
+        process.wait_until(
+            "postgres", "connections", lambda: postgres.ready(settings), timeout=60, pid=pid
+        )
+        yield settings, passwords[secrets.SUPERUSER]
+    finally:
+        process.stop(settings.state_dir, postgres.NAME)
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
+
+
+def run_script(settings: Settings, superuser_password: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{postgres.BIN_DIR}:{os.environ.get('PATH', '')}",
+        "PGHOST": settings.host,
+        "PGPORT": str(settings.postgres_port),
+        "SQL_DIR": str(REPO_ROOT / "postgres"),
+        "POSTGRES_PASSWORD": superuser_password,
+        **ROLE_PASSWORDS,
+    }
+    return subprocess.run(
+        ["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def connect_as(
+    settings: Settings, role: str, password: str, database: str
+) -> psycopg2.extensions.connection:
+    return psycopg2.connect(postgres.dsn(settings, role, password, database))
+
+
+def test_postgres_init_creates_roles_schema_and_passwords(
+    bare_postgres: tuple[Settings, str],
+) -> None:
+    settings, superuser_password = bare_postgres
+    first = run_script(settings, superuser_password)
+    assert first.returncode == 0, first.stderr
+    applied = [line for line in first.stdout.splitlines() if "applying" in line]
+    assert [line.rsplit(" ", 1)[1] for line in applied] == sorted(
+        path.name for path in (REPO_ROOT / "postgres").glob("[0-9][0-9]-*.sql")
+    )
+    # Every role logs in with exactly the password compose gave it.
+    for variable, password in ROLE_PASSWORDS.items():
+        role = ROLE_OF[variable]
+        conn = connect_as(settings, role, password, postgres.database_for(role))
+        conn.close()
+        with pytest.raises(psycopg2.OperationalError):
+            connect_as(settings, role, password + "x", postgres.database_for(role))
+    conn = connect_as(
+        settings, secrets.APP_ROLE, ROLE_PASSWORDS["SML_PG_APP_PASSWORD"], settings.database
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+            assert [row[0] for row in cur.fetchall()] == sorted(
+                [settings.listings_table, settings.predictions_table]
+            )
+            cur.execute(
+                "SELECT count(*) FROM pg_publication WHERE pubname = %s", (postgres.PUBLICATION,)
+            )
+            assert cur.fetchone() == (1,)
+            cur.execute(
+                "SELECT rolreplication FROM pg_roles WHERE rolname = %s", (secrets.SOURCE_ROLE,)
+            )
+            assert cur.fetchone() == (True,)
+    finally:
+        conn.close()
+
+
+def test_postgres_init_runs_again_on_every_up(bare_postgres: tuple[Settings, str]) -> None:
+    settings, superuser_password = bare_postgres
+    assert run_script(settings, superuser_password).returncode == 0
+    conn = connect_as(
+        settings, secrets.APP_ROLE, ROLE_PASSWORDS["SML_PG_APP_PASSWORD"], settings.database
+    )
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO public.{settings.listings_table} (model, year, price, transmission, "
+                'mileage, "fuelType", tax, mpg, "engineSize") '
+                "VALUES ('Fiesta', 2019, 11000, 'Manual', 15000, 'Petrol', 145, 55.4, 1.0)"
+            )
+    finally:
+        conn.close()
+    again = run_script(settings, superuser_password)
+    assert again.returncode == 0, again.stderr
+    conn = connect_as(
+        settings, secrets.APP_ROLE, ROLE_PASSWORDS["SML_PG_APP_PASSWORD"], settings.database
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM public.{settings.listings_table}")
+            assert cur.fetchone() == (1,), "re-running the init step must keep the data"
+    finally:
+        conn.close()
+
+
+def test_postgres_init_stops_at_the_first_error(bare_postgres: tuple[Settings, str]) -> None:
+    settings, superuser_password = bare_postgres
+    result = subprocess.run(
+        ["sh", str(SCRIPT)],
+        env={
+            **os.environ,
+            "PATH": f"{postgres.BIN_DIR}:{os.environ.get('PATH', '')}",
+            "PGHOST": settings.host,
+            "PGPORT": str(settings.postgres_port),
+            "SQL_DIR": str(REPO_ROOT / "postgres"),
+            "POSTGRES_PASSWORD": superuser_password + "-wrong",
+            **ROLE_PASSWORDS,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "password authentication failed" in result.stderr
+    assert "roles and schema ready" not in result.stdout
