@@ -456,6 +456,9 @@ class Bridge:
                 "auto.offset.reset": "earliest",
                 # The change topic appears with the first captured row: notice it soon.
                 "topic.metadata.refresh.interval.ms": 5000,
+                # A crashed bridge's partitions move to a restarted one after 10 s instead
+                # of 45 s; heartbeats come from librdkafka's thread, not from poll().
+                "session.timeout.ms": 10000,
             }
         )
         self._consumer.subscribe(
@@ -819,6 +822,7 @@ class Bridge:
             self._consumer.pause(tps)
         probe = self.settings.prediction_url.rstrip("/") + "/readyz"
         waited_since = time.monotonic()
+        next_report = waited_since + 5.0
         delay = self.delays[0] if self.delays else 0.5
         logger.error(
             "prediction service unavailable: consumption paused until it is back",
@@ -842,10 +846,15 @@ class Bridge:
                 except requests.RequestException:
                     pass
                 delay = min(self.max_backoff_s, delay * 2)
-                logger.info(
-                    "waiting for the prediction service",
-                    extra={"probe": probe, "waited_s": round(time.monotonic() - waited_since, 1)},
-                )
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + 5.0
+                    logger.info(
+                        "waiting for the prediction service",
+                        extra={
+                            "probe": probe,
+                            "waited_s": round(time.monotonic() - waited_since, 1),
+                        },
+                    )
         finally:
             self._paused = False
             self.metrics.paused.set(0)
