@@ -18,6 +18,10 @@ from streaming_ml.stack import process
 
 NAME = "adminer"
 DOCROOT = Path("/usr/share/adminer/adminer")
+# The single-file build serves its own CSS/JS (``?file=functions.js``). The source tree in
+# DOCROOT links them as ``../adminer/static/...``, which resolves outside the docroot and
+# 404s; without functions.js every field of the "New item" form is inserted as NULL.
+SINGLE_FILE = Path("/usr/share/adminer/adminer.php")
 
 
 def installed() -> bool:
@@ -32,6 +36,8 @@ def start(settings: Settings) -> int:
             "(apt-get install adminer php-cli php-pgsql)."
         )
     argv = [php, "-S", f"{settings.host}:{settings.adminer_port}", "-t", str(DOCROOT)]
+    if SINGLE_FILE.exists():
+        argv.append(str(SINGLE_FILE))  # router script: every request runs the single file
     # PHP_CLI_SERVER_WORKERS > 1 keeps the UI responsive while a slow query runs.
     env = {"PHP_CLI_SERVER_WORKERS": "2"}
     return process.start(NAME, argv, state_dir=settings.state_dir, env=env, cwd=DOCROOT)
