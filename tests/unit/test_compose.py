@@ -466,12 +466,12 @@ def test_pod_shares_one_network_and_publishes_every_server_port() -> None:
         "postgres": int(options(main["postgres"]["command"])["port"]),
         "kafka": int(re.search(r"PLAINTEXT://0\.0\.0\.0:(\d+)", kafka_listeners).group(1)),
         "registry": int(environment(main["registry"])["QUARKUS_HTTP_PORT"]),
-        "connect": int(environment(main["connect"])["REST_PORT"]),
+        "connect": int(environment(main["connect"])["CONNECT_LISTENERS"].rsplit(":", 1)[1]),
         "adminer": int(argv(main["adminer"]["command"])[2].rsplit(":", 1)[1]),
         "service": int(argv(main["service"]["command"])[-1]),
     }
     assert argv(main["adminer"]["command"])[2].startswith("0.0.0.0:")
-    assert environment(main["connect"])["REST_HOST_NAME"] == "0.0.0.0"
+    assert environment(main["connect"])["CONNECT_LISTENERS"].startswith("http://0.0.0.0:")
     assert environment(main["registry"])["QUARKUS_HTTP_HOST"] == "0.0.0.0"
     ports = {(host_port, container_port) for _, host_port, container_port in published(owner)}
     for component, port in listens.items():
@@ -534,10 +534,15 @@ def test_connect_worker_matches_the_local_worker() -> None:
         line.split("=", 1)
         for line in connect_worker.worker_properties(pod_settings(), Path("/dist")).splitlines()
     )
-    skipped = {"listeners", "plugin.path", "key.converter", "value.converter"}
+    # Image defaults: plugin.path=/kafka/connect, JsonConverter as the worker converters.
+    skipped = {"plugin.path", "key.converter", "value.converter"}
     for key, value in local.items():
-        if key not in skipped:
+        if key == "listeners":  # the same port, on the pod's interfaces (published ports)
+            assert worker[key] == value.replace(f"//{pod_settings().host}:", "//0.0.0.0:")
+        elif key not in skipped:
             assert worker.get(key) == value, f"worker property {key}"
+    # Removed in Kafka 3.0 (KAFKA-12482): setting them would silently do nothing.
+    assert not {"REST_PORT", "REST_HOST_NAME"} & set(env)
 
 
 @pytest.mark.parametrize("name", [Settings().source_connector, Settings().sink_connector])
