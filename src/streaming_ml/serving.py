@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import numpy as np
 import requests
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from typing_extensions import TypedDict
 
 from streaming_ml.config import REPO_ROOT
 from streaming_ml.data import (
@@ -110,9 +111,11 @@ class PredictBatchRequest(BaseModel):
     )
 
 
-class BatchPrediction(BaseModel):
-    predicted_price: float = Field(description="Predicted price in GBP")
-    model_tag: str = Field(description="BentoML tag of the model that priced it")
+# A TypedDict, not a BaseModel: BentoML validates every returned item against it,
+# and plain dicts are about six times cheaper to check than model instances.
+class BatchPrediction(TypedDict):
+    predicted_price: Annotated[float, Field(description="Predicted price in GBP")]
+    model_tag: Annotated[str, Field(description="BentoML tag of the model that priced it")]
 
 
 # --- Validation -----------------------------------------------------------------
@@ -276,14 +279,14 @@ class Predictor:
         records = [dict(zip(FEATURES, row, strict=True)) for row in rows]
         return self.model.predict_records(records).tolist()
 
-    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[BatchPrediction]:
         """``/predict_batch``: ``{"predicted_price", "model_tag"}`` per record, in order."""
         validate_records(records)
         if not records:
             return []
         tag = self.model.tag
         prices = self.model.predict_records(records).tolist()
-        return [{"predicted_price": price, "model_tag": tag} for price in prices]
+        return [BatchPrediction(predicted_price=price, model_tag=tag) for price in prices]
 
     # The HTTP side. A small request costs less to price than a hop to a worker
     # thread, so it is priced on the event loop; a big one goes to a thread so
