@@ -357,7 +357,9 @@ class ServiceProcess:
     ``/readyz`` answers; leaving stops the whole process group (SIGTERM, then
     SIGKILL), so no BentoML worker outlives it. ``model_tag`` pins the model
     (``name:version``); ``bentoml_home`` selects the model store; ``log_path``
-    receives the service's output (None: inherit this terminal).
+    receives the service's output (None: inherit this terminal). If the
+    starting process dies without stopping it, the service gets SIGTERM too
+    (Linux), so start it from a thread that lives as long as it should.
     """
 
     def __init__(
