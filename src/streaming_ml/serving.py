@@ -571,6 +571,12 @@ def serve_forever(host: str, port: int, model_tag: str, bentoml_home: Path | Non
     def _terminate(signum: int, frame: object) -> None:
         raise SystemExit(0)  # unwinds through ``with service``, which stops the workers
 
+    if bentoml_home is None:
+        # Same model store as the child: fail now with the `streaming-ml train` hint
+        # rather than after BentoML's traceback scrolls past.
+        from streaming_ml.model import get_bento_model
+
+        get_bento_model(model_tag)
     service = ServiceProcess(host=host, port=port, model_tag=model_tag, bentoml_home=bentoml_home)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
