@@ -238,11 +238,15 @@ def _print_endpoints(settings: Settings) -> None:
 def down(settings: Settings, purge: bool = False) -> None:
     """Stop every component (reverse order); with ``purge`` also delete all state."""
     state = settings.state_dir
+    stopped_any = False
     for component in reversed(COMPONENTS):
         with console.status(f"[bold]{component.name}[/]: stopping"):
             stopped = _stop(state, component)
         if stopped:
+            stopped_any = True
             console.print(f"[yellow]{component.name}[/]: stopped")
+    if not stopped_any:
+        console.print(f"[green]stack[/]: nothing was running (state dir {state})")
     if purge:
         _purge(state, settings.dist_dir)
         console.print(f"[yellow]stack[/]: state in {state} deleted (jars kept)")

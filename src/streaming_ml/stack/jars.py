@@ -101,15 +101,34 @@ def fetch_jars(dist_dir: Path) -> None:
     started = time.monotonic()
     argv = [mvn, "-B", "-f", str(POMS[0]), f"-Ddist.dir={dist_dir}", "package"]
     env = {**os.environ, "JAVA_HOME": str(JAVA_HOME_17)} if JAVA_HOME_17.exists() else None
-    with console.status("[bold]jars[/]: mvn package running"), log.open("w") as out:
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
-    if result.returncode != 0:
+    returncode = _run_maven(argv, env, log, started)
+    if returncode != 0:
         text = log.read_text(errors="replace")
         errors = [line for line in text.splitlines() if "[ERROR]" in line]
         raise StackError(
             "jars: Maven could not fetch the pinned jars from Maven Central "
-            f"(exit {result.returncode}). Check network access to repo.maven.apache.org, then "
+            f"(exit {returncode}). Check network access to repo.maven.apache.org, then "
             f"rerun `streaming-ml stack install`. Details in {log}:\n" + "\n".join(errors[:5])
         )
     _stamp(dist_dir).write_text(poms_hash() + "\n")
     console.print(f"[bold]jars[/]: ready in {time.monotonic() - started:.0f}s")
+
+
+def _run_maven(argv: list[str], env: dict[str, str] | None, log: Path, started: float) -> int:
+    """Run Maven, keep its full output in ``log`` and show what it is downloading."""
+    downloads = 0
+    with console.status("[bold]jars[/]: mvn package starting") as status, log.open("w") as out:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if line.startswith("Downloaded from"):
+                downloads += 1
+                artifact = line.split("/")[-1].split(" ")[0]
+                status.update(
+                    f"[bold]jars[/]: {downloads} files downloaded, last {artifact} "
+                    f"({time.monotonic() - started:.0f}s)"
+                )
+        return proc.wait()
