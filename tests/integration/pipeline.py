@@ -1,0 +1,259 @@
+"""Helpers for the end-to-end bridge tests: run a bridge, read tables and topics back.
+
+Every wait here polls a real component until a condition holds or a deadline passes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import requests
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from streaming_ml import serde
+from streaming_ml.bridge import Bridge
+from streaming_ml.config import Settings
+from streaming_ml.data import FEATURES
+from tests.fixtures.ports import free_port
+
+PRICED_WITHIN_S = 240.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def pipeline_settings(stack_settings: Settings, service_url: str, **update: Any) -> Settings:
+    """The running stack plus a service, a fresh consumer group and a free metrics port."""
+    return stack_settings.model_copy(
+        update={
+            "service_url": service_url,
+            "consumer_group": unique("test-bridge"),
+            "bridge_metrics_port": free_port(),
+            **update,
+        }
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as SML_* variables, for a bridge run as a subprocess."""
+    env = dict(os.environ)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"SML_{name.upper()}"] = str(value)
+    return env
+
+
+def dsn_of(settings: Settings) -> str:
+    from streaming_ml.stack import postgres_dsn
+
+    return postgres_dsn(settings)
+
+
+def start_group_at_end(settings: Settings) -> None:
+    """Commit the change topic's current end for the settings' consumer group, so a
+    test's bridge sees only the changes that test makes."""
+    topic = settings.listings_topic
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return  # no change yet: the group starts at the beginning, which is empty
+        offsets = []
+        for partition in meta.partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            offsets.append(TopicPartition(topic, partition, high))
+        consumer.commit(offsets=offsets, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+@dataclass
+class RunningBridge:
+    bridge: Bridge
+    thread: threading.Thread
+    errors: list[BaseException]
+
+    def metric(self, name: str) -> float:
+        return bridge_metric(self.bridge.settings, name)
+
+
+def bridge_metric(settings: Settings, name: str) -> float:
+    """Sum of a metric's samples as a bridge serves them on /metrics."""
+    url = f"http://{settings.host}:{settings.bridge_metrics_port}/metrics"
+    text = requests.get(url, timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def bridge_metric_or_none(settings: Settings, name: str) -> float | None:
+    """Like bridge_metric, None while the bridge is not serving yet."""
+    try:
+        return bridge_metric(settings, name)
+    except requests.RequestException:
+        return None
+
+
+@contextmanager
+def running_bridge(
+    settings: Settings, dsn: str, ready_timeout_s: float = 120
+) -> Iterator[RunningBridge]:
+    """An in-process bridge in a thread; stopped (batch finished, committed) on exit."""
+    start_group_at_end(settings)
+    bridge = Bridge(settings, dsn=dsn)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            bridge.run()
+        except BaseException as error:
+            errors.append(error)
+            bridge.ready.set()
+
+    thread = threading.Thread(target=target, name="test-bridge", daemon=True)
+    thread.start()
+    assert bridge.ready.wait(ready_timeout_s), "bridge did not start"
+    if errors:
+        raise errors[0]
+    running = RunningBridge(bridge, thread, errors)
+    try:
+        yield running
+    finally:
+        bridge.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "bridge did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    with (
+        psycopg2.connect(dsn) as conn,
+        conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+    ):
+        cur.execute(sql, params)
+        rows = [dict(r) for r in cur.fetchall()] if cur.description else []
+    conn.close()
+    return rows
+
+
+def execute(dsn: str, sql: str, params: Any = None) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+    conn.close()
+
+
+def predictions_for(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
+    rows = query(dsn, f"SELECT * FROM public.{table} WHERE listing_id = ANY(%s)", (ids,))
+    return {int(r["listing_id"]): r for r in rows}
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def wait_for_predictions(
+    dsn: str, table: str, ids: list[int], timeout_s: float = PRICED_WITHIN_S
+) -> dict[int, dict[str, Any]]:
+    wanted = set(ids)
+    found: dict[int, dict[str, Any]] = {}
+
+    def all_there() -> bool:
+        found.clear()
+        found.update(predictions_for(dsn, table, ids))
+        return wanted <= set(found)
+
+    try:
+        wait_until(all_there, timeout_s, f"{len(wanted)} predictions")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {len(wanted - set(found))} missing") from None
+    return found
+
+
+def listings(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
+    rows = query(dsn, f"SELECT * FROM public.{table} WHERE id = ANY(%s)", (ids,))
+    return {int(r["id"]): r for r in rows}
+
+
+def direct_prices(service_url: str, rows: list[dict[str, Any]]) -> list[float]:
+    """What the service says for these rows when asked directly."""
+    records = [{name: row[name] for name in FEATURES} for row in rows]
+    response = requests.post(f"{service_url}/predict_batch", json={"records": records}, timeout=60)
+    response.raise_for_status()
+    return [float(item["predicted_price"]) for item in response.json()]
+
+
+@dataclass
+class TopicRecord:
+    key: Any
+    value: Any
+    headers: dict[str, bytes]
+    raw_key: bytes | None
+    raw_value: bytes | None
+
+
+def read_topic(settings: Settings, topic: str, decode_value: bool = True) -> list[TopicRecord]:
+    """Every record of ``topic`` from the beginning to its current end."""
+    decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": unique("test-reader"),
+            "enable.auto.commit": False,
+        }
+    )
+    records: list[TopicRecord] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=15).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        done: set[int] = set()
+        deadline = time.monotonic() + 120
+        while len(done) < len(ends):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            key = decode(msg.key(), SerializationContext(topic, MessageField.KEY))
+            value = (
+                decode(msg.value(), SerializationContext(topic, MessageField.VALUE))
+                if decode_value
+                else msg.value()
+            )
+            headers = {k: v for k, v in (msg.headers() or [])}
+            records.append(TopicRecord(key, value, headers, msg.key(), msg.value()))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+    finally:
+        consumer.close()
+    return records

@@ -1,0 +1,241 @@
+"""The bridge against the real stack and the real service, end to end:
+Postgres -> Debezium -> Kafka -> bridge -> service -> Kafka -> JDBC sink -> Postgres."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.load import load_listings
+from streaming_ml.serving import ServiceProcess
+from tests.fixtures.ports import free_port
+from tests.integration.pipeline import (
+    bridge_metric_or_none,
+    direct_prices,
+    dsn_of,
+    execute,
+    listings,
+    pipeline_settings,
+    predictions_for,
+    query,
+    read_topic,
+    running_bridge,
+    settings_env,
+    start_group_at_end,
+    wait_for_predictions,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def assert_prices_match_service(
+    service_url: str, rows: dict[int, dict], predictions: dict[int, dict]
+) -> None:
+    ids = sorted(predictions)
+    expected = direct_prices(service_url, [rows[i] for i in ids])
+    got = [predictions[i]["predicted_price"] for i in ids]
+    mismatched = [(i, g, e) for i, g, e in zip(ids, got, expected, strict=True) if g != e]
+    assert not mismatched, f"{len(mismatched)} predictions differ, e.g. {mismatched[:3]}"
+
+
+def test_thousand_listings_priced_once_in_table_and_topic(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    with running_bridge(settings, dsn) as running:
+        bulk = load_listings(dsn, 500, seed=101, batch=500, table=settings.listings_table)
+        single = load_listings(dsn, 500, seed=102, batch=1, table=settings.listings_table)
+        ids = bulk.ids + single.ids
+        assert len(set(ids)) == 1000
+        predictions = wait_for_predictions(dsn, settings.predictions_table, ids)
+        assert running.metric("sml_bridge_predictions_total") >= 1000
+
+    assert len(predictions) == 1000
+    rows = listings(dsn, settings.listings_table, ids)
+    assert_prices_match_service(prediction_service, rows, predictions)
+    wanted = set(ids)
+    records = [
+        r
+        for r in read_topic(settings, settings.predictions_topic)
+        if r.value is not None and r.key["listing_id"] in wanted
+    ]
+    assert len(records) == 1000
+    assert {r.key["listing_id"] for r in records} == wanted
+    for record in records:
+        row = predictions[record.key["listing_id"]]
+        assert record.value["predicted_price"] == row["predicted_price"]
+        assert record.value["features_hash"] == row["features_hash"]
+        assert record.value["source_ts_ms"] <= record.value["kafka_ts_ms"] + 1000
+        assert record.value["end_to_end_ms"] >= record.value["model_latency_ms"] - 1000
+
+
+def test_invalid_rows_go_to_the_dlq_with_reasons(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    with running_bridge(settings, dsn) as running:
+        loaded = load_listings(
+            dsn, 120, seed=103, invalid=10, batch=7, table=settings.listings_table
+        )
+        rows = listings(dsn, settings.listings_table, loaded.ids)
+        from streaming_ml.data import feature_problems
+
+        invalid = {i for i, row in rows.items() if feature_problems(row)}
+        assert len(invalid) == 10
+        valid = [i for i in loaded.ids if i not in invalid]
+        predictions = wait_for_predictions(dsn, settings.predictions_table, valid)
+        wait_until(lambda: running.bridge.stats.dlq >= 10, 60, "10 DLQ records")
+        assert running.metric("sml_bridge_dlq_total") == 10
+
+    assert not set(predictions_for(dsn, settings.predictions_table, sorted(invalid)))
+    assert_prices_match_service(prediction_service, rows, predictions)
+    dead = [r for r in read_topic(settings, settings.dlq_topic, decode_value=False)
+            if r.key["id"] in set(loaded.ids)]  # fmt: skip
+    assert {r.key["id"] for r in dead} == invalid
+    assert len(dead) == 10
+    for record in dead:
+        reason = record.headers["reason"].decode()
+        field = reason.split(":", 1)[0]
+        assert field in feature_problems(rows[record.key["id"]]), reason
+        assert record.headers["source.topic"].decode() == settings.listings_topic
+        assert int(record.headers["source.offset"]) >= 0
+        assert record.raw_value and record.raw_value[0] == 0  # original Avro bytes
+
+
+def test_updates_reprice_only_on_feature_change_and_deletes_remove(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    table, source = settings.predictions_table, settings.listings_table
+    with running_bridge(settings, dsn) as running:
+        ids = load_listings(dsn, 3, seed=104, batch=3, table=source).ids
+        first = wait_for_predictions(dsn, table, ids)
+        a, b, c = ids
+
+        execute(dsn, f"UPDATE public.{source} SET mileage = mileage + 25000 WHERE id = %s", (a,))
+        execute(dsn, f"UPDATE public.{source} SET price = price + 1000 WHERE id = %s", (b,))
+        # A later feature change of c is the marker that b's update was processed.
+        execute(dsn, f"UPDATE public.{source} SET year = year - 1 WHERE id = %s", (c,))
+        changed = wait_until(
+            lambda: (
+                p := predictions_for(dsn, table, ids),
+                all(p[i]["features_hash"] != first[i]["features_hash"] for i in (a, c)) and p,
+            )[1],
+            120,
+            "re-priced updates of a and c",
+        )
+        rows = listings(dsn, source, ids)
+        assert_prices_match_service(prediction_service, rows, changed)
+        assert changed[a]["predicted_price"] != first[a]["predicted_price"]
+        assert changed[b]["predicted_ts_ms"] == first[b]["predicted_ts_ms"]
+        assert changed[b]["features_hash"] == first[b]["features_hash"]
+        assert running.bridge.stats.skipped_unchanged == 1
+
+        execute(dsn, f"DELETE FROM public.{source} WHERE id = %s", (a,))
+        wait_until(lambda: a not in predictions_for(dsn, table, ids), 120, "deleted prediction")
+
+    # A new bridge process has an empty cache: the stored features_hash still stops
+    # a price-only update from being re-priced.
+    with running_bridge(settings, dsn) as restarted:
+        execute(dsn, f"UPDATE public.{source} SET price = price + 1 WHERE id = %s", (b,))
+        execute(dsn, f"UPDATE public.{source} SET tax = tax + 10 WHERE id = %s", (c,))
+        wait_until(
+            lambda: (
+                predictions_for(dsn, table, [c])[c]["features_hash"] != changed[c]["features_hash"]
+            ),
+            120,
+            "re-priced tax update of c",
+        )
+        assert restarted.bridge.stats.skipped_unchanged == 1
+    assert predictions_for(dsn, table, [b])[b]["predicted_ts_ms"] == first[b]["predicted_ts_ms"]
+
+
+def _start_bridge_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming_ml.cli", "bridge"],
+            cwd=REPO_ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def test_kill_and_service_outage_still_price_every_listing_once(
+    stack_settings: Settings, trained_model_tag: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    service = ServiceProcess(
+        host=stack_settings.host, port=port, model_tag=trained_model_tag,
+        log_path=tmp_path / "service.log",
+    )  # fmt: skip
+    service.start()
+    settings = pipeline_settings(stack_settings, service.url)
+    dsn = dsn_of(settings)
+    table, source = settings.predictions_table, settings.listings_table
+    log = tmp_path / "bridge.log"
+    start_group_at_end(settings)
+    bridge = _start_bridge_process(settings, log)
+    try:
+        inserted: list[int] = []
+        baseline = query(dsn, f"SELECT coalesce(max(id), 0) AS top FROM public.{source}")[0]["top"]
+        loader = threading.Thread(
+            target=lambda: inserted.extend(
+                load_listings(dsn, 400, seed=105, rate=150, batch=5, table=source).ids
+            )
+        )
+        loader.start()
+        count = f"SELECT count(*) AS n FROM public.{table} WHERE listing_id > %s"
+        wait_until(
+            lambda: query(dsn, count, (baseline,))[0]["n"] >= 50,
+            120,
+            "the first predictions of the stream",
+        )
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait(timeout=30)
+        bridge = _start_bridge_process(settings, log)
+        loader.join(timeout=120)
+        assert not loader.is_alive()
+
+        service.stop()
+        outage_end = time.monotonic() + 20
+        outage = load_listings(dsn, 100, seed=106, batch=10, table=source).ids
+        # The restarted bridge must meet the outage: wait until it reports pausing.
+        wait_until(
+            lambda: bridge_metric_or_none(settings, "sml_bridge_paused") == 1,
+            120,
+            "the bridge to pause consumption while the service is down",
+        )
+        while time.monotonic() < outage_end:  # the rest of the 20 s outage
+            assert bridge.poll() is None, "bridge died while the service was down"
+            time.sleep(0.5)
+        assert bridge.poll() is None, "bridge died while the service was down"
+        assert not set(predictions_for(dsn, table, outage)), "priced without a service?"
+        service = ServiceProcess(
+            host=stack_settings.host, port=port, model_tag=trained_model_tag,
+            log_path=tmp_path / "service.log",
+        )  # fmt: skip
+        service.start()
+
+        ids = inserted + outage
+        assert len(set(ids)) == 500
+        predictions = wait_for_predictions(dsn, table, ids)
+        assert set(predictions) == set(ids)
+        rows = listings(dsn, source, ids)
+        assert_prices_match_service(service.url, rows, predictions)
+
+        bridge.send_signal(signal.SIGTERM)
+        assert bridge.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+            bridge.wait(timeout=30)
+        service.stop()
