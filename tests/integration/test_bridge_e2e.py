@@ -239,3 +239,27 @@ def test_kill_and_service_outage_still_price_every_listing_once(
             bridge.kill()
             bridge.wait(timeout=30)
         service.stop()
+
+
+def test_service_rejection_is_narrowed_to_the_offending_records(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    """If the service answers 4xx for a batch (its rules stricter than ours, say), the
+    bridge splits the batch and dead-letters only the records the service rejects."""
+    from streaming_ml.bridge import Action, Bridge, Change
+    from streaming_ml.data import generate_listing_records
+
+    rows = generate_listing_records(9, seed=107)
+    rows[2] = {**rows[2], "mileage": -1}
+    rows[6] = {**rows[6], "mpg": 0.0}
+    actions = [
+        Action("predict", i, i, Change("c", i, row, 1, None), "h") for i, row in enumerate(rows)
+    ]
+    bridge = Bridge(pipeline_settings(stack_settings, prediction_service), serve_metrics=False)
+    results, rejected, _ = bridge._price(actions, allow_pause=False)
+
+    assert {id(actions[2]), id(actions[6])} == set(rejected)
+    assert "mileage" in rejected[id(actions[2])] and "400" in rejected[id(actions[2])]
+    priced = [a for a in actions if id(a) not in rejected]
+    expected = direct_prices(prediction_service, [a.change.row for a in priced])
+    assert [results[id(a)]["predicted_price"] for a in priced] == expected
