@@ -43,6 +43,9 @@ class PricePredictor:
             PriceModel.from_bento_model(self.bento_model), card=model_card(self.bento_model)
         )
 
+    # The positional-only parameter makes the whole JSON body one request model
+    # (BentoML would otherwise map each top-level key to a parameter), so the
+    # model's extra="ignore" drops `price` and any other extra key.
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> list[float]:  # type: ignore[valid-type]
         """Price listings sent as columns; returns one price (GBP) per row, in row order."""
