@@ -451,62 +451,81 @@ _TAX_BY_MPG = (
 FLAT_TAX_FROM_YEAR = 2017
 
 
-def _pick(rng: np.random.Generator, shares: Mapping[Any, float]) -> Any:
-    keys = list(shares)
+def _choose(rng: np.random.Generator, shares: Mapping[Any, float], size: int) -> np.ndarray:
+    keys = np.asarray(list(shares), dtype=object)
     weights = np.asarray(list(shares.values()), dtype=float)
-    return keys[rng.choice(len(keys), p=weights / weights.sum())]
+    return keys[rng.choice(len(keys), size=size, p=weights / weights.sum())]
 
 
-def _valid_listing(rng: np.random.Generator) -> dict[str, Any]:
-    name = _pick(rng, {m: p.share for m, p in _PROFILES.items()})
-    profile = _PROFILES[name]
-    year = int(
-        np.clip(
-            round(rng.normal(profile.year_mean, profile.year_sd)), profile.year_min, SNAPSHOT_YEAR
-        )
-    )
+def _split_shares(u: np.ndarray, first: np.ndarray, second: np.ndarray, names: tuple) -> np.ndarray:
+    """Per row: ``names[0]`` with probability ``first``, ``names[1]`` with ``second``,
+    else ``names[2]`` (``u`` is one uniform draw per row)."""
+    return np.where(u < first, names[0], np.where(u < first + second, names[1], names[2]))
+
+
+def _valid_listings(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """``n`` valid listings, drawn column by column (vectorised: ~100x faster than per row)."""
+    names = list(_PROFILES)
+    profiles = [_PROFILES[m] for m in names]
+
+    def per_row(field: str) -> np.ndarray:
+        return np.array([getattr(p, field) for p in profiles], dtype=float)[index]
+
+    index = rng.choice(len(names), size=n, p=_model_shares(profiles))
+    model = np.asarray(names, dtype=object)[index]
+    year = np.rint(rng.normal(per_row("year_mean"), per_row("year_sd")))
+    year = np.clip(year, per_row("year_min"), SNAPSHOT_YEAR).astype(np.int64)
     age = SNAPSHOT_YEAR - year
-    transmission = _pick(
-        rng,
-        {
-            "Automatic": profile.automatic,
-            "Semi-Auto": profile.semi_auto,
-            "Manual": max(0.0, 1 - profile.automatic - profile.semi_auto),
-        },
-    )
-    fuel = _pick(
-        rng,
-        {
-            "Diesel": profile.diesel,
-            "Hybrid": profile.hybrid,
-            "Petrol": max(0.0, 1 - profile.diesel - profile.hybrid),
-        },
-    )
-    engine = float(_pick(rng, dict(_ENGINES[name])))
-    mean_miles, cv = _MILEAGE_BY_AGE[min(age, len(_MILEAGE_BY_AGE) - 1)]
-    shape = 1 / cv**2
-    mileage = max(1, round(rng.gamma(shape, mean_miles / shape)))
-    mpg = (
-        _MPG["intercept"] + _MPG["engine"] * engine + _MPG["Diesel"] * (fuel == "Diesel")
-        + _MPG["age"] * age + _MPG["auto"] * (transmission != "Manual")
-        + rng.normal(0, _MPG["sd"]) + 10 * (fuel == "Hybrid")
+    transmission = _split_shares(
+        rng.random(n), per_row("automatic"), per_row("semi_auto"),
+        ("Automatic", "Semi-Auto", "Manual"),
     )  # fmt: skip
-    mpg = round(float(np.clip(mpg, 20.0, 95.0)), 1)
-    if year >= FLAT_TAX_FROM_YEAR:
-        tax = _pick(rng, _TAX_FLAT_HYBRID if fuel == "Hybrid" else _TAX_FLAT)
-    else:
-        tax = _pick(rng, next(shares for edge, shares in _TAX_BY_MPG if mpg < edge))
+    fuel = _split_shares(
+        rng.random(n), per_row("diesel"), per_row("hybrid"), ("Diesel", "Hybrid", "Petrol")
+    )
+    engine = np.empty(n)
+    for i, name in enumerate(names):
+        rows = index == i
+        engine[rows] = _choose(rng, dict(_ENGINES[name]), int(rows.sum())).astype(float)
+    mileage_table = np.array(_MILEAGE_BY_AGE)
+    mean_miles, cv = mileage_table[np.minimum(age, len(_MILEAGE_BY_AGE) - 1)].T
+    shape = 1 / cv**2
+    mileage = np.maximum(1, np.rint(rng.gamma(shape, mean_miles / shape))).astype(np.int64)
+    is_diesel, is_hybrid = fuel == "Diesel", fuel == "Hybrid"
+    mpg = (
+        _MPG["intercept"] + _MPG["engine"] * engine + _MPG["Diesel"] * is_diesel
+        + _MPG["age"] * age + _MPG["auto"] * (transmission != "Manual")
+        + rng.normal(0, _MPG["sd"], n) + 10 * is_hybrid
+    )  # fmt: skip
+    mpg = np.round(np.clip(mpg, 20.0, 95.0), 1)
+    tax = np.empty(n, dtype=np.int64)
+    flat = year >= FLAT_TAX_FROM_YEAR
+    for rows, shares in ((flat & is_hybrid, _TAX_FLAT_HYBRID), (flat & ~is_hybrid, _TAX_FLAT)):
+        tax[rows] = _choose(rng, shares, int(rows.sum())).astype(np.int64)
+    band = np.searchsorted([edge for edge, _ in _TAX_BY_MPG], mpg, side="right")
+    for b, (_, shares) in enumerate(_TAX_BY_MPG):
+        rows = ~flat & (band == b)
+        tax[rows] = _choose(rng, shares, int(rows.sum())).astype(np.int64)
     k = _LOG_PRICE
     log_price = (
-        profile.log_price_base + k["age"] * age + k["age2"] * min(age, 15) ** 2
-        + k["log_kmiles"] * math.log1p(mileage / 1000) + k["engine"] * engine
-        + k.get(transmission, 0.0) + k.get(fuel, 0.0) + rng.normal(0, _LOG_PRICE_NOISE)
+        per_row("log_price_base") + k["age"] * age + k["age2"] * np.minimum(age, 15) ** 2
+        + k["log_kmiles"] * np.log1p(mileage / 1000) + k["engine"] * engine
+        + k["Automatic"] * (transmission == "Automatic")
+        + k["Semi-Auto"] * (transmission == "Semi-Auto")
+        + k["Diesel"] * is_diesel + k["Hybrid"] * is_hybrid
+        + rng.normal(0, _LOG_PRICE_NOISE, n)
     )  # fmt: skip
-    price = max(495, int(round(math.exp(log_price) / 5) * 5))
-    return {
-        "model": name, "year": year, "price": price, "transmission": transmission,
-        "mileage": mileage, "fuelType": fuel, "tax": int(tax), "mpg": mpg, "engineSize": engine,
+    price = np.maximum(495, np.rint(np.exp(log_price) / 5) * 5).astype(np.int64)
+    columns = {
+        "model": model, "year": year, "price": price, "transmission": transmission,
+        "mileage": mileage, "fuelType": fuel, "tax": tax, "mpg": mpg, "engineSize": engine,
     }  # fmt: skip
+    return pd.DataFrame(columns)
+
+
+def _model_shares(profiles: list[_ModelProfile]) -> np.ndarray:
+    shares = np.array([p.share for p in profiles], dtype=float)
+    return shares / shares.sum()
 
 
 # Ways a listing arrives broken in the wild; each breaks at least one feature so
@@ -540,12 +559,13 @@ def generate_listings(
     if n < 0 or not 0 <= invalid <= n:
         raise DataError(f"need 0 <= invalid <= n and n >= 0, got n={n}, invalid={invalid}")
     rng = np.random.default_rng(seed)
-    records = [_valid_listing(rng) for _ in range(n)]
-    broken = rng.choice(n, size=invalid, replace=False) if invalid else []
-    for i, row in enumerate(sorted(int(b) for b in broken)):
+    frame = _valid_listings(rng, n)
+    if not invalid:
+        return with_schema_dtypes(frame)
+    broken = sorted(int(b) for b in rng.choice(n, size=invalid, replace=False))
+    records = frame.astype(object).to_dict("records")
+    for i, row in enumerate(broken):
         _CORRUPTIONS[i % len(_CORRUPTIONS)][1](records[row], rng, today)
-    if not records:
-        return with_schema_dtypes(pd.DataFrame({c.name: [] for c in LISTING_COLUMNS}))
     return with_schema_dtypes(pd.DataFrame.from_records(records))
 
 

@@ -50,7 +50,9 @@ class TrainParams:
     colsample_bytree: float = 0.8
     reg_lambda: float = 3.0
     max_cat_to_onehot: int = 1
-    nthread: int = 2
+    # One thread: training shares 2 cores with Kafka, Postgres and the JVMs, and
+    # OpenMP's spin-waiting makes 2 threads up to 10x slower than 1 when a core is busy.
+    nthread: int = 1
 
     def booster_params(self, seed: int) -> dict[str, Any]:
         params = asdict(self)
