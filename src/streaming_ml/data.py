@@ -189,6 +189,8 @@ def predictions_ddl(table: str = "car_price_predictions") -> str:
 # --- Loading the Ford CSV -----------------------------------------------------
 
 DUPLICATE_REASON = "exact duplicate"
+# Cells that mean "no value" in exports (compared case-insensitively after stripping).
+NULL_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,11 @@ def _drop_reason(column: Column, raw: str, parsed: Any, today: dt.date | None) -
     return f"{column.name} out of range"
 
 
+def _cell_text(series: pd.Series) -> pd.Series:
+    text = series.astype("string").fillna("").str.strip()
+    return text.mask(text.str.lower().isin(NULL_TOKENS), "")
+
+
 def clean_listings(raw: pd.DataFrame, today: dt.date | None = None) -> LoadResult:
     """Normalise a frame of raw string cells and drop rows that do not fit the schema.
 
@@ -243,9 +250,7 @@ def clean_listings(raw: pd.DataFrame, today: dt.date | None = None) -> LoadResul
     so the counts add up to the number of rows dropped.
     """
     rows_read = len(raw)
-    cells = pd.DataFrame(
-        {c.name: raw[c.name].astype("string").fillna("").str.strip() for c in LISTING_COLUMNS}
-    )
+    cells = pd.DataFrame({c.name: _cell_text(raw[c.name]) for c in LISTING_COLUMNS})
     parsed: dict[str, pd.Series] = {}
     for column in LISTING_COLUMNS:
         text = cells[column.name]

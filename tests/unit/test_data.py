@@ -85,6 +85,8 @@ QUIRKY_ROWS = [
     " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,0.0",  # engineSize 0 again
     " Focus,2016,9000,Manual,,Petrol,30,60.1,1.0",  # null mileage
     " Focus,2016,9000,Manual,lots,Petrol,30,60.1,1.0",  # unparseable mileage
+    " Focus,2016,9000,Manual,1000,NULL,30,60.1,1.0",  # null token in a category
+    " Focus,2016,9000,Manual,1000,Petrol,N/A,60.1,1.0",  # null token in a number
     " ,2016,9000,Manual,1000,Petrol,30,60.1,1.0",  # blank model
     " Mondeo,2015,-5,Manual,1000,Diesel,30,60.1,2.0",  # negative price (the target)
     " C-MAX,2014,8295,Semi-Auto,40000,Diesel,160,50.4,2.0",  # kept
@@ -106,6 +108,8 @@ def test_loader_cleans_quirks_and_counts_every_dropped_row(tmp_path):
         "engineSize out of range": 2,
         "mileage missing": 1,
         "mileage unparseable": 1,
+        "fuelType missing": 1,
+        "tax missing": 1,
         "model missing": 1,
         "price out of range": 1,
     }
@@ -115,7 +119,7 @@ def test_loader_cleans_quirks_and_counts_every_dropped_row(tmp_path):
     assert frame["model"].tolist() == ["Fiesta", "Focus", "C-MAX"]
     assert frame["year"].dtype == "int64" and frame["mpg"].dtype == "float64"
     assert all(feature_problems(r, TODAY) == {} for r in listing_records(frame))
-    assert "dropped 8" in result.report()
+    assert "dropped 10" in result.report()
 
 
 def test_loader_accepts_lf_endings_and_padded_header(tmp_path):
