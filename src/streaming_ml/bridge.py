@@ -492,6 +492,9 @@ class Bridge:
             if self._producer is not None:
                 self._flush_all()
         finally:
+            # Dropping the last reference destroys the client; a kept one would keep
+            # reconnecting (and logging) after the stack is gone.
+            self._producer = None
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None

@@ -8,6 +8,7 @@ wrote back to Postgres and how long that took. Ctrl-C stops everything.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from contextlib import ExitStack
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streaming_ml.config import Settings
+from streaming_ml.data import feature_problems
 from streaming_ml.exceptions import ModelNotFoundError, StreamingMLError
 
 logger = logging.getLogger(__name__)
@@ -97,28 +99,38 @@ def _listings(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]
     return found
 
 
+def _cell(value: Any, number_format: str = "") -> str:
+    """Invalid listings have NULLs and odd values: show them as they are."""
+    if value is None:
+        return "[red]NULL"
+    if number_format and isinstance(value, int | float):
+        return format(value, number_format)
+    return str(value)
+
+
 def results_table(
     listings: dict[int, dict[str, Any]], predictions: dict[int, dict[str, Any]]
 ) -> Table:
-    table = Table(title="Listings and their predicted prices (read back from Postgres)")
-    for header in ("id", "model", "year", "mileage", "fuel", "engine", "asking £"):
-        table.add_column(header, justify="right" if header != "model" else "left")
+    """Fits 80 columns: the listing, its price and how long the pipeline took."""
+    table = Table(title="Listings and the prices the pipeline wrote back to Postgres")
+    table.add_column("id", justify="right")
+    table.add_column("model")
+    table.add_column("year", justify="right")
+    table.add_column("miles", justify="right")
+    table.add_column("fuel")
+    table.add_column("asking £", justify="right")
     table.add_column("predicted £", justify="right", style="bold green")
-    table.add_column("commit→prediction", justify="right")
-    table.add_column("commit→row written", justify="right")
+    table.add_column("commit→row", justify="right")
     for lid, row in listings.items():
         pred = predictions.get(lid)
-        written = (
-            f"{pred['written_ms'] - pred['source_ts_ms']:.0f} ms"
-            if pred and pred.get("written_ms") and pred.get("source_ts_ms")
-            else "-"
-        )
+        latency = "-"
+        if pred and pred.get("written_ms") and pred.get("source_ts_ms"):
+            latency = f"{pred['written_ms'] - pred['source_ts_ms']:.0f} ms"
         table.add_row(
-            str(lid), str(row["model"]), str(row["year"]), f"{row['mileage']:,}",
-            str(row["fuelType"]), f"{row['engineSize']}", f"{row['price']:,}",
-            f"{pred['predicted_price']:,.0f}" if pred else "[red]none (see DLQ)",
-            f"{pred['end_to_end_ms']:.0f} ms" if pred else "-",
-            written,
+            str(lid), _cell(row["model"]), _cell(row["year"]), _cell(row["mileage"], ","),
+            _cell(row["fuelType"]), _cell(row["price"], ","),
+            f"{pred['predicted_price']:,.0f}" if pred else "[red]DLQ",
+            latency,
         )  # fmt: skip
     return table
 
@@ -177,21 +189,31 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
             batch=1, table=settings.listings_table,
         )  # fmt: skip
         console.print(f"  {summary.describe()}")
-        valid = rows - (1 if rows > 1 else 0)
+        inserted = _listings(dsn, settings.listings_table, summary.ids)
+        valid = [lid for lid, row in inserted.items() if not feature_problems(row)]
         predictions = wait_for_predictions(
-            dsn, settings.predictions_table, summary.ids, PREDICTION_TIMEOUT_S, console
+            dsn, settings.predictions_table, valid, PREDICTION_TIMEOUT_S, console
         )
         if failure:
             raise failure[0]
-        console.print(results_table(_listings(dsn, settings.listings_table, summary.ids),
-                                    predictions))  # fmt: skip
+        console.print(results_table(inserted, predictions))
+        if predictions:
+            to_model = statistics.median(p["end_to_end_ms"] for p in predictions.values())
+            to_row = statistics.median(
+                p["written_ms"] - p["source_ts_ms"] for p in predictions.values()
+            )
+            console.print(
+                f"median latency from the INSERT's commit: {to_model:.0f} ms to the model's "
+                f"answer, {to_row:.0f} ms to the prediction row in Postgres "
+                "(the first events include the consumer group's start-up)."
+            )
         console.print(
-            f"{len(predictions)}/{valid} valid listings priced; the invalid one went to the "
-            f"DLQ topic [bold]{settings.dlq_topic}[/] with its reason."
+            f"{len(predictions)}/{len(valid)} valid listings priced; invalid ones went to the "
+            f"DLQ topic [bold]{settings.dlq_topic}[/] with their reason."
         )
-        if len(predictions) < valid:
+        if len(predictions) < len(valid):
             raise StreamingMLError(
-                f"only {len(predictions)} of {valid} listings were priced within "
+                f"only {len(predictions)} of {len(valid)} listings were priced within "
                 f"{PREDICTION_TIMEOUT_S:.0f}s; see `streaming-ml stack logs connect` and the "
                 "bridge log above"
             )
