@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from streaming_ml.data import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from streaming_ml.exceptions import DataError
 
 # The raw features are the model inputs. Car age and mileage per year were tried and
 # dropped: trees already split on year and mileage jointly, and CV got no better
@@ -101,6 +102,12 @@ class FeatureEncoder:
 
     def from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Matrix from a frame with (at least) the ``data.FEATURES`` columns."""
+        missing = [name for name in FEATURES if name not in frame.columns]
+        if missing:
+            raise DataError(
+                f"cannot price rows without the feature column(s) {', '.join(missing)}; "
+                f"expected {', '.join(FEATURES)}"
+            )
         columns: dict[str, Sequence[Any]] = {}
         for name in FEATURES:
             series = frame[name]

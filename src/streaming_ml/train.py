@@ -21,7 +21,7 @@ import pandas as pd
 import xgboost as xgb
 
 from streaming_ml.data import TARGET, data_fingerprint, generate_listings, load_listings_csv
-from streaming_ml.exceptions import DataError
+from streaming_ml.exceptions import ConfigError, DataError
 from streaming_ml.features import INPUT_NAMES, INPUT_TYPES, FeatureEncoder, fit_feature_spec
 from streaming_ml.model import (
     BOOSTER_FILE,
@@ -193,6 +193,30 @@ def _library_versions() -> dict[str, str]:
     }
 
 
+def check_new_tag(model_name: str, version: str | None) -> None:
+    """Fail before training, not after, when the requested tag is unusable."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    tag = f"{model_name}:{version}" if version else model_name
+    try:
+        bentoml.Tag.from_taglike(tag)
+    except (BentoMLException, ValueError) as error:
+        raise ConfigError(
+            f"invalid model tag {tag!r} ({error}); use letters, digits, '_', '-' and '.'."
+        ) from error
+    if version is None:
+        return
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        return
+    raise ConfigError(
+        f"model {tag} already exists; pick another --tag or delete it first with "
+        f"`bentoml models delete {tag}`."
+    )
+
+
 def save_price_model(
     model: PriceModel, model_name: str, version: str | None, metadata: dict[str, Any], source: str
 ) -> str:
@@ -235,6 +259,7 @@ def train_model(
     """
     params = params or TrainParams()
     started = time.perf_counter()
+    check_new_tag(model_name, version)
     frame, source = load_training_frame(data_path, synthetic_rows, seed)
     train, valid = split_frame(frame, VALIDATION_FRACTION, seed)
     logger.info(
@@ -273,10 +298,10 @@ def train_model(
 def evaluate_model(data_path: Path, model_tag: str) -> dict[str, float | int]:
     """Metrics of a stored model on a listings CSV (raw quirks are cleaned the same way
     as for training); ``n`` is the number of rows evaluated."""
+    model = PriceModel.from_bento_model(get_bento_model(model_tag))
     loaded = load_listings_csv(data_path)
     if loaded.rows_kept == 0:
         raise DataError(f"{data_path} has no valid listings to evaluate on ({loaded.report()}).")
-    model = PriceModel.from_bento_model(get_bento_model(model_tag))
     predictions = model.predict(loaded.frame)
     metrics = regression_metrics(loaded.frame[TARGET].to_numpy(), predictions)
     if not all(math.isfinite(metrics[k]) for k in ("rmse", "mae", "mape")):

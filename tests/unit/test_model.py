@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from streaming_ml.data import FEATURES, generate_listings
-from streaming_ml.exceptions import DataError, ModelNotFoundError
+from streaming_ml.exceptions import ConfigError, DataError, ModelNotFoundError
 from streaming_ml.features import INPUT_NAMES, FeatureEncoder, FeatureSpec, fit_feature_spec
 from streaming_ml.model import BOOSTER_FILE, get_bento_model, load_price_model
 from streaming_ml.train import TrainParams, evaluate_model, regression_metrics, train_model
@@ -199,3 +199,16 @@ def test_cli_train_explains_missing_csv(tmp_path):
 
 def test_features_cover_the_schema():
     assert set(FEATURES) <= set(INPUT_NAMES)
+
+
+def test_existing_or_invalid_tag_fails_before_training(trained_model_tag):
+    name, version = trained_model_tag.split(":")
+    with pytest.raises(ConfigError, match="already exists"):
+        train_model(name, None, 10, seed=1, version=version)
+    with pytest.raises(ConfigError, match="invalid model tag"):
+        train_model(name, None, 10, seed=1, version="no spaces!")
+
+
+def test_frame_without_feature_columns_is_explained(price_model):
+    with pytest.raises(DataError, match="mpg"):
+        price_model.predict(pd.DataFrame(REFERENCE_BODY).drop(columns=["mpg"]))
