@@ -8,6 +8,7 @@ wrote back to Postgres and how long that took. Ctrl-C stops everything.
 from __future__ import annotations
 
 import logging
+import signal
 import statistics
 import threading
 import time
@@ -183,10 +184,12 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
                 else StreamingMLError("the bridge did not start within 180 s; see the log above")
             )
 
+        # One at a time, a few per second: the first pays for the consumer group's
+        # start-up, the others show the steady-state latency.
         console.print(f"[bold]5/5[/] inserting {rows} listings (one of them invalid)…")
         summary = load_listings(
             dsn, rows, seed=DEMO_SEED + int(time.time()) % 1000, invalid=1 if rows > 1 else 0,
-            batch=1, table=settings.listings_table,
+            batch=1, rate=4, table=settings.listings_table,
         )  # fmt: skip
         console.print(f"  {summary.describe()}")
         inserted = _listings(dsn, settings.listings_table, summary.ids)
@@ -223,6 +226,8 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
             return
         console.print("[bold]Running. Insert rows (Adminer or psql) and watch them get priced. "
                       "Ctrl-C stops everything.")  # fmt: skip
+        # `kill <pid>` stops the demo as cleanly as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             while thread.is_alive():
                 thread.join(timeout=1.0)
@@ -230,6 +235,10 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
             console.print("\nstopping bridge, service and stack…")
         if failure:
             raise failure[0]
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_endpoints(
