@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming_ml import connect, data
+from streaming_ml import connect, data, stack
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.exceptions import ConfigError, StackError
 from streaming_ml.stack import connect as connect_worker
@@ -233,3 +233,17 @@ def test_jar_stamp_follows_the_poms(tmp_path: Path) -> None:
     assert not jars.jars_present(tmp_path)
     (tmp_path / ".installed").write_text("stale\n")
     assert not jars.jars_present(tmp_path)
+
+
+def test_purge_deletes_state_but_keeps_jars_inside_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    dist = state / "dist"
+    (dist / "kafka").mkdir(parents=True)
+    (dist / "kafka" / "kafka_2.13-4.3.1.jar").write_bytes(b"jar")
+    (state / "postgres" / "data").mkdir(parents=True)
+    (state / "logs").mkdir()
+    (state / "logs" / "kafka.log").write_text("log")
+    settings = Settings(state_dir=state, dist_dir=dist)
+    stack.down(settings, purge=True)
+    assert sorted(p.name for p in state.iterdir()) == ["dist"]
+    assert (dist / "kafka" / "kafka_2.13-4.3.1.jar").read_bytes() == b"jar"

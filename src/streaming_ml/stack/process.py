@@ -223,6 +223,11 @@ def wait_until(
     started = time.monotonic()
     deadline = started + timeout
     message = f"[bold]{component}[/]: waiting for {what} (up to {timeout:.0f}s)"
+    # A spinner is invisible in CI logs; there, print a line now and every 10 s instead.
+    plain = not console.is_terminal
+    last_note = started
+    if plain:
+        console.print(message)
     with console.status(message) as status:
         while True:
             try:
@@ -242,9 +247,12 @@ def wait_until(
                 raise StackError(
                     f"{component}: {what} not ready after {timeout:.0f}s. {_log_hint(log)}"
                 )
-            status.update(
-                f"[bold]{component}[/]: waiting for {what} ({now - started:.0f}s of {timeout:.0f}s)"
-            )
+            waited = f"{now - started:.0f}s of {timeout:.0f}s"
+            progress = f"[bold]{component}[/]: waiting for {what} ({waited})"
+            status.update(progress)
+            if plain and now - last_note >= 10:
+                console.print(progress)
+                last_note = now
             time.sleep(interval)
 
 
