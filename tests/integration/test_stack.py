@@ -29,6 +29,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from streaming_ml import connect, serde, stack
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
+from streaming_ml.exceptions import StackError
 from streaming_ml.stack import postgres
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
 
@@ -336,6 +337,29 @@ def test_connector_roles_are_least_privilege(own_stack: Settings) -> None:
         assert cur.fetchone() == (False, True)
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             cur.execute("INSERT INTO public.car_price_predictions (listing_id) VALUES (1)")
+
+
+def test_failed_up_stops_what_it_started(own_stack: Settings) -> None:
+    settings = own_stack
+    stack.down(settings)
+    meta = settings.state_dir / "kafka" / "data" / "meta.properties"
+    original = meta.read_text()
+    # A real start-up failure: the broker refuses a log dir that belongs to another node.
+    meta.write_text(original.replace("node.id=1", "node.id=7"))
+    try:
+        with pytest.raises(StackError) as error:
+            stack.up(settings)
+        assert str(error.value).startswith("kafka exited while starting")
+        assert "See " in str(error.value) and "kafka" in str(error.value)
+        # Postgres and Adminer had been started by that call: they are stopped again.
+        for name, info in stack.status(settings).items():
+            assert info["state"] == "stopped", name
+        for field in PORT_FIELDS:
+            assert not stack.process.port_open(settings.host, getattr(settings, field)), field
+    finally:
+        meta.write_text(original)
+    stack.up(settings)
+    assert all(info["state"] == "running" for info in stack.status(settings).values())
 
 
 def test_final_down_leaves_no_process_and_no_port(own_stack: Settings) -> None:
