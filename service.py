@@ -7,9 +7,10 @@ Serve it from the repository root with ``bentoml serve`` (or
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import bentoml
+from bentoml.validators import ContentType
 
 from streaming_ml.config import Settings
 from streaming_ml.model import PriceModel
@@ -24,6 +25,11 @@ from streaming_ml.serving import (
 
 # service.py is an entry point: the only place the service reads the environment.
 SETTINGS = Settings()
+
+T = TypeVar("T")
+# A declared media type spares BentoML from deriving it from the output's JSON
+# schema on every response (an eighth of a one-row /predict's CPU time).
+JSON = Annotated[T, ContentType("application/json")]
 
 
 # One worker leaves the second core to the bridge; the APIs are async and
@@ -47,17 +53,17 @@ class PricePredictor:
     # (BentoML would otherwise map each top-level key to a parameter), so the
     # model's extra="ignore" drops `price` and any other extra key.
     @bentoml.api(route="/predict")
-    async def predict(self, request: PredictRequest, /) -> list[float]:  # type: ignore[valid-type]
+    async def predict(self, request: PredictRequest, /) -> JSON[list[float]]:  # type: ignore[valid-type]
         """Price listings sent as columns; returns one price (GBP) per row, in row order."""
         return await self.predictor.handle_predict(request)
 
     @bentoml.api(route="/predict_batch")
-    async def predict_batch(self, request: PredictBatchRequest, /) -> list[BatchPrediction]:
+    async def predict_batch(self, request: PredictBatchRequest, /) -> JSON[list[BatchPrediction]]:
         """Price listings sent as records (the bridge's micro-batches), in input order."""
         return await self.predictor.handle_predict_batch(request)
 
     @bentoml.api(route="/model_info")
-    async def model_info(self) -> dict[str, Any]:
+    async def model_info(self) -> JSON[dict[str, Any]]:
         """Tag, creation time, labels and metadata of the model being served."""
         return self.predictor.card
 

@@ -510,22 +510,36 @@ class ServiceProcess:
         assert self._process is not None, "start() first"
         return self._process.wait()
 
+    def processes(self) -> list[int]:
+        """Pids of the service: the BentoML arbiter first, then its workers."""
+        if self._process is None:
+            return []
+        return [self._process.pid, *_descendants(self._process.pid)]
+
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``timeout_s``."""
-        process, self._process = self._process, None
-        if process is None:
+        """SIGTERM the service, SIGKILL whatever of it is left after ``timeout_s``."""
+        if self._process is None:
             return
+        # BentoML's workers run in sessions of their own, out of reach of a group
+        # signal: remember them now, while they are still the arbiter's children.
+        workers = _descendants(self._process.pid)
+        process, self._process = self._process, None
         group = process.pid  # the session leader's pid is the group id
         _signal_group(group, signal.SIGTERM)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             logger.warning("prediction service ignored SIGTERM; killing it", extra={"pid": group})
-        # Workers may outlive the arbiter by a moment; nothing of the group may stay.
         deadline = time.monotonic() + 5.0
-        while _group_alive(group) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            _group_alive(group) or any(_alive(pid) for pid in workers)
+        ):
             time.sleep(0.1)
         _signal_group(group, signal.SIGKILL)
+        for pid in workers:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         if process.poll() is None:
             process.wait(timeout=5.0)
         logger.info("prediction service stopped", extra={"url": self.url})
@@ -555,6 +569,41 @@ def _die_with_parent() -> None:
 def _signal_group(group: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, sig)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root``, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A reaped child is gone; a zombie (exited, not yet reaped by its parent) is not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _group_alive(group: int) -> bool:
