@@ -354,8 +354,8 @@ class ServiceProcess:
     """``bentoml serve service:PricePredictor`` as a child process on one port.
 
     Use as a context manager: entering starts the service and waits until
-    ``/readyz`` answers; leaving stops the whole process group (SIGTERM, then
-    SIGKILL), so no BentoML worker outlives it. ``model_tag`` pins the model
+    ``/readyz`` answers; leaving stops the server and its workers (SIGTERM,
+    then SIGKILL), so no BentoML process outlives it. ``model_tag`` pins the model
     (``name:version``); ``bentoml_home`` selects the model store; ``log_path``
     receives the service's output (None: inherit this terminal). If the
     starting process dies without stopping it, the service gets SIGTERM too
