@@ -62,6 +62,10 @@ InsertMode = Literal["batched", "single"]
 # small enough that a row rarely waits for its transaction, large enough that
 # the load generator is not bound by per-commit round trips.
 BATCHED_COMMITS_PER_S = 100
+# Throughput steps commit less often (rate/20 rows per commit): latency is measured from
+# each row's commit, so bigger transactions cost nothing there, and they keep the single
+# generator connection (one fsync per commit) from being the limit at high rates.
+STEP_COMMITS_PER_S = 20
 # Rows per transaction when pre-filling the change topic as fast as possible.
 PREFILL_BATCH_ROWS = 1_000
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -134,12 +138,12 @@ class BenchOptions:
             concurrent_max_s=2.0, drain_timeout_s=60.0,
         )  # fmt: skip
 
-    def rows_per_commit(self, rate: float) -> int:
+    def rows_per_commit(self, rate: float, commits_per_s: int = BATCHED_COMMITS_PER_S) -> int:
         if self.insert_mode == "single":
             return 1
         if self.batch_rows:
             return self.batch_rows
-        return max(1, round(rate / BATCHED_COMMITS_PER_S))
+        return max(1, round(rate / commits_per_s))
 
     def check(self) -> None:
         problems = []
@@ -621,6 +625,7 @@ class BridgeProcess:
         if self._process.returncode != 0:
             raise self.failure("failed")
         text = self.out_path.read_text().strip().splitlines()
+        self.out_path.unlink(missing_ok=True)
         try:
             return dict(json.loads(text[-1])) if text else {}
         except json.JSONDecodeError:
@@ -628,6 +633,8 @@ class BridgeProcess:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         process, self._process = self._process, None
+        if not self.once:
+            self.out_path.unlink(missing_ok=True)  # a long-running bridge prints only at exit
         if process is None or process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -967,12 +974,14 @@ class Bench:
         previous = use_log_append_time(s, [s.listings_topic, s.predictions_topic])
         return {"rows": count, "topic_timestamp_type_before": previous}
 
-    def timed_run(self, rate: float, duration_s: float, label: str) -> dict[str, Any]:
+    def timed_run(
+        self, rate: float, duration_s: float, label: str, commits_per_s: int = BATCHED_COMMITS_PER_S
+    ) -> dict[str, Any]:
         """Insert at ``rate`` for ``duration_s`` from the load generator; read every row's
         stamps back; return figures (and keep the per-row series for the plot)."""
         o, s = self.options, self.settings
         rows = max(1, round(rate * duration_s))
-        batch = o.rows_per_commit(rate)
+        batch = o.rows_per_commit(rate, commits_per_s)
         # Other work on the machine skews every figure: record how busy it was.
         load_before = round(os.getloadavg()[0], 2)
         pred_start = self._topic_ends(s.predictions_topic)
@@ -1033,7 +1042,7 @@ class Bench:
         for rate in o.step_rates:
             self.console.rule(f"[bold]throughput step: {rate:g} rows/s for {o.step_duration_s:g}s")
             try:
-                step = self.timed_run(rate, o.step_duration_s, f"step {rate:g}")
+                step = self.timed_run(rate, o.step_duration_s, f"step {rate:g}", STEP_COMMITS_PER_S)
             except BenchError as error:
                 steps.append({"offered_rows_per_s": rate, "kept_up": False, "error": str(error)})
                 why = f"fell behind at {rate:g} rows/s: {error}"
@@ -1042,7 +1051,10 @@ class Bench:
             output_rate = step["output_rows_per_s"] or 0.0
             generator_ok = commit_rate >= MIN_ACHIEVED_SHARE * rate
             output_ok = output_rate >= MIN_ACHIEVED_SHARE * commit_rate
-            step["kept_up"] = bool(generator_ok and output_ok and step["latency_not_growing"])
+            # Kept up = the pipeline kept pace with what was committed; whether the generator
+            # reached the offered rate is reported separately.
+            step["kept_up"] = bool(output_ok and step["latency_not_growing"])
+            step["generator_reached_rate"] = bool(generator_ok)
             steps.append(step)
             if not output_ok:
                 why = (

@@ -107,6 +107,7 @@ def test_rows_per_commit_follows_the_insert_mode() -> None:
     assert BenchOptions(rate=1000).rows_per_commit(1000) == 10
     assert BenchOptions(insert_mode="single").rows_per_commit(8000) == 1
     assert BenchOptions(batch_rows=50).rows_per_commit(1000) == 50
+    assert BenchOptions().rows_per_commit(4000, commits_per_s=20) == 200
 
 
 def test_options_reject_nonsense() -> None:
