@@ -38,6 +38,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -131,6 +133,17 @@ def _listing_id(key: Mapping[str, Any] | None, row: Mapping[str, Any] | None) ->
         if source and source.get("id") is not None:
             return int(source["id"])
     return None
+
+
+def registry_unavailable(error: BaseException) -> bool:
+    """True when decoding failed because the registry could not answer (retry later),
+    False when the message itself is bad (dead-letter it)."""
+    if isinstance(error, httpx.TransportError):
+        return True
+    if isinstance(error, SchemaRegistryError):
+        status = error.http_status_code
+        return status is None or status >= 500 or status in (408, 429) or status < 0
+    return False
 
 
 def offsets_to_commit(positions: Iterable[tuple[str, int, int]]) -> list[TopicPartition]:
@@ -336,6 +349,10 @@ class _Stopped(Exception):
     """stop() was called while a batch could not be finished (service down)."""
 
 
+class _RegistryDown(Exception):
+    """The schema registry did not answer; the batch is decoded again later."""
+
+
 class _Rejected(Exception):
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"HTTP {status}: {body}")
@@ -438,6 +455,7 @@ class Bridge:
         self._registry = serde.registry_client(s.registry_url)
         self._decode = serde.writer_schema_deserializer(self._registry)
         self._key_ser, self._value_ser = serde.prediction_serializers(self._registry)
+        self._register_schemas()
         self._producer = Producer(
             {
                 "bootstrap.servers": s.kafka_bootstrap,
@@ -486,6 +504,26 @@ class Bridge:
             },
         )
         self.ready.set()
+
+    def _register_schemas(self) -> None:
+        """Register the prediction schemas now, so a registry problem shows at start-up
+        and the serializers need no registry call while a batch is in flight."""
+        from streaming_ml.data import PREDICTION_FIELDS
+
+        sample = {f.name: None for f in PREDICTION_FIELDS}
+        sample.update(
+            listing_id=0, predicted_price=0.0, model_tag="", features_hash="", source_ts_ms=0,
+            kafka_ts_ms=0, bridge_received_ts_ms=0, predicted_ts_ms=0, model_latency_ms=0.0,
+            end_to_end_ms=0.0,
+        )  # fmt: skip
+        try:
+            self._key(0)
+            self._value(sample)
+        except Exception as error:
+            raise BridgeError(
+                f"cannot register the prediction schemas in {self.settings.registry_url}: "
+                f"{error}. Is the registry up? Try `streaming-ml stack status`."
+            ) from error
 
     def _teardown(self) -> None:
         try:
@@ -593,7 +631,11 @@ class Bridge:
     def _drained(self) -> bool:
         assert self._consumer is not None
         if not self._assignment:
-            return False
+            # No assignment yet: done only if there is no change topic at all (no row
+            # was ever captured), otherwise wait for the group to assign it.
+            topic = self.settings.listings_topic
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            return meta is None or meta.error is not None
         tps = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
         positions = self._consumer.position(tps)
         committed = self._consumer.committed(tps, timeout=10)
@@ -612,7 +654,7 @@ class Bridge:
         received = [
             self._received_ms.pop((m.topic(), m.partition(), m.offset()), now_ms) for m in batch
         ]
-        decoded = [self._decode_message(m) for m in batch]
+        decoded = self._decode_batch(batch, allow_pause)
         for item in decoded:
             self.metrics.events.labels(item.op if isinstance(item, Change) else "undecodable").inc()
         actions = plan_actions(decoded, self._known_hash, self._stored_hashes)
@@ -679,12 +721,27 @@ class Bridge:
 
     # -- decoding and state --
 
+    def _decode_batch(self, batch: list[Message], allow_pause: bool) -> list[Change | str]:
+        """Decode every message; while the registry is down, pause and try again (a
+        registry outage must not send good events to the DLQ)."""
+        while True:
+            try:
+                return [self._decode_message(m) for m in batch]
+            except _RegistryDown as error:
+                if not allow_pause:
+                    raise ServiceUnavailableError(
+                        f"schema registry unavailable: {error}"
+                    ) from error
+                self._pause_until(self._registry_ready, "schema registry", self._registry_probe)
+
     def _decode_message(self, msg: Message) -> Change | str:
         """A Change, or the DLQ reason when the bytes cannot be read."""
         try:
             key = self._decode(msg.key(), SerializationContext(msg.topic(), MessageField.KEY))
             value = self._decode(msg.value(), SerializationContext(msg.topic(), MessageField.VALUE))
-        except Exception as error:  # any decoding failure is a poison message
+        except Exception as error:  # anything but an unreachable registry is a poison message
+            if registry_unavailable(error):
+                raise _RegistryDown(f"{type(error).__name__}: {error}") from error
             return f"deserialization: {type(error).__name__}: {error}"
         if value is None:
             # Debezium's tombstone after a delete event: nothing to price.
@@ -776,7 +833,7 @@ class Bridge:
             except ServiceUnavailableError:
                 if not allow_pause:
                     raise
-                self._wait_for_service()
+                self._pause_until(self._service_ready, "prediction service", self._service_probe)
 
     def _call_with_retries(self, rows: list[dict[str, Any]]) -> list[Any]:
         url = self.settings.prediction_url.rstrip("/") + "/predict_batch"
@@ -814,21 +871,35 @@ class Bridge:
             "check SML_SERVICE_URL"
         )
 
-    def _wait_for_service(self) -> None:
-        """Pause the partitions and keep polling (group membership stays alive) until the
-        service answers its readiness probe again."""
+    @property
+    def _service_probe(self) -> str:
+        return self.settings.prediction_url.rstrip("/") + "/readyz"
+
+    def _service_ready(self) -> bool:
+        timeout = self.settings.request_timeout_s
+        return self._session.get(self._service_probe, timeout=timeout).ok
+
+    @property
+    def _registry_probe(self) -> str:
+        return self.settings.registry_url.rstrip("/") + "/subjects"
+
+    def _registry_ready(self) -> bool:
+        return self._session.get(self._registry_probe, timeout=5).ok
+
+    def _pause_until(self, is_up: Callable[[], bool], what: str, probe: str) -> None:
+        """Pause the partitions and keep polling (group membership stays alive) until
+        ``is_up()`` (a readiness probe of ``what``) says it is back."""
         assert self._consumer is not None
         tps = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
         self._paused = True
         self.metrics.paused.set(1)
         if tps:
             self._consumer.pause(tps)
-        probe = self.settings.prediction_url.rstrip("/") + "/readyz"
         waited_since = time.monotonic()
         next_report = waited_since + 5.0
         delay = self.delays[0] if self.delays else 0.5
         logger.error(
-            "prediction service unavailable: consumption paused until it is back",
+            f"{what} unavailable: consumption paused until it is back",
             extra={"probe": probe},
         )
         try:
@@ -844,7 +915,7 @@ class Bridge:
                 if self._stop.is_set():
                     raise _Stopped
                 try:
-                    if self._session.get(probe, timeout=self.settings.request_timeout_s).ok:
+                    if is_up():
                         break
                 except requests.RequestException:
                     pass
@@ -852,7 +923,7 @@ class Bridge:
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + 5.0
                     logger.info(
-                        "waiting for the prediction service",
+                        f"waiting for the {what}",
                         extra={
                             "probe": probe,
                             "waited_s": round(time.monotonic() - waited_since, 1),
@@ -865,7 +936,7 @@ class Bridge:
             if tps:
                 self._consumer.resume(tps)
         logger.info(
-            "prediction service is back: resuming",
+            f"{what} is back: resuming",
             extra={"paused_s": round(time.monotonic() - waited_since, 1)},
         )
 

@@ -161,3 +161,17 @@ def test_unpriceable_values_are_caught(bad: dict[str, Any]) -> None:
     actions = plan_actions([change("c", 1, **bad)], lambda _lid: None)
     assert actions[0].kind == "dlq"
     assert actions[0].reason.startswith(next(iter(bad)) + ": ")
+
+
+def test_registry_outage_is_retried_but_bad_bytes_are_dead_lettered() -> None:
+    from confluent_kafka.schema_registry.common._httpx_compat import httpx
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    from confluent_kafka.serialization import SerializationError
+
+    from streaming_ml.bridge import registry_unavailable
+
+    assert registry_unavailable(httpx.ConnectError("connection refused"))
+    assert registry_unavailable(SchemaRegistryError(503, 50301, "unavailable"))
+    assert not registry_unavailable(SchemaRegistryError(404, 40403, "schema not found"))
+    assert not registry_unavailable(SerializationError("unknown magic byte"))
+    assert not registry_unavailable(EOFError())
