@@ -112,10 +112,12 @@ def bridge_metric_or_none(settings: Settings, name: str) -> float | None:
 
 @contextmanager
 def running_bridge(
-    settings: Settings, dsn: str, ready_timeout_s: float = 120
+    settings: Settings, dsn: str, ready_timeout_s: float = 120, from_end: bool = True
 ) -> Iterator[RunningBridge]:
-    """An in-process bridge in a thread; stopped (batch finished, committed) on exit."""
-    start_group_at_end(settings)
+    """An in-process bridge in a thread; stopped (batch finished, committed) on exit.
+    ``from_end``: first move the consumer group to the topic's current end."""
+    if from_end:
+        start_group_at_end(settings)
     bridge = Bridge(settings, dsn=dsn)
     errors: list[BaseException] = []
 

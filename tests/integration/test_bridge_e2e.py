@@ -263,3 +263,35 @@ def test_service_rejection_is_narrowed_to_the_offending_records(
     priced = [a for a in actions if id(a) not in rejected]
     expected = direct_prices(prediction_service, [a.change.row for a in priced])
     assert [results[id(a)]["predicted_price"] for a in priced] == expected
+
+
+def test_rebalance_between_two_bridges_loses_nothing(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    """A second bridge joins the group mid-stream, then the first leaves: the partition
+    changes hands twice and every listing is still priced."""
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    table, source = settings.predictions_table, settings.listings_table
+    inserted: list[int] = []
+    with running_bridge(settings, dsn) as first:
+        loader = threading.Thread(
+            target=lambda: inserted.extend(
+                load_listings(dsn, 300, seed=108, rate=60, batch=3, table=source).ids
+            )
+        )
+        loader.start()
+        wait_until(lambda: first.bridge.stats.predicted >= 30, 120, "the first bridge at work")
+        second_settings = settings.model_copy(update={"bridge_metrics_port": free_port()})
+        with running_bridge(second_settings, dsn, from_end=False) as second:
+            wait_until(lambda: second.bridge._assignment or first.bridge.stats.predicted >= 300,
+                       60, "a rebalance")  # fmt: skip
+            first.bridge.stop()
+            first.thread.join(timeout=60)
+            loader.join(timeout=120)
+            assert not loader.is_alive()
+            predictions = wait_for_predictions(dsn, table, inserted)
+            handled = first.bridge.stats.events + second.bridge.stats.events
+    assert len(predictions) == 300
+    assert handled >= 300  # a handover may redeliver a batch, never drop one
+    assert_prices_match_service(prediction_service, listings(dsn, source, inserted), predictions)
