@@ -19,10 +19,12 @@ class Settings(BaseSettings):
 
     # Where things live.
     host: str = Field("127.0.0.1", description="Interface every local listener binds to")
-    state_dir: Path = Field(REPO_ROOT / ".stack", description="Stack state: data dirs, logs, secrets")
+    state_dir: Path = Field(
+        REPO_ROOT / ".stack", description="Stack state: data dirs, logs, secrets"
+    )
     dist_dir: Path = Field(
         REPO_ROOT / ".stack" / "dist",
-        description="Downloaded jars (Kafka, Connect, Debezium, Apicurio); shared by all state dirs",
+        description="Downloaded jars (Kafka, Connect, Debezium, Apicurio), shared by state dirs",
     )
 
     # Ports of the local stack (conventional defaults).
