@@ -116,7 +116,9 @@ class BenchOptions:
     insert_mode: InsertMode = "batched"
     batch_rows: int | None = None  # rows per transaction in batched mode (None: rate/100)
     warmup_rows: int = 500
-    step_rates: tuple[float, ...] = (1_000, 2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 16_000)
+    step_rates: tuple[float, ...] = (
+        1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 12_000, 16_000,
+    )  # fmt: skip
     step_duration_s: float = 15.0
     prefill_rows: int = 50_000
     one_row_requests: int = 200
@@ -313,7 +315,7 @@ def check_targets(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             value = value.get(part) if isinstance(value, Mapping) else None
         met = None
         if isinstance(value, int | float):
-            met = value <= target if op == "<=" else value >= target
+            met = bool(value <= target if op == "<=" else value >= target)
         entry: dict[str, Any] = {"target": f"{op} {target:g}", "measured": value, "met": met}
         if key.startswith("latency_ms") and doc.get("rate_rows_per_s") != TARGET_RATE:
             entry["note"] = f"target is defined at {TARGET_RATE:g} rows/s"
