@@ -404,6 +404,7 @@ class Bridge:
         self._metrics_server: Any = None
         self._session = requests.Session()
         self.ready = threading.Event()  # set once subscribed (for demo/tests)
+        self.assigned = threading.Event()  # set once the group gave us partitions
 
     # -- lifecycle --
 
@@ -544,9 +545,15 @@ class Bridge:
             logger.info("bridge stopped", extra=self.stats.summary())
 
     def _ensure_topics(self) -> None:
-        """Create the output topics up front (the broker may not auto-create them)."""
+        """Create the topics up front: the broker may not auto-create the output ones, and
+        with the change topic in place the group is assigned at once instead of after the
+        first captured row plus a metadata refresh (seconds of latency on a fresh stack)."""
         admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
-        wanted = [self.settings.predictions_topic, self.settings.dlq_topic]
+        wanted = [
+            self.settings.listings_topic,
+            self.settings.predictions_topic,
+            self.settings.dlq_topic,
+        ]
         futures = admin.create_topics([NewTopic(t, num_partitions=1) for t in wanted])
         for topic, future in futures.items():
             try:
@@ -566,6 +573,7 @@ class Bridge:
         if self._paused:
             consumer.pause(partitions)
         logger.info("partitions assigned", extra={"partitions": sorted(self._assignment)})
+        self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
