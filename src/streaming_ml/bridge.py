@@ -43,10 +43,10 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from streaming_ml import serde
+from streaming_ml import connect, serde
 from streaming_ml.config import Settings
 from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, feature_problems
-from streaming_ml.exceptions import BridgeError, ServiceUnavailableError
+from streaming_ml.exceptions import BridgeError, ConnectorError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +320,12 @@ class BridgeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.connector_restarts = Counter(
+            "sml_bridge_connector_restarts",
+            "Restarts of FAILED connector instances or tasks by the connector watchdog",
+            ["connector"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -343,6 +349,78 @@ class BridgeStats:
             "dlq": self.dlq,
             "batches": self.batches,
         }
+
+
+class ConnectorWatchdog:
+    """Restart connectors whose instance or tasks FAILED, from a daemon thread.
+
+    A task that hits an error Connect treats as fatal (the Apicurio converter while
+    the registry restarts, say) stays FAILED until someone restarts it; errors.retry
+    settings do not cover that. Every ``interval_s`` this asks Connect for each
+    connector's status and restarts only the failed parts. Connect being unreachable
+    is logged and tried again on the next tick: it never stops the bridge.
+    """
+
+    def __init__(
+        self, connect_url: str, names: Sequence[str], interval_s: float, restarts: Counter
+    ) -> None:
+        self.connect_url = connect_url
+        self.names = tuple(names)
+        self.interval_s = interval_s
+        self.restarts = restarts
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="connector-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            # One check makes at most a few HTTP calls of 10 s timeout each.
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # the watchdog must outlive any surprise in one check
+                logger.exception("connector check failed unexpectedly; trying again next tick")
+
+    def check(self) -> list[str]:
+        """One round over the connectors; returns the names it restarted."""
+        restarted: list[str] = []
+        for name in self.names:
+            try:
+                status = connect.connector_status(self.connect_url, name)
+                if status is None:
+                    logger.warning(
+                        "connector is not registered; restart the bridge to register it",
+                        extra={"connector": name},
+                    )
+                    continue
+                failed = connect.failed_parts(status)
+                if not failed:
+                    continue
+                for part, info in failed:
+                    logger.warning(
+                        "connector FAILED: restarting the failed parts",
+                        extra={
+                            "connector": name,
+                            "part": part,
+                            "trace": connect.trace_summary(info.get("trace")),
+                        },
+                    )
+                if connect.restart_failed(self.connect_url, name):
+                    self.restarts.labels(name).inc()
+                    restarted.append(name)
+            except ConnectorError as error:
+                logger.warning(
+                    "connector check failed; trying again next tick",
+                    extra={"connector": name, "error": str(error), "retry_in_s": self.interval_s},
+                )
+        return restarted
 
 
 class _Stopped(Exception):
@@ -402,6 +480,7 @@ class Bridge:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._metrics_server: Any = None
+        self._watchdog: ConnectorWatchdog | None = None
         self._session = requests.Session()
         self.ready = threading.Event()  # set once subscribed (for demo/tests)
         self.assigned = threading.Event()  # set once the group gave us partitions
@@ -411,6 +490,8 @@ class Bridge:
     def stop(self) -> None:
         """Ask run() to finish the batch in hand, commit, close and return."""
         self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.stop(wait=False)  # may run in a signal handler: do not block
 
     def run(
         self, max_events: int | None = None, timeout: float | None = None, once: bool = False
@@ -449,9 +530,15 @@ class Bridge:
     def _setup(self) -> None:
         s = self.settings
         if self.register_connectors:
-            from streaming_ml import connect
-
             connect.ensure_connectors(s)
+            if s.connector_check_interval_s > 0:
+                self._watchdog = ConnectorWatchdog(
+                    s.connect_url,
+                    (s.source_connector, s.sink_connector),
+                    s.connector_check_interval_s,
+                    self.metrics.connector_restarts,
+                )
+                self._watchdog.start()
         self._ensure_topics()
         self._registry = serde.registry_client(s.registry_url)
         self._decode = serde.writer_schema_deserializer(self._registry)
@@ -527,6 +614,9 @@ class Bridge:
             ) from error
 
     def _teardown(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         try:
             if self._producer is not None:
                 self._flush_all()
@@ -1108,6 +1198,7 @@ __all__ = [
     "BridgeMetrics",
     "BridgeStats",
     "Change",
+    "ConnectorWatchdog",
     "dlq_reason",
     "features_hash",
     "offsets_to_commit",

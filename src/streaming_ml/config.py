@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # Bridge micro-batching.
     batch_max_events: int = Field(500, description="Max events per model call")
     batch_linger_ms: int = Field(20, description="Max wait to fill a batch")
+    connector_check_interval_s: float = Field(
+        15.0,
+        ge=0,
+        description="Seconds between the bridge's checks for FAILED connectors/tasks (0: off)",
+    )
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -147,7 +147,47 @@ def connector_status(connect_url: str, name: str) -> dict[str, Any] | None:
     return response.json()
 
 
-def _trace_summary(trace: str | None) -> str:
+def failed_parts(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The FAILED parts of a ``connector_status`` answer as (label, entry) pairs; the
+    label is ``connector`` or ``task <id>``, the entry carries ``state`` and ``trace``."""
+    parts = [("connector", status["connector"])]
+    parts += [(f"task {task.get('id')}", task) for task in status.get("tasks", [])]
+    return [(label, part) for label, part in parts if part.get("state") == "FAILED"]
+
+
+def restart_failed(connect_url: str, name: str) -> bool:
+    """Restart only the FAILED parts (connector instance and/or tasks) of ``name`` with
+    ``POST /connectors/<name>/restart?includeTasks=true&onlyFailed=true``.
+
+    Returns whether anything was failed: Connect answers 202 with the status, in which
+    the parts it is restarting show as RESTARTING. Running parts are left alone.
+    """
+    response = _request(
+        "POST",
+        f"{connect_url}/connectors/{name}/restart",
+        params={"includeTasks": "true", "onlyFailed": "true"},
+    )
+    if response.status_code == 404:
+        raise ConnectorError(
+            f"cannot restart connector {name!r}: it is not registered. Register it again "
+            "by starting `streaming-ml bridge` (without --no-connectors)."
+        )
+    if response.status_code != 202:
+        # 409: the worker is rebalancing; the next attempt usually goes through.
+        raise ConnectorError(
+            f"restarting connector {name!r}: HTTP {response.status_code} {_message(response)}. "
+            "Try again in a few seconds; see `streaming-ml stack logs connect`."
+        )
+    answer = response.json()
+    parts = [answer.get("connector") or {}, *answer.get("tasks", [])]
+    restarting = any(part.get("state") == "RESTARTING" for part in parts)
+    if restarting:
+        logger.info("connector restart requested", extra={"connector": name})
+    return restarting
+
+
+def trace_summary(trace: str | None) -> str:
+    """The outer error and the last "Caused by" lines of a Connect stack trace."""
     if not trace:
         return "(no trace)"
     lines = [line.strip() for line in trace.splitlines() if line.strip()]
@@ -167,13 +207,10 @@ def wait_until_running(connect_url: str, name: str, timeout: float = 60.0) -> di
             last = connector_status(connect_url, name)
             if last is not None:
                 states = [last["connector"]["state"]] + [t["state"] for t in last.get("tasks", [])]
-                failed = [
-                    part for part in [last["connector"], *last.get("tasks", [])]
-                    if part["state"] == "FAILED"
-                ]  # fmt: skip
+                failed = failed_parts(last)
                 if failed:
                     raise ConnectorError(
-                        f"connector {name!r} FAILED: {_trace_summary(failed[0].get('trace'))}\n"
+                        f"connector {name!r} FAILED: {trace_summary(failed[0][1].get('trace'))}\n"
                         f"Fix the cause, then re-apply it; full trace: "
                         f"GET {connect_url}/connectors/{name}/status"
                     )

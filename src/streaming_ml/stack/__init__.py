@@ -38,7 +38,9 @@ __all__ = [
     "print_logs",
     "print_status",
     "psql",
+    "restart_component",
     "status",
+    "stop_component",
     "up",
 ]
 
@@ -250,6 +252,25 @@ def down(settings: Settings, purge: bool = False) -> None:
     if purge:
         _purge(state, settings.dist_dir)
         console.print(f"[yellow]stack[/]: state in {state} deleted (jars kept)")
+
+
+def stop_component(settings: Settings, name: str) -> bool:
+    """Stop one component, leaving the others running; True if it was running.
+    ``up`` starts it again (it starts only what is not running)."""
+    if name not in BY_NAME:
+        raise StackError(f"unknown component {name!r}; use one of {', '.join(BY_NAME)}")
+    with console.status(f"[bold]{name}[/]: stopping"):
+        stopped = _stop(settings.state_dir, BY_NAME[name])
+    if stopped:
+        console.print(f"[yellow]{name}[/]: stopped")
+    return stopped
+
+
+def restart_component(settings: Settings, name: str) -> None:
+    """Stop one component and start it again, waiting until it is healthy (e.g. to see
+    the pipeline ride out a registry or Connect restart)."""
+    stop_component(settings, name)
+    up(settings)
 
 
 def _stop(state: Path, component: Component) -> bool:
