@@ -115,7 +115,7 @@ class BenchOptions:
     duration_s: float = 30.0
     insert_mode: InsertMode = "batched"
     batch_rows: int | None = None  # rows per transaction in batched mode (None: rate/100)
-    warmup_rows: int = 500
+    warmup_s: float = 5.0  # at the latency run's rate
     step_rates: tuple[float, ...] = (
         1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 12_000, 16_000,
     )  # fmt: skip
@@ -135,7 +135,7 @@ class BenchOptions:
     @classmethod
     def quick(cls) -> BenchOptions:
         return cls(
-            profile="quick", duration_s=5.0, warmup_rows=50, step_rates=(2_000,),
+            profile="quick", duration_s=5.0, warmup_s=1.0, step_rates=(2_000,),
             step_duration_s=3.0, prefill_rows=2_000, one_row_requests=100,
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
             concurrent_max_s=2.0, drain_timeout_s=60.0,
@@ -969,13 +969,18 @@ class Bench:
     # -- runs --
 
     def warm_up(self) -> dict[str, Any]:
-        """A few rows end to end: proves the pipeline works and warms every cache."""
-        o = self.options
-        report, _ = self.load(o.warmup_rows, None, o.rows_per_commit(o.rate), "warm-up inserts")
-        count, _ = self.wait_predicted(report, 180.0)
-        s = self.settings
+        """A few seconds at the latency run's rate end to end: proves the pipeline works,
+        warms every cache and JIT, and switches the topics to broker append time before
+        anything is measured (a first few rows create the topics on a fresh stack)."""
+        o, s = self.options, self.settings
+        first, _ = self.load(20, None, 1, "warm-up: first rows (create the topics)")
+        self.wait_predicted(first, 180.0)
         previous = use_log_append_time(s, [s.listings_topic, s.predictions_topic])
-        return {"rows": count, "topic_timestamp_type_before": previous}
+        rows = max(1, round(o.rate * o.warmup_s))
+        batch = o.rows_per_commit(o.rate)
+        report, _ = self.load(rows, o.rate, batch, f"warm-up: {rows} rows at {o.rate:g} rows/s")
+        count, _ = self.wait_predicted(report, o.drain_timeout_s)
+        return {"rows": first.inserted + count, "topic_timestamp_type_before": previous}
 
     def timed_run(
         self, rate: float, duration_s: float, label: str, commits_per_s: int = BATCHED_COMMITS_PER_S
