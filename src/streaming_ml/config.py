@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # Bridge micro-batching.
     batch_max_events: int = Field(500, description="Max events per model call")
-    batch_linger_ms: int = Field(20, description="Max wait to fill a batch")
+    batch_linger_ms: int = Field(5, description="Max wait to fill a batch")
     connector_check_interval_s: float = Field(
         15.0,
         ge=0,
