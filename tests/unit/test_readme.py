@@ -1,5 +1,8 @@
 """The README is the user's manual: it must name every setting and both Quick start commands."""
 
+import re
+from pathlib import Path
+
 from streaming_ml.config import REPO_ROOT, Settings
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -12,6 +15,21 @@ def test_every_setting_is_documented() -> None:
         if f"`SML_{name.upper()}`" not in README
     ]
     assert missing == [], f"add these settings to the README's table: {missing}"
+
+
+def test_documented_defaults_match_settings() -> None:
+    documented = dict(re.findall(r"^\| `SML_(\w+)` \| `([^`]*)` \|", README, flags=re.MULTILINE))
+    wrong = {}
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            continue  # derived at run time; the README explains how
+        if isinstance(default, Path):
+            default = default.relative_to(REPO_ROOT)
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        if documented.get(name.upper()) != expected:
+            wrong[f"SML_{name.upper()}"] = (documented.get(name.upper()), expected)
+    assert wrong == {}, f"README default differs from Settings (README, code): {wrong}"
 
 
 def test_quick_start_has_demo_and_test() -> None:
