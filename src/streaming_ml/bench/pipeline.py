@@ -1,0 +1,543 @@
+"""The pipeline runs: latency, throughput steps and bridge only, each timed from every
+row's commit to its prediction row; starts what is not running and stops it again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import requests
+from rich.console import Console
+
+from streaming_ml.bench import serving
+from streaming_ml.bench.kafka import (
+    LagProbe,
+    _consumer,
+    commit_offsets,
+    high_watermarks,
+    read_topic,
+    use_log_append_time,
+)
+from streaming_ml.bench.options import (
+    BATCHED_COMMITS_PER_S,
+    PREFILL_BATCH_ROWS,
+    STEP_COMMITS_PER_S,
+    BenchOptions,
+)
+from streaming_ml.bench.processes import (
+    BridgeProcess,
+    LoadReport,
+    _cli,
+    _http_ok,
+    parse_load_output,
+    settings_env,
+)
+from streaming_ml.bench.progress import Waiting
+from streaming_ml.bench.stats import MIN_ACHIEVED_SHARE, RowTimes, growth_verdict, summarize
+from streaming_ml.config import Settings
+from streaming_ml.exceptions import BenchError
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass
+class Environment:
+    """What the bench found running, what it started and how long starting took."""
+
+    started: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    startup_s: dict[str, float] = field(default_factory=dict)
+    bridge_group: str | None = None
+    external_bridge: bool = False
+
+
+def _is_loopback(url: str) -> bool:
+    return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
+
+
+class Bench:
+    """One bench session: environment, runs, and the collected figures."""
+
+    def __init__(self, settings: Settings, options: BenchOptions, console: Console) -> None:
+        self.settings = settings
+        self.options = options
+        self.console = console
+        self.env = Environment()
+        self.child_env = {**os.environ, **settings_env(settings)}
+        self.log_dir = settings.state_dir / "logs"
+        self.dsn = ""
+        self.bridge: BridgeProcess | None = None
+        self.series: dict[str, Any] = {}
+        self._seed = options.seed
+
+    # -- environment --
+
+    def prepare(self, cleanup: ExitStack) -> None:
+        """Start what is not running; register how to stop it on ``cleanup``."""
+        from streaming_ml import stack
+
+        s = self.settings
+        for name, url in (("service", s.prediction_url), ("kafka", f"http://{s.kafka_bootstrap}")):
+            if not _is_loopback(url):
+                raise BenchError(
+                    f"the bench only talks to this machine; the {name} address {url} is not "
+                    "loopback (set SML_HOST / SML_SERVICE_URL to 127.0.0.1)"
+                )
+        states = {n: info["state"] for n, info in stack.status(s).items()}
+        if all(state == "running" for state in states.values()):
+            self.env.reused.append("stack")
+            self.console.print("[green]stack[/]: already running, using it")
+        else:
+            nothing_ran = all(state != "running" for state in states.values())
+            began = time.monotonic()
+            stack.up(s)
+            self.env.startup_s["stack"] = round(time.monotonic() - began, 1)
+            if nothing_ran:
+                self.env.started.append("stack")
+                cleanup.callback(self._stop_stack)
+            else:
+                self.env.reused.append("stack (partly started by the bench, left running)")
+        self.dsn = stack.postgres_dsn(s)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+        if _http_ok(s.prediction_url.rstrip("/") + "/readyz"):
+            self.env.reused.append("service")
+            self.console.print(f"[green]service[/]: already running at {s.prediction_url}")
+        else:
+            self._start_service(cleanup)
+
+        from streaming_ml import connect
+
+        with Waiting(self.console, "registering connectors", 120.0):
+            connect.ensure_connectors(s)
+
+        metrics_url = f"http://{s.host}:{s.bridge_metrics_port}/metrics"
+        if _http_ok(metrics_url):
+            self.env.reused.append("bridge")
+            self.env.external_bridge = True
+            self.env.bridge_group = s.consumer_group
+            self.console.print(
+                f"[green]bridge[/]: already running ({metrics_url}), using it "
+                f"(consumer group {s.consumer_group})"
+            )
+        else:
+            self._start_bridge(cleanup)
+
+    def _stop_stack(self) -> None:
+        from streaming_ml import stack
+
+        self.console.print("stopping the stack the bench started…")
+        stack.down(self.settings)
+
+    def _start_service(self, cleanup: ExitStack) -> None:
+        from streaming_ml.demo import ensure_model
+        from streaming_ml.serving import ServiceProcess
+
+        s = self.settings
+        tag = ensure_model(s, self.console)
+        began = time.monotonic()
+        service = ServiceProcess(
+            host=s.host, port=s.service_port, model_tag=tag,
+            log_path=self.log_dir / "bench-service.log",
+        )  # fmt: skip
+        with Waiting(self.console, f"starting the prediction service (model {tag})", 120.0):
+            service.start()
+        cleanup.callback(service.stop)
+        self.settings = s.model_copy(update={"service_url": service.url})
+        self.child_env.update(settings_env(self.settings))
+        self.env.started.append("service")
+        self.env.startup_s["service"] = round(time.monotonic() - began, 1)
+
+    def _start_bridge(self, cleanup: ExitStack) -> None:
+        """A bridge in a fresh consumer group that starts at the change topic's end, so
+        a backlog left by earlier runs is not measured."""
+        s = self.settings
+        group = f"sml-bench-{uuid.uuid4().hex[:8]}"
+        consumer = _consumer(s)
+        try:
+            ends = high_watermarks(consumer, s.listings_topic)
+        finally:
+            consumer.close()
+        if ends is not None:
+            commit_offsets(s, group, s.listings_topic, ends)
+        began = time.monotonic()
+        self.bridge = BridgeProcess(s, self.child_env, group, self.log_dir)
+        self.bridge.start()
+        cleanup.callback(self._stop_bridge)
+        self.bridge.wait_ready(self.console)
+        self.env.started.append("bridge")
+        self.env.bridge_group = group
+        self.env.startup_s["bridge"] = round(time.monotonic() - began, 1)
+
+    def _stop_bridge(self) -> None:
+        if self.bridge is not None:
+            self.bridge.stop()
+            self.bridge = None
+
+    # -- load generation and read-back --
+
+    def _next_seed(self) -> int:
+        self._seed += 1
+        return self._seed
+
+    def load(
+        self, rows: int, rate: float | None, batch: int, what: str, lag: LagProbe | None = None
+    ) -> tuple[LoadReport, list[tuple[float, int]]]:
+        """Run ``streaming-ml load`` as its own process; sample consumer lag meanwhile."""
+        args = [
+            "load",
+            "--rows",
+            str(rows),
+            "--batch",
+            str(batch),
+            "--seed",
+            str(self._next_seed()),
+        ]
+        if rate is not None:
+            args += ["--rate", f"{rate:g}"]
+        expected = rows / rate if rate else rows / 5_000
+        timeout = 2 * expected + 60
+        lag_samples: list[tuple[float, int]] = []
+        log_path = self.log_dir / "bench-load.log"
+        with (
+            log_path.open("ab") as log,
+            tempfile.TemporaryFile() as out,
+            Waiting(self.console, what, timeout) as wait,
+        ):
+            process = subprocess.Popen(
+                _cli(*args), env=self.child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=log
+            )
+            try:
+                while process.poll() is None:
+                    if wait.expired():
+                        raise BenchError(
+                            f"the load generator did not finish {rows} rows in {timeout:.0f}s; "
+                            f"see {log_path}"
+                        )
+                    detail = f"~{min(wait.elapsed, expected):.0f}s of ~{expected:.0f}s of inserts"
+                    if lag is not None and (current := lag.lag()) is not None:
+                        lag_samples.append((time.time() * 1000, current))
+                        detail += f", consumer lag {current}"
+                    wait.update(detail)
+                    time.sleep(0.5)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+            if process.returncode != 0:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+                raise BenchError(
+                    f"the load generator failed (exit {process.returncode}); "
+                    f"see {log_path}:\n{tail}"
+                )
+        report = parse_load_output(text)
+        if report.inserted != rows:
+            raise BenchError(f"the load generator inserted {report.inserted} of {rows} rows")
+        return report, lag_samples
+
+    def _count_sql(self) -> str:
+        s = self.settings
+        return (
+            f"SELECT (SELECT count(*) FROM public.{s.listings_table} WHERE id BETWEEN %(a)s AND "
+            f"%(b)s), (SELECT count(*) FROM public.{s.predictions_table} WHERE listing_id "
+            "BETWEEN %(a)s AND %(b)s)"
+        )
+
+    def wait_predicted(
+        self, report: LoadReport, timeout_s: float, lag: LagProbe | None = None
+    ) -> tuple[int, list[tuple[float, int]]]:
+        """Poll one count query until every inserted row has its prediction row."""
+        import psycopg2
+
+        lag_samples: list[tuple[float, int]] = []
+        bounds = {"a": report.first_id, "b": report.last_id}
+        conn = psycopg2.connect(self.dsn, connect_timeout=10)
+        conn.autocommit = True
+        try:
+            with (
+                conn.cursor() as cur,
+                Waiting(self.console, "waiting for prediction rows", timeout_s) as wait,
+            ):
+                while True:
+                    cur.execute(self._count_sql(), bounds)
+                    listings, predicted = cur.fetchone()
+                    if lag is not None and (current := lag.lag()) is not None:
+                        lag_samples.append((time.time() * 1000, current))
+                    if predicted >= listings:
+                        return int(listings), lag_samples
+                    if wait.expired():
+                        raise BenchError(
+                            f"only {predicted} of {listings} listings had a prediction row "
+                            f"{timeout_s:.0f}s after the inserts; {self._pipeline_hint()}"
+                        )
+                    wait.update(f"{predicted}/{listings} rows")
+                    time.sleep(0.25)
+        finally:
+            conn.close()
+
+    def _pipeline_hint(self) -> str:
+        s = self.settings
+        states = []
+        for name in (s.source_connector, s.sink_connector):
+            try:
+                body = requests.get(f"{s.connect_url}/connectors/{name}/status", timeout=5).json()
+                tasks = ",".join(t.get("state", "?") for t in body.get("tasks", []))
+                states.append(f"{name}: {body.get('connector', {}).get('state')} tasks [{tasks}]")
+            except (requests.RequestException, ValueError):
+                states.append(f"{name}: status not available")
+        where = self.bridge.log_path if self.bridge else "the running bridge's log"
+        return (
+            f"connectors: {'; '.join(states)}. Check {where}, `streaming-ml stack logs connect` "
+            f"and the DLQ topic {s.dlq_topic}"
+        )
+
+    def fetch_rows(self, report: LoadReport) -> list[tuple[float, ...]]:
+        """Every stamp of every row of a run, in one query."""
+        import psycopg2
+
+        s = self.settings
+        query = (
+            "SELECT listing_id, source_ts_ms, kafka_ts_ms, bridge_received_ts_ms, "
+            "predicted_ts_ms, model_latency_ms, "
+            "extract(epoch FROM written_at)::float8 * 1000 "
+            f"FROM public.{s.predictions_table} WHERE listing_id BETWEEN %s AND %s"
+        )
+        conn = psycopg2.connect(self.dsn, connect_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, (report.first_id, report.last_id))
+                return [tuple(float(v) for v in row) for row in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def prediction_topic_times(
+        self, start: Mapping[int, int], first_id: int, last_id: int, values: bool = False
+    ) -> dict[int, Any]:
+        """listing_id → broker timestamp (ms) of its prediction record (or, with
+        ``values``, (timestamp, decoded value)) for ids in [first_id, last_id]."""
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        from streaming_ml import serde
+
+        s = self.settings
+        decode = serde.writer_schema_deserializer(serde.registry_client(s.registry_url))
+        key_ctx = SerializationContext(s.predictions_topic, MessageField.KEY)
+        value_ctx = SerializationContext(s.predictions_topic, MessageField.VALUE)
+        found: dict[int, Any] = {}
+
+        def keep(msg: Any) -> None:
+            key = decode(msg.key(), key_ctx)
+            lid = int(key["listing_id"]) if isinstance(key, Mapping) else None
+            if lid is None or not first_id <= lid <= last_id or msg.value() is None:
+                return
+            ts = float(msg.timestamp()[1])
+            found[lid] = (ts, decode(msg.value(), value_ctx)) if values else ts
+
+        read_topic(s, s.predictions_topic, start, keep, 120.0, self.console)
+        return found
+
+    def _topic_ends(self, topic: str) -> dict[int, int]:
+        consumer = _consumer(self.settings)
+        try:
+            return high_watermarks(consumer, topic) or {}
+        finally:
+            consumer.close()
+
+    # -- runs --
+
+    def warm_up(self) -> dict[str, Any]:
+        """A few seconds at the latency run's rate end to end: proves the pipeline works,
+        warms every cache and JIT, and switches the topics to broker append time before
+        anything is measured (a first few rows create the topics on a fresh stack)."""
+        o, s = self.options, self.settings
+        first, _ = self.load(20, None, 1, "warm-up: first rows (create the topics)")
+        self.wait_predicted(first, 180.0)
+        previous = use_log_append_time(s, [s.listings_topic, s.predictions_topic])
+        rows = max(1, round(o.rate * o.warmup_s))
+        batch = o.rows_per_commit(o.rate)
+        report, _ = self.load(rows, o.rate, batch, f"warm-up: {rows} rows at {o.rate:g} rows/s")
+        count, _ = self.wait_predicted(report, o.drain_timeout_s)
+        return {"rows": first.inserted + count, "topic_timestamp_type_before": previous}
+
+    def timed_run(
+        self, rate: float, duration_s: float, label: str, commits_per_s: int = BATCHED_COMMITS_PER_S
+    ) -> dict[str, Any]:
+        """Insert at ``rate`` for ``duration_s`` from the load generator; read every row's
+        stamps back; return figures (and keep the per-row series for the plot)."""
+        o, s = self.options, self.settings
+        rows = max(1, round(rate * duration_s))
+        batch = o.rows_per_commit(rate, commits_per_s)
+        # Other work on the machine skews every figure: record how busy it was.
+        load_before = round(os.getloadavg()[0], 2)
+        pred_start = self._topic_ends(s.predictions_topic)
+        lag = LagProbe(s, self.env.bridge_group or s.consumer_group, s.listings_topic)
+        try:
+            report, lag_load = self.load(
+                rows, rate, batch, f"{label}: {rows} rows at {rate:g} rows/s", lag
+            )
+            inserted_at = time.time() * 1000
+            count, lag_drain = self.wait_predicted(report, o.drain_timeout_s, lag)
+        finally:
+            lag.close()
+        drained_s = (time.time() * 1000 - inserted_at) / 1000
+        topic_ts = self.prediction_topic_times(pred_start, report.first_id, report.last_id)
+        times = RowTimes.from_rows(self.fetch_rows(report), topic_ts)
+        if len(times) != count:
+            raise BenchError(f"{label}: read {len(times)} prediction rows, expected {count}")
+        e2e = times.stages()["end_to_end"]
+        keeps_up, growth = growth_verdict(times.source_ts, e2e)
+        commit_span_s = (times.source_ts.max() - times.source_ts.min()) / 1000
+        out_span_s = (times.written_ts.max() - times.written_ts.min()) / 1000
+        lag_samples = lag_load + lag_drain
+        result = {
+            "offered_rows_per_s": rate,
+            "duration_s": duration_s,
+            "insert_mode": o.insert_mode,
+            "rows_per_commit": batch,
+            "rows_inserted": report.inserted,
+            "rows_measured": len(times),
+            "rows_with_topic_timestamp": int(np.isfinite(times.topic_ts).sum()),
+            "first_id": report.first_id,
+            "last_id": report.last_id,
+            "load_generator_rows_per_s": round(report.rows_per_s, 1),
+            "commit_rows_per_s": round(len(times) / commit_span_s, 1) if commit_span_s else None,
+            "output_rows_per_s": round(len(times) / out_span_s, 1) if out_span_s else None,
+            "drain_after_last_insert_s": round(drained_s, 2),
+            "max_consumer_lag": max((v for _, v in lag_samples), default=None),
+            "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+            "latency_ms": summarize(e2e),
+            "stages": times.stage_summary(),
+            "latency_growth": growth,
+            "latency_not_growing": keeps_up,
+        }
+        self.series[label] = {"times": times, "lag": lag_samples}
+        return result
+
+    def latency_run(self) -> dict[str, Any]:
+        o = self.options
+        self.console.rule(f"[bold]latency run: {o.rate:g} rows/s for {o.duration_s:g}s")
+        return self.timed_run(o.rate, o.duration_s, "latency")
+
+    def throughput_steps(self) -> tuple[list[dict[str, Any]], float | None, str]:
+        """Step the rate up until the pipeline falls behind; (steps, max sustained, why)."""
+        o = self.options
+        steps: list[dict[str, Any]] = []
+        best: float | None = None
+        why = f"kept up at every step up to {max(o.step_rates):g} rows/s (raise --steps)"
+        for rate in o.step_rates:
+            self.console.rule(f"[bold]throughput step: {rate:g} rows/s for {o.step_duration_s:g}s")
+            try:
+                step = self.timed_run(rate, o.step_duration_s, f"step {rate:g}", STEP_COMMITS_PER_S)
+            except BenchError as error:
+                steps.append({"offered_rows_per_s": rate, "kept_up": False, "error": str(error)})
+                why = f"fell behind at {rate:g} rows/s: {error}"
+                break
+            commit_rate = step["commit_rows_per_s"] or 0.0
+            output_rate = step["output_rows_per_s"] or 0.0
+            generator_ok = commit_rate >= MIN_ACHIEVED_SHARE * rate
+            output_ok = output_rate >= MIN_ACHIEVED_SHARE * commit_rate
+            # Kept up = the pipeline kept pace with what was committed; whether the generator
+            # reached the offered rate is reported separately.
+            step["kept_up"] = bool(output_ok and step["latency_not_growing"])
+            step["generator_reached_rate"] = bool(generator_ok)
+            steps.append(step)
+            if not output_ok:
+                why = (
+                    f"fell behind at {rate:g} rows/s: rows were committed at {commit_rate:.0f} "
+                    f"rows/s but written back at only {output_rate:.0f} rows/s "
+                    f"(max lag {step['max_consumer_lag']})"
+                )
+                break
+            if not step["latency_not_growing"]:
+                g = step["latency_growth"]
+                why = (
+                    f"fell behind at {rate:g} rows/s: p95 latency grew from "
+                    f"{g['first_third_p95_ms']:.0f} ms to {g['last_third_p95_ms']:.0f} ms "
+                    f"within the step (max lag {step['max_consumer_lag']})"
+                )
+                break
+            if not generator_ok:
+                # The pipeline kept up with what was committed; the generator is the limit.
+                why = (
+                    f"the load generator reached only {commit_rate:.0f} of {rate:g} rows/s "
+                    "(bound by the generator / Postgres commits; the pipeline kept up with that)"
+                )
+                best = max(best or 0.0, commit_rate)
+                break
+            best = min(rate, commit_rate)
+        return steps, best, why
+
+    def bridge_only_run(self) -> dict[str, Any]:
+        """Pre-fill the change topic with no bench bridge running, then time a bridge in a
+        new consumer group draining it (bridge + model, no Debezium in the way)."""
+        o, s = self.options, self.settings
+        self.console.rule(f"[bold]bridge-only run: {o.prefill_rows} pre-filled rows")
+        if self.env.external_bridge:
+            self.console.print(
+                "[yellow]a bridge the bench did not start is running; it consumes the "
+                "pre-filled rows at the same time and shares the CPU, so this figure is low"
+            )
+        self._stop_bridge()
+        change_start = self._topic_ends(s.listings_topic)
+        report, _ = self.load(
+            o.prefill_rows, None, PREFILL_BATCH_ROWS, f"pre-filling {o.prefill_rows} rows"
+        )
+        target = sum(change_start.values()) + o.prefill_rows
+        with Waiting(self.console, "Debezium writing them to the change topic", 300.0) as wait:
+            while (have := sum(self._topic_ends(s.listings_topic).values())) < target:
+                if wait.expired():
+                    raise BenchError(
+                        f"only {have - sum(change_start.values())} of {o.prefill_rows} change "
+                        f"events reached {s.listings_topic}; {self._pipeline_hint()}"
+                    )
+                wait.update(f"{have - sum(change_start.values())}/{o.prefill_rows} events")
+                time.sleep(0.25)
+            capture_s = wait.elapsed
+        group = f"sml-bench-prefill-{uuid.uuid4().hex[:8]}"
+        commit_offsets(s, group, s.listings_topic, change_start)
+        pred_start = self._topic_ends(s.predictions_topic)
+        began = time.monotonic()
+        bridge = BridgeProcess(s, self.child_env, group, self.log_dir, once=True)
+        bridge.start()
+        try:
+            summary = bridge.wait_exit(
+                self.console, 300.0, f"bridge (group {group}) draining {o.prefill_rows} events"
+            )
+        finally:
+            bridge.stop()
+        wall_s = time.monotonic() - began
+        found = self.prediction_topic_times(pred_start, report.first_id, report.last_id, True)
+        if len(found) != o.prefill_rows:
+            raise BenchError(
+                f"the drained bridge produced {len(found)} predictions for {o.prefill_rows} "
+                f"rows; see {bridge.log_path}"
+            )
+        appended = np.array([ts for ts, _ in found.values()])
+        received = np.array([v["bridge_received_ts_ms"] for _, v in found.values()], dtype=float)
+        span_s = (appended.max() - received.min()) / 1000
+        return {
+            "rows": o.prefill_rows,
+            "predictions": len(found),
+            "bridge_summary": summary,
+            "first_read_to_last_append_s": round(span_s, 3),
+            "bridge_rows_per_s": round(len(found) / span_s, 1) if span_s > 0 else None,
+            "bridge_process_wall_s": round(wall_s, 2),
+            "wall_rows_per_s_incl_startup": round(len(found) / wall_s, 1),
+            "prefill_load_generator_rows_per_s": round(report.rows_per_s, 1),
+            "prefill_capture_wait_s": round(capture_s, 2),
+            "model_call_ms": summarize([v["model_latency_ms"] for _, v in found.values()]),
+        }
+
+    def serving_run(self) -> dict[str, Any]:
+        return serving.serving_run(self.settings, self.options, self.console, self._next_seed)

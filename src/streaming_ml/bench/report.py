@@ -1,0 +1,291 @@
+"""The bench's report: machine facts, component versions and settings for the JSON
+document, the summary table and the PNG plot."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from rich.console import Console
+
+from streaming_ml.bench.stats import STAGES, RowTimes
+from streaming_ml.config import Settings
+
+# Python libraries whose versions go into the report.
+LIBRARIES = (
+    "bentoml", "xgboost", "scikit-learn", "pandas", "numpy", "confluent-kafka",
+    "psycopg2-binary", "requests", "fastavro", "pydantic", "matplotlib",
+)  # fmt: skip
+
+
+def machine_facts() -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                facts["memory_gib"] = round(int(line.split()[1]) / 1024**2, 1)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    return facts
+
+
+def component_versions(settings: Settings, dsn: str) -> dict[str, Any]:
+    """Versions of the Python libraries and of every running component (best effort:
+    a component that does not answer is reported as such, not guessed)."""
+    import confluent_kafka
+
+    versions: dict[str, Any] = {"python_libraries": {}}
+    for name in LIBRARIES:
+        try:
+            versions["python_libraries"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions["python_libraries"][name] = None
+    versions["librdkafka"] = confluent_kafka.libversion()[0]
+
+    def get(url: str) -> Any:
+        try:
+            return requests.get(url, timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return None
+
+    connect_info = get(settings.connect_url + "/") or {}
+    versions["kafka_connect"] = connect_info.get("version")
+    plugins = get(settings.connect_url + "/connector-plugins") or []
+    versions["connector_plugins"] = {
+        p.get("class", "?").rsplit(".", 1)[-1]: p.get("version")
+        for p in plugins
+        if "debezium" in p.get("class", "")
+    }
+    registry = get(f"http://{settings.host}:{settings.registry_port}/apis/registry/v3/system/info")
+    versions["apicurio_registry"] = (registry or {}).get("version")
+    try:
+        import psycopg2
+
+        with (
+            contextlib.closing(psycopg2.connect(dsn, connect_timeout=5)) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute("SHOW server_version")
+            versions["postgres"] = cur.fetchone()[0]
+    except Exception as error:  # reported, not fatal: the figures do not depend on it
+        versions["postgres"] = f"unknown ({type(error).__name__})"
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=15)
+        versions["java"] = (java.stderr or java.stdout).splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        versions["java"] = None
+    model_info = get(settings.prediction_url.rstrip("/") + "/model_info")
+    if model_info is None:
+        with contextlib.suppress(requests.RequestException, ValueError):
+            answer = requests.post(settings.prediction_url.rstrip("/") + "/model_info", timeout=5)
+            model_info = answer.json()
+    versions["model_tag"] = (model_info or {}).get("tag")
+    return versions
+
+
+def pipeline_settings(settings: Settings) -> dict[str, Any]:
+    """The knobs that shape the figures: bridge batching and both connector configs."""
+    configs = {}
+    for name in (settings.source_connector, settings.sink_connector):
+        try:
+            configs[name] = requests.get(
+                f"{settings.connect_url}/connectors/{name}/config", timeout=5
+            ).json()
+        except (requests.RequestException, ValueError):
+            configs[name] = None
+    for config in configs.values():
+        if isinstance(config, dict):
+            for key in list(config):
+                if "password" in key.lower():
+                    config[key] = "***"
+    return {
+        "bridge_batch_max_events": settings.batch_max_events,
+        "bridge_batch_linger_ms": settings.batch_linger_ms,
+        "request_timeout_s": settings.request_timeout_s,
+        "connectors": configs,
+    }
+
+
+def print_summary(doc: Mapping[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"streaming-ml bench ({doc['bench']['profile']})")
+    table.add_column("figure")
+    table.add_column("measured", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("met", justify="center")
+    for key, entry in doc.get("targets", {}).items():
+        value = entry["measured"]
+        shown = f"{value:,.1f}" if isinstance(value, int | float) else "—"
+        met = {True: "[green]yes", False: "[red]no", None: "—"}[entry["met"]]
+        table.add_row(key, shown, entry["target"], met)
+    console.print(table)
+    for error in doc.get("errors", []):
+        console.print(f"[red]error:[/] {error}")
+
+
+def _second_bins(t_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile ``q`` of ``values`` per whole second of ``t_s``."""
+    seconds = np.floor(t_s).astype(int)
+    xs, ys = [], []
+    for sec in np.unique(seconds):
+        chosen = values[seconds == sec]
+        if chosen.size:
+            xs.append(sec + 0.5)
+            ys.append(np.percentile(chosen, q))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) -> None:
+    """One PNG: latency over time, per-stage percentiles, throughput steps, serving."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10), dpi=100)
+    profile = doc["bench"]["profile"]
+    fig.suptitle(
+        f"streaming-ml bench ({profile}) — {doc['bench'].get('started_at', '')[:19]} UTC, "
+        f"{doc['machine'].get('cpu_count')} cores", fontsize=13,
+    )  # fmt: skip
+
+    ax = axes[0][0]
+    latency = series.get("latency")
+    if latency is not None and len(latency["times"]):
+        times: RowTimes = latency["times"]
+        start = times.source_ts.min()
+        t_s = (times.source_ts - start) / 1000
+        e2e = times.stages()["end_to_end"]
+        ax.scatter(t_s, e2e, s=3, alpha=0.25, color="tab:blue", label="each row")
+        for q, colour in ((50, "tab:green"), (99, "tab:red")):
+            xs, ys = _second_bins(t_s, e2e, q)
+            ax.plot(xs, ys, color=colour, linewidth=2, label=f"p{q} per second")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds since the first commit")
+        ax.set_ylabel("commit → prediction row written (ms)")
+        run = doc.get("latency_run", {})
+        ax.set_title(
+            f"End-to-end latency at {run.get('offered_rows_per_s', 0):g} rows/s "
+            f"({run.get('insert_mode')}, {run.get('rows_per_commit')} rows/commit)"
+        )
+        if latency["lag"]:
+            lag_t = (np.array([t for t, _ in latency["lag"]]) - start) / 1000
+            twin = ax.twinx()
+            twin.plot(lag_t, [v for _, v in latency["lag"]], color="tab:gray",
+                      linestyle="--", label="consumer lag")  # fmt: skip
+            twin.set_ylabel("consumer lag (events)", color="tab:gray")
+            twin.legend(loc="upper right")
+        ax.legend(loc="upper left")
+        ax.grid(True, which="both", alpha=0.3)
+    else:
+        _empty(ax, "latency run not measured")
+
+    ax = axes[0][1]
+    stages = doc.get("stages")
+    if stages:
+        names = [name for name, _ in STAGES if stages.get(name, {}).get("count")]
+        y = np.arange(len(names))
+        for offset, (q, colour) in zip(
+            (-0.27, 0.0, 0.27),
+            ((50, "tab:green"), (95, "tab:orange"), (99, "tab:red")),
+            strict=True,
+        ):
+            values = [max(stages[n][f"p{q}"] or 0.0, 0.01) for n in names]
+            ax.barh(y + offset, values, height=0.25, color=colour, label=f"p{q}")
+            for yy, v in zip(y + offset, values, strict=True):
+                ax.text(v, yy, f" {v:.1f}", va="center", fontsize=7)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (log scale)")
+        ax.set_title("Latency per stage (latency run)")
+        low, high = ax.get_xlim()
+        ax.set_xlim(low, high * 4)  # room for the value labels and the legend
+        ax.legend(loc="upper right")
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    else:
+        _empty(ax, "no stage breakdown")
+
+    ax = axes[1][0]
+    steps = [s for s in doc.get("throughput_steps") or [] if "commit_rows_per_s" in s]
+    if steps:
+        x = np.arange(len(steps))
+        offered = [s["offered_rows_per_s"] for s in steps]
+        ax.bar(x - 0.2, offered, width=0.4, color="tab:gray", label="offered")
+        ax.bar(x + 0.2, [s["commit_rows_per_s"] or 0 for s in steps], width=0.4,
+               color=["tab:green" if s["kept_up"] else "tab:red" for s in steps],
+               label="committed (green: kept up)")  # fmt: skip
+        ax.set_xticks(x, [f"{r:g}" for r in offered])
+        ax.set_xlabel("offered rate (rows/s)")
+        ax.set_ylabel("rows/s")
+        bridge = doc.get("bridge_rows_per_s")
+        if bridge:
+            ax.axhline(
+                bridge, color="tab:purple", linestyle=":", label=f"bridge only {bridge:,.0f}"
+            )
+        twin = ax.twinx()
+        twin.plot(x, [s["latency_ms"]["p99"] for s in steps], "o-", color="tab:red",
+                  label="p99 latency")  # fmt: skip
+        twin.set_ylabel("p99 commit → row (ms)", color="tab:red")
+        best = doc.get("max_sustained_rows_per_s")
+        ax.set_title(f"Throughput steps — max sustained {best or 0:,.0f} rows/s")
+        ax.legend(loc="upper left")
+        ax.grid(True, axis="y", alpha=0.3)
+    else:
+        _empty(ax, "throughput steps not measured")
+
+    ax = axes[1][1]
+    serving = doc.get("serving")
+    if serving:
+        names = [("predict_one_row_ms", "/predict 1 row"),
+                 ("predict_1000_rows_ms", "/predict 1000 rows"),
+                 ("predict_batch_500_records_ms", "/predict_batch 500")]  # fmt: skip
+        conc = serving["concurrent_one_row"]
+        rows = [(label, serving[key]) for key, label in names]
+        rows.append((f"1 row, {conc['threads']} threads", conc["latency_ms"]))
+        x = np.arange(len(rows))
+        for offset, (q, colour) in zip(
+            (-0.27, 0.0, 0.27),
+            ((50, "tab:green"), (95, "tab:orange"), (99, "tab:red")),
+            strict=True,
+        ):
+            values = [r[f"p{q}"] or 0.0 for _, r in rows]
+            ax.bar(x + offset, values, width=0.25, color=colour, label=f"p{q}")
+            for xx, v in zip(x + offset, values, strict=True):
+                ax.text(xx, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [label for label, _ in rows], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (log scale)")
+        ax.set_title(f"Serving latency — {conc['requests_per_s']:,.0f} req/s with "
+                     f"{conc['threads']} threads")  # fmt: skip
+        ax.legend(loc="upper left")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    else:
+        _empty(ax, "serving run not measured")
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_axis_off()
