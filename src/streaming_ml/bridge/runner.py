@@ -1,31 +1,13 @@
-"""The bridge: Debezium change events in, price predictions out.
-
-One loop, shaped like confluent-kafka-python's consumer examples:
-
-1. collect a micro-batch (up to ``batch_max_events`` or ``batch_linger_ms``);
-2. decode each event with the registry; undecodable or unpriceable rows go to the
-   dead-letter topic with their original bytes and a reason;
-3. skip updates whose features did not change (features hash), price the rest in
-   one ``/predict_batch`` call, retrying with backoff and pausing the partitions
-   while the service is down;
-4. produce one prediction (or a tombstone for a delete) per listing, wait for the
-   broker's acknowledgements, and only then commit the consumed offsets.
-
-A crash anywhere before the commit means redelivery; the JDBC sink upserts by
-``listing_id``, so a redelivered event rewrites the same row.
-"""
+"""The Bridge (the consume, price, produce, commit loop) and ``run_bridge``."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import requests
 from confluent_kafka import (
@@ -38,389 +20,31 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry.common._httpx_compat import httpx
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from streaming_ml import connect, serde
+from streaming_ml.bridge.batch import (
+    Action,
+    Change,
+    _listing_id,
+    backoff_delays,
+    dlq_headers,
+    offsets_to_commit,
+    parse_change,
+    plan_actions,
+    prediction_record,
+    registry_unavailable,
+    service_records,
+)
+from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats
+from streaming_ml.bridge.watchdog import ConnectorWatchdog
 from streaming_ml.config import Settings
-from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, feature_problems
-from streaming_ml.exceptions import BridgeError, ConnectorError, ServiceUnavailableError
+from streaming_ml.exceptions import BridgeError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
-# Debezium op codes: create, update, delete, read (snapshot).
-PRICED_OPS = frozenset({"c", "u", "r"})
 HASH_CACHE_SIZE = 1_000_000
-
-
-# --- Pure pieces (unit-tested without Kafka) ------------------------------------
-
-
-def features_hash(row: Mapping[str, Any]) -> str:
-    """Stable hash of the priced features: equal features give an equal hash whatever
-    the other columns (price) or the numeric representation (2 vs 2.0) are."""
-    canonical: dict[str, Any] = {}
-    for name in FEATURES:
-        value = row.get(name)
-        kind = COLUMNS_BY_NAME[name].kind
-        if value is not None and kind != "category":
-            value = float(value)
-            if kind == "int" and value.is_integer():
-                value = int(value)
-        canonical[name] = value
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def dlq_reason(problems: Mapping[str, str]) -> str:
-    """``field: problem; field: problem`` in schema order, e.g. for a DLQ header."""
-    order = {name: i for i, name in enumerate(FEATURES)}
-    items = sorted(problems.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
-    return "; ".join(f"{name}: {problem}" for name, problem in items)
-
-
-def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    return [
-        ("reason", reason.encode()),
-        ("source.topic", topic.encode()),
-        ("source.partition", str(partition).encode()),
-        ("source.offset", str(offset).encode()),
-    ]
-
-
-@dataclass(frozen=True)
-class Change:
-    """One row change, whatever envelope it came in."""
-
-    op: str
-    listing_id: int | None
-    row: dict[str, Any] | None  # the row after the change (None for a delete)
-    source_ts_ms: int | None
-    lsn: int | None
-
-
-def parse_change(key: Mapping[str, Any] | None, value: Mapping[str, Any]) -> Change:
-    """Read a decoded Debezium event: the standard envelope, or an
-    ``ExtractNewRecordState``-flattened row with ``__op``/``__source_ts_ms`` fields."""
-    if "op" in value and ("after" in value or "before" in value):
-        source = value.get("source") or {}
-        after, before = value.get("after"), value.get("before")
-        op = str(value["op"])
-        ts = source.get("ts_ms", value.get("ts_ms"))
-        lsn = source.get("lsn")
-        row = after if op != "d" else None
-        listing_id = _listing_id(key, after or before)
-    else:
-        deleted = str(value.get("__deleted", "false")).lower() == "true"
-        op = "d" if deleted else str(value.get("__op", "c"))
-        ts = value.get("__source_ts_ms", value.get("__ts_ms"))
-        lsn = value.get("__lsn")
-        row = None if op == "d" else dict(value)
-        listing_id = _listing_id(key, value)
-    return Change(
-        op=op,
-        listing_id=listing_id,
-        row=dict(row) if row is not None else None,
-        source_ts_ms=int(ts) if ts is not None else None,
-        lsn=int(lsn) if lsn is not None else None,
-    )
-
-
-def _listing_id(key: Mapping[str, Any] | None, row: Mapping[str, Any] | None) -> int | None:
-    for source in (key, row):
-        if source and source.get("id") is not None:
-            return int(source["id"])
-    return None
-
-
-def registry_unavailable(error: BaseException) -> bool:
-    """True when decoding failed because the registry could not answer (retry later),
-    False when the message itself is bad (dead-letter it)."""
-    if isinstance(error, httpx.TransportError):
-        return True
-    if isinstance(error, SchemaRegistryError):
-        status = error.http_status_code
-        return status is None or status >= 500 or status in (408, 429) or status < 0
-    return False
-
-
-def offsets_to_commit(positions: Iterable[tuple[str, int, int]]) -> list[TopicPartition]:
-    """The next offset to read per partition, from (topic, partition, offset) of handled
-    messages: the highest offset + 1, since every message up to it is done."""
-    highest: dict[tuple[str, int], int] = {}
-    for topic, partition, offset in positions:
-        tp = (topic, partition)
-        highest[tp] = max(offset, highest.get(tp, -1))
-    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
-
-
-ActionKind = Literal["predict", "tombstone", "skip", "dlq"]
-
-
-@dataclass
-class Action:
-    """What the bridge does with one consumed message; ``outputs`` keep input order."""
-
-    kind: ActionKind
-    index: int
-    listing_id: int | None = None
-    change: Change | None = None
-    features_hash: str | None = None
-    reason: str | None = None
-    skip_why: str | None = None
-
-
-def plan_actions(
-    changes: Sequence[Change | str],
-    known_hashes: Callable[[int], str | None],
-    stored_hashes: Callable[[list[int]], Mapping[int, str]] | None = None,
-) -> list[Action]:
-    """Decide per event, in order: predict, tombstone, skip (unchanged features) or DLQ.
-
-    ``changes`` holds a Change, or a string reason when the message could not be
-    decoded. ``known_hashes`` answers from the bridge's cache; ``stored_hashes`` is
-    asked once for updates the cache does not know (the predictions table), so an
-    unchanged update is recognised after a restart too.
-    """
-    overlay: dict[int, str | None] = {}  # effect of earlier events in this batch
-
-    def last_hash(listing_id: int) -> str | None:
-        if listing_id in overlay:
-            return overlay[listing_id]
-        return known_hashes(listing_id)
-
-    # One lookup for updates whose listing the cache does not know.
-    misses = [
-        c.listing_id
-        for c in changes
-        if isinstance(c, Change)
-        and c.op == "u"
-        and c.listing_id is not None
-        and known_hashes(c.listing_id) is None
-    ]
-    stored = dict(stored_hashes(sorted(set(misses)))) if stored_hashes and misses else {}
-
-    actions: list[Action] = []
-    for index, change in enumerate(changes):
-        if isinstance(change, str):
-            actions.append(Action("dlq", index, reason=change))
-            continue
-        if change.op not in PRICED_OPS and change.op != "d":
-            actions.append(Action("skip", index, change.listing_id, change, skip_why=change.op))
-            continue
-        lid = change.listing_id
-        if lid is None:
-            actions.append(Action("dlq", index, change=change, reason="id: missing from event"))
-            continue
-        if change.op == "d":
-            overlay[lid] = None
-            actions.append(Action("tombstone", index, lid, change))
-            continue
-        if change.row is None:
-            actions.append(Action("dlq", index, lid, change, reason="after: missing from event"))
-            continue
-        problems = feature_problems(change.row)
-        if problems:
-            # An update that breaks a priced row leaves no stale price behind.
-            kind: ActionKind = "dlq"
-            actions.append(Action(kind, index, lid, change, reason=dlq_reason(problems)))
-            if change.op == "u":
-                overlay[lid] = None
-                actions.append(Action("tombstone", index, lid, change))
-            continue
-        digest = features_hash(change.row)
-        previous = last_hash(lid)
-        if previous is None and change.op == "u" and lid not in overlay:
-            previous = stored.get(lid)
-        if previous == digest:
-            actions.append(Action("skip", index, lid, change, digest, skip_why="unchanged"))
-            continue
-        overlay[lid] = digest
-        actions.append(Action("predict", index, lid, change, digest))
-    return actions
-
-
-def prediction_record(
-    action: Action,
-    result: Mapping[str, Any],
-    *,
-    kafka_ts_ms: int,
-    received_ts_ms: int,
-    predicted_ts_ms: int,
-    model_latency_ms: float,
-) -> dict[str, Any]:
-    """The Avro value for one priced listing (fields of data.PREDICTION_FIELDS)."""
-    assert action.change is not None and action.listing_id is not None
-    source_ts = (
-        action.change.source_ts_ms if action.change.source_ts_ms is not None else kafka_ts_ms
-    )
-    return {
-        "listing_id": action.listing_id,
-        "predicted_price": float(result["predicted_price"]),
-        "model_tag": str(result["model_tag"]),
-        "features_hash": action.features_hash,
-        "source_lsn": action.change.lsn,
-        "source_ts_ms": source_ts,
-        "kafka_ts_ms": kafka_ts_ms,
-        "bridge_received_ts_ms": received_ts_ms,
-        "predicted_ts_ms": predicted_ts_ms,
-        "model_latency_ms": float(model_latency_ms),
-        "end_to_end_ms": float(predicted_ts_ms - source_ts),
-    }
-
-
-def service_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The feature columns of each row, as /predict_batch expects them."""
-    return [{name: row.get(name) for name in FEATURES} for row in rows]
-
-
-def backoff_delays(retries: int, base_s: float, cap_s: float) -> list[float]:
-    """Exponential backoff: base, 2*base, 4*base ... capped."""
-    return [min(cap_s, base_s * 2**i) for i in range(retries)]
-
-
-# --- Metrics ----------------------------------------------------------------------
-
-
-class BridgeMetrics:
-    """Prometheus metrics in a registry owned by one bridge (no global state)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.events = Counter("sml_bridge_events", "Change events consumed", ["op"], registry=r)
-        self.predictions = Counter(
-            "sml_bridge_predictions", "Prediction records produced", registry=r
-        )
-        self.tombstones = Counter(
-            "sml_bridge_tombstones", "Prediction tombstones produced (deletes)", registry=r
-        )
-        self.dlq = Counter("sml_bridge_dlq", "Events sent to the DLQ", ["stage"], registry=r)
-        self.skipped = Counter(
-            "sml_bridge_skipped_unchanged", "Updates not re-priced: features unchanged", registry=r
-        )
-        self.batch_size = Histogram(
-            "sml_bridge_batch_size",
-            "Events per micro-batch",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
-            registry=r,
-        )
-        self.lag = Gauge(
-            "sml_bridge_consumer_lag", "High watermark minus position", ["partition"], registry=r
-        )
-        self.paused = Gauge(
-            "sml_bridge_paused", "1 while consumption is paused (service down)", registry=r
-        )
-        self.latency = Histogram(
-            "sml_bridge_stage_latency_seconds",
-            "Latency per stage: commit_to_kafka, kafka_to_bridge, model_call, end_to_end",
-            ["stage"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=r,
-        )
-        self.connector_restarts = Counter(
-            "sml_bridge_connector_restarts",
-            "Restarts of FAILED connector instances or tasks by the connector watchdog",
-            ["connector"],
-            registry=r,
-        )
-
-
-@dataclass
-class BridgeStats:
-    events: int = 0
-    predicted: int = 0
-    tombstones: int = 0
-    skipped_unchanged: int = 0
-    skipped_other: int = 0
-    dlq: int = 0
-    batches: int = 0
-    last_batch: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, int]:
-        return {
-            "events": self.events,
-            "predicted": self.predicted,
-            "tombstones": self.tombstones,
-            "skipped_unchanged": self.skipped_unchanged,
-            "skipped_other": self.skipped_other,
-            "dlq": self.dlq,
-            "batches": self.batches,
-        }
-
-
-class ConnectorWatchdog:
-    """Restart connectors whose instance or tasks FAILED, from a daemon thread.
-
-    A task that hits an error Connect treats as fatal (the Apicurio converter while
-    the registry restarts, say) stays FAILED until someone restarts it; errors.retry
-    settings do not cover that. Every ``interval_s`` this asks Connect for each
-    connector's status and restarts only the failed parts. Connect being unreachable
-    is logged and tried again on the next tick: it never stops the bridge.
-    """
-
-    def __init__(
-        self, connect_url: str, names: Sequence[str], interval_s: float, restarts: Counter
-    ) -> None:
-        self.connect_url = connect_url
-        self.names = tuple(names)
-        self.interval_s = interval_s
-        self.restarts = restarts
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="connector-watchdog", daemon=True)
-        self._thread.start()
-
-    def stop(self, wait: bool = True) -> None:
-        self._stop.set()
-        if wait and self._thread is not None and self._thread is not threading.current_thread():
-            # One check makes at most a few HTTP calls of 10 s timeout each.
-            self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception:  # the watchdog must outlive any surprise in one check
-                logger.exception("connector check failed unexpectedly; trying again next tick")
-
-    def check(self) -> list[str]:
-        """One round over the connectors; returns the names it restarted."""
-        restarted: list[str] = []
-        for name in self.names:
-            try:
-                status = connect.connector_status(self.connect_url, name)
-                if status is None:
-                    logger.warning(
-                        "connector is not registered; restart the bridge to register it",
-                        extra={"connector": name},
-                    )
-                    continue
-                failed = connect.failed_parts(status)
-                if not failed:
-                    continue
-                for part, info in failed:
-                    logger.warning(
-                        "connector FAILED: restarting the failed parts",
-                        extra={
-                            "connector": name,
-                            "part": part,
-                            "trace": connect.trace_summary(info.get("trace")),
-                        },
-                    )
-                if connect.restart_failed(self.connect_url, name):
-                    self.restarts.labels(name).inc()
-                    restarted.append(name)
-            except ConnectorError as error:
-                logger.warning(
-                    "connector check failed; trying again next tick",
-                    extra={"connector": name, "error": str(error), "retry_in_s": self.interval_s},
-                )
-        return restarted
 
 
 class _Stopped(Exception):
@@ -436,9 +60,6 @@ class _Rejected(Exception):
         super().__init__(f"HTTP {status}: {body}")
         self.status = status
         self.body = body
-
-
-# --- The bridge ---------------------------------------------------------------------
 
 
 class Bridge:
@@ -1196,18 +817,3 @@ def run_bridge(
         signal.signal(signal.SIGINT, _handle)
     stats = bridge.run(max_events=max_events, timeout=timeout, once=once)
     return stats
-
-
-__all__ = [
-    "Bridge",
-    "BridgeMetrics",
-    "BridgeStats",
-    "Change",
-    "ConnectorWatchdog",
-    "dlq_reason",
-    "features_hash",
-    "offsets_to_commit",
-    "parse_change",
-    "plan_actions",
-    "run_bridge",
-]

@@ -1,0 +1,75 @@
+"""The bridge's Prometheus metrics and its running totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class BridgeMetrics:
+    """Prometheus metrics in a registry owned by one bridge (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("sml_bridge_events", "Change events consumed", ["op"], registry=r)
+        self.predictions = Counter(
+            "sml_bridge_predictions", "Prediction records produced", registry=r
+        )
+        self.tombstones = Counter(
+            "sml_bridge_tombstones", "Prediction tombstones produced (deletes)", registry=r
+        )
+        self.dlq = Counter("sml_bridge_dlq", "Events sent to the DLQ", ["stage"], registry=r)
+        self.skipped = Counter(
+            "sml_bridge_skipped_unchanged", "Updates not re-priced: features unchanged", registry=r
+        )
+        self.batch_size = Histogram(
+            "sml_bridge_batch_size",
+            "Events per micro-batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "sml_bridge_consumer_lag", "High watermark minus position", ["partition"], registry=r
+        )
+        self.paused = Gauge(
+            "sml_bridge_paused", "1 while consumption is paused (service down)", registry=r
+        )
+        self.latency = Histogram(
+            "sml_bridge_stage_latency_seconds",
+            "Latency per stage: commit_to_kafka, kafka_to_bridge, model_call, end_to_end",
+            ["stage"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.connector_restarts = Counter(
+            "sml_bridge_connector_restarts",
+            "Restarts of FAILED connector instances or tasks by the connector watchdog",
+            ["connector"],
+            registry=r,
+        )
+
+
+@dataclass
+class BridgeStats:
+    events: int = 0
+    predicted: int = 0
+    tombstones: int = 0
+    skipped_unchanged: int = 0
+    skipped_other: int = 0
+    dlq: int = 0
+    batches: int = 0
+    last_batch: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "predicted": self.predicted,
+            "tombstones": self.tombstones,
+            "skipped_unchanged": self.skipped_unchanged,
+            "skipped_other": self.skipped_other,
+            "dlq": self.dlq,
+            "batches": self.batches,
+        }
