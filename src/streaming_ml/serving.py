@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from streaming_ml.data import (
     column_bounds,
 )
 from streaming_ml.exceptions import DataError, ServiceUnavailableError
+from streaming_ml.processes import descendants, group_running, is_running, port_free, signal_group
 
 if TYPE_CHECKING:
     import bentoml
@@ -340,16 +340,6 @@ class JsonBodiesOnly:
 # --- Running the service as a process -----------------------------------------------
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 class ServiceProcess:
     """``bentoml serve service:PricePredictor`` as a child process on one port.
 
@@ -402,7 +392,7 @@ class ServiceProcess:
         """Start the service and wait until it is ready; return its base URL."""
         if self._process is not None:
             return self.url
-        if port_in_use(self.host, self.port):
+        if not port_free(self.host, self.port):
             raise ServiceUnavailableError(
                 f"port {self.port} on {self.host} is already in use; stop whatever listens "
                 "there (an earlier `streaming-ml serve`?) or choose another port"
@@ -514,7 +504,7 @@ class ServiceProcess:
         """Pids of the service: the BentoML arbiter first, then its workers."""
         if self._process is None:
             return []
-        return [self._process.pid, *_descendants(self._process.pid)]
+        return [self._process.pid, *descendants(self._process.pid)]
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the service, SIGKILL whatever of it is left after ``timeout_s``."""
@@ -522,22 +512,22 @@ class ServiceProcess:
             return
         # BentoML's workers run in sessions of their own, out of reach of a group
         # signal: remember them now, while they are still the arbiter's children.
-        workers = _descendants(self._process.pid)
+        workers = descendants(self._process.pid)
         process, self._process = self._process, None
         group = process.pid  # the session leader's pid is the group id
-        _signal_group(group, signal.SIGTERM)
+        signal_group(group, signal.SIGTERM)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             logger.warning("prediction service ignored SIGTERM; killing it", extra={"pid": group})
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and (
-            _group_alive(group) or any(_alive(pid) for pid in workers)
+            group_running(group) or any(is_running(pid) for pid in workers)
         ):
             time.sleep(0.1)
-        _signal_group(group, signal.SIGKILL)
+        signal_group(group, signal.SIGKILL)
         for pid in workers:
-            if _alive(pid):
+            if is_running(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         if process.poll() is None:
@@ -564,54 +554,6 @@ def _die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _signal_group(group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)
-
-
-def _descendants(root: int) -> list[int]:
-    """Every live process below ``root``, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    pending = [root]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A reaped child is gone; a zombie (exited, not yet reaped by its parent) is not running.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def serve_forever(host: str, port: int, model_tag: str, bentoml_home: Path | None = None) -> int:

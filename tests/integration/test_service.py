@@ -17,7 +17,8 @@ import yaml
 from streaming_ml.config import REPO_ROOT
 from streaming_ml.data import FEATURES, max_year
 from streaming_ml.exceptions import ServiceUnavailableError
-from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_RECORDS, ServiceProcess, port_in_use
+from streaming_ml.processes import port_free
+from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_RECORDS, ServiceProcess
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -305,7 +306,7 @@ def test_stop_leaves_no_process_and_frees_the_port(trained_model_tag: str, tmp_p
 
     # Neither the arbiter nor any worker is left (a zombie awaiting its reaper has exited).
     assert [pid for pid in processes if running(pid)] == []
-    assert not port_in_use("127.0.0.1", port)
+    assert port_free("127.0.0.1", port)
 
 
 def running(pid: int) -> bool:

@@ -26,7 +26,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaming_ml import connect, serde, stack
+from streaming_ml import connect, processes, serde, stack
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
 from streaming_ml.exceptions import StackError
@@ -265,7 +265,7 @@ def test_restart_keeps_offsets_slot_and_schemas(own_stack: Settings) -> None:
     for name, info in stack.status(settings).items():
         assert info["state"] == "stopped", name
     for field in PORT_FIELDS:
-        assert not stack.process.port_open(settings.host, getattr(settings, field)), field
+        assert not processes.port_open(settings.host, getattr(settings, field)), field
 
     stack.up(settings)
     statuses = connect.ensure_connectors(settings)
@@ -355,7 +355,7 @@ def test_failed_up_stops_what_it_started(own_stack: Settings) -> None:
         for name, info in stack.status(settings).items():
             assert info["state"] == "stopped", name
         for field in PORT_FIELDS:
-            assert not stack.process.port_open(settings.host, getattr(settings, field)), field
+            assert not processes.port_open(settings.host, getattr(settings, field)), field
     finally:
         meta.write_text(original)
     stack.up(settings)
@@ -370,7 +370,7 @@ def test_final_down_leaves_no_process_and_no_port(own_stack: Settings) -> None:
     for pid in pids:
         assert _gone(pid), pid
     for field in PORT_FIELDS:
-        assert not stack.process.port_open(settings.host, getattr(settings, field)), field
+        assert not processes.port_open(settings.host, getattr(settings, field)), field
     assert not settings.state_dir.exists()
     assert (settings.dist_dir / "kafka").is_dir()  # jars are kept
 

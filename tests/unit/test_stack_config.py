@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming_ml import connect, data, stack
+from streaming_ml import connect, data, processes, stack
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.exceptions import ConfigError, StackError
 from streaming_ml.stack import connect as connect_worker
@@ -207,13 +207,13 @@ def _is_zombie(pid: int) -> bool:
 
 def test_port_helpers() -> None:
     port = free_port()
-    assert process.port_free("127.0.0.1", port)
-    assert not process.port_open("127.0.0.1", port)
+    assert processes.port_free("127.0.0.1", port)
+    assert not processes.port_open("127.0.0.1", port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
         sock.listen()
-        assert process.port_open("127.0.0.1", port)
-        assert not process.port_free("127.0.0.1", port)
+        assert processes.port_open("127.0.0.1", port)
+        assert not processes.port_free("127.0.0.1", port)
 
 
 def test_missing_java_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -10,11 +10,9 @@ recycled pid is never mistaken for our process.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streaming_ml.exceptions import StackError
+from streaming_ml.processes import group_running, port_free, reap, start_ticks
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +46,6 @@ def pid_path(state_dir: Path, name: str) -> Path:
     return state_dir / "run" / f"{name}.pid"
 
 
-def _start_ticks(pid: int) -> str | None:
-    """Kernel start time of ``pid`` (field 22 of /proc/<pid>/stat), None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; fields after it are plain.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the process is our own child (tests start the stack
-    in-process), otherwise a stopped component would linger as a zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def running_pid(state_dir: Path, name: str) -> int | None:
     """Pid of the component when its recorded process is still alive, else None."""
     path = pid_path(state_dir, name)
@@ -75,8 +54,8 @@ def running_pid(state_dir: Path, name: str) -> int | None:
         pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    _reap(pid)
-    if _start_ticks(pid) != ticks:
+    reap(pid)
+    if start_ticks(pid) != ticks:
         return None
     return pid
 
@@ -116,33 +95,10 @@ def start(
             raise StackError(
                 f"{name}: cannot run {argv[0]}: {error}. Run `streaming-ml stack install`."
             ) from error
-    ticks = _start_ticks(proc.pid) or "0"
+    ticks = start_ticks(proc.pid) or "0"
     pid_path(state_dir, name).write_text(f"{proc.pid} {ticks}\n")
     logger.debug("started", extra={"component": name, "pid": proc.pid, "log": str(log)})
     return proc.pid
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(0) also succeeds while only zombies are left; look at each member.
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-        if int(fields[2]) == pgid:
-            _reap(int(entry.name))
-    return False
 
 
 def stop(state_dir: Path, name: str, *, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
@@ -160,8 +116,8 @@ def stop(state_dir: Path, name: str, *, timeout: float = 20.0, sig: int = signal
         os.killpg(pgid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _reap(pid)
-        if not _group_alive(pgid):
+        reap(pid)
+        if not group_running(pgid):
             break
         time.sleep(0.1)
     else:
@@ -169,34 +125,12 @@ def stop(state_dir: Path, name: str, *, timeout: float = 20.0, sig: int = signal
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
         kill_deadline = time.monotonic() + 5.0
-        while _group_alive(pgid) and time.monotonic() < kill_deadline:
-            _reap(pid)
+        while group_running(pgid) and time.monotonic() < kill_deadline:
+            reap(pid)
             time.sleep(0.05)
-    _reap(pid)
+    reap(pid)
     pid_path(state_dir, name).unlink(missing_ok=True)
     logger.debug("stopped", extra={"component": name, "pid": pid})
-    return True
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when we could listen on host:port right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as error:
-            if error.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
     return True
 
 
@@ -236,8 +170,8 @@ def wait_until(
             except Exception as error:  # a health probe failing is the normal "not yet"
                 logger.debug("probe failed", extra={"component": component, "error": str(error)})
             if pid is not None:
-                _reap(pid)
-                if _start_ticks(pid) is None:
+                reap(pid)
+                if start_ticks(pid) is None:
                     raise StackError(
                         f"{component} exited while starting ({what} never became ready). "
                         f"{_log_hint(log)}"
