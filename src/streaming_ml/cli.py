@@ -263,9 +263,14 @@ def bench(
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
         "concurrency": concurrency,
     }  # fmt: skip
-    try:
-        if steps is not None:
+    if steps is not None:
+        # Only the --steps parse may turn a ValueError into this message: one raised
+        # inside run_bench is a bug to see, not a usage hint.
+        try:
             given["step_rates"] = tuple(float(r) for r in steps.split(",") if r.strip())
+        except ValueError as error:
+            _fail(StreamingMLError(f"--steps must be comma-separated numbers: {error}"))
+    try:
         options = replace(
             options,
             **{k: v for k, v in given.items() if v is not None},
@@ -275,8 +280,6 @@ def bench(
             run_throughput=not skip_throughput,
         )
         doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))
-    except ValueError as error:
-        _fail(StreamingMLError(f"--steps must be comma-separated numbers: {error}"))
     except StreamingMLError as error:
         _fail(error)
     if out is None:
