@@ -76,7 +76,10 @@ def evaluate(
 @app.command()
 def serve(
     port: int | None = typer.Option(None, help="Port (default: SML_SERVICE_PORT, 3000)"),
-    model: str | None = typer.Option(None, help="Model tag (default: SML_MODEL_NAME:latest)"),
+    model: str | None = typer.Option(
+        None,
+        help="Model tag (default: SML_MODEL_NAME:SML_MODEL_VERSION)",
+    ),
 ) -> None:
     """Serve the price model over HTTP (BentoML) in the foreground until Ctrl-C."""
     settings = _settings()
