@@ -142,7 +142,8 @@ def connector_status(connect_url: str, name: str) -> dict[str, Any] | None:
         return None
     if response.status_code != 200:
         raise ConnectorError(
-            f"status of connector {name!r}: HTTP {response.status_code} {_message(response)}"
+            f"status of connector {name!r}: HTTP {response.status_code} {_message(response)}. "
+            "Is Kafka Connect healthy? See `streaming-ml stack logs connect`."
         )
     return response.json()
 
@@ -246,7 +247,8 @@ def delete_connector(connect_url: str, name: str) -> bool:
         return False
     if response.status_code not in (200, 204):
         raise ConnectorError(
-            f"deleting connector {name!r}: HTTP {response.status_code} {_message(response)}"
+            f"deleting connector {name!r}: HTTP {response.status_code} {_message(response)}. "
+            "Try again in a few seconds; see `streaming-ml stack logs connect`."
         )
     return True
 

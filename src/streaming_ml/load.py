@@ -87,7 +87,9 @@ def insert_records(
     except psycopg2.Error as error:
         conn.rollback()
         raise StackError(
-            f"inserting into {table} failed after {len(ids)} rows: {str(error).strip()}"
+            f"inserting into {table} failed after {len(ids)} rows: {str(error).strip()}. "
+            f"The rows before were committed. Check that {table} has the listing columns "
+            "(`streaming-ml stack psql`) and see `streaming-ml stack logs postgres`."
         ) from error
     finally:
         conn.close()

@@ -120,7 +120,9 @@ def format_storage(settings: Settings, dist_dir: Path) -> bool:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise StackError(
-            f"kafka: formatting storage failed:\n{(result.stderr or result.stdout).strip()[-2000:]}"
+            "kafka: formatting storage failed; fix the cause below and rerun "
+            "`streaming-ml stack up` (see also `streaming-ml stack logs kafka`):\n"
+            f"{(result.stderr or result.stdout).strip()[-2000:]}"
         )
     return True
 

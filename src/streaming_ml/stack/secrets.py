@@ -57,7 +57,11 @@ def load_passwords(state_dir: Path) -> Passwords:
             "state dir. Run `streaming-ml stack up` first."
         ) from error
     except (OSError, ValueError) as error:
-        raise StackError(f"cannot read stack credentials {path}: {error}") from error
+        raise StackError(
+            f"cannot read stack credentials {path}: {error}. Run as the user who ran "
+            "`streaming-ml stack up` (the file is mode 0600), or point SML_STATE_DIR at "
+            "that stack's state dir."
+        ) from error
     return Passwords({role: SecretStr(str(value)) for role, value in raw.items()})
 
 
