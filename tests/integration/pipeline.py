@@ -46,13 +46,11 @@ def pipeline_settings(stack_settings: Settings, service_url: str, **update: Any)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as SML_* variables, for a bridge run as a subprocess."""
-    env = dict(os.environ)
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"SML_{name.upper()}"] = str(value)
-    return env
+    """This environment plus ``settings`` as SML_* variables, for a bridge run as a
+    subprocess (the bench's conversion, so both spell the settings the same way)."""
+    from streaming_ml.bench import settings_env as sml_variables
+
+    return {**os.environ, **sml_variables(settings)}
 
 
 def dsn_of(settings: Settings) -> str:
