@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
 
     @property
+    def registry_core_url(self) -> str:
+        """Apicurio's native v3 API (the Connect converter and version probes use it)."""
+        return f"http://{self.host}:{self.registry_port}/apis/registry/v3"
+
+    @property
     def connect_url(self) -> str:
         return f"http://{self.host}:{self.connect_port}"
 

@@ -44,7 +44,7 @@ def connector_values(settings: Settings) -> dict[str, str]:
         "kafka_bootstrap": settings.kafka_bootstrap,
         # The Apicurio converter talks to the registry's native v3 API; clients in Python
         # use the Confluent-compatible API (settings.registry_url) for the same schemas.
-        "registry_api_url": f"http://{settings.host}:{settings.registry_port}/apis/registry/v3",
+        "registry_api_url": settings.registry_core_url,
     }
 
 

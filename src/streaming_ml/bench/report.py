@@ -72,7 +72,7 @@ def component_versions(settings: Settings, dsn: str) -> dict[str, Any]:
         for p in plugins
         if "debezium" in p.get("class", "")
     }
-    registry = get(f"http://{settings.host}:{settings.registry_port}/apis/registry/v3/system/info")
+    registry = get(f"{settings.registry_core_url}/system/info")
     versions["apicurio_registry"] = (registry or {}).get("version")
     try:
         import psycopg2

@@ -21,11 +21,6 @@ NAME = "registry"
 HEAP = "-Xmx384m"
 
 
-def core_api_url(settings: Settings) -> str:
-    """Apicurio's own v3 API, used by the Connect converter."""
-    return f"http://{settings.host}:{settings.registry_port}/apis/registry/v3"
-
-
 def start(settings: Settings, dist_dir: Path, passwords: Passwords) -> int:
     env = {
         "QUARKUS_HTTP_HOST": settings.host,
