@@ -240,19 +240,6 @@ def register_connector(settings: Settings, name: str, timeout: float = 90.0) -> 
     return wait_until_running(settings.connect_url, name, timeout=timeout)
 
 
-def delete_connector(connect_url: str, name: str) -> bool:
-    """Remove a connector (its offsets stay in Connect's offsets topic). True if it existed."""
-    response = _request("DELETE", f"{connect_url}/connectors/{name}")
-    if response.status_code == 404:
-        return False
-    if response.status_code not in (200, 204):
-        raise ConnectorError(
-            f"deleting connector {name!r}: HTTP {response.status_code} {_message(response)}. "
-            "Try again in a few seconds; see `streaming-ml stack logs connect`."
-        )
-    return True
-
-
 def ensure_connectors(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]]:
     """Apply the source and sink connectors (idempotent) and wait until both run.
 
