@@ -174,8 +174,12 @@ def bridge(
     max_events: int | None = typer.Option(None, help="Exit after this many change events"),
     timeout: float | None = typer.Option(None, help="Exit after this many seconds"),
     group: str | None = typer.Option(None, help="Consumer group (default: SML_CONSUMER_GROUP)"),
-    service_url: str | None = typer.Option(None, help="Prediction service base URL"),
-    metrics_port: int | None = typer.Option(None, help="Port of /metrics on 127.0.0.1"),
+    service_url: str | None = typer.Option(
+        None, help="Prediction service base URL (default: SML_SERVICE_URL)"
+    ),
+    metrics_port: int | None = typer.Option(
+        None, help="Port of /metrics on SML_HOST (default: SML_BRIDGE_METRICS_PORT)"
+    ),
     connectors: bool = typer.Option(
         True, help="Register/update the source and sink connectors first"
     ),
