@@ -283,15 +283,13 @@ def test_restart_keeps_offsets_slot_and_schemas(own_stack: Settings) -> None:
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["SML_STATE_DIR"] = str(settings.state_dir)
-    env["SML_DIST_DIR"] = str(settings.dist_dir)
-    for field in PORT_FIELDS:
-        env[f"SML_{field.upper()}"] = str(getattr(settings, field))
+    from streaming_ml.bench import settings_env
+
     cli = Path(sys.executable).parent / "streaming-ml"
     return subprocess.run(
-        [str(cli), *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+        [str(cli), *args], env={**os.environ, **settings_env(settings)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
 
 
 def test_status_json_describes_every_component(own_stack: Settings) -> None:
