@@ -45,8 +45,7 @@ def ensure_model(settings: Settings, console: Console) -> str:
         model_name=settings.model_name, data_path=None, synthetic_rows=20_000, seed=42,
         version=None,
     )  # fmt: skip
-    tag = result.get("tag") or result.get("model_tag")
-    return str(tag) if tag else str(get_bento_model(f"{settings.model_name}:latest").tag)
+    return str(result["tag"])
 
 
 def wait_for_predictions(
