@@ -157,20 +157,22 @@ def test_missing_credentials_say_to_start_the_stack(tmp_path: Path) -> None:
 
 def test_up_refuses_a_port_in_use_and_starts_nothing() -> None:
     settings = private_stack_settings(prefix="sml-unit-")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
-        settings = settings.model_copy(update={"registry_port": taken})
-        with pytest.raises(StackError) as error:
-            up(settings)
-    message = str(error.value)
-    assert message.startswith("registry:")
-    assert f"127.0.0.1:{taken} is already in use" in message
-    assert "SML_REGISTRY_PORT" in message
-    # Nothing was started: no pid file for any component.
-    assert not (settings.state_dir / "run").exists()
-    shutil.rmtree(settings.state_dir)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            settings = settings.model_copy(update={"registry_port": taken})
+            with pytest.raises(StackError) as error:
+                up(settings)
+        message = str(error.value)
+        assert message.startswith("registry:")
+        assert f"127.0.0.1:{taken} is already in use" in message
+        assert "SML_REGISTRY_PORT" in message
+        # Nothing was started: no pid file for any component.
+        assert not (settings.state_dir / "run").exists()
+    finally:
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
 
 
 def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
