@@ -13,6 +13,8 @@ import errno
 import os
 import signal
 import socket
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _PROC = Path("/proc")
@@ -121,3 +123,38 @@ def port_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
+
+
+def stop_group(
+    pgid: int,
+    *,
+    timeout: float,
+    stragglers: Sequence[int] = (),
+    sig: signal.Signals = signal.SIGTERM,
+) -> bool:
+    """Send ``sig`` to process group ``pgid`` and wait up to ``timeout`` for it (and the
+    ``stragglers``, processes that left the group) to end; then SIGKILL what is left.
+
+    Returns True when everything ended within ``timeout``, False when it had to be killed.
+    """
+
+    def anything_running() -> bool:
+        reap(pgid)  # the group leader may be our own child
+        return group_running(pgid) or any(is_running(pid) for pid in stragglers)
+
+    signal_group(pgid, sig)
+    deadline = time.monotonic() + timeout
+    while anything_running():
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    else:
+        return True
+    signal_group(pgid, signal.SIGKILL)
+    for pid in stragglers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    kill_deadline = time.monotonic() + 5.0
+    while anything_running() and time.monotonic() < kill_deadline:
+        time.sleep(0.05)
+    return False

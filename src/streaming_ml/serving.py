@@ -38,7 +38,7 @@ from streaming_ml.data import (
     column_bounds,
 )
 from streaming_ml.exceptions import DataError, ServiceUnavailableError
-from streaming_ml.processes import descendants, group_running, is_running, port_free, signal_group
+from streaming_ml.processes import descendants, port_free, stop_group
 
 if TYPE_CHECKING:
     import bentoml
@@ -514,24 +514,13 @@ class ServiceProcess:
         # signal: remember them now, while they are still the arbiter's children.
         workers = descendants(self._process.pid)
         process, self._process = self._process, None
-        group = process.pid  # the session leader's pid is the group id
-        signal_group(group, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("prediction service ignored SIGTERM; killing it", extra={"pid": group})
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and (
-            group_running(group) or any(is_running(pid) for pid in workers)
-        ):
-            time.sleep(0.1)
-        signal_group(group, signal.SIGKILL)
-        for pid in workers:
-            if is_running(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(timeout=5.0)
+        # The session leader's pid is also the group id.
+        if not stop_group(process.pid, timeout=timeout_s, stragglers=workers):
+            logger.warning(
+                "prediction service ignored SIGTERM; killed it", extra={"pid": process.pid}
+            )
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5.0)  # collect the exit status, if not reaped already
         logger.info("prediction service stopped", extra={"url": self.url})
 
     def __enter__(self) -> ServiceProcess:

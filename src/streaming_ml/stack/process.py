@@ -9,7 +9,6 @@ recycled pid is never mistaken for our process.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streaming_ml.exceptions import StackError
-from streaming_ml.processes import group_running, port_free, reap, start_ticks
+from streaming_ml.processes import port_free, reap, start_ticks, stop_group
 
 logger = logging.getLogger(__name__)
 
@@ -111,23 +110,8 @@ def stop(state_dir: Path, name: str, *, timeout: float = 20.0, sig: int = signal
         pid_path(state_dir, name).unlink(missing_ok=True)
         return False
     # The component is a session leader, so its pid is also its process group id.
-    pgid = pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reap(pid)
-        if not group_running(pgid):
-            break
-        time.sleep(0.1)
-    else:
-        logger.warning("did not stop in time, killing", extra={"component": name, "pid": pid})
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 5.0
-        while group_running(pgid) and time.monotonic() < kill_deadline:
-            reap(pid)
-            time.sleep(0.05)
+    if not stop_group(pid, timeout=timeout, sig=signal.Signals(sig)):
+        logger.warning("did not stop in time, killed", extra={"component": name, "pid": pid})
     reap(pid)
     pid_path(state_dir, name).unlink(missing_ok=True)
     logger.debug("stopped", extra={"component": name, "pid": pid})
