@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# `streaming-ml train` without --data, and the demo's first model.
+DEFAULT_SYNTHETIC_ROWS = 20_000
+DEFAULT_SEED = 42
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SML_", extra="ignore")

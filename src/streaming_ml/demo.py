@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from streaming_ml.config import Settings
+from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, Settings
 from streaming_ml.data import feature_problems
 from streaming_ml.exceptions import ModelNotFoundError, StreamingMLError
 
@@ -42,9 +42,12 @@ def ensure_model(settings: Settings, console: Console) -> str:
     from streaming_ml.train import train_model
 
     result = train_model(
-        model_name=settings.model_name, data_path=None, synthetic_rows=20_000, seed=42,
+        model_name=settings.model_name,
+        data_path=None,
+        synthetic_rows=DEFAULT_SYNTHETIC_ROWS,
+        seed=DEFAULT_SEED,
         version=None,
-    )  # fmt: skip
+    )
     return str(result["tag"])
 
 
