@@ -9,6 +9,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import requests
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -20,7 +21,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.serialization import MessageField, SerializationContext
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 from prometheus_client import start_http_server
 
 from streaming_ml import connect, serde
@@ -172,6 +174,10 @@ class Bridge:
                 "client.id": "streaming-ml-bridge",
                 "enable.idempotence": True,
                 "linger.ms": 5,
+                # Bounds _flush_all: a record Kafka cannot take within 5 min is reported
+                # failed and produced again (3 attempts), then the bridge stops without
+                # committing, so a restart redelivers the batch.
+                "message.timeout.ms": 300_000,
             }
         )
         self._consumer = Consumer(
@@ -221,16 +227,18 @@ class Bridge:
         and the serializers need no registry call while a batch is in flight."""
         from streaming_ml.data import PREDICTION_FIELDS
 
-        sample = {f.name: None for f in PREDICTION_FIELDS}
-        sample.update(
-            listing_id=0, predicted_price=0.0, model_tag="", features_hash="", source_ts_ms=0,
-            kafka_ts_ms=0, bridge_received_ts_ms=0, predicted_ts_ms=0, model_latency_ms=0.0,
-            end_to_end_ms=0.0,
-        )  # fmt: skip
+        # Any value of the declared type will do; nullable fields take None.
+        zero = {"long": 0, "double": 0.0, "string": ""}
+        sample = {
+            f.name: None if isinstance(f.avro_type, list) else zero[f.avro_type]
+            for f in PREDICTION_FIELDS
+        }
         try:
             self._key(0)
             self._value(sample)
-        except Exception as error:
+        except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
+            # Only the registry's answers: a bug in the sample or the schema must surface
+            # as itself, not as "is the registry up?".
             raise BridgeError(
                 f"cannot register the prediction schemas in {self.settings.registry_url}: "
                 f"{error}. Is the registry up? Try `streaming-ml stack status`."
