@@ -51,44 +51,6 @@ def ensure_model(settings: Settings, console: Console) -> str:
     return str(result["tag"])
 
 
-def wait_for_predictions(
-    dsn: str, table: str, ids: list[int], timeout_s: float, console: Console | None = None
-) -> dict[int, dict[str, Any]]:
-    """Poll the predictions table until every id has a row or the deadline passes."""
-    import psycopg2
-    import psycopg2.extras
-
-    deadline = time.monotonic() + timeout_s
-    started = time.monotonic()
-    next_report = started + 5.0
-    query = (
-        f"SELECT listing_id, predicted_price, model_tag, end_to_end_ms, source_ts_ms, "
-        f"(extract(epoch FROM written_at) * 1000)::bigint AS written_ms "
-        f"FROM public.{table} WHERE listing_id = ANY(%s)"
-    )
-    rows: dict[int, dict[str, Any]] = {}
-    with psycopg2.connect(dsn, connect_timeout=10) as conn:
-        conn.autocommit = True
-        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            while True:
-                cur.execute(query, (ids,))
-                rows = {int(r["listing_id"]): dict(r) for r in cur.fetchall()}
-                if len(rows) >= len(set(ids)):
-                    break
-                now = time.monotonic()
-                if now >= deadline:
-                    break
-                if console is not None and now >= next_report:
-                    console.print(
-                        f"  waiting for predictions: {len(rows)}/{len(set(ids))} "
-                        f"after {now - started:.0f}s (up to {timeout_s:.0f}s)"
-                    )
-                    next_report = now + 5.0
-                time.sleep(0.2)  # poll interval of a bounded readiness check
-    conn.close()
-    return rows
-
-
 def _listings(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
     import psycopg2
     import psycopg2.extras
@@ -145,6 +107,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     from streaming_ml.bridge import Bridge
     from streaming_ml.load import load_listings
     from streaming_ml.serving import ServiceProcess
+    from streaming_ml.sinks import wait_for_predictions
     from streaming_ml.stack.secrets import APP_ROLE, secrets_path
 
     console = Console()
@@ -204,7 +167,14 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         inserted = _listings(dsn, settings.listings_table, summary.ids)
         valid = [lid for lid, row in inserted.items() if not feature_problems(row)]
         predictions = wait_for_predictions(
-            dsn, settings.predictions_table, valid, PREDICTION_TIMEOUT_S, console
+            dsn,
+            settings.predictions_table,
+            valid,
+            PREDICTION_TIMEOUT_S,
+            on_progress=lambda found, wanted, elapsed: console.print(
+                f"  waiting for predictions: {found}/{wanted} after {elapsed:.0f}s "
+                f"(up to {PREDICTION_TIMEOUT_S:.0f}s)"
+            ),
         )
         if failure:
             raise failure[0]

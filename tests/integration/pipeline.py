@@ -20,7 +20,8 @@ import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaming_ml import serde
+from streaming_ml import serde, sinks
+from streaming_ml.bench.kafka import commit_offsets, high_watermarks
 from streaming_ml.bridge import Bridge
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES
@@ -63,20 +64,13 @@ def start_group_at_end(settings: Settings) -> None:
     """Commit the change topic's current end for the settings' consumer group, so a
     test's bridge sees only the changes that test makes."""
     topic = settings.listings_topic
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group}
-    )
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "sml-probe"})
     try:
-        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return  # no change yet: the group starts at the beginning, which is empty
-        offsets = []
-        for partition in meta.partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
-            offsets.append(TopicPartition(topic, partition, high))
-        consumer.commit(offsets=offsets, asynchronous=False)
+        ends = high_watermarks(consumer, topic)
     finally:
         consumer.close()
+    if ends is not None:  # no topic yet: the group starts at the beginning, which is empty
+        commit_offsets(settings, settings.consumer_group, topic, ends)
 
 
 @dataclass
@@ -160,8 +154,10 @@ def execute(dsn: str, sql: str, params: Any = None) -> None:
 
 
 def predictions_for(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
-    rows = query(dsn, f"SELECT * FROM public.{table} WHERE listing_id = ANY(%s)", (ids,))
-    return {int(r["listing_id"]): r for r in rows}
+    with psycopg2.connect(dsn) as conn:
+        rows = sinks.read_predictions(conn, table, ids)
+    conn.close()
+    return rows
 
 
 def wait_until(
@@ -181,18 +177,13 @@ def wait_until(
 def wait_for_predictions(
     dsn: str, table: str, ids: list[int], timeout_s: float = PRICED_WITHIN_S
 ) -> dict[int, dict[str, Any]]:
-    wanted = set(ids)
-    found: dict[int, dict[str, Any]] = {}
-
-    def all_there() -> bool:
-        found.clear()
-        found.update(predictions_for(dsn, table, ids))
-        return wanted <= set(found)
-
-    try:
-        wait_until(all_there, timeout_s, f"{len(wanted)} predictions")
-    except AssertionError as error:
-        raise AssertionError(f"{error}: {len(wanted - set(found))} missing") from None
+    """Every id's prediction row, or an AssertionError saying how many are missing."""
+    found = sinks.wait_for_predictions(dsn, table, ids, timeout_s)
+    missing = set(ids) - found.keys()
+    assert not missing, (
+        f"timed out after {timeout_s:.0f}s waiting for {len(set(ids))} predictions: "
+        f"{len(missing)} missing"
+    )
     return found
 
 

@@ -32,6 +32,7 @@ from streaming_ml.data import FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
 from streaming_ml.exceptions import StackError
 from streaming_ml.stack import postgres
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
+from tests.integration.pipeline import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +47,6 @@ def own_stack() -> Iterator[Settings]:
         yield settings
     finally:
         stack.down(settings, purge=True)
-
-
-def poll_until(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.3)
 
 
 LISTING = {
@@ -223,14 +213,16 @@ def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> No
             pytest.fail(f"sink task failed: {failed[0].get('trace', '')[:2000]}")
         return len(rows()) == 2
 
-    poll_until("both predictions upserted", upserted)
+    wait_until(upserted, WAIT_S, "both predictions upserted")
     assert rows()[kept] == (kept, 10_000.5, "ford_price:test", None, 1.25)
 
     send(kept, _prediction(kept, 11_000.0))  # upsert, same key
     send(deleted, None)  # tombstone deletes the row
     producer.flush(30)
-    poll_until(
-        "update and delete applied", lambda: set(rows()) == {kept} and rows()[kept][1] == 11_000.0
+    wait_until(
+        lambda: set(rows()) == {kept} and rows()[kept][1] == 11_000.0,
+        WAIT_S,
+        "update and delete applied",
     )
 
 

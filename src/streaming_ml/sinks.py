@@ -1,0 +1,59 @@
+"""Reading the pipeline's output back from the predictions table (the JDBC sink's target).
+
+The demo shows these rows and the tests check them; both wait for them the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+# Poll interval of a bounded wait: short against the pipeline's ~100 ms latency,
+# long enough not to load Postgres.
+POLL_INTERVAL_S = 0.2
+
+
+def read_predictions(conn: Any, table: str, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Prediction rows of ``ids`` by listing id, with ``written_ms`` (epoch ms of
+    ``written_at``) for latency arithmetic against the ms fields."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(
+            f"SELECT *, (extract(epoch FROM written_at) * 1000)::bigint AS written_ms "
+            f"FROM public.{table} WHERE listing_id = ANY(%s)",
+            (list(ids),),
+        )
+        return {int(row["listing_id"]): dict(row) for row in cur.fetchall()}
+
+
+def wait_for_predictions(
+    dsn: str,
+    table: str,
+    ids: Iterable[int],
+    timeout_s: float,
+    on_progress: Callable[[int, int, float], None] | None = None,
+    progress_every_s: float = 5.0,
+) -> dict[int, dict[str, Any]]:
+    """Poll until every id has a prediction row or ``timeout_s`` passes; return what is
+    there (the caller decides whether a shortfall is an error). ``on_progress`` gets
+    (found, wanted, elapsed seconds) every ``progress_every_s`` while it waits."""
+    wanted = set(ids)
+    started = time.monotonic()
+    next_progress = progress_every_s
+    conn = psycopg2.connect(dsn, connect_timeout=10)
+    conn.autocommit = True
+    try:
+        while True:
+            rows = read_predictions(conn, table, wanted)
+            elapsed = time.monotonic() - started
+            if wanted <= rows.keys() or elapsed >= timeout_s:
+                return rows
+            if on_progress is not None and elapsed >= next_progress:
+                on_progress(len(rows), len(wanted), elapsed)
+                next_progress = elapsed + progress_every_s
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        conn.close()
