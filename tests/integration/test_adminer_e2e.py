@@ -47,6 +47,11 @@ def test_row_inserted_in_adminer_gets_a_prediction(
         "engineSize": "2.0",
     }  # fmt: skip
 
+    # Only a row newer than this can be the one typed in the browser (the mileage alone
+    # could match an earlier test's row on a reused stack).
+    before = query(dsn, f"SELECT coalesce(max(id), 0) AS id FROM public.{settings.listings_table}")
+    last_id_before = int(before[0]["id"])
+
     with running_bridge(settings, dsn), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -82,12 +87,13 @@ def test_row_inserted_in_adminer_gets_a_prediction(
             lambda: query(
                 dsn,
                 f"SELECT id FROM public.{settings.listings_table} "
-                "WHERE mileage = %s AND model = 'Kuga' ORDER BY id DESC LIMIT 1",
-                (mileage,),
+                "WHERE id > %s AND mileage = %s AND model = 'Kuga'",
+                (last_id_before, mileage),
             ),
             30,
             "the row inserted through Adminer",
         )
+        assert len(found) == 1, f"expected one new row from Adminer, found {found}"
         listing_id = int(found[0]["id"])
         prediction = wait_for_predictions(dsn, settings.predictions_table, [listing_id])
     row = listings(dsn, settings.listings_table, [listing_id])[listing_id]
