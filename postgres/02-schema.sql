@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS public.car_listings (
     "mpg" double precision,
     "engineSize" double precision
 );
+ALTER TABLE public.car_listings REPLICA IDENTITY FULL;
 CREATE TABLE IF NOT EXISTS public.car_price_predictions (
     listing_id bigint PRIMARY KEY,
     predicted_price double precision,

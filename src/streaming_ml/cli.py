@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="Run the real CDC stack as local processes.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+connectors_app = typer.Typer(
+    help="The source and sink connectors: apply, status, watch.", no_args_is_help=True
+)
+app.add_typer(connectors_app, name="connectors")
 
 
 def _settings() -> Settings:
@@ -184,25 +188,90 @@ def bridge(
     metrics_port: int | None = typer.Option(
         None, help="Port of /metrics on SML_HOST (default: SML_BRIDGE_METRICS_PORT)"
     ),
-    connectors: bool = typer.Option(
-        True, help="Register/update the source and sink connectors first"
+    instance_id: str | None = typer.Option(
+        None, help="Static group membership id (default: SML_BRIDGE_INSTANCE_ID, none)"
+    ),
+    apply_connectors: bool = typer.Option(
+        False,
+        "--apply-connectors",
+        help="Apply the connectors first, and watch them while owning partition 0",
     ),
 ) -> None:
-    """Consume listing changes, price them in micro-batches, produce predictions."""
+    """Consume listing changes, price them in micro-batches, publish predictions.
+
+    Start as many as you like with the same group: they share the partitions.
+    """
     settings = _settings()
-    overrides = {"service_url": service_url, "bridge_metrics_port": metrics_port}
+    overrides = {
+        "service_url": service_url,
+        "bridge_metrics_port": metrics_port,
+        "bridge_instance_id": instance_id,
+    }
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     from streaming_ml.bridge import run_bridge
-    from streaming_ml.stack import postgres_dsn
 
     try:
         stats = run_bridge(
-            settings, dsn=postgres_dsn(settings), group_id=group, once=once,
-            max_events=max_events, timeout=timeout, register_connectors=connectors,
+            settings, group_id=group, once=once, max_events=max_events, timeout=timeout,
+            apply_connectors=apply_connectors,
         )  # fmt: skip
     except StreamingMLError as error:
         _fail(error)
     typer.echo(json.dumps(stats.summary()))
+
+
+@connectors_app.command("apply")
+def connectors_apply() -> None:
+    """Create the topics (SML_PARTITIONS) and apply both connectors; wait until they run."""
+    settings = _settings()
+    from streaming_ml import connectors
+
+    try:
+        connectors.apply(settings)
+        typer.echo(json.dumps(connectors.status(settings), indent=2))
+    except StreamingMLError as error:
+        _fail(error)
+
+
+@connectors_app.command("status")
+def connectors_status() -> None:
+    """Print each connector's and task's state as JSON; exit 1 if one is not RUNNING."""
+    settings = _settings()
+    from streaming_ml import connectors
+
+    try:
+        summary = connectors.status(settings)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(json.dumps(summary, indent=2))
+    running = all(
+        info["state"] == "RUNNING" and info["tasks"] and set(info["tasks"]) == {"RUNNING"}
+        for info in summary.values()
+    )
+    raise typer.Exit(0 if running else 1)
+
+
+@connectors_app.command("watch")
+def connectors_watch(
+    interval: float | None = typer.Option(
+        None, help="Seconds between checks (default: SML_CONNECTOR_CHECK_INTERVAL_S)"
+    ),
+) -> None:
+    """Restart FAILED connector parts until Ctrl-C (run one of these, not one per bridge)."""
+    settings = _settings()
+    import signal
+
+    from streaming_ml import connectors
+
+    watchdog = connectors.ConnectorWatchdog(
+        settings.connect_url,
+        (settings.source_connector, settings.sink_connector),
+        interval or settings.connector_check_interval_s or 15.0,
+        connectors.restarts_counter(),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: watchdog.stop(wait=False))
+    signal.signal(signal.SIGINT, lambda *_: watchdog.stop(wait=False))
+    watchdog.run()
 
 
 @app.command()

@@ -64,7 +64,27 @@ class Settings(BaseSettings):
     connector_check_interval_s: float = Field(
         15.0,
         ge=0,
-        description="Seconds between the bridge's checks for FAILED connectors/tasks (0: off)",
+        description="Seconds between checks for FAILED connectors/tasks (0: off)",
+    )
+
+    # Scale-out and faults.
+    partitions: int = Field(
+        3, ge=1, description="Partitions of the change, predictions and DLQ topics (new topics)"
+    )
+    bridge_instance_id: str | None = Field(
+        None, description="Static group membership id of this bridge replica (optional)"
+    )
+    service_retries: int = Field(
+        2, ge=0, description="Quick retries of a failed model call before pausing"
+    )
+    service_backoff_s: float = Field(
+        0.25, gt=0, description="First retry/probe delay; doubles up to 4 s"
+    )
+    service_max_strikes: int = Field(
+        3, ge=1, description="Passes a record may fail alone before it is dead-lettered"
+    )
+    transaction_timeout_s: float = Field(
+        10.0, ge=1, description="Kafka transaction timeout of the bridge's output"
     )
 
     log_level: str = "INFO"

@@ -41,6 +41,7 @@ def connector_values(settings: Settings) -> dict[str, str]:
         "topic_prefix": settings.topic_prefix,
         "predictions_topic": settings.predictions_topic,
         "dlq_topic": settings.dlq_topic,
+        "partitions": str(settings.partitions),
         "kafka_bootstrap": settings.kafka_bootstrap,
         # The Apicurio converter talks to the registry's native v3 API; clients in Python
         # use the Confluent-compatible API (settings.registry_url) for the same schemas.
@@ -171,7 +172,7 @@ def restart_failed(connect_url: str, name: str) -> bool:
     if response.status_code == 404:
         raise ConnectorError(
             f"cannot restart connector {name!r}: it is not registered. Register it again "
-            "by starting `streaming-ml bridge` (without --no-connectors)."
+            "with `streaming-ml connectors apply`."
         )
     if response.status_code != 202:
         # 409: the worker is rebalancing; the next attempt usually goes through.

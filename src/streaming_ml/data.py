@@ -137,10 +137,15 @@ def quote_ident(name: str) -> str:
 
 def listings_ddl(table: str = "car_listings") -> str:
     """The source table. No CHECK constraints on purpose: bad rows must reach the
-    pipeline so they are dead-lettered with a reason instead of vanishing."""
+    pipeline so they are dead-lettered with a reason instead of vanishing.
+
+    REPLICA IDENTITY FULL puts the old row in the WAL, so Debezium can say which
+    columns an update changed: that is how the bridge skips price-only updates.
+    """
     cols = ",\n    ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in LISTING_COLUMNS)
     return (
         f"CREATE TABLE IF NOT EXISTS public.{table} (\n    id serial PRIMARY KEY,\n    {cols}\n);\n"
+        f"ALTER TABLE public.{table} REPLICA IDENTITY FULL;\n"
     )
 
 

@@ -103,8 +103,8 @@ def results_table(
 
 def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
-    from streaming_ml import stack
-    from streaming_ml.bridge import Bridge
+    from streaming_ml import connectors, stack
+    from streaming_ml.bridge import Bridge, BridgeMetrics
     from streaming_ml.load import load_listings
     from streaming_ml.serving import ServiceProcess
     from streaming_ml.sinks import wait_for_predictions
@@ -129,8 +129,15 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         live = settings.model_copy(update={"service_url": service.url})
         dsn = stack.postgres_dsn(settings)
 
-        console.print("[bold]4/5[/] starting the bridge (registers the connectors)…")
-        bridge = Bridge(live, dsn=dsn)
+        console.print("[bold]4/5[/] applying the connectors, starting the bridge…")
+        connectors.apply(live)
+        metrics = BridgeMetrics()
+        watchdog = connectors.partition_zero_watchdog(live, metrics.connector_restarts)
+        bridge = Bridge(
+            live, metrics=metrics, on_partitions=watchdog.on_partitions if watchdog else None
+        )
+        if watchdog is not None:
+            cleanup.callback(watchdog.stop)
         failure: list[BaseException] = []
 
         def _run_bridge() -> None:

@@ -17,11 +17,13 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 import requests
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from rich.console import Console
 
 from streaming_ml import serde, sinks
 from streaming_ml.bench.kafka import commit_offsets, high_watermarks
+from streaming_ml.bench.kafka import read_topic as bench_read_topic
 from streaming_ml.bridge import Bridge
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES
@@ -104,13 +106,13 @@ def bridge_metric_or_none(settings: Settings, name: str) -> float | None:
 
 @contextmanager
 def running_bridge(
-    settings: Settings, dsn: str, ready_timeout_s: float = 120, from_end: bool = True
+    settings: Settings, ready_timeout_s: float = 120, from_end: bool = True
 ) -> Iterator[RunningBridge]:
     """An in-process bridge in a thread; stopped (batch finished, committed) on exit.
     ``from_end``: first move the consumer group to the topic's current end."""
     if from_end:
         start_group_at_end(settings)
-    bridge = Bridge(settings, dsn=dsn)
+    bridge = Bridge(settings)
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -210,41 +212,17 @@ class TopicRecord:
 
 
 def read_topic(settings: Settings, topic: str, decode_value: bool = True) -> list[TopicRecord]:
-    """Every record of ``topic`` from the beginning to its current end."""
+    """Every committed record of ``topic`` from the beginning to its current end."""
     decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": unique("test-reader"),
-            "enable.auto.commit": False,
-        }
-    )
+    key_ctx = SerializationContext(topic, MessageField.KEY)
+    value_ctx = SerializationContext(topic, MessageField.VALUE)
     records: list[TopicRecord] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=15).topics[topic]
-        ends = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        done: set[int] = set()
-        deadline = time.monotonic() + 120
-        while len(done) < len(ends):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            msg = consumer.poll(1.0)
-            if msg is None or msg.error():
-                continue
-            key = decode(msg.key(), SerializationContext(topic, MessageField.KEY))
-            value = (
-                decode(msg.value(), SerializationContext(topic, MessageField.VALUE))
-                if decode_value
-                else msg.value()
-            )
-            headers = {k: v for k, v in (msg.headers() or [])}
-            records.append(TopicRecord(key, value, headers, msg.key(), msg.value()))
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-    finally:
-        consumer.close()
+
+    def keep(msg: Any) -> None:
+        value = decode(msg.value(), value_ctx) if decode_value else msg.value()
+        headers = {k: v for k, v in (msg.headers() or [])}
+        key = decode(msg.key(), key_ctx)
+        records.append(TopicRecord(key, value, headers, msg.key(), msg.value()))
+
+    bench_read_topic(settings, topic, {}, keep, 120.0, Console(quiet=True))
     return records

@@ -52,7 +52,7 @@ def test_row_inserted_in_adminer_gets_a_prediction(
     before = query(dsn, f"SELECT coalesce(max(id), 0) AS id FROM public.{settings.listings_table}")
     last_id_before = int(before[0]["id"])
 
-    with running_bridge(settings, dsn), sync_playwright() as p:
+    with running_bridge(settings), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page()

@@ -51,7 +51,7 @@ def test_thousand_listings_priced_once_in_table_and_topic(
 ) -> None:
     settings = pipeline_settings(stack_settings, prediction_service)
     dsn = dsn_of(settings)
-    with running_bridge(settings, dsn) as running:
+    with running_bridge(settings) as running:
         bulk = load_listings(dsn, 500, seed=101, batch=500, table=settings.listings_table)
         single = load_listings(dsn, 500, seed=102, batch=1, table=settings.listings_table)
         ids = bulk.ids + single.ids
@@ -84,7 +84,7 @@ def test_invalid_rows_go_to_the_dlq_with_reasons(
 ) -> None:
     settings = pipeline_settings(stack_settings, prediction_service)
     dsn = dsn_of(settings)
-    with running_bridge(settings, dsn) as running:
+    with running_bridge(settings) as running:
         loaded = load_listings(
             dsn, 120, seed=103, invalid=10, batch=7, table=settings.listings_table
         )
@@ -119,7 +119,7 @@ def test_updates_reprice_only_on_feature_change_and_deletes_remove(
     settings = pipeline_settings(stack_settings, prediction_service)
     dsn = dsn_of(settings)
     table, source = settings.predictions_table, settings.listings_table
-    with running_bridge(settings, dsn) as running:
+    with running_bridge(settings) as running:
         ids = load_listings(dsn, 3, seed=104, batch=3, table=source).ids
         first = wait_for_predictions(dsn, table, ids)
         a, b, c = ids
@@ -148,7 +148,7 @@ def test_updates_reprice_only_on_feature_change_and_deletes_remove(
 
     # A new bridge process has an empty cache: the stored features_hash still stops
     # a price-only update from being re-priced.
-    with running_bridge(settings, dsn) as restarted:
+    with running_bridge(settings) as restarted:
         execute(dsn, f"UPDATE public.{source} SET price = price + 1 WHERE id = %s", (b,))
         execute(dsn, f"UPDATE public.{source} SET tax = tax + 10 WHERE id = %s", (c,))
         wait_until(
@@ -242,28 +242,28 @@ def test_kill_and_service_outage_still_price_every_listing_once(
         service.stop()
 
 
-def test_service_rejection_is_narrowed_to_the_offending_records(
-    stack_settings: Settings, prediction_service: str
-) -> None:
-    """If the service answers 4xx for a batch (its rules stricter than ours, say), the
-    bridge splits the batch and dead-letters only the records the service rejects."""
-    from streaming_ml.bridge import Action, Bridge, Change
+def test_service_rejection_is_narrowed_to_the_offending_records(prediction_service: str) -> None:
+    """If the real service answers 4xx for a batch (its rules stricter than ours, say),
+    the batch is bisected and only the records it rejects are dead-lettered."""
+    from streaming_ml.bridge.plan import service_records
+    from streaming_ml.bridge.pricing import PredictionClient, Pricer
     from streaming_ml.data import generate_listing_records
 
     rows = generate_listing_records(9, seed=107)
     rows[2] = {**rows[2], "mileage": -1}
     rows[6] = {**rows[6], "mpg": 0.0}
-    actions = [
-        Action("predict", i, i, Change("c", i, row, 1, None), "h") for i, row in enumerate(rows)
-    ]
-    bridge = Bridge(pipeline_settings(stack_settings, prediction_service), serve_metrics=False)
-    results, rejected, _ = bridge._price(actions, allow_pause=False)
+    pricer = Pricer(
+        PredictionClient(prediction_service, 10.0),
+        retry_delays=[], max_strikes=3, wait=lambda _s: False,
+    )  # fmt: skip
+    priced = pricer.price(service_records(rows), list(range(9)))
 
-    assert {id(actions[2]), id(actions[6])} == set(rejected)
-    assert "mileage" in rejected[id(actions[2])] and "400" in rejected[id(actions[2])]
-    priced = [a for a in actions if id(a) not in rejected]
-    expected = direct_prices(prediction_service, [a.change.row for a in priced])
-    assert [results[id(a)]["predicted_price"] for a in priced] == expected
+    assert set(priced.rejected) == {2, 6}
+    assert not priced.unfinished
+    assert "mileage" in priced.rejected[2] and "400" in priced.rejected[2]
+    good = [i for i in range(9) if i not in (2, 6)]
+    expected = direct_prices(prediction_service, [rows[i] for i in good])
+    assert [priced.results[i]["predicted_price"] for i in good] == expected
 
 
 def test_rebalance_between_two_bridges_loses_nothing(
@@ -275,7 +275,7 @@ def test_rebalance_between_two_bridges_loses_nothing(
     dsn = dsn_of(settings)
     table, source = settings.predictions_table, settings.listings_table
     inserted: list[int] = []
-    with running_bridge(settings, dsn) as first:
+    with running_bridge(settings) as first:
         loader = threading.Thread(
             target=lambda: inserted.extend(
                 load_listings(dsn, 300, seed=108, rate=60, batch=3, table=source).ids
@@ -284,8 +284,8 @@ def test_rebalance_between_two_bridges_loses_nothing(
         loader.start()
         wait_until(lambda: first.bridge.stats.predicted >= 30, 120, "the first bridge at work")
         second_settings = settings.model_copy(update={"bridge_metrics_port": free_port()})
-        with running_bridge(second_settings, dsn, from_end=False) as second:
-            wait_until(lambda: second.bridge._assignment or first.bridge.stats.predicted >= 300,
+        with running_bridge(second_settings, from_end=False) as second:
+            wait_until(lambda: second.bridge.assignment or first.bridge.stats.predicted >= 300,
                        60, "a rebalance")  # fmt: skip
             first.bridge.stop()
             first.thread.join(timeout=60)

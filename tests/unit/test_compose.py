@@ -9,7 +9,6 @@ the connector configs in debezium/ rendered by the very code the bridge runs in 
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shlex
 import xml.etree.ElementTree as ET
@@ -404,41 +403,26 @@ def test_init_sql_is_mounted_and_every_role_gets_its_password() -> None:
 
 
 def test_one_password_per_role_everywhere() -> None:
-    """The bridge's secrets file, postgres-init, the registry and the Connect worker all
-    use the same value for each role (defaults, i.e. without a .env)."""
+    """postgres-init, the registry and the Connect worker use the same value for each
+    role (defaults, i.e. without a .env)."""
     main = compose(MAIN)
-    stack_secrets = json.loads(main["configs"]["stack-secrets"]["content"])
-    assert set(stack_secrets) == set(secrets.ROLES)
     init = environment(main["services"]["postgres-init"])
-    assert stack_secrets[secrets.SUPERUSER] == init["POSTGRES_PASSWORD"]
-    assert stack_secrets[secrets.APP_ROLE] == init["SML_PG_APP_PASSWORD"]
-    assert stack_secrets[secrets.SOURCE_ROLE] == init[secrets.SOURCE_PASSWORD_ENV]
-    assert stack_secrets[secrets.SINK_ROLE] == init[secrets.SINK_PASSWORD_ENV]
-    assert stack_secrets[secrets.REGISTRY_ROLE] == init["SML_PG_REGISTRY_PASSWORD"]
     registry_env = environment(main["services"]["registry"])
     assert registry_env["APICURIO_DATASOURCE_USERNAME"] == secrets.REGISTRY_ROLE
-    assert registry_env["APICURIO_DATASOURCE_PASSWORD"] == stack_secrets[secrets.REGISTRY_ROLE]
+    assert registry_env["APICURIO_DATASOURCE_PASSWORD"] == init["SML_PG_REGISTRY_PASSWORD"]
     connect_env = environment(main["services"]["connect"])
-    assert connect_env[secrets.SOURCE_PASSWORD_ENV] == stack_secrets[secrets.SOURCE_ROLE]
-    assert connect_env[secrets.SINK_PASSWORD_ENV] == stack_secrets[secrets.SINK_ROLE]
+    assert connect_env[secrets.SOURCE_PASSWORD_ENV] == init[secrets.SOURCE_PASSWORD_ENV]
+    assert connect_env[secrets.SINK_PASSWORD_ENV] == init[secrets.SINK_PASSWORD_ENV]
     environment_of_postgres = environment(main["services"]["postgres"])
-    assert environment_of_postgres["POSTGRES_PASSWORD"] == stack_secrets[secrets.SUPERUSER]
+    assert environment_of_postgres["POSTGRES_PASSWORD"] == init["POSTGRES_PASSWORD"]
 
 
-def test_bridge_finds_its_secrets_file_where_the_stack_code_looks(tmp_path: Path) -> None:
+def test_bridge_holds_no_database_secret() -> None:
+    """The bridge never connects to Postgres: no password, no secrets file."""
     bridge = services(MAIN)["bridge"]
-    state_dir = Path(environment(bridge)["SML_STATE_DIR"])
-    targets = {c["source"]: c["target"] for c in bridge["configs"]}
-    assert Path(targets["stack-secrets"]) == secrets.secrets_path(state_dir)
-    # The rendered file is readable by the stack's own loader.
-    path = secrets.secrets_path(tmp_path)
-    path.parent.mkdir(parents=True)
-    path.write_text(compose(MAIN)["configs"]["stack-secrets"]["content"])
-    loaded = secrets.load_passwords(tmp_path)
-    assert (
-        loaded[secrets.APP_ROLE]
-        == environment(services(MAIN)["postgres-init"])["SML_PG_APP_PASSWORD"]
-    )
+    assert "configs" not in bridge
+    assert not [k for k in environment(bridge) if "PASSWORD" in k]
+    assert "configs" not in compose(MAIN)
 
 
 def test_app_containers_only_set_real_settings() -> None:
@@ -591,7 +575,7 @@ def test_service_and_trainer_share_the_model_store() -> None:
     command = " ".join(argv(main["trainer"]["command"]))
     assert "streaming-ml train" in command and "bentoml models get" in command
     assert argv(main["service"]["command"])[:3] == ["bentoml", "serve", "service:PricePredictor"]
-    assert argv(main["bridge"]["command"]) == ["streaming-ml", "bridge"]
+    assert argv(main["bridge"]["command"]) == ["streaming-ml", "bridge", "--apply-connectors"]
 
 
 def test_dev_compose_serves_jupyter_on_the_loopback_with_the_repo_editable() -> None:

@@ -17,7 +17,7 @@ from streaming_ml.exceptions import BenchError
 logger = logging.getLogger(__name__)
 
 
-def _consumer(settings: Settings, group: str | None = None) -> Any:
+def _consumer(settings: Settings, group: str | None = None, **extra: Any) -> Any:
     from confluent_kafka import Consumer
 
     return Consumer(
@@ -28,6 +28,7 @@ def _consumer(settings: Settings, group: str | None = None) -> Any:
             "auto.offset.reset": "earliest",
             "client.id": "streaming-ml-bench",
             "log_level": 3,  # librdkafka's informational lines are noise here
+            **extra,
         }
     )
 
@@ -93,37 +94,37 @@ def read_topic(
     timeout_s: float,
     console: Console,
 ) -> int:
-    """Read ``topic`` from ``start`` to its current end; call ``on_message`` for each."""
-    from confluent_kafka import TopicPartition
+    """Read the committed records of ``topic`` from ``start`` (per partition, default the
+    beginning) to its current end; call ``on_message`` for each; return how many.
 
-    consumer = _consumer(settings)
+    The end is librdkafka's partition-EOF event, not the high watermark: the bridge
+    writes in transactions, and their commit markers take offsets no reader is handed.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    consumer = _consumer(settings, **{"enable.partition.eof": True})
     count = 0
     try:
         ends = high_watermarks(consumer, topic) or {}
-        todo = {p: end for p, end in ends.items() if end > start.get(p, 0)}
+        todo = {p for p, end in ends.items() if end > start.get(p, 0)}
         if not todo:
             return 0
-        consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
-        total = sum(end - start.get(p, 0) for p, end in todo.items())
-        with Waiting(console, f"reading {total} records back from {topic}", timeout_s) as wait:
+        consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in todo])
+        with Waiting(console, f"reading records back from {topic}", timeout_s) as wait:
             while todo:
                 if wait.expired():
                     raise BenchError(
-                        f"read only {count} of {total} records of {topic} in {timeout_s:.0f}s; "
+                        f"read only {count} records of {topic} in {timeout_s:.0f}s; "
                         "is Kafka overloaded? See `streaming-ml stack logs kafka`"
                     )
                 for msg in consumer.consume(num_messages=5_000, timeout=1.0):
-                    if msg.error() is not None:
-                        continue
-                    end = todo.get(msg.partition())
-                    if end is None:
-                        continue
-                    if msg.offset() < end:
+                    error = msg.error()
+                    if error is None:
                         on_message(msg)
                         count += 1
-                    if msg.offset() >= end - 1:
-                        todo.pop(msg.partition(), None)
-                wait.update(f"{count}/{total}")
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(msg.partition())
+                wait.update(f"{count} read")
     finally:
         consumer.close()
     return count

@@ -115,10 +115,10 @@ class Bench:
         else:
             self._start_service(cleanup)
 
-        from streaming_ml import connect
+        from streaming_ml import connectors
 
-        with Waiting(self.console, "registering connectors", 120.0):
-            connect.ensure_connectors(s)
+        with Waiting(self.console, "creating topics, registering connectors", 120.0):
+            connectors.apply(s)
 
         metrics_url = f"http://{s.host}:{s.bridge_metrics_port}/metrics"
         if _http_ok(metrics_url):

@@ -107,7 +107,7 @@ class BridgeProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = ["bridge", "--group", self.group, "--no-connectors"]
+        args = ["bridge", "--group", self.group]
         args += ["--metrics-port", str(self.metrics_port)]
         if self.once:
             args.append("--once")

@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streaming_ml.connectors import restarts_counter
+
 
 class BridgeMetrics:
     """Prometheus metrics in a registry owned by one bridge (no global state)."""
@@ -35,7 +37,9 @@ class BridgeMetrics:
             "sml_bridge_consumer_lag", "High watermark minus position", ["partition"], registry=r
         )
         self.paused = Gauge(
-            "sml_bridge_paused", "1 while consumption is paused (service down)", registry=r
+            "sml_bridge_paused",
+            "1 while consumption is paused (service or registry down)",
+            registry=r,
         )
         self.latency = Histogram(
             "sml_bridge_stage_latency_seconds",
@@ -44,11 +48,20 @@ class BridgeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
-        self.connector_restarts = Counter(
-            "sml_bridge_connector_restarts",
-            "Restarts of FAILED connector instances or tasks by the connector watchdog",
-            ["connector"],
+        self.connector_restarts = restarts_counter(r)
+        self.service_calls = Counter(
+            "sml_bridge_service_calls", "POST /predict_batch calls, retries included", registry=r
+        )
+        self.aborted = Counter(
+            "sml_bridge_transactions_aborted",
+            "Output transactions aborted (the batch is consumed again)",
             registry=r,
+        )
+        self.rebalances = Counter(
+            "sml_bridge_rebalances", "Partitions assigned or revoked", ["event"], registry=r
+        )
+        self.assigned = Gauge(
+            "sml_bridge_assigned_partitions", "Partitions this replica owns", registry=r
         )
 
 

@@ -65,6 +65,9 @@ def worker_properties(settings: Settings, dist_dir: Path) -> str:
         "offset.flush.interval.ms": "1000",
         # One worker: never hold back a connector's tasks waiting for a departed member.
         "scheduled.rebalance.max.delay.ms": "0",
+        # The bridge publishes in transactions: sinks read only committed records, so a
+        # fenced or killed bridge's aborted output never reaches the table.
+        "consumer.isolation.level": "read_committed",
         "config.providers": "env,file",
         "config.providers.env.class": f"{PROVIDERS}.EnvVarConfigProvider",
         "config.providers.file.class": f"{PROVIDERS}.FileConfigProvider",

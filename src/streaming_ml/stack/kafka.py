@@ -89,6 +89,9 @@ def server_properties(settings: Settings) -> str:
         "default.replication.factor": "1",
         "min.insync.replicas": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # A killed bridge's open transaction blocks read_committed readers until it is
+        # aborted: look for timed-out transactions every second, not every ten.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "log.retention.hours": "168",
         "num.io.threads": "4",
         "num.network.threads": "2",

@@ -1,4 +1,4 @@
-"""The bridge's decisions, without Kafka: hashing, planning, DLQ reasons, offsets."""
+"""The bridge's decisions, without Kafka: parsing, planning, DLQ reasons, offsets."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ from typing import Any
 
 import pytest
 
-from streaming_ml.bridge import (
+from streaming_ml.bridge.changes import Change, parse_change, unchanged_columns
+from streaming_ml.bridge.offsets import offsets_to_commit, rewind_points, split_at_unfinished
+from streaming_ml.bridge.plan import (
     Action,
-    Change,
-    backoff_delays,
     dlq_headers,
     dlq_reason,
     features_hash,
-    offsets_to_commit,
-    parse_change,
     plan_actions,
     prediction_record,
     service_records,
@@ -27,8 +25,12 @@ ROW: dict[str, Any] = {
 }  # fmt: skip
 
 
-def change(op: str, lid: int, **row: Any) -> Change:
-    return Change(op, lid, None if op == "d" else {**ROW, **row}, 1_700_000_000_000, 42)
+NOT_FEATURES = frozenset({"id", "price"})
+
+
+def change(op: str, lid: int, unchanged: frozenset[str] = frozenset(), **row: Any) -> Change:
+    after = None if op == "d" else {**ROW, **row}
+    return Change(op, lid, after, 1_700_000_000_000, 42, unchanged)
 
 
 def test_hash_ignores_price_and_number_representation() -> None:
@@ -40,59 +42,65 @@ def test_hash_ignores_price_and_number_representation() -> None:
 
 def test_plan_orders_actions_like_the_input() -> None:
     changes = [change("c", 1), change("c", 2, mileage=-5), "deserialization: bad", change("c", 3)]
-    actions = plan_actions(changes, lambda _lid: None)
+    actions = plan_actions(changes)
     assert [(a.kind, a.index, a.listing_id) for a in actions] == [
         ("predict", 0, 1), ("dlq", 1, 2), ("dlq", 2, None), ("predict", 3, 3),
     ]  # fmt: skip
     assert actions[1].reason == "mileage: must be at least 0, got -5"
     assert actions[2].reason == "deserialization: bad"
+    assert (actions[1].stage, actions[2].stage) == ("validation", "decode")
 
 
 def test_price_only_update_is_skipped_but_feature_update_repriced() -> None:
-    cache = {7: features_hash(ROW)}
+    price_only = frozenset(FEATURES)  # Debezium's header: every feature unchanged
+    mileage = frozenset(FEATURES) - {"mileage"}
     actions = plan_actions(
-        [change("u", 7, price=1), change("u", 7, mileage=30_000), change("u", 7, mileage=30_000)],
-        cache.get,
+        [change("u", 7, price_only, price=1), change("u", 7, mileage, mileage=30_000)]
     )
-    assert [a.kind for a in actions] == ["skip", "predict", "skip"]
+    assert [a.kind for a in actions] == ["skip", "predict"]
     assert actions[0].skip_why == "unchanged"
 
 
-def test_cache_miss_on_update_asks_the_table_once() -> None:
-    asked: list[list[int]] = []
+def test_update_without_proof_of_unchanged_features_is_priced() -> None:
+    """No header (REPLICA IDENTITY DEFAULT gives empty lists): unknown, so priced."""
+    unknown = plan_actions([change("u", 7), change("u", 8, NOT_FEATURES)])
+    assert [a.kind for a in unknown] == ["predict", "predict"]
 
-    def stored(ids: list[int]) -> dict[int, str]:
-        asked.append(ids)
-        return {5: features_hash(ROW)}
 
-    actions = plan_actions(
-        [change("u", 5, price=2), change("u", 6), change("c", 8)], lambda _lid: None, stored
-    )
-    assert asked == [[5, 6]]
-    assert [a.kind for a in actions] == ["skip", "predict", "predict"]
+def test_unchanged_header_is_read_and_only_trusted_when_readable() -> None:
+    good = [("changed", b'["price"]'), ("unchanged", b'["id","model","year"]')]
+    assert unchanged_columns(good) == {"id", "model", "year"}
+    assert unchanged_columns([("unchanged", b"not json")]) == frozenset()
+    assert unchanged_columns([("unchanged", b'{"a": 1}')]) == frozenset()
+    assert unchanged_columns(None) == frozenset()
+
+
+def test_insert_and_snapshot_are_always_priced() -> None:
+    every = frozenset(FEATURES)
+    actions = plan_actions([change("c", 1, every), change("r", 2, every)])
+    assert [a.kind for a in actions] == ["predict", "predict"]
 
 
 def test_delete_then_recreate_in_one_batch() -> None:
-    cache = {3: features_hash(ROW)}
-    actions = plan_actions([change("d", 3), change("c", 3)], cache.get)
+    actions = plan_actions([change("d", 3), change("c", 3)])
     assert [a.kind for a in actions] == ["tombstone", "predict"]
 
 
 def test_update_that_breaks_a_row_is_dead_lettered_and_unpriced() -> None:
-    actions = plan_actions([change("u", 4, year=None)], lambda _lid: None)
+    actions = plan_actions([change("u", 4, year=None)])
     assert [a.kind for a in actions] == ["dlq", "tombstone"]
     assert actions[0].reason == "year: is missing (null)"
 
 
 def test_debezium_tombstone_and_truncate_are_skipped() -> None:
-    actions = plan_actions([Change("tombstone", 9, None, None, None)], lambda _lid: None)
+    actions = plan_actions([Change("tombstone", 9, None, None, None)])
     assert [(a.kind, a.skip_why) for a in actions] == [("skip", "tombstone")]
 
 
 def test_generated_invalid_rows_are_all_dead_lettered() -> None:
     records = generate_listing_records(60, seed=3, invalid=12)
     changes = [Change("c", i, r, 1, 1) for i, r in enumerate(records)]
-    actions = plan_actions(changes, lambda _lid: None)
+    actions = plan_actions(changes)
     dlq = [a for a in actions if a.kind == "dlq"]
     assert len(dlq) == 12
     assert all(a.reason and ": " in a.reason for a in dlq)
@@ -118,6 +126,8 @@ def test_parse_debezium_envelope() -> None:
     }  # fmt: skip
     parsed = parse_change({"id": 12}, value)
     assert parsed == Change("c", 12, {"id": 12, **ROW}, 1_700_000_000_123, 2_345_678)
+    # The unchanged-columns proof only means something for an update.
+    assert parse_change({"id": 12}, value, frozenset(FEATURES)).unchanged == frozenset()
     deleted = parse_change(
         {"id": 12}, {"before": {"id": 12}, "after": None, "op": "d", "source": {"ts_ms": 1}}
     )
@@ -136,6 +146,20 @@ def test_offsets_commit_next_offset_per_partition() -> None:
     assert [(tp.topic, tp.partition, tp.offset) for tp in tps] == [("t", 0, 8), ("t", 1, 3)]
 
 
+def test_rewind_points_are_the_first_offset_per_partition() -> None:
+    tps = rewind_points([("t", 0, 5), ("t", 1, 2), ("t", 0, 4)])
+    assert [(tp.topic, tp.partition, tp.offset) for tp in tps] == [("t", 0, 4), ("t", 1, 2)]
+
+
+def test_unfinished_record_cuts_only_its_own_partition() -> None:
+    positions = [("t", 0, 10), ("t", 1, 20), ("t", 0, 11), ("t", 1, 21), ("t", 0, 12)]
+    done, rewinds = split_at_unfinished(positions, unfinished=[2])
+    # Partition 0 stops before offset 11 (order per listing); partition 1 goes on.
+    assert done == [0, 1, 3]
+    assert [(tp.partition, tp.offset) for tp in rewinds] == [(0, 11)]
+    assert split_at_unfinished(positions, []) == ([0, 1, 2, 3, 4], [])
+
+
 def test_prediction_record_keeps_full_precision_and_latencies() -> None:
     action = Action("predict", 0, 11, change("c", 11), "abc")
     record = prediction_record(
@@ -152,13 +176,9 @@ def test_service_records_carry_only_features() -> None:
     assert service_records([{"id": 1, **ROW}]) == [{name: ROW[name] for name in FEATURES}]
 
 
-def test_backoff_grows_and_is_capped() -> None:
-    assert backoff_delays(5, 0.25, 1.0) == [0.25, 0.5, 1.0, 1.0, 1.0]
-
-
 @pytest.mark.parametrize("bad", [{"mileage": "12k"}, {"engineSize": 0.0}, {"fuelType": ""}])
 def test_unpriceable_values_are_caught(bad: dict[str, Any]) -> None:
-    actions = plan_actions([change("c", 1, **bad)], lambda _lid: None)
+    actions = plan_actions([change("c", 1, **bad)])
     assert actions[0].kind == "dlq"
     assert actions[0].reason.startswith(next(iter(bad)) + ": ")
 
@@ -168,7 +188,7 @@ def test_registry_outage_is_retried_but_bad_bytes_are_dead_lettered() -> None:
     from confluent_kafka.schema_registry.error import SchemaRegistryError
     from confluent_kafka.serialization import SerializationError
 
-    from streaming_ml.bridge import registry_unavailable
+    from streaming_ml.bridge.changes import registry_unavailable
 
     assert registry_unavailable(httpx.ConnectError("connection refused"))
     assert registry_unavailable(SchemaRegistryError(503, 50301, "unavailable"))

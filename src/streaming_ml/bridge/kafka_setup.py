@@ -1,0 +1,102 @@
+"""Topics and client configurations of the bridge (shared with ``streaming-ml connectors``)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streaming_ml.config import Settings
+from streaming_ml.exceptions import BridgeError
+
+logger = logging.getLogger(__name__)
+
+
+def pipeline_topics(settings: Settings) -> list[str]:
+    return [settings.listings_topic, settings.predictions_topic, settings.dlq_topic]
+
+
+def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create the change, predictions and DLQ topics with ``settings.partitions``
+    partitions, keyed by listing id, so per-listing order holds in each. Returns each
+    topic's partition count.
+
+    Existing topics are left as they are, even with fewer partitions: adding partitions
+    moves keys to other partitions, and a listing's pending changes could then be read
+    out of order. The bridge logs the difference and works with what exists.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    # Broker append time makes a record's timestamp mean "reached Kafka", which is what
+    # kafka_ts_ms and the benchmark's per-stage figures rely on.
+    append_time = {"message.timestamp.type": "LogAppendTime"}
+    wanted = pipeline_topics(settings)
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=settings.partitions, config=append_time) for t in wanted]
+    )
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=30)
+            logger.info("topic created", extra={"topic": topic, "partitions": settings.partitions})
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BridgeError(
+                    f"cannot create topic {topic} on {settings.kafka_bootstrap}: {error}. "
+                    "Is Kafka up? Try `streaming-ml stack status`."
+                ) from error
+    metadata = admin.list_topics(timeout=30).topics
+    counts = {t: len(metadata[t].partitions) for t in wanted if t in metadata}
+    for topic, count in counts.items():
+        if count != settings.partitions:
+            logger.warning(
+                "topic keeps its partition count (not repartitioned automatically)",
+                extra={"topic": topic, "partitions": count, "SML_PARTITIONS": settings.partitions},
+            )
+    return counts
+
+
+def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "client.id": "streaming-ml-bridge",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        # Offsets are committed inside the output transaction; read_committed also
+        # makes the offset fetch after a rebalance wait for a pending transaction.
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "cooperative-sticky",
+        # The change topic appears with the first captured row: notice it soon.
+        "topic.metadata.refresh.interval.ms": 5000,
+        # A crashed bridge's partitions move after 10 s instead of 45 s; heartbeats
+        # come from librdkafka's thread, not from poll().
+        "session.timeout.ms": 10_000,
+    }
+    if settings.bridge_instance_id:
+        config["group.instance.id"] = settings.bridge_instance_id
+    return config
+
+
+def transactional_id(settings: Settings, group_id: str) -> str:
+    """Stable for a static member (a restart fences and aborts its predecessor's open
+    transaction at once), unique per process otherwise."""
+    if settings.bridge_instance_id:
+        return f"{group_id}-{settings.bridge_instance_id}"
+    return f"{group_id}-{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+
+
+def producer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    timeout_ms = int(settings.transaction_timeout_s * 1000)
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": "streaming-ml-bridge",
+        "transactional.id": transactional_id(settings, group_id),
+        "linger.ms": 5,
+        # An open transaction of a killed bridge blocks read_committed readers of its
+        # output partitions until the broker times it out: keep that short.
+        "transaction.timeout.ms": timeout_ms,
+        "message.timeout.ms": timeout_ms,
+    }

@@ -1,0 +1,174 @@
+"""Output: a batch's records and its consumed offsets, in one Kafka transaction.
+
+Each batch is published as
+
+1. ``begin_transaction``;
+2. ``produce`` every record (a record ``produce()`` refuses is replaced by its fallback,
+   e.g. a prediction by a DLQ record, a DLQ record by one without the original bytes);
+3. ``send_offsets_to_transaction`` with the consumer's group metadata (KIP-447);
+4. ``commit_transaction`` (flushes, then writes the commit markers).
+
+So the predictions, the DLQ records and the offsets become visible together or not at
+all. Step 3 carries the consumer's group generation: a bridge that lost its partitions
+without noticing (frozen, cut off) is refused by the group coordinator there, its
+transaction is aborted, and readers in ``read_committed`` (the JDBC sink) never see
+what it wrote. That is the fence that keeps a stale price or a ghost row out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+class OutputAborted(Exception):
+    """The transaction was aborted: nothing of the batch is visible; consume it again."""
+
+
+class OutputFatal(Exception):
+    """The producer cannot go on (fenced by a newer one with its transactional id)."""
+
+
+@dataclass
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None = None
+    # Produced instead when Kafka refuses this record (too large, say).
+    fallback: OutRecord | None = None
+
+
+class TransactionalOutput:
+    """Publishes batches with a transactional producer; see the module docstring."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        group_metadata: Callable[[], Any],
+        timeout_s: float,
+        make_producer: Callable[[dict[str, Any]], Any] = Producer,
+    ) -> None:
+        self._config = config
+        self._group_metadata = group_metadata
+        self._timeout_s = timeout_s
+        self._make_producer = make_producer
+        self._producer = self._start_producer()
+
+    def _start_producer(self) -> Any:
+        producer = self._make_producer(self._config)
+        # Also aborts whatever a previous process with the same transactional id left open.
+        producer.init_transactions(self._timeout_s)
+        return producer
+
+    def publish(self, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]) -> None:
+        """Produce ``records`` and commit ``offsets`` atomically.
+
+        Raises OutputAborted (rewind and redo the batch) or OutputFatal.
+        """
+        refused: dict[int, OutRecord] = {}  # records Kafka refused, by position: use fallbacks
+        for _attempt in range(3):
+            delivery_errors: dict[int, KafkaError] = {}
+            try:
+                self._producer.begin_transaction()
+                for position, record in enumerate(records):
+                    self._produce(refused.get(position, record), position, delivery_errors)
+                if offsets:
+                    self._producer.send_offsets_to_transaction(
+                        list(offsets), self._group_metadata(), self._timeout_s
+                    )
+                self._commit()
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal():
+                    raise OutputFatal(str(error)) from exc
+                self._abort(error)
+                final = (
+                    {p: e for p, e in delivery_errors.items() if not e.retriable()}
+                    if delivery_errors
+                    else {}
+                )
+                replaced = self._replace_refused(records, refused, final)
+                if not replaced:
+                    raise OutputAborted(str(error)) from exc
+        raise OutputAborted("records were refused by Kafka three times in a row")
+
+    def _produce(self, record: OutRecord, position: int, errors: dict[int, KafkaError]) -> None:
+        def on_delivery(error: KafkaError | None, _msg: Message) -> None:
+            if error is not None:
+                errors[position] = error
+
+        current: OutRecord | None = record
+        while current is not None:
+            try:
+                self._producer.produce(
+                    current.topic, key=current.key, value=current.value,
+                    headers=current.headers, on_delivery=on_delivery,
+                )  # fmt: skip
+                return
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError._STATE or error.txn_requires_abort():
+                    raise
+                logger.warning(
+                    "Kafka refused a record; producing its fallback",
+                    extra={"topic": current.topic, "error": str(error)},
+                )
+                current = current.fallback
+        logger.error("a record and all its fallbacks were refused; dropped", extra={})
+
+    def _commit(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(self._timeout_s)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                logger.warning("transaction commit timed out; trying again", extra={})
+
+    def _abort(self, error: KafkaError) -> None:
+        logger.warning("transaction aborted", extra={"error": str(error)})
+        try:
+            self._producer.abort_transaction(self._timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise OutputFatal(str(exc.args[0])) from exc
+            # Could not even abort (Kafka down): start over with a new producer, whose
+            # init_transactions fences and aborts this one's transaction.
+            logger.warning("abort failed; restarting the producer", extra={"error": str(exc)})
+            self._producer = self._start_producer()
+
+    @staticmethod
+    def _replace_refused(
+        records: Sequence[OutRecord], refused: dict[int, OutRecord], final: dict[int, KafkaError]
+    ) -> bool:
+        """Swap each record Kafka refused for good for its fallback; False if none."""
+        replaced = False
+        for position, error in final.items():
+            current = refused.get(position, records[position])
+            if current.fallback is not None:
+                logger.warning(
+                    "Kafka refused a record; producing its fallback next time",
+                    extra={"topic": current.topic, "error": str(error)},
+                )
+                refused[position] = current.fallback
+                replaced = True
+        return replaced
+
+    def close(self) -> None:
+        try:
+            self._producer.flush(self._timeout_s)
+        finally:
+            self._producer = None

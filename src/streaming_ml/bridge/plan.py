@@ -1,0 +1,141 @@
+"""What to do with each change event: price it, tombstone it, skip it or dead-letter it.
+
+Pure functions over decoded changes (no Kafka, no HTTP), unit-tested on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from streaming_ml.bridge.changes import Change
+from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, feature_problems
+
+# Debezium op codes: create, update, delete, read (snapshot).
+PRICED_OPS = frozenset({"c", "u", "r"})
+ALL_FEATURES = frozenset(FEATURES)
+
+ActionKind = Literal["predict", "tombstone", "skip", "dlq"]
+
+
+@dataclass
+class Action:
+    """What the bridge does with one consumed message; ``index`` is its place in the batch."""
+
+    kind: ActionKind
+    index: int
+    listing_id: int | None = None
+    change: Change | None = None
+    features_hash: str | None = None
+    reason: str | None = None
+    skip_why: str | None = None
+    stage: str = "validation"  # where a DLQ reason came from: decode, validation, service
+
+
+def features_hash(row: Mapping[str, Any]) -> str:
+    """Stable hash of the priced features: equal features give an equal hash whatever
+    the other columns (price) or the numeric representation (2 vs 2.0) are."""
+    canonical: dict[str, Any] = {}
+    for name in FEATURES:
+        value = row.get(name)
+        kind = COLUMNS_BY_NAME[name].kind
+        if value is not None and kind != "category":
+            value = float(value)
+            if kind == "int" and value.is_integer():
+                value = int(value)
+        canonical[name] = value
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dlq_reason(problems: Mapping[str, str]) -> str:
+    """``field: problem; field: problem`` in schema order, e.g. for a DLQ header."""
+    order = {name: i for i, name in enumerate(FEATURES)}
+    items = sorted(problems.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    return "; ".join(f"{name}: {problem}" for name, problem in items)
+
+
+def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("reason", reason.encode()),
+        ("source.topic", topic.encode()),
+        ("source.partition", str(partition).encode()),
+        ("source.offset", str(offset).encode()),
+    ]
+
+
+def dead_letter(index: int, change: Change | None, reason: str, stage: str) -> list[Action]:
+    """A DLQ action, plus a tombstone when an update made a priced row unpriceable:
+    the listing must not keep the price of features it no longer has."""
+    lid = change.listing_id if change is not None else None
+    actions = [Action("dlq", index, lid, change, reason=reason, stage=stage)]
+    if change is not None and change.op == "u" and lid is not None:
+        actions.append(Action("tombstone", index, lid, change))
+    return actions
+
+
+def plan_actions(changes: Sequence[Change | str]) -> list[Action]:
+    """Decide per event, in order: predict, tombstone, skip or DLQ.
+
+    ``changes`` holds a Change, or a string reason when the message could not be
+    decoded. An update is skipped as "unchanged" only when its ``unchanged`` header
+    names every feature; without that proof it is priced (correct, only slower).
+    """
+    actions: list[Action] = []
+    for index, change in enumerate(changes):
+        if isinstance(change, str):
+            actions.append(Action("dlq", index, reason=change, stage="decode"))
+            continue
+        lid = change.listing_id
+        if change.op not in PRICED_OPS and change.op != "d":
+            actions.append(Action("skip", index, lid, change, skip_why=change.op))
+        elif lid is None:
+            actions.append(Action("dlq", index, change=change, reason="id: missing from event"))
+        elif change.op == "d":
+            actions.append(Action("tombstone", index, lid, change))
+        elif change.row is None:
+            actions += dead_letter(index, change, "after: missing from event", "validation")
+        elif problems := feature_problems(change.row):
+            actions += dead_letter(index, change, dlq_reason(problems), "validation")
+        elif change.op == "u" and change.unchanged >= ALL_FEATURES:
+            actions.append(Action("skip", index, lid, change, skip_why="unchanged"))
+        else:
+            actions.append(Action("predict", index, lid, change, features_hash(change.row)))
+    return actions
+
+
+def prediction_record(
+    action: Action,
+    result: Mapping[str, Any],
+    *,
+    kafka_ts_ms: int,
+    received_ts_ms: int,
+    predicted_ts_ms: int,
+    model_latency_ms: float,
+) -> dict[str, Any]:
+    """The Avro value for one priced listing (fields of data.PREDICTION_FIELDS)."""
+    assert action.change is not None and action.listing_id is not None
+    source_ts = (
+        action.change.source_ts_ms if action.change.source_ts_ms is not None else kafka_ts_ms
+    )
+    return {
+        "listing_id": action.listing_id,
+        "predicted_price": float(result["predicted_price"]),
+        "model_tag": str(result["model_tag"]),
+        "features_hash": action.features_hash,
+        "source_lsn": action.change.lsn,
+        "source_ts_ms": source_ts,
+        "kafka_ts_ms": kafka_ts_ms,
+        "bridge_received_ts_ms": received_ts_ms,
+        "predicted_ts_ms": predicted_ts_ms,
+        "model_latency_ms": float(model_latency_ms),
+        "end_to_end_ms": float(predicted_ts_ms - source_ts),
+    }
+
+
+def service_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The feature columns of each row, as /predict_batch expects them."""
+    return [{name: row.get(name) for name in FEATURES} for row in rows]
