@@ -322,6 +322,9 @@ def bench(
     steps: str | None = typer.Option(None, help="Throughput step rates, e.g. 1000,2000,4000"),
     step_duration: float | None = typer.Option(None, help="Seconds per throughput step"),
     prefill_rows: int | None = typer.Option(None, help="Rows for the bridge-only run"),
+    bridges: int | None = typer.Option(
+        None, help="Bridge-only run: rows/s of 1 and of this many bridges in one group (default 2)"
+    ),
     concurrency: int | None = typer.Option(None, help="Client threads for /predict req/s"),
     skip_serving: bool = typer.Option(False, "--skip-serving", help="No /predict run"),
     skip_latency: bool = typer.Option(False, "--skip-latency", help="No latency run"),
@@ -341,7 +344,7 @@ def bench(
     given = {
         "rate": rate, "duration_s": duration, "batch_rows": batch,
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
-        "concurrency": concurrency,
+        "bridges": bridges, "concurrency": concurrency,
     }  # fmt: skip
     if steps is not None:
         # Only the --steps parse may turn a ValueError into this message: one raised

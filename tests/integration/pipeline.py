@@ -6,12 +6,15 @@ Every wait here polls a real component until a condition holds or a deadline pas
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -25,7 +28,7 @@ from streaming_ml import serde, sinks
 from streaming_ml.bench.kafka import commit_offsets, high_watermarks
 from streaming_ml.bench.kafka import read_topic as bench_read_topic
 from streaming_ml.bridge import Bridge
-from streaming_ml.config import Settings
+from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.data import FEATURES
 from tests.fixtures.ports import free_port
 
@@ -106,13 +109,29 @@ def bridge_metric_or_none(settings: Settings, name: str) -> float | None:
 
 @contextmanager
 def running_bridge(
-    settings: Settings, ready_timeout_s: float = 120, from_end: bool = True
+    settings: Settings,
+    ready_timeout_s: float = 120,
+    from_end: bool = True,
+    watch_connectors: bool = False,
 ) -> Iterator[RunningBridge]:
     """An in-process bridge in a thread; stopped (batch finished, committed) on exit.
-    ``from_end``: first move the consumer group to the topic's current end."""
+    ``from_end``: first move the consumer group to the topic's current end.
+    ``watch_connectors``: run the connector watchdog while owning partition 0, as
+    ``streaming-ml bridge --apply-connectors`` does."""
+    from streaming_ml import connectors
+    from streaming_ml.bridge import BridgeMetrics
+
     if from_end:
         start_group_at_end(settings)
-    bridge = Bridge(settings)
+    metrics = BridgeMetrics()
+    watchdog = (
+        connectors.partition_zero_watchdog(settings, metrics.connector_restarts)
+        if watch_connectors
+        else None
+    )
+    bridge = Bridge(
+        settings, metrics=metrics, on_partitions=watchdog.on_partitions if watchdog else None
+    )
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -133,9 +152,21 @@ def running_bridge(
     finally:
         bridge.stop()
         thread.join(timeout=60)
+        if watchdog is not None:
+            watchdog.stop()
         assert not thread.is_alive(), "bridge did not stop within 60 s"
     if errors:
         raise errors[0]
+
+
+def start_bridge_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """``streaming-ml bridge`` as a child process (its own metrics port)."""
+    own = settings.model_copy(update={"bridge_metrics_port": free_port()})
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming_ml.cli", "bridge"],
+            cwd=REPO_ROOT, env=settings_env(own), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def query(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:

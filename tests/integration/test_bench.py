@@ -46,8 +46,9 @@ def quick_bench(
     )
     out, plot = out_dir / "bench.json", out_dir / "bench.png"
     result = subprocess.run(
-        [sys.executable, "-m", "streaming_ml.cli", "bench", "--quick", "--out", str(out),
-         "--plot", str(plot)],
+        # --bridges 2 (the default, spelled out): one extra short bridge-only round.
+        [sys.executable, "-m", "streaming_ml.cli", "bench", "--quick", "--bridges", "2",
+         "--out", str(out), "--plot", str(plot)],
         env={**os.environ, **settings_env(settings)},
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
@@ -100,6 +101,13 @@ def test_quick_bench_reports_throughput_and_serving_figures(
     assert bridge["predictions"] == bridge["rows"] == doc["options"]["prefill_rows"]
     assert bridge["bridge_summary"]["predicted"] == bridge["rows"]
     assert positive(doc["bridge_rows_per_s"])
+    by_processes = doc["bridge_rows_per_s_by_processes"]
+    assert set(by_processes) == {"1", "2"}
+    assert by_processes["1"] == doc["bridge_rows_per_s"]
+    assert positive(by_processes["2"])
+    two = doc["bridge_run_by_processes"]["2"]
+    assert two["bridge_processes"] == 2
+    assert two["predictions"] == two["rows"] == doc["options"]["prefill_rows"]
 
     assert positive(doc["predict_one_row_ms_p50"])
     assert positive(doc["predict_1000_rows_ms_p50"])

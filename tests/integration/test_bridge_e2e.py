@@ -4,15 +4,13 @@ Postgres -> Debezium -> Kafka -> bridge -> service -> Kafka -> JDBC sink -> Post
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.config import Settings
 from streaming_ml.load import load_listings
 from streaming_ml.serving import ServiceProcess
 from tests.fixtures.ports import free_port
@@ -27,7 +25,7 @@ from tests.integration.pipeline import (
     query,
     read_topic,
     running_bridge,
-    settings_env,
+    start_bridge_process,
     start_group_at_end,
     wait_for_predictions,
     wait_until,
@@ -162,14 +160,6 @@ def test_updates_reprice_only_on_feature_change_and_deletes_remove(
     assert predictions_for(dsn, table, [b])[b]["predicted_ts_ms"] == first[b]["predicted_ts_ms"]
 
 
-def _start_bridge_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streaming_ml.cli", "bridge"],
-            cwd=REPO_ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
 def test_kill_and_service_outage_still_price_every_listing_once(
     stack_settings: Settings, trained_model_tag: str, tmp_path: Path
 ) -> None:
@@ -184,7 +174,7 @@ def test_kill_and_service_outage_still_price_every_listing_once(
     table, source = settings.predictions_table, settings.listings_table
     log = tmp_path / "bridge.log"
     start_group_at_end(settings)
-    bridge = _start_bridge_process(settings, log)
+    bridge = start_bridge_process(settings, log)
     try:
         inserted: list[int] = []
         baseline = query(dsn, f"SELECT coalesce(max(id), 0) AS top FROM public.{source}")[0]["top"]
@@ -202,7 +192,7 @@ def test_kill_and_service_outage_still_price_every_listing_once(
         )
         bridge.send_signal(signal.SIGKILL)
         bridge.wait(timeout=30)
-        bridge = _start_bridge_process(settings, log)
+        bridge = start_bridge_process(settings, log)
         loader.join(timeout=120)
         assert not loader.is_alive()
 

@@ -77,7 +77,7 @@ def test_registry_restart_failed_task_is_restarted_and_every_row_priced(
     seen_failed: list[str] = []
     caplog.set_level(logging.WARNING, logger="streaming_ml.bridge")
     try:
-        with running_bridge(settings) as running:
+        with running_bridge(settings, watch_connectors=True) as running:
             ids += load_listings(dsn, 10, seed=next(seeds), batch=5, table=source).ids
             wait_for_predictions(dsn, table, ids, timeout_s=60)
 

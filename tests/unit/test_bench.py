@@ -1,20 +1,30 @@
-"""The bench's arithmetic: percentiles, stage split, growth verdict, targets, parsing."""
+"""The bench's arithmetic: percentiles, stage split, growth verdict, targets, parsing;
+its options and CLI, and the summary and plot of the figures."""
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
+import streaming_ml.bench
 from streaming_ml.bench import (
     BenchOptions,
     RowTimes,
+    _bridge_only_runs,
     check_targets,
     growth_verdict,
     parse_load_output,
     settings_env,
     summarize,
 )
+from streaming_ml.bench.pipeline import _add_up
+from streaming_ml.bench.processes import wait_all_exit
+from streaming_ml.bench.report import bridge_process_rows, plot_bench, print_summary
+from streaming_ml.cli import app
 from streaming_ml.config import Settings
 from streaming_ml.exceptions import BenchError
 
@@ -115,4 +125,168 @@ def test_options_reject_nonsense() -> None:
         BenchOptions(rate=0).check()
     with pytest.raises(BenchError, match="--insert-mode"):
         BenchOptions(insert_mode="bulk").check()  # type: ignore[arg-type]
+    with pytest.raises(BenchError, match="--bridges must be at least 1, got 0"):
+        BenchOptions(bridges=0).check()
     BenchOptions.quick().check()
+
+
+def test_bridge_only_rounds_time_one_bridge_then_the_asked_number() -> None:
+    assert BenchOptions().bridge_counts == (1, 2)
+    assert BenchOptions.quick().bridge_counts == (1, 2)
+    assert BenchOptions(bridges=4).bridge_counts == (1, 4)
+    assert BenchOptions(bridges=1).bridge_counts == (1,)
+    BenchOptions(bridges=1).check()
+
+
+def _bench_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, list[BenchOptions]]:
+    """``streaming-ml bench ARGS`` with run_bench replaced: checks and records the options."""
+    seen: list[BenchOptions] = []
+
+    def fake_run_bench(settings: Settings, options: BenchOptions, **_: Any) -> dict[str, Any]:
+        options.check()
+        seen.append(options)
+        return {}
+
+    monkeypatch.setattr(streaming_ml.bench, "run_bench", fake_run_bench)
+    result = CliRunner().invoke(app, ["bench", *args])
+    return result, seen
+
+
+def test_bench_cli_passes_bridges_on_and_keeps_the_default_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, seen = _bench_cli(monkeypatch, "--quick", "--bridges", "3")
+    assert result.exit_code == 0, result.output
+    assert (seen[0].profile, seen[0].bridges) == ("quick", 3)
+    result, seen = _bench_cli(monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert seen[0].bridges == 2
+
+
+def test_bench_cli_rejects_fewer_than_one_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, seen = _bench_cli(monkeypatch, "--bridges", "0")
+    assert result.exit_code != 0
+    assert "--bridges must be at least 1, got 0" in result.output
+    assert seen == []
+
+
+def test_report_shows_each_bridge_count_with_its_speed_up_over_one() -> None:
+    doc = {
+        "bridge_rows_per_s": 4000.0,
+        "bridge_rows_per_s_by_processes": {"1": 4000.0, "2": 6000.0},
+    }
+    assert bridge_process_rows(doc) == [("bridge_rows_per_s, 2 processes (1.50x of 1)", "6,000.0")]
+    # Counts sort as numbers, an unmeasured figure shows as a dash and no speed-up.
+    doc["bridge_rows_per_s_by_processes"] = {"1": 4000.0, "10": 9000.0, "3": None}
+    assert bridge_process_rows(doc) == [
+        ("bridge_rows_per_s, 3 processes", "—"),
+        ("bridge_rows_per_s, 10 processes (2.25x of 1)", "9,000.0"),
+    ]
+    # --bridges 1, or a document from before --bridges: only the one-process figure.
+    assert bridge_process_rows({"bridge_rows_per_s_by_processes": {"1": 4000.0}}) == []
+    assert bridge_process_rows({"bridge_rows_per_s": 4000.0}) == []
+
+
+def test_summary_table_prints_both_bridge_figures_next_to_each_other() -> None:
+    doc: dict[str, Any] = {
+        "bench": {"profile": "quick"},
+        "bridge_rows_per_s": 4000.0,
+        "bridge_rows_per_s_by_processes": {"1": 4000.0, "2": 7000.0},
+    }
+    doc["targets"] = check_targets(doc)
+    console = Console(record=True, width=200)
+    print_summary(doc, console)
+    lines = console.export_text().splitlines()
+    one = next(i for i, line in enumerate(lines) if "bridge_rows_per_s " in line)
+    assert "4,000.0" in lines[one]
+    assert "bridge_rows_per_s, 2 processes (1.75x of 1)" in lines[one + 1]
+    assert "7,000.0" in lines[one + 1]
+
+
+@pytest.mark.parametrize(
+    "bridge_figures",
+    [
+        {"bridge_rows_per_s": 4000.0, "bridge_rows_per_s_by_processes": {"1": 4000.0, "2": None}},
+        {"bridge_rows_per_s": 4000.0},  # a document from before --bridges
+    ],
+)
+def test_plot_draws_the_bridge_figures_with_the_throughput_steps(
+    bridge_figures: dict[str, Any], tmp_path: Path
+) -> None:
+    step = {"offered_rows_per_s": 2000.0, "commit_rows_per_s": 1990.0, "kept_up": True,
+            "latency_ms": {"p99": 120.0}}  # fmt: skip
+    doc = {
+        "bench": {"profile": "quick", "started_at": "2025-01-01T00:00:00"},
+        "machine": {"cpu_count": 2},
+        "throughput_steps": [step],
+        "max_sustained_rows_per_s": 1990.0,
+        **bridge_figures,
+    }
+    plot_bench(doc, {}, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _ExitedBridge:
+    """Stands in for a started BridgeProcess that has already exited."""
+
+    def __init__(self, code: int, summary: dict[str, Any]) -> None:
+        self.code, self._summary = code, summary
+
+    def exit_code(self) -> int | None:
+        return self.code
+
+    def failure(self, what: str) -> BenchError:
+        return BenchError(f"bridge {what} (exit code {self.code})")
+
+    def summary(self) -> dict[str, Any]:
+        return self._summary
+
+
+def test_waiting_for_bridges_returns_every_summary_in_order_or_the_first_failure() -> None:
+    console = Console(record=True)
+    bridges = [_ExitedBridge(0, {"events": 1200}), _ExitedBridge(0, {"events": 800})]
+    summaries = wait_all_exit(bridges, console, 5.0, "2 bridges draining")  # type: ignore[arg-type]
+    assert summaries == [{"events": 1200}, {"events": 800}]
+    failing = [bridges[0], _ExitedBridge(1, {})]
+    with pytest.raises(BenchError, match=r"failed \(exit code 1\)"):
+        wait_all_exit(failing, console, 5.0, "2 bridges draining")  # type: ignore[arg-type]
+
+
+def test_bridge_summaries_add_up_key_by_key() -> None:
+    summaries = [
+        {"events": 1200, "predicted": 1200, "output": "x"},
+        {"events": 800, "predicted": 799},
+    ]
+    assert _add_up(summaries) == {"events": 2000, "predicted": 1999}
+
+
+class _FakeBench:
+    """Stands in for Bench: records the bridge-only rounds asked for."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        self.options = options
+        self.rounds: list[tuple[int, bool]] = []
+
+    def prefill_change_topic(self) -> str:
+        return "prefill"
+
+    def bridge_only_run(self, prefill: str, processes: int, wait_for_sink: bool) -> dict[str, Any]:
+        self.rounds.append((processes, wait_for_sink))
+        return {"bridge_processes": processes, "bridge_rows_per_s": 1000.0 * processes}
+
+
+def test_bridge_only_rounds_record_one_process_under_the_old_key_and_all_by_count() -> None:
+    bench = _FakeBench(BenchOptions(bridges=3))
+    doc: dict[str, Any] = {}
+    _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
+    # The sink catches up between rounds, not after the last.
+    assert bench.rounds == [(1, True), (3, False)]
+    assert doc["bridge_rows_per_s"] == 1000.0
+    assert doc["bridge_run"]["bridge_processes"] == 1
+    assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0, "3": 3000.0}
+    assert set(doc["bridge_run_by_processes"]) == {"1", "3"}
+
+    bench, doc = _FakeBench(BenchOptions(bridges=1)), {}
+    _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
+    assert bench.rounds == [(1, False)]
+    assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0}

@@ -11,7 +11,8 @@ Four runs against the real local stack, each optional:
 - **throughput steps**: the same at rising rates, stopping at the first rate the
   pipeline does not keep up with;
 - **bridge only**: rows are pre-filled into the change topic while no bench bridge
-  runs, then a bridge in a new consumer group drains them: bridge + model alone.
+  runs, then a bridge in a new consumer group drains them: bridge + model alone;
+  then ``--bridges`` processes in one new group drain the same rows again, side by side.
 
 Every per-row stamp is epoch milliseconds of this machine's one clock (Postgres'
 commit time via Debezium's ``source.ts_ms``, Kafka's broker append time, the
@@ -79,6 +80,7 @@ def run_bench(
         "stages": None,
         "max_sustained_rows_per_s": None,
         "bridge_rows_per_s": None,
+        "bridge_rows_per_s_by_processes": None,
         "predict_one_row_ms_p50": None,
         "predict_1000_rows_ms_p50": None,
         "options": {k: v for k, v in asdict(options).items()},
@@ -157,11 +159,27 @@ def _run_all(bench: Bench, doc: dict[str, Any]) -> None:
         except StreamingMLError as error:
             doc["errors"].append(f"throughput steps: {error}")
         try:
-            run = bench.bridge_only_run()
-            doc["bridge_run"] = run
-            doc["bridge_rows_per_s"] = run["bridge_rows_per_s"]
+            _bridge_only_runs(bench, doc)
         except StreamingMLError as error:
             doc["errors"].append(f"bridge-only run: {error}")
+
+
+def _bridge_only_runs(bench: Bench, doc: dict[str, Any]) -> None:
+    """One pre-filled range, drained by 1 and then ``--bridges`` processes (each round
+    in a new consumer group); every round's figures are recorded as soon as measured."""
+    prefill = bench.prefill_change_topic()
+    counts = bench.options.bridge_counts
+    runs: dict[str, Any] = {}
+    rates: dict[str, float | None] = {}
+    doc["bridge_run_by_processes"] = runs
+    doc["bridge_rows_per_s_by_processes"] = rates
+    for i, processes in enumerate(counts):
+        run = bench.bridge_only_run(prefill, processes, wait_for_sink=i + 1 < len(counts))
+        runs[str(processes)] = run
+        rates[str(processes)] = run["bridge_rows_per_s"]
+        if processes == 1:
+            doc["bridge_run"] = run
+            doc["bridge_rows_per_s"] = run["bridge_rows_per_s"]
 
 
 __all__ = [

@@ -36,6 +36,7 @@ class BenchOptions:
     )  # fmt: skip
     step_duration_s: float = 15.0
     prefill_rows: int = 50_000
+    bridges: int = 2  # bridge-only run: also time this many bridges in one group (1: only one)
     one_row_requests: int = 200
     thousand_row_requests: int = 50
     concurrency: int = 8
@@ -55,6 +56,11 @@ class BenchOptions:
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
             concurrent_max_s=2.0, drain_timeout_s=60.0,
         )  # fmt: skip
+
+    @property
+    def bridge_counts(self) -> tuple[int, ...]:
+        """Bridge processes per bridge-only round: one, then ``bridges`` (once each)."""
+        return tuple(dict.fromkeys((1, self.bridges)))
 
     def rows_per_commit(self, rate: float, commits_per_s: int = BATCHED_COMMITS_PER_S) -> int:
         if self.insert_mode == "single":
@@ -77,6 +83,8 @@ class BenchOptions:
             problems.append(f"--steps must all be positive, got {self.step_rates}")
         if self.prefill_rows < 1 or self.step_duration_s <= 0:
             problems.append("--prefill-rows and --step-duration must be positive")
+        if self.bridges < 1:
+            problems.append(f"--bridges must be at least 1, got {self.bridges}")
         if self.concurrency < 1:
             problems.append(f"--concurrency must be at least 1, got {self.concurrency}")
         if problems:

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,7 @@ from streaming_ml.bench.processes import (
     _http_ok,
     parse_load_output,
     settings_env,
+    wait_all_exit,
 )
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.bench.stats import MIN_ACHIEVED_SHARE, RowTimes, growth_verdict, summarize
@@ -58,6 +59,27 @@ class Environment:
     startup_s: dict[str, float] = field(default_factory=dict)
     bridge_group: str | None = None
     external_bridge: bool = False
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """Rows pre-filled into the change topic for the bridge-only rounds: the load
+    generator's report, the change topic's end offsets before them, and how long
+    Debezium took to capture them."""
+
+    report: LoadReport
+    change_start: dict[int, int]
+    capture_s: float
+
+
+def _add_up(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Bridge summary lines added up key by key (the numeric keys)."""
+    total: dict[str, Any] = {}
+    for summary in summaries:
+        for key, value in summary.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def _is_loopback(url: str) -> bool:
@@ -478,9 +500,10 @@ class Bench:
             best = min(rate, commit_rate)
         return steps, best, why
 
-    def bridge_only_run(self) -> dict[str, Any]:
-        """Pre-fill the change topic with no bench bridge running, then time a bridge in a
-        new consumer group draining it (bridge + model, no Debezium in the way)."""
+    def prefill_change_topic(self) -> Prefill:
+        """Stop the bench's bridge, insert ``prefill_rows`` rows as fast as possible and
+        wait until Debezium has written all their change events: the bridge-only rounds
+        all drain this same range, each in a new consumer group."""
         o, s = self.options, self.settings
         self.console.rule(f"[bold]bridge-only run: {o.prefill_rows} pre-filled rows")
         if self.env.external_bridge:
@@ -504,40 +527,114 @@ class Bench:
                 wait.update(f"{have - sum(change_start.values())}/{o.prefill_rows} events")
                 time.sleep(0.25)
             capture_s = wait.elapsed
+        return Prefill(report, change_start, capture_s)
+
+    def bridge_only_run(
+        self, prefill: Prefill, processes: int = 1, wait_for_sink: bool = False
+    ) -> dict[str, Any]:
+        """Time ``processes`` ``--once`` bridges in one new consumer group draining the
+        pre-filled range (bridge + model, no Debezium in the way): rows / (last prediction
+        appended - first event read by any of them), so start-up and group join are
+        excluded. With ``wait_for_sink``, wait afterwards until the JDBC sink has written
+        this round's predictions, so the next round does not share the CPU with it."""
+        o, s = self.options, self.settings
+        report = prefill.report
+        partitions = len(prefill.change_start)
+        if processes > 1:
+            self.console.rule(f"[bold]bridge-only run: {processes} bridges in one group")
+            if processes > partitions:
+                self.console.print(
+                    f"[yellow]{processes} bridges for {partitions} partitions of "
+                    f"{s.listings_topic}: {processes - partitions} of them get none"
+                )
         group = f"sml-bench-prefill-{uuid.uuid4().hex[:8]}"
-        commit_offsets(s, group, s.listings_topic, change_start)
+        commit_offsets(s, group, s.listings_topic, prefill.change_start)
         pred_start = self._topic_ends(s.predictions_topic)
+        names = [group] if processes == 1 else [f"{group}-{i + 1}" for i in range(processes)]
+        bridges = [
+            BridgeProcess(s, self.child_env, group, self.log_dir, once=True, name=name)
+            for name in names
+        ]
+        what = "bridge" if processes == 1 else f"{processes} bridges"
         began = time.monotonic()
-        bridge = BridgeProcess(s, self.child_env, group, self.log_dir, once=True)
-        bridge.start()
         try:
-            summary = bridge.wait_exit(
-                self.console, 300.0, f"bridge (group {group}) draining {o.prefill_rows} events"
-            )
+            for bridge in bridges:
+                bridge.start()
+            summaries = wait_all_exit(
+                bridges, self.console, 300.0,
+                f"{what} (group {group}) draining {o.prefill_rows} events",
+            )  # fmt: skip
         finally:
-            bridge.stop()
+            for bridge in bridges:
+                bridge.stop()
         wall_s = time.monotonic() - began
         found = self.prediction_topic_times(pred_start, report.first_id, report.last_id, True)
         if len(found) != o.prefill_rows:
+            logs = ", ".join(str(b.log_path) for b in bridges)
             raise BenchError(
-                f"the drained bridge produced {len(found)} predictions for {o.prefill_rows} "
-                f"rows; see {bridge.log_path}"
+                f"the drained {what} produced {len(found)} predictions for {o.prefill_rows} "
+                f"rows; see {logs}"
             )
         appended = np.array([ts for ts, _ in found.values()])
         received = np.array([v["bridge_received_ts_ms"] for _, v in found.values()], dtype=float)
         span_s = (appended.max() - received.min()) / 1000
-        return {
+        run: dict[str, Any] = {
+            "bridge_processes": processes,
+            "change_topic_partitions": partitions,
             "rows": o.prefill_rows,
             "predictions": len(found),
-            "bridge_summary": summary,
+            "bridge_summary": summaries[0] if processes == 1 else _add_up(summaries),
+        }
+        if processes > 1:
+            # Whether the work was shared: a late joiner may find little left to do.
+            run["events_per_process"] = [summary.get("events") for summary in summaries]
+        run |= {
             "first_read_to_last_append_s": round(span_s, 3),
             "bridge_rows_per_s": round(len(found) / span_s, 1) if span_s > 0 else None,
             "bridge_process_wall_s": round(wall_s, 2),
             "wall_rows_per_s_incl_startup": round(len(found) / wall_s, 1),
             "prefill_load_generator_rows_per_s": round(report.rows_per_s, 1),
-            "prefill_capture_wait_s": round(capture_s, 2),
+            "prefill_capture_wait_s": round(prefill.capture_s, 2),
             "model_call_ms": summarize([v["model_latency_ms"] for _, v in found.values()]),
         }
+        if wait_for_sink:
+            run["sink_caught_up_s"] = self._wait_sink_wrote(report, received.min())
+        return run
+
+    def _wait_sink_wrote(self, report: LoadReport, since_ms: float) -> float | None:
+        """Seconds until the predictions table holds, for every pre-filled row, a
+        prediction read by the bridge at or after ``since_ms`` (this round's, the sink
+        upserts by listing id); None when it did not within ``drain_timeout_s`` (the
+        next round then shares the CPU with the sink: noted, not fatal)."""
+        import psycopg2
+
+        o, s = self.options, self.settings
+        query = (
+            f"SELECT count(*) FROM public.{s.predictions_table} WHERE listing_id BETWEEN "
+            "%(a)s AND %(b)s AND bridge_received_ts_ms >= %(since)s"
+        )
+        bounds = {"a": report.first_id, "b": report.last_id, "since": int(since_ms)}
+        what = "JDBC sink writing this round's predictions"
+        conn = psycopg2.connect(self.dsn, connect_timeout=10)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur, Waiting(self.console, what, o.drain_timeout_s) as wait:
+                while True:
+                    cur.execute(query, bounds)
+                    (written,) = cur.fetchone()
+                    if written >= report.inserted:
+                        return round(wait.elapsed, 2)
+                    if wait.expired():
+                        break
+                    wait.update(f"{written}/{report.inserted} rows")
+                    time.sleep(0.25)
+        finally:
+            conn.close()
+        self.console.print(
+            f"[yellow]the sink wrote {written} of {report.inserted} predictions in "
+            f"{o.drain_timeout_s:.0f}s; the next round shares the CPU with it"
+        )
+        return None
 
     def serving_run(self) -> dict[str, Any]:
         return serving.serving_run(self.settings, self.options, self.console, self._next_seed)

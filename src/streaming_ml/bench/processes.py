@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,18 +91,20 @@ def _cli(*args: str) -> list[str]:
 
 
 class BridgeProcess:
-    """``streaming-ml bridge`` as a child process in its own consumer group."""
+    """``streaming-ml bridge`` as a child process in the consumer group ``group``;
+    ``name`` (default: the group) names its log files, so replicas of one group
+    each get their own."""
 
     def __init__(
         self, settings: Settings, env: Mapping[str, str], group: str, log_dir: Path,
-        once: bool = False,
+        once: bool = False, name: str | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.env = dict(env)
         self.group = group
         self.once = once
-        self.log_path = log_dir / f"bench-bridge-{group}.log"
-        self.out_path = log_dir / f"bench-bridge-{group}.out"
+        self.log_path = log_dir / f"bench-bridge-{name or group}.log"
+        self.out_path = log_dir / f"bench-bridge-{name or group}.out"
         self.metrics_port = free_port(settings.host)
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -161,17 +163,13 @@ class BridgeProcess:
                 time.sleep(0.25)
             return wait.elapsed
 
-    def wait_exit(self, console: Console, timeout_s: float, what: str) -> dict[str, Any]:
-        """Wait for a ``--once`` bridge to drain and exit; return its summary line."""
+    def exit_code(self) -> int | None:
+        """The exit code, or None while it runs."""
         assert self._process is not None
-        with Waiting(console, what, timeout_s) as wait:
-            while self._process.poll() is None:
-                if wait.expired():
-                    raise self.failure(f"did not finish draining in {timeout_s:.0f}s")
-                wait.update("bridge draining the topic")
-                time.sleep(0.25)
-        if self._process.returncode != 0:
-            raise self.failure("failed")
+        return self._process.poll()
+
+    def summary(self) -> dict[str, Any]:
+        """The summary line an exited ``--once`` bridge printed."""
         text = self.out_path.read_text().strip().splitlines()
         self.out_path.unlink(missing_ok=True)
         try:
@@ -194,6 +192,32 @@ class BridgeProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def wait_all_exit(
+    bridges: Sequence[BridgeProcess], console: Console, timeout_s: float, what: str
+) -> list[dict[str, Any]]:
+    """Wait for every ``--once`` bridge of ``bridges`` (started) to drain and exit; return
+    their summary lines in order. The first one that fails fails the wait."""
+    with Waiting(console, what, timeout_s) as wait:
+        while True:
+            running = []
+            for bridge in bridges:
+                code = bridge.exit_code()
+                if code is None:
+                    running.append(bridge)
+                elif code != 0:
+                    raise bridge.failure("failed")
+            if not running:
+                break
+            if wait.expired():
+                raise running[0].failure(f"did not finish draining in {timeout_s:.0f}s")
+            if len(bridges) == 1:
+                wait.update("bridge draining the topic")
+            else:
+                wait.update(f"{len(running)} of {len(bridges)} bridges still draining the topic")
+            time.sleep(0.25)
+    return [bridge.summary() for bridge in bridges]
 
 
 def _http_ok(url: str, timeout_s: float = 2.0) -> bool:

@@ -131,13 +131,35 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
     table.add_column("target", justify="right")
     table.add_column("met", justify="center")
     for key, entry in doc.get("targets", {}).items():
-        value = entry["measured"]
-        shown = f"{value:,.1f}" if isinstance(value, int | float) else "—"
         met = {True: "[green]yes", False: "[red]no", None: "—"}[entry["met"]]
-        table.add_row(key, shown, entry["target"], met)
+        table.add_row(key, _figure(entry["measured"]), entry["target"], met)
+        if key == "bridge_rows_per_s":
+            for figure, shown in bridge_process_rows(doc):
+                table.add_row(figure, shown, "—", "—")
     console.print(table)
     for error in doc.get("errors", []):
         console.print(f"[red]error:[/] {error}")
+
+
+def _figure(value: Any) -> str:
+    return f"{value:,.1f}" if isinstance(value, int | float) else "—"
+
+
+def bridge_process_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(figure, measured) rows of the bridge-only figure with more than one process,
+    each with its speed-up over one process when both were measured; the one-process
+    figure is ``bridge_rows_per_s``, which has its own (target) row."""
+    by_processes = doc.get("bridge_rows_per_s_by_processes") or {}
+    one = by_processes.get("1")
+    rows = []
+    for processes, value in sorted(by_processes.items(), key=lambda item: int(item[0])):
+        if processes == "1":
+            continue
+        figure = f"bridge_rows_per_s, {processes} processes"
+        if isinstance(value, int | float) and isinstance(one, int | float) and one > 0:
+            figure += f" ({value / one:.2f}x of 1)"
+        rows.append((figure, _figure(value)))
+    return rows
 
 
 def _second_bins(t_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
@@ -235,11 +257,17 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
         ax.set_xticks(x, [f"{r:g}" for r in offered])
         ax.set_xlabel("offered rate (rows/s)")
         ax.set_ylabel("rows/s")
-        bridge = doc.get("bridge_rows_per_s")
-        if bridge:
-            ax.axhline(
-                bridge, color="tab:purple", linestyle=":", label=f"bridge only {bridge:,.0f}"
-            )
+        by_processes = doc.get("bridge_rows_per_s_by_processes") or {}
+        if not by_processes and doc.get("bridge_rows_per_s"):
+            by_processes = {"1": doc["bridge_rows_per_s"]}  # a document from before --bridges
+        styles = iter((":", "-.", "--"))
+        for processes, bridge in sorted(by_processes.items(), key=lambda item: int(item[0])):
+            if bridge:
+                label = f"bridge only, {processes} process{'' if processes == '1' else 'es'}"
+                style = next(styles, ":")
+                ax.axhline(
+                    bridge, color="tab:purple", linestyle=style, label=f"{label} {bridge:,.0f}"
+                )
         twin = ax.twinx()
         twin.plot(x, [s["latency_ms"]["p99"] for s in steps], "o-", color="tab:red",
                   label="p99 latency")  # fmt: skip

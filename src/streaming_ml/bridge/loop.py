@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 from prometheus_client import start_http_server
@@ -102,11 +109,11 @@ class Bridge:
         self._on_partitions = on_partitions
         self._stop = threading.Event()
         self._pause: Pause | None = None
+        self._pauses_in_a_row = 0  # makes each pause longer while batches keep failing
         self._consumer: Consumer | None = None
         self._output: TransactionalOutput | None = None
-        self._client = PredictionClient(settings.prediction_url, settings.request_timeout_s)
         self._pricer = Pricer(
-            self._client,
+            PredictionClient(settings.prediction_url, settings.request_timeout_s),
             retry_delays=[
                 settings.service_backoff_s * 2**i for i in range(settings.service_retries)
             ],
@@ -163,14 +170,16 @@ class Bridge:
                 [batch.positions[a.index] for a in to_price],
             )
         except Backpressure as error:
-            self._pause_and_rewind(batch, "prediction service", self._client.ready, str(error))
+            self._pause_and_rewind(
+                batch, "prediction service", self._pricer.client.ready, str(error)
+            )
             return
         model_ms = (time.perf_counter() - call_started) * 1000
         if to_price:
             self.metrics.latency.labels("model_call").observe(model_ms / 1000)
         self.metrics.service_calls.inc(priced.calls)
 
-        unfinished = {to_price[i].index for i in priced.unfinished}
+        unfinished = {to_price[i].index for i in priced.retry_later}
         rejected = {to_price[i].index: reason for i, reason in priced.rejected.items()}
         results = {to_price[i].index: r for i, r in priced.results.items()}
         done, rewinds = split_at_unfinished(batch.positions, unfinished)
@@ -193,17 +202,21 @@ class Bridge:
             self.metrics.aborted.inc()
             self._seek(rewind_points(batch.positions))
             return
-        except OutputFatal as error:
-            logger.error("producer fenced; starting a new one", extra={"error": str(error)})
-            self._output = None
-            self._seek(rewind_points(batch.positions))
+        except (OutputFatal, KafkaException) as error:
+            # Fenced, or Kafka away: a new producer (same transactional id, so it aborts
+            # whatever this one left open) is made once Kafka answers again.
+            self.metrics.aborted.inc()
+            self._drop_output()
+            self._pause_and_rewind(batch, "Kafka producer", self._output_ready, str(error))
             return
         done_messages = [batch.messages[i] for i in done]
         self._count(done_messages, counts, model_ms, started)
         if rewinds:
             # Some records failed on their own this pass: let the rest go, retry them soon.
             self._seek(rewinds)
-            self._enter_pause("prediction service", self._client.ready, "records to retry")
+            self._enter_pause("prediction service", self._pricer.client.ready, "records to retry")
+        else:
+            self._pauses_in_a_row = 0
 
     def _outputs(
         self,
@@ -346,7 +359,10 @@ class Bridge:
 
     def _enter_pause(self, what: str, ready: Callable[[], bool], reason: str) -> None:
         assert self._consumer is not None
-        first = self.settings.service_backoff_s
+        # A record failing alone in a quiet topic (no other record to prove the service
+        # works) must not spin: each pause in a row waits twice as long, up to the cap.
+        first = min(PROBE_CAP_S, self.settings.service_backoff_s * 2**self._pauses_in_a_row)
+        self._pauses_in_a_row = min(self._pauses_in_a_row + 1, 8)
         self._pause = Pause(what, ready, time.monotonic() + first, first)
         self.metrics.paused.set(1)
         self._consumer.pause(self._partitions())
@@ -440,7 +456,7 @@ class Bridge:
         self._producer_config = kafka_setup.producer_config(s, self.group_id)
         self._output_or_fail()
         stack.callback(self._close_output)
-        stack.callback(self._client.close)
+        stack.callback(lambda: self._pricer.client.close())
         self._consumer.subscribe(
             [s.listings_topic],
             on_assign=self._on_assign,
@@ -457,6 +473,19 @@ class Bridge:
             },
         )  # fmt: skip
         self.ready.set()
+
+    def _output_ready(self) -> bool:
+        """Readiness probe while Kafka is away: can a transactional producer start?"""
+        try:
+            self._output_or_fail()
+            return True
+        except KafkaException as error:
+            logger.info("Kafka transactions not available yet", extra={"error": str(error)})
+            return False
+
+    def _drop_output(self) -> None:
+        # Not closed: flushing a producer whose broker is away would block.
+        self._output = None
 
     def _output_or_fail(self) -> TransactionalOutput:
         if self._output is None:

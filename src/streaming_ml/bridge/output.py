@@ -18,6 +18,7 @@ what it wrote. That is the fence that keeps a stale price or a ghost row out.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,8 @@ class OutputAborted(Exception):
 
 
 class OutputFatal(Exception):
-    """The producer cannot go on (fenced by a newer one with its transactional id)."""
+    """The producer cannot go on (fenced, or its transaction cannot be finished): drop it;
+    a new producer with the same transactional id aborts what it left open."""
 
 
 @dataclass
@@ -82,9 +84,7 @@ class TransactionalOutput:
                 for position, record in enumerate(records):
                     self._produce(refused.get(position, record), position, delivery_errors)
                 if offsets:
-                    self._producer.send_offsets_to_transaction(
-                        list(offsets), self._group_metadata(), self._timeout_s
-                    )
+                    self._send_offsets(list(offsets))
                 self._commit()
                 return
             except KafkaException as exc:
@@ -128,27 +128,62 @@ class TransactionalOutput:
                 current = current.fallback
         logger.error("a record and all its fallbacks were refused; dropped", extra={})
 
-    def _commit(self) -> None:
-        while True:
+    def _send_offsets(self, offsets: list[TopicPartition]) -> None:
+        """``send_offsets_to_transaction`` with a wall-clock limit.
+
+        librdkafka can block in this call past its timeout when the group coordinator
+        it cached went away (a broker restart): confluentinc/librdkafka#5456 and #5511,
+        open in 2.16. The call runs on a helper thread (it releases the GIL); if it has
+        not returned in twice the timeout, the producer is given up as fatal. The next
+        producer, with the same transactional id, fences this one and aborts its
+        transaction, so the abandoned call can do no harm.
+        """
+        metadata = self._group_metadata()
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                self._producer.send_offsets_to_transaction(offsets, metadata, self._timeout_s)
+                outcome.append(None)
+            except BaseException as error:  # handed to the caller below
+                outcome.append(error)
+
+        worker = threading.Thread(target=call, name="send-offsets", daemon=True)
+        worker.start()
+        worker.join(self._timeout_s * 2)
+        if not outcome:
+            raise OutputFatal(
+                f"send_offsets_to_transaction did not return in {self._timeout_s * 2:g} s "
+                "(librdkafka#5456 after a broker restart); replacing the producer"
+            )
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _commit(self, attempts: int = 3) -> None:
+        """Commit, retrying a timed-out commit a few times: past that the broker or the
+        coordinator is away, and the caller must not block (the consumer would be
+        thrown out of its group for not polling)."""
+        for attempt in range(1, attempts + 1):
             try:
                 self._producer.commit_transaction(self._timeout_s)
                 return
             except KafkaException as exc:
                 if not exc.args[0].retriable():
                     raise
-                logger.warning("transaction commit timed out; trying again", extra={})
+                logger.warning(
+                    "transaction commit timed out; trying again",
+                    extra={"attempt": attempt, "error": str(exc.args[0])},
+                )
+        raise OutputFatal(f"the transaction did not commit within {attempts} attempts")
 
     def _abort(self, error: KafkaError) -> None:
         logger.warning("transaction aborted", extra={"error": str(error)})
         try:
             self._producer.abort_transaction(self._timeout_s)
         except KafkaException as exc:
-            if exc.args[0].fatal():
-                raise OutputFatal(str(exc.args[0])) from exc
-            # Could not even abort (Kafka down): start over with a new producer, whose
-            # init_transactions fences and aborts this one's transaction.
-            logger.warning("abort failed; restarting the producer", extra={"error": str(exc)})
-            self._producer = self._start_producer()
+            # Could not even abort (Kafka away): the next producer's init_transactions
+            # aborts this transaction for us.
+            raise OutputFatal(f"abort failed: {exc.args[0]}") from exc
 
     @staticmethod
     def _replace_refused(

@@ -120,8 +120,13 @@ class Priced:
 
     results: dict[int, Mapping[str, Any]] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)  # dead-letter, with the reason
-    unfinished: dict[int, str] = field(default_factory=dict)  # try again on a later pass
+    unfinished: dict[int, str] = field(default_factory=dict)  # failed alone: try again later
+    deferred: dict[int, str] = field(default_factory=dict)  # not isolated this pass: no blame
     calls: int = 0
+
+    @property
+    def retry_later(self) -> set[int]:
+        return {*self.unfinished, *self.deferred}
 
 
 class Pricer:
@@ -191,12 +196,20 @@ class Pricer:
         out: Priced,
         error: Exception | None,
         budget: _Budget,
+        parent: Exception | None = None,
     ) -> None:
         """Find the records behind a failure by halving; ``error`` is the failure of
-        ``positions`` already seen (no need to ask again)."""
+        ``positions`` already seen (no need to ask again).
+
+        Halving a rejection is cheap and certain (the service says which records are
+        bad), so only halving a failure (5xx, timeout) spends ``budget``; what a spent
+        budget leaves unexamined is deferred to the next pass, blamed on nobody.
+        """
         if error is None:
-            if not budget.take():
-                raise Backpressure("the service fails for much of the batch")
+            if isinstance(parent, ServiceFailed) and not budget.take():
+                for p in positions:
+                    out.deferred[p] = f"service: not isolated this pass ({parent})"
+                return
             try:
                 out.calls += 1
                 answer = self.client.predict([rows[p] for p in positions])
@@ -212,17 +225,17 @@ class Pricer:
             target[positions[0]] = f"service: {error}"
             return
         middle = len(positions) // 2
-        self._isolate(positions[:middle], rows, out, None, budget)
-        self._isolate(positions[middle:], rows, out, None, budget)
+        self._isolate(positions[:middle], rows, out, None, budget, error)
+        self._isolate(positions[middle:], rows, out, None, budget, error)
 
     def _settle(self, out: Priced, keys: Sequence[Hashable]) -> None:
         for position in (*out.results, *out.rejected):
             self._strikes.pop(keys[position], None)
-        if not out.unfinished:
+        if not out.unfinished and not out.deferred:
             return
         if not out.results and not out.rejected:
             # Nobody got an answer: the service is at fault, no record is to blame.
-            reason = next(iter(out.unfinished.values()))
+            reason = next(iter({**out.unfinished, **out.deferred}.values()))
             raise Backpressure(f"every record of the batch failed ({reason})")
         for position, reason in list(out.unfinished.items()):
             key = keys[position]

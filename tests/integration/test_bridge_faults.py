@@ -1,0 +1,275 @@
+"""The bridge under faults, on the real stack: replicas killed and added, rebalances while
+paused, a misbehaving service, Kafka and Kafka Connect restarts. Each test asserts the
+exact final state: one row per live listing, each with the price of its current
+features, no row for a deleted listing, and only the records that deserve it in the DLQ.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streaming_ml.bench.kafka import LagProbe
+from streaming_ml.bridge.plan import features_hash
+from streaming_ml.config import Settings
+from streaming_ml.data import generate_listing_records
+from streaming_ml.load import insert_records, load_listings
+from streaming_ml.serving import ServiceProcess
+from streaming_ml.stack import stop_component, up
+from tests.fixtures.ports import free_port
+from tests.integration.pipeline import (
+    bridge_metric_or_none,
+    direct_prices,
+    dsn_of,
+    execute,
+    listings,
+    pipeline_settings,
+    predictions_for,
+    read_topic,
+    running_bridge,
+    start_bridge_process,
+    start_group_at_end,
+    wait_for_predictions,
+    wait_until,
+)
+from tests.integration.stub_service import MODEL_TAG, stub_price, stub_service
+
+pytestmark = pytest.mark.integration
+
+
+def settled(dsn: str, settings: Settings, ids: list[int]) -> dict[int, dict]:
+    """Prediction rows once every live listing's row carries its current features hash
+    and no deleted listing has a row; {} (falsy) until then."""
+    rows = listings(dsn, settings.listings_table, ids)
+    predictions = predictions_for(dsn, settings.predictions_table, ids)
+    if set(predictions) != set(rows):
+        return {}
+    if any(predictions[i]["features_hash"] != features_hash(rows[i]) for i in rows):
+        return {}
+    return predictions
+
+
+def assert_exact_prices(service_url: str, rows: dict[int, dict], predictions: dict) -> None:
+    ids = sorted(rows)
+    assert sorted(predictions) == ids
+    expected = direct_prices(service_url, [rows[i] for i in ids])
+    wrong = [(i, predictions[i]["predicted_price"], e) for i, e in zip(ids, expected, strict=True)
+             if predictions[i]["predicted_price"] != e]  # fmt: skip
+    assert not wrong, f"{len(wrong)} stale or wrong prices, e.g. {wrong[:3]}"
+
+
+def group_drained(settings: Settings) -> bool:
+    probe = LagProbe(settings, settings.consumer_group, settings.listings_topic)
+    try:
+        return probe.lag() == 0
+    finally:
+        probe.close()
+
+
+def test_three_bridges_survive_kill_term_and_a_fourth_joining(
+    stack_settings: Settings, prediction_service: str, tmp_path: Path
+) -> None:
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    source = settings.listings_table
+    log = tmp_path / "bridges.log"
+    start_group_at_end(settings)
+    bridges = [start_bridge_process(settings, log) for _ in range(3)]
+    try:
+        inserted: list[int] = []
+        loader = threading.Thread(
+            target=lambda: inserted.extend(
+                load_listings(dsn, 3000, seed=201, rate=200, batch=10, table=source).ids
+            )
+        )
+        loader.start()
+        time.sleep(4)  # the kill must land mid-stream: 4 s into a 15 s load
+        bridges[0].send_signal(signal.SIGKILL)
+        time.sleep(3)
+        bridges[1].send_signal(signal.SIGTERM)
+        time.sleep(2)
+        bridges.append(start_bridge_process(settings, log))
+        loader.join(timeout=120)
+        assert not loader.is_alive()
+        assert bridges[1].wait(timeout=60) == 0, "SIGTERM must stop a bridge cleanly"
+        assert len(set(inserted)) == 3000
+        wait_for_predictions(dsn, settings.predictions_table, inserted)
+
+        # Every listing updated five times in quick succession (five transactions).
+        for step in range(1, 6):
+            execute(
+                dsn,
+                f"UPDATE public.{source} SET mileage = mileage + %s WHERE id = ANY(%s)",
+                (step * 7, inserted),
+            )
+        predictions = wait_until(
+            lambda: settled(dsn, settings, inserted), 240, "the last update of each listing"
+        )
+        for alive in (bridges[2], bridges[3]):
+            assert alive.poll() is None, log.read_text()[-3000:]
+    finally:
+        for bridge in bridges:
+            if bridge.poll() is None:
+                bridge.send_signal(signal.SIGTERM)
+        for bridge in bridges:
+            try:
+                bridge.wait(timeout=60)
+            except Exception:
+                bridge.kill()
+    assert len(predictions) == 3000
+    rows = listings(dsn, source, inserted)
+    assert_exact_prices(prediction_service, rows, predictions)
+
+
+def test_rebalance_while_paused_leaves_no_ghost_row_and_no_stale_price(
+    stack_settings: Settings, trained_model_tag: str, tmp_path: Path
+) -> None:
+    port = free_port()
+
+    def start_service() -> ServiceProcess:
+        service = ServiceProcess(
+            host=stack_settings.host, port=port, model_tag=trained_model_tag,
+            log_path=tmp_path / "service.log",
+        )  # fmt: skip
+        service.start()
+        return service
+
+    service = start_service()
+    settings = pipeline_settings(stack_settings, service.url, service_backoff_s=0.1)
+    dsn = dsn_of(settings)
+    source = settings.listings_table
+    try:
+        with running_bridge(settings) as first:
+            ids = load_listings(dsn, 60, seed=202, batch=6, table=source).ids
+            wait_for_predictions(dsn, settings.predictions_table, ids)
+
+            service.stop()
+            execute(dsn, f"UPDATE public.{source} SET year = year - 1 WHERE id = ANY(%s)", (ids,))
+            wait_until(lambda: first.bridge.metrics.paused._value.get() == 1, 60, "a pause")
+            second_settings = settings.model_copy(update={"bridge_metrics_port": free_port()})
+            with running_bridge(second_settings, from_end=False) as second:
+                wait_until(lambda: second.bridge.assignment, 60, "the second bridge's partitions")
+                gone, changed_then_gone = ids[0], ids[1]
+                execute(dsn, f"UPDATE public.{source} SET tax = tax + 5 WHERE id = %s",
+                        (changed_then_gone,))  # fmt: skip
+                execute(dsn, f"DELETE FROM public.{source} WHERE id = ANY(%s)",
+                        ([gone, changed_then_gone],))  # fmt: skip
+                assert not second.errors and not first.errors
+                service = start_service()
+                predictions = wait_until(
+                    lambda: settled(dsn, settings, ids), 180, "every change priced after the pause"
+                )
+                # Both groups members drained: a late write would have landed by now.
+                wait_until(lambda: group_drained(settings), 60, "the group's lag to reach 0")
+        after = predictions_for(dsn, settings.predictions_table, ids)
+        rows = listings(dsn, source, ids)
+        assert gone not in after and changed_then_gone not in after
+        assert len(after) == len(ids) - 2 == len(predictions)
+        assert_exact_prices(service.url, rows, after)
+    finally:
+        service.stop()
+
+
+def test_fault_matrix_dead_letters_only_the_always_failing_record(
+    stack_settings: Settings,
+) -> None:
+    with stub_service(stack_settings.host) as (url, faults):
+        settings = pipeline_settings(
+            stack_settings, url, request_timeout_s=1.0, service_backoff_s=0.1,
+            service_retries=1, service_max_strikes=3,
+        )  # fmt: skip
+        dsn = dsn_of(settings)
+        source = settings.listings_table
+        seeds = iter(range(210, 230))
+        ids: list[int] = []
+
+        def insert(n: int) -> list[int]:
+            new = load_listings(dsn, n, seed=next(seeds), batch=5, table=source).ids
+            ids.extend(new)
+            return new
+
+        with running_bridge(settings) as running:
+            wait_for_predictions(dsn, settings.predictions_table, insert(20))
+
+            faults.burst_429_every = 3  # 429 bursts
+            wait_for_predictions(dsn, settings.predictions_table, insert(40))
+            faults.burst_429_every = 0
+
+            faults.status = 404  # a wrong URL / an old service, for a while
+            during_404 = insert(20)
+            wait_until(lambda: running.bridge.metrics.paused._value.get() == 1, 60, "a pause")
+            assert not predictions_for(dsn, settings.predictions_table, during_404)
+            faults.status = None
+            wait_for_predictions(dsn, settings.predictions_table, during_404)
+
+            faults.poison_model = "Poison"  # one record that always gets 500
+            poison_row = {**generate_listing_records(1, seed=231)[0], "model": "Poison"}
+            poison = insert_records(dsn, [poison_row], table=source, batch=1).ids[0]
+            ids.append(poison)
+            wait_for_predictions(dsn, settings.predictions_table, insert(30))
+
+            faults.slow_calls, faults.slow_s = 1, 1.5  # slower than the 1 s timeout
+            wait_for_predictions(dsn, settings.predictions_table, insert(20))
+
+            faults.short_answers = 2  # wrong-length answers
+            wait_for_predictions(dsn, settings.predictions_table, insert(20))
+
+            wait_until(lambda: running.bridge.stats.dlq >= 1, 60, "the poison record's DLQ entry")
+            assert running.thread.is_alive() and not running.errors
+            dlq_count = running.bridge.stats.dlq
+
+    good = [i for i in ids if i != poison]
+    predictions = predictions_for(dsn, settings.predictions_table, ids)
+    assert sorted(predictions) == sorted(good)
+    rows = listings(dsn, source, good)
+    assert all(predictions[i]["predicted_price"] == stub_price(rows[i]) for i in good)
+    assert {predictions[i]["model_tag"] for i in good} == {MODEL_TAG}
+    dead = [r for r in read_topic(settings, settings.dlq_topic, decode_value=False)
+            if r.key["id"] in set(ids)]  # fmt: skip
+    assert [r.key["id"] for r in dead] == [poison]
+    assert dlq_count == 1
+    reason = dead[0].headers["reason"].decode()
+    assert "HTTP 500" in reason and "failed 3 times" in reason, reason
+
+
+def test_kafka_and_connect_restarts_under_load_lose_and_duplicate_nothing(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    source = settings.listings_table
+    second_settings = settings.model_copy(update={"bridge_metrics_port": free_port()})
+    inserted: list[int] = []
+    with running_bridge(settings) as first, running_bridge(second_settings, from_end=False):
+        loader = threading.Thread(
+            target=lambda: inserted.extend(
+                load_listings(dsn, 1500, seed=240, rate=60, batch=3, table=source).ids
+            )
+        )
+        loader.start()
+        wait_until(lambda: first.bridge.stats.predicted >= 100, 120, "the bridges at work")
+        stop_component(settings, "kafka")
+        up(settings)
+        wait_until(lambda: bridge_metric_or_none(settings, "sml_bridge_predictions_total"),
+                   60, "the bridge's metrics")  # fmt: skip
+        time.sleep(3)  # some load between the two restarts
+        stop_component(settings, "connect")
+        up(settings)
+        loader.join(timeout=240)
+        assert not loader.is_alive()
+        assert len(set(inserted)) == 1500
+        predictions = wait_until(
+            lambda: settled(dsn, settings, inserted), 240, "every listing priced"
+        )
+    assert len(predictions) == 1500
+    count = (
+        f"SELECT count(*) AS n FROM public.{settings.predictions_table} WHERE listing_id = ANY(%s)"
+    )
+    from tests.integration.pipeline import query
+
+    assert query(dsn, count, (inserted,))[0]["n"] == 1500
+    assert_exact_prices(prediction_service, listings(dsn, source, inserted), predictions)

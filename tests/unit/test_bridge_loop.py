@@ -1,0 +1,493 @@
+"""The bridge loop without Kafka or the service: batches handled, paused, rewound, published.
+
+The Bridge's collaborators are replaced by fakes (consumer, decoder, pricing client,
+output, serializers) and its steps are called directly, so every scenario runs in
+milliseconds and time is controlled through ``Pause.next_try``, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from streaming_ml.bridge.changes import Change
+from streaming_ml.bridge.loop import Batch, Bridge
+from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord
+from streaming_ml.bridge.pricing import (
+    Pricer,
+    ServiceFailed,
+    ServiceRejected,
+    ServiceUnavailable,
+)
+from streaming_ml.config import Settings
+from streaming_ml.data import FEATURES
+
+TOPIC = "cars.public.car_listings"
+KAFKA_TS_MS = 1_700_000_001_000
+SOURCE_TS_MS = 1_700_000_000_000
+
+ROW: dict[str, Any] = {
+    "model": "Fiesta", "year": 2017, "price": 9000, "transmission": "Manual",
+    "mileage": 21000, "fuelType": "Petrol", "tax": 145, "mpg": 55.4, "engineSize": 1.0,
+}  # fmt: skip
+
+Position = tuple[str, int, int]
+
+
+def mileage_of(listing_id: int) -> int:
+    """Each listing gets its own mileage, so the fake service can tell rows apart."""
+    return 20_000 + listing_id
+
+
+def insert(listing_id: int) -> Change:
+    return Change("c", listing_id, {**ROW, "mileage": mileage_of(listing_id)}, SOURCE_TS_MS, 42)
+
+
+def update(listing_id: int, unchanged: frozenset[str] = frozenset()) -> Change:
+    row = {**ROW, "mileage": mileage_of(listing_id)}
+    return Change("u", listing_id, row, SOURCE_TS_MS, 43, unchanged)
+
+
+def delete(listing_id: int) -> Change:
+    return Change("d", listing_id, None, SOURCE_TS_MS, 44)
+
+
+class FakeMessage:
+    """A consumed change event; the fake decoder hands back ``change`` as is."""
+
+    def __init__(self, partition: int, offset: int, change: Change | str) -> None:
+        self._partition = partition
+        self._offset = offset
+        self.change = change
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"key@%d:%d" % (self._partition, self._offset)
+
+    def value(self) -> bytes:
+        return b"value@%d:%d" % (self._partition, self._offset)
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, KAFKA_TS_MS)
+
+    def error(self) -> None:
+        return None
+
+
+class FakeDecoder:
+    def decode(self, msg: FakeMessage) -> Change | str:
+        return msg.change
+
+
+class FakeConsumer:
+    """Hands out ``messages`` (at most ``num_messages`` per call); ``before_call[n]``
+    runs inside the n-th consume() call, where librdkafka runs rebalance callbacks."""
+
+    def __init__(
+        self,
+        messages: Sequence[FakeMessage] = (),
+        before_call: dict[int, Callable[[], None]] | None = None,
+    ) -> None:
+        self.queue = list(messages)
+        self.before_call = before_call or {}
+        self.consume_calls = 0
+        self.paused: list[list[tuple[str, int]]] = []
+        self.resumed: list[list[tuple[str, int]]] = []
+        self.assigned: list[list[tuple[str, int]]] = []
+        self.seeks: list[Position] = []
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        self.consume_calls += 1
+        hook = self.before_call.get(self.consume_calls)
+        if hook is not None:
+            hook()
+        taken, self.queue = self.queue[:num_messages], self.queue[num_messages:]
+        return taken
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.append([(tp.topic, tp.partition) for tp in partitions])
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.resumed.append([(tp.topic, tp.partition) for tp in partitions])
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.append([(tp.topic, tp.partition) for tp in partitions])
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 10) for tp in partitions]
+
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        return (0, 12)
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+class FakeOutput:
+    """Keeps what each publish() was given; raises ``error`` instead when set."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.published: list[tuple[list[OutRecord], list[Position]]] = []
+
+    def publish(self, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.published.append(
+            (list(records), [(tp.topic, tp.partition, tp.offset) for tp in offsets])
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class FakeService:
+    """The prediction client: prices rows by mileage; listings in ``failing`` make a
+    call fail with a 500, in ``rejected`` with a 422; ``down`` refuses every call."""
+
+    def __init__(self) -> None:
+        self.failing: set[int] = set()
+        self.rejected: set[int] = set()
+        self.down = False
+        self.is_ready = True
+        self.ready_calls = 0
+
+    def predict(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.down:
+            raise ServiceUnavailable("ConnectionError: connection refused")
+        listings = {row["mileage"] - mileage_of(0) for row in rows}
+        if listings & self.rejected:
+            raise ServiceRejected("HTTP 422: records[0].model: unknown model")
+        if listings & self.failing:
+            raise ServiceFailed("HTTP 500: internal error")
+        return [
+            {"predicted_price": float(row["mileage"]), "model_tag": "ford_price:v1"} for row in rows
+        ]
+
+    def ready(self) -> bool:
+        self.ready_calls += 1
+        return self.is_ready
+
+
+def serialize(obj: dict[str, Any], _ctx: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def bridge_with(
+    consumer: FakeConsumer,
+    service: FakeService,
+    output: FakeOutput | None = None,
+    *,
+    max_strikes: int = 3,
+    partitions: Sequence[int] = (0, 1),
+) -> Bridge:
+    settings = Settings(
+        service_retries=0,
+        service_backoff_s=1.0,
+        service_max_strikes=max_strikes,
+        batch_max_events=100,
+        batch_linger_ms=60_000,  # a batch ends when full, not on a clock
+    )
+    bridge = Bridge(settings, serve_metrics=False)
+    bridge._consumer = consumer  # type: ignore[assignment]
+    bridge._output = output or FakeOutput()  # type: ignore[assignment]
+    bridge._decoder = FakeDecoder()  # type: ignore[assignment]
+    bridge._client = service  # type: ignore[assignment]
+    bridge._pricer = Pricer(
+        service,  # type: ignore[arg-type]
+        retry_delays=(),
+        max_strikes=max_strikes,
+        wait=lambda _seconds: False,
+    )
+    bridge._key_ser = serialize
+    bridge._value_ser = serialize
+    bridge._on_assign(consumer, [TopicPartition(TOPIC, p) for p in partitions])  # type: ignore[arg-type]
+    return bridge
+
+
+def batch_of(*messages: FakeMessage) -> Batch:
+    return Batch(list(messages), [KAFKA_TS_MS + 5] * len(messages))  # type: ignore[arg-type]
+
+
+def published_records(output: FakeOutput) -> list[OutRecord]:
+    return [record for records, _ in output.published for record in records]
+
+
+def listing_of(record: OutRecord) -> int:
+    return json.loads(record.key or b"null")["listing_id"]
+
+
+def header(record: OutRecord, name: str) -> str:
+    return dict(record.headers or [])[name].decode()
+
+
+# -- backpressure: the service is down --
+
+
+def test_service_down_publishes_nothing_and_rewinds_each_partition_to_its_first_offset() -> None:
+    service = FakeService()
+    service.down = True
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output)
+    bridge._handle(
+        batch_of(
+            FakeMessage(0, 5, insert(1)),
+            FakeMessage(1, 2, insert(2)),
+            FakeMessage(0, 6, insert(3)),
+            FakeMessage(1, 3, insert(4)),
+        )
+    )
+    assert output.published == []
+    assert consumer.seeks == [(TOPIC, 0, 5), (TOPIC, 1, 2)]
+    assert consumer.paused == [[(TOPIC, 0), (TOPIC, 1)]]
+    assert bridge._pause is not None and bridge._pause.what == "prediction service"
+    assert bridge.stats.events == 0
+    assert bridge.metrics.registry.get_sample_value("sml_bridge_paused") == 1
+
+
+def test_paused_bridge_probes_readiness_only_when_due_and_resumes_once_ready() -> None:
+    service = FakeService()
+    service.down = True
+    consumer = FakeConsumer()
+    bridge = bridge_with(consumer, service)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+    pause = bridge._pause
+    assert pause is not None
+
+    pause.next_try = time.monotonic() + 3600  # not due: no probe
+    bridge._while_paused()
+    assert service.ready_calls == 0
+    assert bridge._pause is pause
+
+    service.is_ready = False
+    pause.next_try = time.monotonic() - 1  # due, but the service is not ready
+    bridge._while_paused()
+    assert service.ready_calls == 1
+    assert bridge._pause is pause and consumer.resumed == []
+    assert pause.delay == 2.0  # the probe interval doubles
+    assert pause.next_try > time.monotonic()
+
+    service.is_ready = True
+    pause.next_try = time.monotonic() - 1
+    bridge._while_paused()
+    assert bridge._pause is None
+    assert consumer.resumed == [[(TOPIC, 0), (TOPIC, 1)]]
+    assert bridge.metrics.registry.get_sample_value("sml_bridge_paused") == 0
+
+
+def test_partitions_assigned_while_paused_are_paused_and_later_resumed() -> None:
+    service = FakeService()
+    service.down = True
+    consumer = FakeConsumer()
+    bridge = bridge_with(consumer, service)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+
+    bridge._on_assign(consumer, [TopicPartition(TOPIC, 2)])  # type: ignore[arg-type]
+    assert consumer.assigned == [[(TOPIC, 2)]]
+    assert consumer.paused[-1] == [(TOPIC, 2)]
+
+    assert bridge._pause is not None
+    bridge._pause.next_try = time.monotonic() - 1
+    bridge._while_paused()
+    assert consumer.resumed == [[(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]]
+
+
+# -- rebalances --
+
+
+def test_messages_of_a_partition_revoked_while_collecting_are_dropped() -> None:
+    def revoke_partition_0() -> None:
+        bridge._on_revoke(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+
+    consumer = FakeConsumer(
+        [FakeMessage(0, 5, insert(1)), FakeMessage(1, 7, insert(2)), FakeMessage(1, 8, insert(3))],
+        before_call={2: revoke_partition_0},
+    )
+    bridge = bridge_with(consumer, FakeService())
+    batch = bridge._collect(3)
+    assert consumer.consume_calls == 2  # partition 0's message came before the revoke
+    assert batch.positions == [(TOPIC, 1, 7), (TOPIC, 1, 8)]
+    assert len(batch.received_ms) == 2
+
+
+def test_strikes_of_revoked_partitions_are_forgotten() -> None:
+    service = FakeService()
+    service.failing = {1}
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output, max_strikes=2)
+    batch = batch_of(FakeMessage(0, 5, insert(1)), FakeMessage(1, 7, insert(2)))
+    bridge._handle(batch)  # listing 1 fails alone: strike 1 of 2
+
+    bridge._on_revoke(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    bridge._on_assign(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+    bridge._handle(batch)  # a fresh start for listing 1: strike 1 again
+
+    assert [r.topic for r in published_records(output)] == [bridge.settings.predictions_topic] * 2
+    assert [offsets for _, offsets in output.published] == [[(TOPIC, 1, 8)], [(TOPIC, 1, 8)]]
+
+
+def test_record_failing_alone_on_every_pass_is_dead_lettered_at_the_last_strike() -> None:
+    service = FakeService()
+    service.failing = {1}
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output, max_strikes=2)
+    batch = batch_of(FakeMessage(0, 5, insert(1)), FakeMessage(1, 7, insert(2)))
+    bridge._handle(batch)
+    bridge._handle(batch)
+
+    records, offsets = output.published[-1]
+    assert [r.topic for r in records] == [
+        bridge.settings.dlq_topic,
+        bridge.settings.predictions_topic,
+    ]
+    assert header(records[0], "reason") == (
+        "service: HTTP 500: internal error "
+        "(failed 2 times on its own while other records were priced)"
+    )
+    assert (records[0].key, records[0].value) == (b"key@0:5", b"value@0:5")
+    assert offsets == [(TOPIC, 0, 6), (TOPIC, 1, 8)]
+
+
+# -- per-partition order --
+
+
+def test_record_failing_alone_holds_back_the_rest_of_its_partition_only() -> None:
+    service = FakeService()
+    service.failing = {2}
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output)
+    bridge._handle(
+        batch_of(
+            FakeMessage(0, 10, insert(1)),
+            FakeMessage(0, 11, insert(2)),  # fails on its own
+            FakeMessage(1, 20, insert(4)),
+            FakeMessage(0, 12, insert(3)),  # after it in partition 0: must wait
+            FakeMessage(1, 21, insert(5)),
+        )
+    )
+    [(records, offsets)] = output.published
+    assert [listing_of(r) for r in records] == [1, 4, 5]
+    assert offsets == [(TOPIC, 0, 11), (TOPIC, 1, 22)]  # partition 0: its first unfinished
+    assert consumer.seeks == [(TOPIC, 0, 11)]
+    assert bridge._pause is not None  # retried after a probe, not at once
+    assert bridge.stats.events == 3 and bridge.stats.predicted == 3
+
+
+# -- what is published --
+
+
+def test_service_rejected_update_is_dead_lettered_and_its_old_price_withdrawn() -> None:
+    service = FakeService()
+    service.rejected = {7, 8}
+    output = FakeOutput()
+    bridge = bridge_with(FakeConsumer(), service, output)
+    bridge._handle(batch_of(FakeMessage(0, 3, update(7)), FakeMessage(0, 4, insert(8))))
+
+    [(records, offsets)] = output.published
+    s = bridge.settings
+    assert [(r.topic, r.key, r.value) for r in records] == [
+        (s.dlq_topic, b"key@0:3", b"value@0:3"),
+        (s.predictions_topic, b'{"listing_id": 7}', None),  # the update's tombstone
+        (s.dlq_topic, b"key@0:4", b"value@0:4"),  # an insert had no price to withdraw
+    ]
+    assert header(records[0], "reason") == "service: HTTP 422: records[0].model: unknown model"
+    source = ("source.topic", "source.partition", "source.offset")
+    assert [header(records[0], name) for name in source] == [TOPIC, "0", "3"]
+    assert offsets == [(TOPIC, 0, 5)]
+    assert (bridge.stats.dlq, bridge.stats.tombstones, bridge.stats.predicted) == (2, 1, 0)
+    assert (
+        bridge.metrics.registry.get_sample_value("sml_bridge_dlq_total", {"stage": "service"}) == 2
+    )
+
+
+def test_prediction_record_carries_the_price_and_falls_back_to_a_dlq_record() -> None:
+    output = FakeOutput()
+    bridge = bridge_with(FakeConsumer(), FakeService(), output)
+    bridge._handle(batch_of(FakeMessage(1, 9, insert(3))))
+
+    [record] = published_records(output)
+    value = json.loads(record.value or b"")
+    assert (value["listing_id"], value["predicted_price"]) == (3, float(mileage_of(3)))
+    assert (value["source_ts_ms"], value["kafka_ts_ms"]) == (SOURCE_TS_MS, KAFKA_TS_MS)
+    assert record.fallback is not None and record.fallback.topic == bridge.settings.dlq_topic
+    assert record.fallback.value == b"value@1:9"
+    assert header(record.fallback, "reason") == "output: Kafka refused the prediction record"
+
+
+def test_published_offsets_are_the_last_offset_plus_one_per_partition() -> None:
+    price_only = frozenset(FEATURES)
+    output = FakeOutput()
+    bridge = bridge_with(FakeConsumer(), FakeService(), output)
+    bridge._handle(
+        batch_of(
+            FakeMessage(0, 3, insert(1)),
+            FakeMessage(1, 7, update(2, unchanged=price_only)),  # skipped, still consumed
+            FakeMessage(0, 4, delete(3)),
+            FakeMessage(1, 8, "deserialization: not Avro"),  # dead-lettered
+            FakeMessage(0, 5, update(4)),
+        )
+    )
+    [(records, offsets)] = output.published
+    assert offsets == [(TOPIC, 0, 6), (TOPIC, 1, 9)]
+    assert [r.topic for r in records] == [
+        bridge.settings.predictions_topic,
+        bridge.settings.predictions_topic,
+        bridge.settings.dlq_topic,
+        bridge.settings.predictions_topic,
+    ]
+    assert records[1].value is None  # the delete's tombstone
+    assert bridge.stats.events == 5
+    assert (bridge.stats.predicted, bridge.stats.skipped_unchanged) == (2, 1)
+
+
+def test_aborted_output_rewinds_to_the_batch_start_and_counts_nothing_done() -> None:
+    consumer = FakeConsumer()
+    output = FakeOutput(OutputAborted("Broker: Specified group generation id is not valid"))
+    bridge = bridge_with(consumer, FakeService(), output)
+    bridge._handle(
+        batch_of(
+            FakeMessage(0, 3, insert(1)), FakeMessage(1, 8, insert(2)), FakeMessage(0, 4, insert(3))
+        )
+    )
+    assert consumer.seeks == [(TOPIC, 0, 3), (TOPIC, 1, 8)]
+    assert (bridge.stats.events, bridge.stats.batches, bridge.stats.predicted) == (0, 0, 0)
+    assert bridge._pause is None  # consumed again at once
+    assert bridge.metrics.registry.get_sample_value("sml_bridge_transactions_aborted_total") == 1
+
+
+def test_fenced_output_is_dropped_and_the_batch_rewound() -> None:
+    consumer = FakeConsumer()
+    bridge = bridge_with(consumer, FakeService(), FakeOutput(OutputFatal("fenced")))
+    bridge._handle(batch_of(FakeMessage(0, 3, insert(1)), FakeMessage(0, 4, insert(2))))
+    assert bridge._output is None  # a new producer is made for the next batch
+    assert consumer.seeks == [(TOPIC, 0, 3)]
+    assert bridge.stats.events == 0
+
+
+def test_rewind_leaves_partitions_that_are_no_longer_assigned_alone() -> None:
+    consumer = FakeConsumer()
+    bridge = bridge_with(consumer, FakeService(), FakeOutput(OutputAborted("aborted")))
+    batch = batch_of(FakeMessage(0, 3, insert(1)), FakeMessage(1, 8, insert(2)))
+    bridge._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+    bridge._handle(batch)
+    assert consumer.seeks == [(TOPIC, 0, 3)]
