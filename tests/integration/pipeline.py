@@ -159,9 +159,16 @@ def running_bridge(
         raise errors[0]
 
 
-def start_bridge_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """``streaming-ml bridge`` as a child process (its own metrics port)."""
-    own = settings.model_copy(update={"bridge_metrics_port": free_port()})
+def start_bridge_process(
+    settings: Settings, log: Path, state_dir: Path | None = None, own_port: bool = True
+) -> subprocess.Popen[bytes]:
+    """``streaming-ml bridge`` as a child process; ``own_port``: on a free metrics port
+    rather than the settings' one. ``state_dir`` replaces the stack's (and so hides its
+    database passwords from the bridge)."""
+    update: dict[str, Any] = {"bridge_metrics_port": free_port()} if own_port else {}
+    if state_dir is not None:
+        update["state_dir"] = state_dir
+    own = settings.model_copy(update=update)
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "streaming_ml.cli", "bridge"],

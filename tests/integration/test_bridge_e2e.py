@@ -174,7 +174,7 @@ def test_kill_and_service_outage_still_price_every_listing_once(
     table, source = settings.predictions_table, settings.listings_table
     log = tmp_path / "bridge.log"
     start_group_at_end(settings)
-    bridge = start_bridge_process(settings, log)
+    bridge = start_bridge_process(settings, log, own_port=False)
     try:
         inserted: list[int] = []
         baseline = query(dsn, f"SELECT coalesce(max(id), 0) AS top FROM public.{source}")[0]["top"]
@@ -192,7 +192,7 @@ def test_kill_and_service_outage_still_price_every_listing_once(
         )
         bridge.send_signal(signal.SIGKILL)
         bridge.wait(timeout=30)
-        bridge = start_bridge_process(settings, log)
+        bridge = start_bridge_process(settings, log, own_port=False)
         loader.join(timeout=120)
         assert not loader.is_alive()
 

@@ -77,8 +77,11 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
     dsn = dsn_of(settings)
     source = settings.listings_table
     log = tmp_path / "bridges.log"
+    # Least privilege, proven: the bridges get a state dir without the stack's passwords.
+    no_secrets = tmp_path / "bridge-state"
+    no_secrets.mkdir()
     start_group_at_end(settings)
-    bridges = [start_bridge_process(settings, log) for _ in range(3)]
+    bridges = [start_bridge_process(settings, log, no_secrets) for _ in range(3)]
     try:
         inserted: list[int] = []
         loader = threading.Thread(
@@ -92,7 +95,7 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
         time.sleep(3)
         bridges[1].send_signal(signal.SIGTERM)
         time.sleep(2)
-        bridges.append(start_bridge_process(settings, log))
+        bridges.append(start_bridge_process(settings, log, no_secrets))
         loader.join(timeout=120)
         assert not loader.is_alive()
         assert bridges[1].wait(timeout=60) == 0, "SIGTERM must stop a bridge cleanly"
@@ -123,6 +126,7 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
     assert len(predictions) == 3000
     rows = listings(dsn, source, inserted)
     assert_exact_prices(prediction_service, rows, predictions)
+    assert not list(no_secrets.iterdir()), "a bridge wrote state (it needs none)"
 
 
 def test_rebalance_while_paused_leaves_no_ghost_row_and_no_stale_price(

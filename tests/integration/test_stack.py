@@ -104,8 +104,9 @@ def read_change_events(
     return events
 
 
-def has_listing(listing_id: int) -> Callable[[list[dict[str, Any]]], bool]:
-    return lambda events: any(e["key"] == {"id": listing_id} for e in events)
+def has_listing(*listing_ids: int) -> Callable[[list[dict[str, Any]]], bool]:
+    """Until every one of ``listing_ids`` was seen (they may sit in different partitions)."""
+    return lambda events: set(listing_ids) <= {e["key"]["id"] for e in events}
 
 
 def test_change_event_carries_every_field(own_stack: Settings) -> None:
@@ -116,7 +117,7 @@ def test_change_event_carries_every_field(own_stack: Settings) -> None:
     live_row = {**LISTING, "model": "Kuga", "fuelType": "Diesel", "mpg": 47.1, "engineSize": 2.0}
     live_id = insert_listing(settings, live_row)
 
-    events = read_change_events(settings, has_listing(live_id))
+    events = read_change_events(settings, has_listing(snap_id, live_id))
     by_id = {e["key"]["id"]: e for e in events}
     for listing_id, row, op in ((snap_id, LISTING, "r"), (live_id, live_row, "c")):
         value = by_id[listing_id]["value"]
@@ -282,6 +283,41 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         [str(cli), *args], env={**os.environ, **settings_env(settings)},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+
+
+def test_connectors_command_applies_topics_and_connectors_and_reports_them(
+    own_stack: Settings,
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    applied = _cli(own_stack, "connectors", "apply")
+    assert applied.returncode == 0, applied.stderr
+    status = _cli(own_stack, "connectors", "status")
+    assert status.returncode == 0, status.stderr
+    body = json.loads(status.stdout)
+    assert set(body) == {own_stack.source_connector, own_stack.sink_connector}
+    for info in body.values():
+        assert info["state"] == "RUNNING" and info["tasks"] == ["RUNNING"], info
+    topics = AdminClient({"bootstrap.servers": own_stack.kafka_bootstrap}).list_topics(timeout=15)
+    # The change topic was created by Debezium (topic.creation.default.partitions), the
+    # DLQ by `apply`; an earlier test here let the broker auto-create the predictions one.
+    for topic in (own_stack.listings_topic, own_stack.dlq_topic):
+        assert len(topics.topics[topic].partitions) == own_stack.partitions == 3
+    # Without the sink connector, status says so and fails.
+    connect._request("DELETE", f"{own_stack.connect_url}/connectors/{own_stack.sink_connector}")
+    try:
+        wait_until(
+            lambda: (
+                connect.connector_status(own_stack.connect_url, own_stack.sink_connector) is None
+            ),
+            30,
+            "the sink connector to be deleted",
+        )
+        missing = _cli(own_stack, "connectors", "status")
+        assert missing.returncode == 1
+        assert json.loads(missing.stdout)[own_stack.sink_connector]["state"] == "MISSING"
+    finally:
+        assert _cli(own_stack, "connectors", "apply").returncode == 0
 
 
 def test_status_json_describes_every_component(own_stack: Settings) -> None:

@@ -232,6 +232,18 @@ def test_record_refused_at_delivery_is_replaced_by_its_fallback_in_a_new_transac
     assert second == [(PREDICTIONS, b"p" * 10), (DLQ, b"change-2")]
 
 
+def test_records_purged_by_an_aborted_transaction_are_not_swapped_for_fallbacks() -> None:
+    """An abort (a rebalance's ILLEGAL_GENERATION, say) fails every in-flight record with
+    a purge error: that says nothing about the records, so no prediction becomes a DLQ
+    record; the batch is consumed again instead."""
+    purged = KafkaError(KafkaError._PURGE_INFLIGHT)
+    producers = Producers({"undeliverable": lambda _record: purged})
+    with pytest.raises(OutputAborted):
+        output(producers).publish([prediction(1), prediction(2)], OFFSETS)
+    produced = [entry[1] for entry in producers.log if entry[0] == "produce"]
+    assert produced == [PREDICTIONS, PREDICTIONS]
+
+
 def test_abortable_error_when_sending_offsets_aborts_and_raises_output_aborted() -> None:
     fenced = kafka_exception(KafkaError.ILLEGAL_GENERATION, txn_requires_abort=True)
     producers = Producers({"fail": {"send_offsets_to_transaction": [fenced]}})

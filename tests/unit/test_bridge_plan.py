@@ -61,6 +61,15 @@ def test_price_only_update_is_skipped_but_feature_update_repriced() -> None:
     assert actions[0].skip_why == "unchanged"
 
 
+def test_change_back_to_earlier_features_is_priced() -> None:
+    """No memory of earlier prices: F1 -> F2 -> F1 prices both changes, whatever the
+    table or any cache says (the old cache could call the last one "unchanged")."""
+    others = frozenset(FEATURES) - {"mileage"}
+    there = change("u", 7, others, mileage=30_000)
+    back = change("u", 7, others, mileage=ROW["mileage"])
+    assert [a.kind for a in plan_actions([there, back])] == ["predict", "predict"]
+
+
 def test_update_without_proof_of_unchanged_features_is_priced() -> None:
     """No header (REPLICA IDENTITY DEFAULT gives empty lists): unknown, so priced."""
     unknown = plan_actions([change("u", 7), change("u", 8, NOT_FEATURES)])

@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 
+# Errors that belong to one record (Kafka will never take it): only these swap a record
+# for its fallback. Everything else (timeouts, purges of an aborted transaction,
+# fencing) is about the transaction: it aborts and the batch is consumed again.
+REFUSED_RECORD = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+
 
 class OutputAborted(Exception):
     """The transaction was aborted: nothing of the batch is visible; consume it again."""
@@ -92,11 +106,7 @@ class TransactionalOutput:
                 if error.fatal():
                     raise OutputFatal(str(error)) from exc
                 self._abort(error)
-                final = (
-                    {p: e for p, e in delivery_errors.items() if not e.retriable()}
-                    if delivery_errors
-                    else {}
-                )
+                final = {p: e for p, e in delivery_errors.items() if e.code() in REFUSED_RECORD}
                 replaced = self._replace_refused(records, refused, final)
                 if not replaced:
                     raise OutputAborted(str(error)) from exc
@@ -119,7 +129,7 @@ class TransactionalOutput:
                 self._producer.poll(0.1)  # local queue full: let deliveries drain
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.code() == KafkaError._STATE or error.txn_requires_abort():
+                if error.code() not in REFUSED_RECORD:
                     raise
                 logger.warning(
                     "Kafka refused a record; producing its fallback",
