@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streaming_ml.bridge.changes import Change
 from streaming_ml.bridge.loop import Batch, Bridge
@@ -23,6 +24,7 @@ from streaming_ml.bridge.pricing import (
     ServiceRejected,
     ServiceUnavailable,
 )
+from streaming_ml.bridge.records import RecordBuilder
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES
 
@@ -212,15 +214,20 @@ def bridge_with(
     bridge._consumer = consumer  # type: ignore[assignment]
     bridge._output = output or FakeOutput()  # type: ignore[assignment]
     bridge._decoder = FakeDecoder()  # type: ignore[assignment]
-    bridge._client = service  # type: ignore[assignment]
     bridge._pricer = Pricer(
         service,  # type: ignore[arg-type]
         retry_delays=(),
         max_strikes=max_strikes,
         wait=lambda _seconds: False,
     )
-    bridge._key_ser = serialize
-    bridge._value_ser = serialize
+    records = RecordBuilder(
+        SchemaRegistryClient({"url": "http://127.0.0.1:9"}),  # never called: see below
+        "http://127.0.0.1:9",
+        settings.predictions_topic,
+        settings.dlq_topic,
+    )
+    records._key_ser = records._value_ser = serialize  # type: ignore[assignment]
+    bridge._records = records
     bridge._on_assign(consumer, [TopicPartition(TOPIC, p) for p in partitions])  # type: ignore[arg-type]
     return bridge
 
@@ -260,7 +267,7 @@ def test_service_down_publishes_nothing_and_rewinds_each_partition_to_its_first_
     assert output.published == []
     assert consumer.seeks == [(TOPIC, 0, 5), (TOPIC, 1, 2)]
     assert consumer.paused == [[(TOPIC, 0), (TOPIC, 1)]]
-    assert bridge._pause is not None and bridge._pause.what == "prediction service"
+    assert bridge._pausing.pause is not None and bridge._pausing.pause.what == "prediction service"
     assert bridge.stats.events == 0
     assert bridge.metrics.registry.get_sample_value("sml_bridge_paused") == 1
 
@@ -271,26 +278,26 @@ def test_paused_bridge_probes_readiness_only_when_due_and_resumes_once_ready() -
     consumer = FakeConsumer()
     bridge = bridge_with(consumer, service)
     bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
-    pause = bridge._pause
+    pause = bridge._pausing.pause
     assert pause is not None
 
     pause.next_try = time.monotonic() + 3600  # not due: no probe
     bridge._while_paused()
     assert service.ready_calls == 0
-    assert bridge._pause is pause
+    assert bridge._pausing.pause is pause
 
     service.is_ready = False
     pause.next_try = time.monotonic() - 1  # due, but the service is not ready
     bridge._while_paused()
     assert service.ready_calls == 1
-    assert bridge._pause is pause and consumer.resumed == []
+    assert bridge._pausing.pause is pause and consumer.resumed == []
     assert pause.delay == 2.0  # the probe interval doubles
     assert pause.next_try > time.monotonic()
 
     service.is_ready = True
     pause.next_try = time.monotonic() - 1
     bridge._while_paused()
-    assert bridge._pause is None
+    assert bridge._pausing.pause is None
     assert consumer.resumed == [[(TOPIC, 0), (TOPIC, 1)]]
     assert bridge.metrics.registry.get_sample_value("sml_bridge_paused") == 0
 
@@ -306,8 +313,8 @@ def test_partitions_assigned_while_paused_are_paused_and_later_resumed() -> None
     assert consumer.assigned == [[(TOPIC, 2)]]
     assert consumer.paused[-1] == [(TOPIC, 2)]
 
-    assert bridge._pause is not None
-    bridge._pause.next_try = time.monotonic() - 1
+    assert bridge._pausing.pause is not None
+    bridge._pausing.pause.next_try = time.monotonic() - 1
     bridge._while_paused()
     assert consumer.resumed == [[(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]]
 
@@ -389,7 +396,7 @@ def test_record_failing_alone_holds_back_the_rest_of_its_partition_only() -> Non
     assert [listing_of(r) for r in records] == [1, 4, 5]
     assert offsets == [(TOPIC, 0, 11), (TOPIC, 1, 22)]  # partition 0: its first unfinished
     assert consumer.seeks == [(TOPIC, 0, 11)]
-    assert bridge._pause is not None  # retried after a probe, not at once
+    assert bridge._pausing.pause is not None  # retried after a probe, not at once
     assert bridge.stats.events == 3 and bridge.stats.predicted == 3
 
 
@@ -471,7 +478,7 @@ def test_aborted_output_rewinds_to_the_batch_start_and_counts_nothing_done() -> 
     )
     assert consumer.seeks == [(TOPIC, 0, 3), (TOPIC, 1, 8)]
     assert (bridge.stats.events, bridge.stats.batches, bridge.stats.predicted) == (0, 0, 0)
-    assert bridge._pause is None  # consumed again at once
+    assert bridge._pausing.pause is None  # consumed again at once
     assert bridge.metrics.registry.get_sample_value("sml_bridge_transactions_aborted_total") == 1
 
 

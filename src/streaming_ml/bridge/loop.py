@@ -15,12 +15,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -29,8 +28,6 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 from prometheus_client import start_http_server
 
 from streaming_ml import serde
@@ -44,21 +41,14 @@ from streaming_ml.bridge.offsets import (
     split_at_unfinished,
 )
 from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
-from streaming_ml.bridge.plan import (
-    Action,
-    dead_letter,
-    dlq_headers,
-    plan_actions,
-    prediction_record,
-    service_records,
-)
-from streaming_ml.bridge.pricing import Backpressure, PredictionClient, Pricer
+from streaming_ml.bridge.pausing import Pausing
+from streaming_ml.bridge.plan import Action, finished_actions, plan_actions, service_records
+from streaming_ml.bridge.pricing import Backpressure, PredictionClient, Priced, Pricer
+from streaming_ml.bridge.records import Built, RecordBuilder
 from streaming_ml.config import Settings
 from streaming_ml.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
-
-PROBE_CAP_S = 4.0
 
 
 @dataclass
@@ -69,17 +59,6 @@ class Batch:
     @property
     def positions(self) -> list[Position]:
         return [(m.topic(), m.partition(), m.offset()) for m in self.messages]
-
-
-@dataclass
-class Pause:
-    """Consumption is paused until ``ready()`` says yes, tried at growing intervals."""
-
-    what: str
-    ready: Callable[[], bool]
-    next_try: float
-    delay: float
-    since: float = field(default_factory=time.monotonic)
 
 
 class Bridge:
@@ -108,8 +87,7 @@ class Bridge:
         self.assigned = threading.Event()  # set once the group gave us partitions
         self._on_partitions = on_partitions
         self._stop = threading.Event()
-        self._pause: Pause | None = None
-        self._pauses_in_a_row = 0  # makes each pause longer while batches keep failing
+        self._pausing = Pausing(settings.service_backoff_s, self.metrics.paused.set)
         self._consumer: Consumer | None = None
         self._output: TransactionalOutput | None = None
         self._pricer = Pricer(
@@ -139,7 +117,7 @@ class Bridge:
                 if deadline is not None and time.monotonic() >= deadline:
                     logger.info("bridge timeout reached", extra={"timeout_s": timeout})
                     break
-                if self._pause is not None:
+                if self._pausing.paused:
                     self._while_paused()
                     continue
                 limit = self.settings.batch_max_events
@@ -157,124 +135,71 @@ class Bridge:
         """One batch: decode and plan, price, publish with its offsets."""
         started = time.monotonic()
         try:
-            decoded = self._decode(batch)
+            actions = plan_actions(self._decode(batch))
+            priced, model_ms = self._price(batch, actions)
         except RegistryUnavailable as error:
             self._pause_and_rewind(batch, "schema registry", self._registry_ready, str(error))
             return
-        actions = plan_actions(decoded)
-        to_price = [a for a in actions if a.kind == "predict"]
-        call_started = time.perf_counter()
-        try:
-            priced = self._pricer.price(
-                service_records(a.change.row for a in to_price),  # type: ignore[union-attr]
-                [batch.positions[a.index] for a in to_price],
-            )
         except Backpressure as error:
-            self._pause_and_rewind(
-                batch, "prediction service", self._pricer.client.ready, str(error)
-            )
+            ready = self._pricer.client.ready
+            self._pause_and_rewind(batch, "prediction service", ready, str(error))
             return
-        model_ms = (time.perf_counter() - call_started) * 1000
+        done, rewinds = split_at_unfinished(batch.positions, priced.retry_later)
+        finished = finished_actions(actions, set(done), priced.rejected)
+        built = self._records.build(
+            batch.messages, batch.received_ms, finished, priced.results, model_ms
+        )
+        if not self._publish(batch, built.records, done):
+            return
+        self._account(len(done), built, model_ms, started)
+        if rewinds:
+            # Some records failed on their own this pass: let the rest go, retry them soon.
+            self._seek(rewinds)
+            self._enter_pause("prediction service", self._pricer.client.ready)
+        else:
+            self._pausing.succeeded()
+
+    def _price(self, batch: Batch, actions: list[Action]) -> tuple[Priced, float]:
+        """Price the batch's "predict" actions; the outcome is keyed by message index."""
+        to_price = [a for a in actions if a.kind == "predict"]
+        started = time.perf_counter()
+        priced = self._pricer.price(
+            service_records(a.change.row for a in to_price),  # type: ignore[union-attr]
+            [batch.positions[a.index] for a in to_price],
+        )
+        model_ms = (time.perf_counter() - started) * 1000
         if to_price:
             self.metrics.latency.labels("model_call").observe(model_ms / 1000)
         self.metrics.service_calls.inc(priced.calls)
+        return priced.reindexed([a.index for a in to_price]), model_ms
 
-        unfinished = {to_price[i].index for i in priced.retry_later}
-        rejected = {to_price[i].index: reason for i, reason in priced.rejected.items()}
-        results = {to_price[i].index: r for i, r in priced.results.items()}
-        done, rewinds = split_at_unfinished(batch.positions, unfinished)
-        done_set = set(done)
-        finished: list[Action] = []
-        for a in actions:
-            if a.index not in done_set:
-                continue
-            if a.kind == "predict" and a.index in rejected:
-                finished += dead_letter(a.index, a.change, rejected[a.index], "service")
-            else:
-                finished.append(a)
-        records, counts = self._outputs(batch, finished, results, model_ms)
+    def _publish(self, batch: Batch, records: list[OutRecord], done: list[int]) -> bool:
+        """One transaction; False (and the batch rewound) when it did not commit."""
         try:
             self._output_or_fail().publish(
                 records, offsets_to_commit(batch.positions[i] for i in done)
             )
+            return True
         except OutputAborted as error:
             logger.warning("batch not published; consuming it again", extra={"error": str(error)})
             self.metrics.aborted.inc()
             self._seek(rewind_points(batch.positions))
-            return
         except (OutputFatal, KafkaException) as error:
             # Fenced, or Kafka away: a new producer (same transactional id, so it aborts
             # whatever this one left open) is made once Kafka answers again.
             self.metrics.aborted.inc()
             self._drop_output()
             self._pause_and_rewind(batch, "Kafka producer", self._output_ready, str(error))
-            return
-        done_messages = [batch.messages[i] for i in done]
-        self._count(done_messages, counts, model_ms, started)
-        if rewinds:
-            # Some records failed on their own this pass: let the rest go, retry them soon.
-            self._seek(rewinds)
-            self._enter_pause("prediction service", self._pricer.client.ready, "records to retry")
-        else:
-            self._pauses_in_a_row = 0
+        return False
 
-    def _outputs(
-        self,
-        batch: Batch,
-        actions: Iterable[Action],
-        results: dict[int, Any],
-        model_ms: float,
-    ) -> tuple[list[OutRecord], Counter[str]]:
-        s = self.settings
-        predicted_ms = int(time.time() * 1000)
-        records: list[OutRecord] = []
-        counts: Counter[str] = Counter()
-        observed: list[dict[str, Any]] = []
-        for action in actions:
-            msg = batch.messages[action.index]
-            dlq = self._dlq_record(msg, action.reason or "") if action.kind != "predict" else None
-            if action.kind == "dlq":
-                records.append(dlq)  # type: ignore[arg-type]
-                self.metrics.dlq.labels(action.stage).inc()
-                counts["dlq"] += 1
-                logger.warning(
-                    "event dead-lettered",
-                    extra={
-                        "listing_id": action.listing_id, "partition": msg.partition(),
-                        "offset": msg.offset(), "reason": action.reason,
-                    },
-                )  # fmt: skip
-            elif action.kind == "tombstone":
-                records.append(OutRecord(s.predictions_topic, self._key(action.listing_id), None))
-                counts["tombstones"] += 1
-            elif action.kind == "skip":
-                counts["unchanged" if action.skip_why == "unchanged" else "skipped"] += 1
-            else:
-                record = prediction_record(
-                    action, results[action.index],
-                    kafka_ts_ms=msg.timestamp()[1], received_ts_ms=batch.received_ms[action.index],
-                    predicted_ts_ms=predicted_ms, model_latency_ms=model_ms,
-                )  # fmt: skip
-                fallback = self._dlq_record(msg, "output: Kafka refused the prediction record")
-                records.append(
-                    OutRecord(
-                        s.predictions_topic,
-                        self._key(action.listing_id),
-                        self._value(record),
-                        fallback=fallback,
-                    )
-                )
-                counts["predicted"] += 1
-                observed.append(record)
-        self._observe_latency(observed)
-        return records, counts
-
-    def _dlq_record(self, msg: Message, reason: str) -> OutRecord:
-        headers = dlq_headers(reason, msg.topic(), msg.partition(), msg.offset())
-        bare = OutRecord(
-            self.settings.dlq_topic, msg.key(), None, [*headers, ("value.dropped", b"too large")]
-        )
-        return OutRecord(self.settings.dlq_topic, msg.key(), msg.value(), headers, fallback=bare)
+    def _account(self, events: int, built: Built, model_ms: float, started: float) -> None:
+        for stage, n in built.dlq_stages.items():
+            self.metrics.dlq.labels(stage).inc(n)
+        self.metrics.observe_batch(events, built.counts, built.predictions)
+        batch_ms = (time.monotonic() - started) * 1000
+        self.stats.add_batch(events, built.counts, model_ms, batch_ms)
+        self._update_lag()
+        logger.info("batch done", extra=self.stats.last_batch)
 
     # -- collecting --
 
@@ -355,43 +280,20 @@ class Bridge:
             f"{what} unavailable: consumption paused until it is back",
             extra={"reason": reason, "events_to_redo": len(batch.messages)},
         )
-        self._enter_pause(what, ready, reason)
+        self._enter_pause(what, ready)
 
-    def _enter_pause(self, what: str, ready: Callable[[], bool], reason: str) -> None:
+    def _enter_pause(self, what: str, ready: Callable[[], bool]) -> None:
         assert self._consumer is not None
-        # A record failing alone in a quiet topic (no other record to prove the service
-        # works) must not spin: each pause in a row waits twice as long, up to the cap.
-        first = min(PROBE_CAP_S, self.settings.service_backoff_s * 2**self._pauses_in_a_row)
-        self._pauses_in_a_row = min(self._pauses_in_a_row + 1, 8)
-        self._pause = Pause(what, ready, time.monotonic() + first, first)
-        self.metrics.paused.set(1)
-        self._consumer.pause(self._partitions())
+        self._pausing.start(self._consumer, self._partitions(), what, ready)
 
     def _while_paused(self) -> None:
         """One pass while paused: keep group membership alive, probe when it is time."""
-        assert self._consumer is not None and self._pause is not None
-        pause = self._pause
-        wait = max(0.0, min(pause.next_try - time.monotonic(), 1.0))
-        for msg in self._consumer.consume(num_messages=1, timeout=wait):
+        assert self._consumer is not None
+        for msg in self._consumer.consume(num_messages=1, timeout=self._pausing.wait_s()):
             # Nothing comes from paused partitions; a message here is an error event.
             self._usable(msg)
-        if time.monotonic() < pause.next_try or self._stop.is_set():
-            return
-        if not pause.ready():
-            pause.delay = min(PROBE_CAP_S, pause.delay * 2)
-            pause.next_try = time.monotonic() + pause.delay
-            logger.info(
-                f"waiting for the {pause.what}",
-                extra={"waited_s": round(time.monotonic() - pause.since, 1)},
-            )
-            return
-        self._pause = None
-        self.metrics.paused.set(0)
-        self._consumer.resume(self._partitions())
-        logger.info(
-            f"{pause.what} is back: resuming",
-            extra={"paused_s": round(time.monotonic() - pause.since, 1)},
-        )
+        if not self._stop.is_set():
+            self._pausing.probe(self._consumer, self._partitions())
 
     def _registry_ready(self) -> bool:
         try:
@@ -414,7 +316,7 @@ class Bridge:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         added = {(tp.topic, tp.partition) for tp in partitions}
         self.assignment |= added
-        if self._pause is not None and partitions:
+        if self._pausing.paused and partitions:
             consumer.incremental_assign(partitions)
             consumer.pause(partitions)
         self.metrics.rebalances.labels("assigned").inc()
@@ -449,8 +351,10 @@ class Bridge:
         kafka_setup.ensure_topics(s)
         self._registry = serde.registry_client(s.registry_url)
         self._decoder = ChangeDecoder(self._registry)
-        self._key_ser, self._value_ser = serde.prediction_serializers(self._registry)
-        self._register_schemas()
+        self._records = RecordBuilder(
+            self._registry, s.registry_url, s.predictions_topic, s.dlq_topic
+        )
+        self._records.register_schemas()
         self._consumer = Consumer(kafka_setup.consumer_config(s, self.group_id))
         stack.callback(self._close_consumer)
         self._producer_config = kafka_setup.producer_config(s, self.group_id)
@@ -511,26 +415,6 @@ class Bridge:
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
 
-    def _register_schemas(self) -> None:
-        """Register the prediction schemas now, so a registry problem shows at start-up
-        and the serializers need no registry call while a batch is in flight."""
-        from streaming_ml.data import PREDICTION_FIELDS
-
-        # Any value of the declared type will do; nullable fields take None.
-        zero = {"long": 0, "double": 0.0, "string": ""}
-        sample = {
-            f.name: None if isinstance(f.avro_type, list) else zero[f.avro_type]
-            for f in PREDICTION_FIELDS
-        }
-        try:
-            self._key(0)
-            self._value(sample)
-        except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
-            raise BridgeError(
-                f"cannot register the prediction schemas in {self.settings.registry_url}: "
-                f"{error}. Is the registry up? Try `streaming-ml stack status`."
-            ) from error
-
     def _close_consumer(self) -> None:
         if self._consumer is not None:
             self._consumer.close()  # leaves the group: the partitions move at once
@@ -544,50 +428,7 @@ class Bridge:
     def _log_stopped(self) -> None:
         logger.info("bridge stopped", extra=self.stats.summary())
 
-    # -- serialisation and bookkeeping --
-
-    def _key(self, listing_id: int | None) -> bytes:
-        ctx = SerializationContext(self.settings.predictions_topic, MessageField.KEY)
-        return self._key_ser({serde.KEY_FIELD: listing_id}, ctx)
-
-    def _value(self, record: dict[str, Any]) -> bytes:
-        ctx = SerializationContext(self.settings.predictions_topic, MessageField.VALUE)
-        return self._value_ser(record, ctx)
-
-    def _observe_latency(self, records: list[dict[str, Any]]) -> None:
-        # labels() takes a lock and a dict lookup: resolve each stage once per batch.
-        lat = self.metrics.latency
-        to_kafka = lat.labels("commit_to_kafka").observe
-        to_bridge = lat.labels("kafka_to_bridge").observe
-        end_to_end = lat.labels("end_to_end").observe
-        for r in records:
-            to_kafka(max(0.0, (r["kafka_ts_ms"] - r["source_ts_ms"]) / 1000))
-            to_bridge(max(0.0, (r["bridge_received_ts_ms"] - r["kafka_ts_ms"]) / 1000))
-            end_to_end(max(0.0, r["end_to_end_ms"] / 1000))
-
-    def _count(
-        self, messages: list[Message], counts: Counter[str], model_ms: float, started: float
-    ) -> None:
-        st, m = self.stats, self.metrics
-        st.events += len(messages)
-        st.predicted += counts["predicted"]
-        st.tombstones += counts["tombstones"]
-        st.dlq += counts["dlq"]
-        st.skipped_unchanged += counts["unchanged"]
-        st.skipped_other += counts["skipped"]
-        st.batches += 1
-        m.predictions.inc(counts["predicted"])
-        m.tombstones.inc(counts["tombstones"])
-        m.skipped.inc(counts["unchanged"])
-        m.batch_size.observe(len(messages))
-        self._update_lag()
-        st.last_batch = {
-            "events": len(messages),
-            **{k: counts[k] for k in ("predicted", "tombstones", "dlq", "skipped", "unchanged")},
-            "model_ms": round(model_ms, 1),
-            "batch_ms": round((time.monotonic() - started) * 1000, 1),
-        }
-        logger.info("batch done", extra=st.last_batch)
+    # -- bookkeeping --
 
     def _update_lag(self) -> None:
         assert self._consumer is not None

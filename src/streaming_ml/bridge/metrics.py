@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,23 @@ class BridgeMetrics:
             "sml_bridge_assigned_partitions", "Partitions this replica owns", registry=r
         )
 
+    def observe_batch(
+        self, events: int, counts: Counter_[str], predictions: list[dict[str, Any]]
+    ) -> None:
+        """Counters and the per-stage latencies of one published batch."""
+        self.predictions.inc(counts["predicted"])
+        self.tombstones.inc(counts["tombstones"])
+        self.skipped.inc(counts["unchanged"])
+        self.batch_size.observe(events)
+        # labels() takes a lock and a dict lookup: resolve each stage once per batch.
+        to_kafka = self.latency.labels("commit_to_kafka").observe
+        to_bridge = self.latency.labels("kafka_to_bridge").observe
+        end_to_end = self.latency.labels("end_to_end").observe
+        for r in predictions:
+            to_kafka(max(0.0, (r["kafka_ts_ms"] - r["source_ts_ms"]) / 1000))
+            to_bridge(max(0.0, (r["bridge_received_ts_ms"] - r["kafka_ts_ms"]) / 1000))
+            end_to_end(max(0.0, r["end_to_end_ms"] / 1000))
+
 
 @dataclass
 class BridgeStats:
@@ -75,6 +93,23 @@ class BridgeStats:
     dlq: int = 0
     batches: int = 0
     last_batch: dict[str, Any] = field(default_factory=dict)
+
+    def add_batch(
+        self, events: int, counts: Counter_[str], model_ms: float, batch_ms: float
+    ) -> None:
+        self.events += events
+        self.predicted += counts["predicted"]
+        self.tombstones += counts["tombstones"]
+        self.dlq += counts["dlq"]
+        self.skipped_unchanged += counts["unchanged"]
+        self.skipped_other += counts["skipped"]
+        self.batches += 1
+        self.last_batch = {
+            "events": events,
+            **{k: counts[k] for k in ("predicted", "tombstones", "dlq", "skipped", "unchanged")},
+            "model_ms": round(model_ms, 1),
+            "batch_ms": round(batch_ms, 1),
+        }
 
     def summary(self) -> dict[str, int]:
         return {

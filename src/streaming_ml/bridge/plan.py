@@ -107,6 +107,23 @@ def plan_actions(changes: Sequence[Change | str]) -> list[Action]:
     return actions
 
 
+def finished_actions(
+    actions: Iterable[Action], done: set[int], rejected: Mapping[int, str]
+) -> list[Action]:
+    """The actions of the messages in ``done``, each prediction the service rejected
+    (``rejected``: reason by message index) turned into a dead letter (and a tombstone
+    for an update, as for our own validation)."""
+    finished: list[Action] = []
+    for action in actions:
+        if action.index not in done:
+            continue
+        if action.kind == "predict" and action.index in rejected:
+            finished += dead_letter(action.index, action.change, rejected[action.index], "service")
+        else:
+            finished.append(action)
+    return finished
+
+
 def prediction_record(
     action: Action,
     result: Mapping[str, Any],

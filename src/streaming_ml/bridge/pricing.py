@@ -128,6 +128,17 @@ class Priced:
     def retry_later(self) -> set[int]:
         return {*self.unfinished, *self.deferred}
 
+    def reindexed(self, keys: Sequence[int]) -> Priced:
+        """The same outcome keyed by ``keys[position]`` (e.g. message indices)."""
+
+        def by_key(items: dict[int, Any]) -> dict[int, Any]:
+            return {keys[position]: value for position, value in items.items()}
+
+        return Priced(
+            by_key(self.results), by_key(self.rejected), by_key(self.unfinished),
+            by_key(self.deferred), self.calls,
+        )  # fmt: skip
+
 
 class Pricer:
     """Prices rows with retries, bisection and per-record strikes.

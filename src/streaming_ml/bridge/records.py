@@ -1,0 +1,131 @@
+"""A batch's outcome as output records: Avro predictions, tombstones and DLQ records."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from confluent_kafka import Message
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
+
+from streaming_ml import serde
+from streaming_ml.bridge.output import OutRecord
+from streaming_ml.bridge.plan import Action, dlq_headers, prediction_record
+from streaming_ml.data import PREDICTION_FIELDS
+from streaming_ml.exceptions import BridgeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    records: list[OutRecord] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # predicted, tombstones, dlq, ...
+    dlq_stages: Counter[str] = field(default_factory=Counter)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # the Avro values
+
+
+class RecordBuilder:
+    """Serialises actions with the registry's prediction schemas (key ``{listing_id}``)."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistryClient,
+        registry_url: str,
+        predictions_topic: str,
+        dlq_topic: str,
+    ) -> None:
+        self.predictions_topic = predictions_topic
+        self.dlq_topic = dlq_topic
+        self.registry_url = registry_url
+        self._key_ser, self._value_ser = serde.prediction_serializers(registry)
+        self._key_ctx = SerializationContext(predictions_topic, MessageField.KEY)
+        self._value_ctx = SerializationContext(predictions_topic, MessageField.VALUE)
+
+    def register_schemas(self) -> None:
+        """Register the prediction schemas now, so a registry problem shows at start-up
+        and serialising needs no registry call while a batch is in flight."""
+        # Any value of the declared type will do; nullable fields take None.
+        zero = {"long": 0, "double": 0.0, "string": ""}
+        sample = {
+            f.name: None if isinstance(f.avro_type, list) else zero[f.avro_type]
+            for f in PREDICTION_FIELDS
+        }
+        try:
+            self.key(0)
+            self.value(sample)
+        except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
+            raise BridgeError(
+                f"cannot register the prediction schemas in {self.registry_url}: {error}. "
+                "Is the registry up? Try `streaming-ml stack status`."
+            ) from error
+
+    def key(self, listing_id: int | None) -> bytes:
+        return self._key_ser({serde.KEY_FIELD: listing_id}, self._key_ctx)
+
+    def value(self, record: dict[str, Any]) -> bytes:
+        return self._value_ser(record, self._value_ctx)
+
+    def dlq(self, msg: Message, reason: str) -> OutRecord:
+        """The original bytes with the reason; falls back to the headers alone."""
+        headers = dlq_headers(reason, msg.topic(), msg.partition(), msg.offset())
+        bare = OutRecord(
+            self.dlq_topic, msg.key(), None, [*headers, ("value.dropped", b"too large")]
+        )
+        return OutRecord(self.dlq_topic, msg.key(), msg.value(), headers, fallback=bare)
+
+    def build(
+        self,
+        messages: list[Message],
+        received_ms: list[int],
+        actions: Iterable[Action],
+        results: Mapping[int, Mapping[str, Any]],
+        model_ms: float,
+    ) -> Built:
+        """Records for ``actions`` in order; ``results`` are the prices by message index."""
+        out = Built()
+        predicted_ms = int(time.time() * 1000)
+        for action in actions:
+            msg = messages[action.index]
+            if action.kind == "dlq":
+                out.records.append(self.dlq(msg, action.reason or ""))
+                out.counts["dlq"] += 1
+                out.dlq_stages[action.stage] += 1
+                logger.warning(
+                    "event dead-lettered",
+                    extra={
+                        "listing_id": action.listing_id, "partition": msg.partition(),
+                        "offset": msg.offset(), "reason": action.reason,
+                    },
+                )  # fmt: skip
+            elif action.kind == "tombstone":
+                key = self.key(action.listing_id)
+                out.records.append(OutRecord(self.predictions_topic, key, None))
+                out.counts["tombstones"] += 1
+            elif action.kind == "skip":
+                out.counts["unchanged" if action.skip_why == "unchanged" else "skipped"] += 1
+            else:
+                record = prediction_record(
+                    action, results[action.index],
+                    kafka_ts_ms=msg.timestamp()[1], received_ts_ms=received_ms[action.index],
+                    predicted_ts_ms=predicted_ms, model_latency_ms=model_ms,
+                )  # fmt: skip
+                fallback = self.dlq(msg, "output: Kafka refused the prediction record")
+                out.records.append(
+                    OutRecord(
+                        self.predictions_topic,
+                        self.key(action.listing_id),
+                        self.value(record),
+                        fallback=fallback,
+                    )
+                )
+                out.counts["predicted"] += 1
+                out.predictions.append(record)
+        return out
