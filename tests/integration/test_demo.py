@@ -1,0 +1,42 @@
+"""`streaming-ml demo --no-wait` (what `make demo` runs, minus the wait) on a private stack:
+it starts everything, applies the connectors, prices the valid listings, dead-letters the
+invalid one and stops what it started."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streaming_ml import processes
+from streaming_ml.config import Settings
+from tests.fixtures.ports import free_port
+from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
+from tests.integration.pipeline import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: str) -> None:
+    from streaming_ml.stack import down
+
+    settings: Settings = private_stack_settings("sml-demo-").model_copy(
+        update={"service_port": free_port(), "bridge_metrics_port": free_port()}
+    )
+    cli = Path(sys.executable).parent / "streaming-ml"
+    try:
+        result = subprocess.run(
+            [str(cli), "demo", "--no-wait", "--rows", "4"],
+            env=settings_env(settings), capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-4000:]
+        assert re.search(r"\b3/3 valid listings priced", output), output[-4000:]
+        for field in (*PORT_FIELDS, "service_port"):
+            port = getattr(settings, field)
+            assert not processes.port_open(settings.host, port), f"{field} {port} still open"
+    finally:
+        down(settings, purge=True)
