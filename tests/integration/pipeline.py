@@ -240,6 +240,18 @@ def direct_prices(service_url: str, rows: list[dict[str, Any]]) -> list[float]:
     return [float(item["predicted_price"]) for item in response.json()]
 
 
+def assert_prices_match_service(
+    service_url: str, rows: dict[int, dict[str, Any]], predictions: dict[int, dict[str, Any]]
+) -> None:
+    """Every prediction row equals what the service says for its listing's current row."""
+    ids = sorted(predictions)
+    assert set(ids) <= set(rows), f"rows predicted for missing listings: {set(ids) - set(rows)}"
+    expected = direct_prices(service_url, [rows[i] for i in ids])
+    got = [predictions[i]["predicted_price"] for i in ids]
+    wrong = [(i, g, e) for i, g, e in zip(ids, got, expected, strict=True) if g != e]
+    assert not wrong, f"{len(wrong)} stale or wrong prices, e.g. {wrong[:3]}"
+
+
 @dataclass
 class TopicRecord:
     key: Any

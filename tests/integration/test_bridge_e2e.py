@@ -15,6 +15,7 @@ from streaming_ml.load import load_listings
 from streaming_ml.serving import ServiceProcess
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import (
+    assert_prices_match_service,
     bridge_metric_or_none,
     direct_prices,
     dsn_of,
@@ -32,16 +33,6 @@ from tests.integration.pipeline import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def assert_prices_match_service(
-    service_url: str, rows: dict[int, dict], predictions: dict[int, dict]
-) -> None:
-    ids = sorted(predictions)
-    expected = direct_prices(service_url, [rows[i] for i in ids])
-    got = [predictions[i]["predicted_price"] for i in ids]
-    mismatched = [(i, g, e) for i, g, e in zip(ids, got, expected, strict=True) if g != e]
-    assert not mismatched, f"{len(mismatched)} predictions differ, e.g. {mismatched[:3]}"
 
 
 def test_thousand_listings_priced_once_in_table_and_topic(
