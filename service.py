@@ -16,10 +16,10 @@ from streaming_ml.config import Settings
 from streaming_ml.model import PriceModel
 from streaming_ml.serving import (
     BatchPrediction,
-    JsonBodiesOnly,
     PredictBatchRequest,
     Predictor,
     PredictRequest,
+    RequestGuard,
     model_card,
 )
 
@@ -46,7 +46,9 @@ class PricePredictor:
     def __init__(self) -> None:
         # Loaded once per worker, never per request.
         self.predictor = Predictor(
-            PriceModel.from_bento_model(self.bento_model), card=model_card(self.bento_model)
+            PriceModel.from_bento_model(self.bento_model),
+            card=model_card(self.bento_model),
+            max_rows=SETTINGS.service_max_rows,
         )
 
     # The positional-only parameter makes the whole JSON body one request model
@@ -68,4 +70,8 @@ class PricePredictor:
         return self.predictor.card
 
 
-PricePredictor.add_asgi_middleware(JsonBodiesOnly)
+PricePredictor.add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=SETTINGS.service_max_body_bytes,
+    max_concurrency=SETTINGS.service_max_concurrency,
+)

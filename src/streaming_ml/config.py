@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     model_version: str = Field("latest", description="Model version the service loads")
     service_url: str | None = Field(None, description="Prediction service base URL")
     request_timeout_s: float = 5.0
+    service_max_body_bytes: int = Field(
+        8_388_608, ge=1024, description="Largest request body the service reads (413 above)"
+    )
+    service_max_rows: int = Field(
+        10_000, ge=1, description="Most rows in one /predict or /predict_batch (413 above)"
+    )
+    service_max_concurrency: int = Field(
+        64, ge=1, description="Most requests the service works on at once (429 above)"
+    )
 
     # Bridge micro-batching.
     batch_max_events: int = Field(500, description="Max events per model call")

@@ -75,6 +75,9 @@ _JSON_ITEM_TYPES = {"category": "string", "int": "integer", "float": "number"}
 _VECTORISE_FROM_ROWS = 32
 # Requests up to this many rows are priced inline on the event loop (see Predictor).
 INLINE_MAX_ROWS = 64
+# Defaults of the request limits (settings SML_SERVICE_MAX_*): the bridge's largest batch is
+# 500 records (~100 KB); the bench's biggest /predict is 1,000 rows (~150 KB).
+DEFAULT_MAX_ROWS = 10_000
 # Cap the error list so a garbage million-row body cannot produce a huge reply.
 _MAX_REPORTED_PROBLEMS = 50
 
@@ -256,17 +259,39 @@ def model_card(bento_model: bentoml.Model) -> dict[str, Any]:
         "created_at": info.creation_time.isoformat(),
         "module": info.module,
         "labels": dict(info.labels),
-        "metadata": dict(info.metadata),
+        "metadata": without_paths(dict(info.metadata)),
         "features": list(FEATURES),
     }
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with every ``path`` entry replaced by the file's name alone: where the
+    training data lived on the trainer's disk is nobody's business on the network."""
+    if isinstance(value, Mapping):
+        cleaned = {}
+        for key, item in value.items():
+            if key == "path" and isinstance(item, str):
+                cleaned["file"] = Path(item).name
+            else:
+                cleaned[key] = without_paths(item)
+        return cleaned
+    if isinstance(value, list):
+        return [without_paths(item) for item in value]
+    return value
 
 
 class Predictor:
     """Validates requests and prices them with one loaded PriceModel."""
 
-    def __init__(self, model: PriceModel, card: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: PriceModel,
+        card: Mapping[str, Any] | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> None:
         self.model = model
         self.card = dict(card or {"tag": model.tag})
+        self.max_rows = max_rows
 
     def predict_columns(self, request: BaseModel) -> list[float]:
         """``/predict``: one price per row of a PredictRequest, in row order."""
@@ -294,10 +319,20 @@ class Predictor:
 
     async def handle_predict(self, request: BaseModel) -> list[float] | Response:
         rows = len(getattr(request, FEATURES[0]))
-        return await _answer(self.predict_columns, request, rows)
+        return await self._answer(self.predict_columns, request, rows)
 
     async def handle_predict_batch(self, request: PredictBatchRequest) -> list[Any] | Response:
-        return await _answer(self.predict_records, request.records, len(request.records))
+        return await self._answer(self.predict_records, request.records, len(request.records))
+
+    async def _answer(self, price: Callable[[Any], Any], payload: Any, rows: int) -> Any:
+        if rows > self.max_rows:
+            return _refuse(
+                413,
+                f"{rows} rows is over the limit of {self.max_rows} per request "
+                "(SML_SERVICE_MAX_ROWS); split the request",
+                {},
+            )
+        return await _answer(price, payload, rows)
 
 
 async def _answer(price: Callable[[Any], Any], payload: Any, rows: int) -> Any:
@@ -312,29 +347,76 @@ async def _answer(price: Callable[[Any], Any], payload: Any, rows: int) -> Any:
         return JSONResponse(error.to_json(), status_code=400)
 
 
-class JsonBodiesOnly:
-    """ASGI middleware: refuse multipart bodies on the JSON APIs with a 415.
+class RequestGuard:
+    """ASGI middleware: what a POST must be before any of it is read or parsed.
 
-    BentoML would hand a malformed multipart body to Starlette's form parser,
-    whose error surfaces as a 500; every API here takes JSON, so say so instead.
+    - a body is JSON (``Content-Type: application/json``), else 415: a web page cannot
+      send a "simple" cross-origin POST (text/plain, form) that the APIs would parse;
+    - its length is declared and at most ``max_body_bytes``, else 411 / 413: one huge
+      body must not grow the worker or stall ``/readyz`` for everyone;
+    - at most ``max_concurrency`` POSTs are in flight, else 429 with ``Retry-After``.
+    Rows per request are checked by the APIs (``max_rows``), after parsing.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, max_concurrency: int) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            content_type = dict(scope["headers"]).get(b"content-type", b"")
-            if content_type.lower().startswith(b"multipart/"):
-                from starlette.responses import JSONResponse
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(dict(scope["headers"]))
+        if refusal is not None:
+            status, message, extra = refusal
+            await _refuse(status, message, extra)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
-                body = {
-                    "error": "this API takes a JSON body: send Content-Type: application/json",
-                    "detail": [{"loc": ["body"], "msg": "multipart body", "type": "media_type"}],
-                }
-                await JSONResponse(body, status_code=415)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def _refusal(self, headers: Mapping[bytes, bytes]) -> tuple[int, str, dict[str, str]] | None:
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if chunked or (length is None and headers.get(b"transfer-encoding")):
+            return 411, "send the body with a Content-Length (chunked bodies are refused)", {}
+        try:
+            size = int(length) if length is not None else 0
+        except ValueError:
+            return 400, "Content-Length is not a number", {}
+        if size > self.max_body_bytes:
+            return (
+                413,
+                (
+                    f"body of {size} bytes is over the limit of {self.max_body_bytes} "
+                    "(SML_SERVICE_MAX_BODY_BYTES); send fewer rows per request"
+                ),
+                {},
+            )
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if size > 0 and content_type != b"application/json":
+            return 415, "this API takes a JSON body: send Content-Type: application/json", {}
+        if self.in_flight >= self.max_concurrency:
+            return (
+                429,
+                (
+                    f"{self.in_flight} requests in flight, the limit is {self.max_concurrency} "
+                    "(SML_SERVICE_MAX_CONCURRENCY); retry shortly"
+                ),
+                {"Retry-After": "1"},
+            )
+        return None
+
+
+def _refuse(status: int, message: str, headers: Mapping[str, str]) -> Any:
+    from starlette.responses import JSONResponse
+
+    body = {"error": message, "detail": [{"loc": ["body"], "msg": message, "type": str(status)}]}
+    return JSONResponse(body, status_code=status, headers=dict(headers))
 
 
 # --- Running the service as a process -----------------------------------------------

@@ -258,6 +258,117 @@ def test_service_still_answers_after_garbage(prediction_service: str) -> None:
     assert len(prices(prediction_service, EXAMPLE_INPUT)) == 2
 
 
+# --- Limits: content type, body size, rows, concurrency -----------------------------------
+
+
+def _records(n: int) -> dict[str, Any]:
+    return {"records": [EXAMPLE_RECORDS[i % len(EXAMPLE_RECORDS)] for i in range(n)]}
+
+
+NOT_JSON = {
+    "text/plain": {"Content-Type": "text/plain"},
+    "no content type": {},
+    "form": {"Content-Type": "application/x-www-form-urlencoded"},
+}
+
+
+@pytest.mark.parametrize("headers", NOT_JSON.values(), ids=NOT_JSON.keys())
+def test_a_body_that_is_not_declared_json_is_refused_with_415(
+    prediction_service: str, headers: dict[str, str]
+) -> None:
+    """A web page's "simple" cross-origin POST (no preflight) must not reach the model."""
+    response = requests.post(
+        f"{prediction_service}/predict", data=json.dumps(EXAMPLE_INPUT), headers=headers, timeout=10
+    )
+    assert response.status_code == 415, response.text
+    assert "application/json" in response.json()["error"]
+
+
+def test_json_with_a_charset_is_accepted(prediction_service: str) -> None:
+    response = requests.post(
+        f"{prediction_service}/predict",
+        data=json.dumps(EXAMPLE_INPUT).encode(),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 2
+
+
+def test_a_body_over_the_size_limit_is_refused_unread(prediction_service: str) -> None:
+    from streaming_ml.config import Settings
+
+    limit = Settings().service_max_body_bytes
+    body = b" " * (limit + 1)  # never parsed: refused on its Content-Length
+    response = requests.post(
+        f"{prediction_service}/predict_batch", data=body,
+        headers={"Content-Type": "application/json"}, timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 413, response.text
+    assert "SML_SERVICE_MAX_BODY_BYTES" in response.json()["error"]
+    assert requests.get(f"{prediction_service}/readyz", timeout=5).status_code == 200
+
+
+def test_a_chunked_body_is_refused_with_411(prediction_service: str) -> None:
+    chunks = iter([json.dumps(EXAMPLE_INPUT).encode()])  # a generator body goes chunked
+    response = requests.post(
+        f"{prediction_service}/predict", data=chunks,
+        headers={"Content-Type": "application/json"}, timeout=10,
+    )  # fmt: skip
+    assert response.status_code == 411, response.text
+
+
+def test_more_rows_than_the_limit_get_413_and_the_limit_itself_is_priced(
+    prediction_service: str,
+) -> None:
+    from streaming_ml.config import Settings
+
+    limit = Settings().service_max_rows
+    over = post(f"{prediction_service}/predict_batch", _records(limit + 1))
+    assert over.status_code == 413, over.text
+    assert "SML_SERVICE_MAX_ROWS" in over.json()["error"]
+    columns = {k: [v[0]] * (limit + 1) for k, v in EXAMPLE_INPUT.items()}
+    assert post(f"{prediction_service}/predict", columns).status_code == 413
+    at_limit = post(f"{prediction_service}/predict_batch", _records(limit))
+    assert at_limit.status_code == 200 and len(at_limit.json()) == limit
+
+
+def test_requests_over_the_concurrency_limit_get_429_and_the_rest_are_served(
+    trained_model_tag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.setenv("SML_SERVICE_MAX_CONCURRENCY", "1")
+    service = ServiceProcess(
+        host="127.0.0.1", port=free_port(), model_tag=trained_model_tag,
+        log_path=tmp_path / "service.log",
+    )  # fmt: skip
+    body = json.dumps(_records(10_000)).encode()  # ~100 ms of pricing each
+    statuses: list[int] = []
+    retry_after: list[str | None] = []
+    start = threading.Barrier(8)
+
+    def call() -> None:
+        start.wait()
+        response = requests.post(
+            f"{service.url}/predict_batch", data=body,
+            headers={"Content-Type": "application/json"}, timeout=60,
+        )  # fmt: skip
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            retry_after.append(response.headers.get("retry-after"))
+
+    with service:
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert set(statuses) <= {200, 429} and len(statuses) == 8, statuses
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 1, statuses
+    assert set(retry_after) == {"1"}
+
+
 # --- Health, readiness, metrics --------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Request validation behind the service: one rule source (data.check_value), fast path included."""
 
 import datetime as dt
+import json
 import math
 from typing import Any
 
@@ -121,3 +122,18 @@ def test_request_schema_documents_every_feature_with_an_example() -> None:
     for name in FEATURES:
         assert schema["properties"][name]["description"]
         assert schema["properties"][name]["examples"] == [EXAMPLE_INPUT[name]]
+
+
+def test_model_info_names_the_training_file_but_never_its_path() -> None:
+    from streaming_ml.serving import without_paths
+
+    metadata = {
+        "source": "csv", "path": "/home/someone/secret/ford_train.csv",
+        "cv": {"rmse": 1133.0}, "runs": [{"path": "/tmp/x/y.csv"}],
+    }  # fmt: skip
+    cleaned = without_paths(metadata)
+    assert cleaned == {
+        "source": "csv", "file": "ford_train.csv", "cv": {"rmse": 1133.0},
+        "runs": [{"file": "y.csv"}],
+    }  # fmt: skip
+    assert "/" not in json.dumps(cleaned)
