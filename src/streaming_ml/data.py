@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,17 @@ class Column:
 
 
 MIN_YEAR = 1970
+# Category values are names (the longest Ford model name is 21 characters).
+MAX_CATEGORY_CHARS = 64
+# Debezium's stand-in for an unchanged TOASTed column it could not read: never a value.
+DEBEZIUM_UNAVAILABLE = "__debezium_unavailable_value"
+# The model works in float32: a non-zero value below this becomes 0 there.
+FLOAT32_TINY = 1.1754943508222875e-38
+# Control characters, zero-width characters and bidirectional overrides: invisible in a
+# name, they make two equal-looking values different (or hide what a value says).
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 
 
 def max_year(today: dt.date | None = None) -> int:
@@ -100,6 +112,12 @@ def check_value(column: Column, value: Any, today: dt.date | None = None) -> str
             return f"must be a string, got {type(value).__name__}"
         if not value.strip():
             return "must not be blank"
+        if len(value) > MAX_CATEGORY_CHARS:
+            return f"must be at most {MAX_CATEGORY_CHARS} characters, got {len(value)}"
+        if value == DEBEZIUM_UNAVAILABLE:
+            return "is Debezium's placeholder for an unreadable TOAST value, not a value"
+        if match := _INVISIBLE.search(value):
+            return f"contains an invisible or control character (U+{ord(match.group()):04X})"
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {type(value).__name__}"
@@ -107,6 +125,8 @@ def check_value(column: Column, value: Any, today: dt.date | None = None) -> str
         return f"must be finite, got {value}"
     if column.kind == "int" and isinstance(value, float) and not value.is_integer():
         return f"must be a whole number, got {value}"
+    if column.kind == "float" and value != 0 and abs(value) < FLOAT32_TINY:
+        return f"is too small for the model's float32 (it would become 0), got {value}"
     low, high = column_bounds(column, today)
     if low is not None:
         if column.exclusive_minimum and value <= low:

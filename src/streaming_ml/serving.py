@@ -33,6 +33,7 @@ from streaming_ml.config import REPO_ROOT
 from streaming_ml.data import (
     FEATURE_COLUMNS,
     FEATURES,
+    FLOAT32_TINY,
     Column,
     check_value,
     column_bounds,
@@ -182,6 +183,8 @@ def _suspect_rows(column: Column, values: Sequence[Any], today: dt.date) -> Sequ
         ok &= array <= high
     if column.kind == "int":
         ok &= array == np.floor(array)
+    else:
+        ok &= (array == 0) | (np.abs(array) >= FLOAT32_TINY)
     return np.flatnonzero(~ok).tolist()
 
 

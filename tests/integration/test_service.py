@@ -152,6 +152,17 @@ BAD_COLUMNS = {
     "boolean number": (_with("mpg", [True, 44.1]), "mpg.0"),
     "zero engine size": (_with("engineSize", [0, 1.0]), "engineSize.0"),
     "column not a list": (_with("mpg", 50.4), "mpg"),
+    "engine size underflowing float32": (_with("engineSize", [1e-300, 1.0]), "engineSize.0"),
+    "NUL in a model name": (_with("model", ["Fie\x00sta", "Focus"]), "model.0"),
+    "bidi override in a gearbox": (
+        _with("transmission", ["\u202eManual", "Manual"]),
+        "transmission.0",
+    ),
+    "Debezium TOAST placeholder": (
+        _with("model", ["__debezium_unavailable_value", "Focus"]),
+        "model.0",
+    ),
+    "megabyte model name": (_with("model", ["F" * 1_000_000, "Focus"]), "model.0"),
 }
 
 

@@ -204,3 +204,9 @@ def test_registry_outage_is_retried_but_bad_bytes_are_dead_lettered() -> None:
     assert not registry_unavailable(SchemaRegistryError(404, 40403, "schema not found"))
     assert not registry_unavailable(SerializationError("unknown magic byte"))
     assert not registry_unavailable(EOFError())
+
+
+def test_debezium_toast_placeholder_in_an_update_is_dead_lettered_and_unpriced() -> None:
+    actions = plan_actions([change("u", 4, model="__debezium_unavailable_value")])
+    assert [a.kind for a in actions] == ["dlq", "tombstone"]
+    assert actions[0].reason is not None and actions[0].reason.startswith("model: ")

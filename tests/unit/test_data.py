@@ -2,6 +2,7 @@
 
 import datetime as dt
 import math
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -224,3 +225,37 @@ def test_generator_rejects_impossible_invalid_count():
 
 def test_features_listed_once():
     assert len(set(FEATURES)) == len(FEATURES) == 8
+
+
+ACCEPTED_BUT_WRONG = {
+    "engine size that underflows float32": (
+        "engineSize",
+        1e-300,
+        "too small for the model's float32",
+    ),
+    "NUL in a name": ("model", "Fie\x00sta", "U+0000"),
+    "zero-width space": ("model", "Fi\u200besta", "U+200B"),
+    "bidi override": ("transmission", "\u202eManual", "U+202E"),
+    "multi-megabyte name": ("fuelType", "P" * 2_000_000, "at most 64 characters"),
+    "Debezium TOAST placeholder": ("model", "__debezium_unavailable_value", "placeholder"),
+}
+
+
+@pytest.mark.parametrize(
+    "field, value, reason", ACCEPTED_BUT_WRONG.values(), ids=ACCEPTED_BUT_WRONG.keys()
+)
+def test_values_that_were_accepted_but_wrong_are_rejected_with_a_reason(
+    field: str, value: Any, reason: str
+) -> None:
+    """One rule set: the service and the bridge both judge with feature_problems."""
+    row = {**generate_listing_records(1, seed=1)[0], field: value}
+    problems = feature_problems(row)
+    assert set(problems) == {field}
+    assert reason in problems[field]
+
+
+def test_ordinary_names_and_small_engines_stay_valid() -> None:
+    row = generate_listing_records(1, seed=1)[0]
+    for value in ("Grand Tourneo Connect", "Ka+", "C-MAX", "Škoda-like ünïcode"):
+        assert not feature_problems({**row, "model": value})
+    assert not feature_problems({**row, "engineSize": 0.6})
