@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,12 @@ from streaming_ml.stack import stop_component, up
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import (
     assert_prices_match_service,
-    bridge_metric_or_none,
     dsn_of,
     execute,
     listings,
     pipeline_settings,
     predictions_for,
+    query,
     read_topic,
     running_bridge,
     start_bridge_process,
@@ -73,6 +72,12 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
     no_secrets.mkdir()
     start_group_at_end(settings)
     bridges = [start_bridge_process(settings, log, no_secrets) for _ in range(3)]
+    before = query(dsn, f"SELECT coalesce(max(id), 0) AS top FROM public.{source}")[0]["top"]
+
+    def priced(at_least: int) -> bool:
+        sql = f"SELECT count(*) AS n FROM public.{settings.predictions_table} WHERE listing_id > %s"
+        return query(dsn, sql, (before,))[0]["n"] >= at_least
+
     try:
         inserted: list[int] = []
         loader = threading.Thread(
@@ -81,11 +86,12 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
             )
         )
         loader.start()
-        time.sleep(4)  # the kill must land mid-stream: 4 s into a 15 s load
+        # Each fault lands mid-stream (the load lasts 15 s), after a share of it is priced.
+        wait_until(lambda: priced(300), 120, "300 listings priced before the kill")
         bridges[0].send_signal(signal.SIGKILL)
-        time.sleep(3)
+        wait_until(lambda: priced(1000), 120, "1,000 listings priced before the SIGTERM")
         bridges[1].send_signal(signal.SIGTERM)
-        time.sleep(2)
+        wait_until(lambda: priced(1500), 120, "1,500 listings priced before the 4th bridge")
         bridges.append(start_bridge_process(settings, log, no_secrets))
         loader.join(timeout=120)
         assert not loader.is_alive()
@@ -239,7 +245,10 @@ def test_kafka_and_connect_restarts_under_load_lose_and_duplicate_nothing(
     source = settings.listings_table
     second_settings = settings.model_copy(update={"bridge_metrics_port": free_port()})
     inserted: list[int] = []
-    with running_bridge(settings) as first, running_bridge(second_settings, from_end=False):
+    with (
+        running_bridge(settings) as first,
+        running_bridge(second_settings, from_end=False) as second,
+    ):
         loader = threading.Thread(
             target=lambda: inserted.extend(
                 load_listings(dsn, 1500, seed=240, rate=60, batch=3, table=source).ids
@@ -249,9 +258,12 @@ def test_kafka_and_connect_restarts_under_load_lose_and_duplicate_nothing(
         wait_until(lambda: first.bridge.stats.predicted >= 100, 120, "the bridges at work")
         stop_component(settings, "kafka")
         up(settings)
-        wait_until(lambda: bridge_metric_or_none(settings, "sml_bridge_predictions_total"),
-                   60, "the bridge's metrics")  # fmt: skip
-        time.sleep(3)  # some load between the two restarts
+        recovered_at = first.bridge.stats.predicted + second.bridge.stats.predicted + 100
+        wait_until(
+            lambda: first.bridge.stats.predicted + second.bridge.stats.predicted >= recovered_at,
+            180,
+            "100 more listings priced after the Kafka restart",
+        )
         stop_component(settings, "connect")
         up(settings)
         loader.join(timeout=240)
