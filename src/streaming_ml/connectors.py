@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -146,8 +146,8 @@ class ConnectorWatchdog:
 class PartitionZeroWatchdog:
     """Runs a ConnectorWatchdog only while this bridge owns partition 0 of ``topic``.
 
-    Pass ``on_partitions`` to the Bridge: it is called after every rebalance with the
-    partitions this replica owns.
+    The Bridge calls ``on_partitions`` after every rebalance with the partitions this
+    replica owns.
     """
 
     def __init__(self, watchdog: ConnectorWatchdog, topic: str) -> None:
@@ -155,7 +155,7 @@ class PartitionZeroWatchdog:
         self.topic = topic
         self.active = False
 
-    def on_partitions(self, owned: set[tuple[str, int]]) -> None:
+    def on_partitions(self, owned: Collection[tuple[str, int]]) -> None:
         leader = (self.topic, 0) in owned
         if leader and not self.active:
             logger.info("this bridge owns partition 0: watching the connectors", extra={})

@@ -104,7 +104,7 @@ def results_table(
 def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
     from streaming_ml import connectors, stack
-    from streaming_ml.bridge import Bridge, BridgeMetrics
+    from streaming_ml.bridge import Bridge
     from streaming_ml.load import load_listings
     from streaming_ml.serving import ServiceProcess
     from streaming_ml.sinks import wait_for_predictions
@@ -131,13 +131,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
 
         console.print("[bold]4/5[/] applying the connectors, starting the bridge…")
         connectors.apply(live)
-        metrics = BridgeMetrics()
-        watchdog = connectors.partition_zero_watchdog(live, metrics.connector_restarts)
-        bridge = Bridge(
-            live, metrics=metrics, on_partitions=watchdog.on_partitions if watchdog else None
-        )
-        if watchdog is not None:
-            cleanup.callback(watchdog.stop)
+        bridge = Bridge(live, watch_connectors=True)
         failure: list[BaseException] = []
 
         def _run_bridge() -> None:

@@ -118,20 +118,9 @@ def running_bridge(
     ``from_end``: first move the consumer group to the topic's current end.
     ``watch_connectors``: run the connector watchdog while owning partition 0, as
     ``streaming-ml bridge --apply-connectors`` does."""
-    from streaming_ml import connectors
-    from streaming_ml.bridge import BridgeMetrics
-
     if from_end:
         start_group_at_end(settings)
-    metrics = BridgeMetrics()
-    watchdog = (
-        connectors.partition_zero_watchdog(settings, metrics.connector_restarts)
-        if watch_connectors
-        else None
-    )
-    bridge = Bridge(
-        settings, metrics=metrics, on_partitions=watchdog.on_partitions if watchdog else None
-    )
+    bridge = Bridge(settings, watch_connectors=watch_connectors)
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -152,8 +141,6 @@ def running_bridge(
     finally:
         bridge.stop()
         thread.join(timeout=60)
-        if watchdog is not None:
-            watchdog.stop()
         assert not thread.is_alive(), "bridge did not stop within 60 s"
     if errors:
         raise errors[0]

@@ -135,8 +135,8 @@ def test_updates_reprice_only_on_feature_change_and_deletes_remove(
         execute(dsn, f"DELETE FROM public.{source} WHERE id = %s", (a,))
         wait_until(lambda: a not in predictions_for(dsn, table, ids), 120, "deleted prediction")
 
-    # A new bridge process has an empty cache: the stored features_hash still stops
-    # a price-only update from being re-priced.
+    # A new bridge remembers nothing: Debezium's unchanged-columns header alone stops a
+    # price-only update from being re-priced.
     with running_bridge(settings) as restarted:
         execute(dsn, f"UPDATE public.{source} SET price = price + 1 WHERE id = %s", (b,))
         execute(dsn, f"UPDATE public.{source} SET tax = tax + 10 WHERE id = %s", (c,))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streaming_ml import connect, data, processes, stack
+from streaming_ml.bridge.changes import UNCHANGED_HEADER
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.exceptions import ConfigError, StackError
 from streaming_ml.stack import connect as connect_worker
@@ -83,6 +84,12 @@ def test_source_connector_settings() -> None:
     assert config["publication.name"] == postgres.PUBLICATION
     assert config["publication.autocreate.mode"] == "disabled"
     assert config["transforms.unwrap.add.fields"] == "op,lsn,source.ts_ms"
+    # The header the bridge reads to skip price-only updates, added before the unwrap;
+    # the partitions of the change topic Debezium creates.
+    assert config["transforms"] == "changes,unwrap"
+    assert config["transforms.changes.type"] == "io.debezium.transforms.ExtractChangedRecordState"
+    assert config["transforms.changes.header.unchanged.name"] == UNCHANGED_HEADER
+    assert config["topic.creation.default.partitions"] == str(_settings().partitions)
 
 
 def test_sink_connector_settings() -> None:

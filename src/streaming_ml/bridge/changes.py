@@ -23,7 +23,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming_ml import serde
 
-CHANGED_HEADER = "changed"
+# Named by the source connector's transforms.changes.header.unchanged.name.
 UNCHANGED_HEADER = "unchanged"
 
 

@@ -31,7 +31,7 @@ from confluent_kafka import (
 )
 from prometheus_client import start_http_server
 
-from streaming_ml import serde
+from streaming_ml import connectors, serde
 from streaming_ml.bridge import kafka_setup
 from streaming_ml.bridge.changes import Change, ChangeDecoder, RegistryUnavailable
 from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats
@@ -78,18 +78,22 @@ class Bridge:
         *,
         group_id: str | None = None,
         serve_metrics: bool = True,
-        metrics: BridgeMetrics | None = None,
-        on_partitions: Callable[[set[tuple[str, int]]], None] | None = None,
+        watch_connectors: bool = False,
     ) -> None:
         self.settings = settings
         self.group_id = group_id or settings.consumer_group
         self.serve_metrics = serve_metrics
-        self.metrics = metrics or BridgeMetrics()
+        self.metrics = BridgeMetrics()
         self.stats = BridgeStats()
         self.assignment: set[tuple[str, int]] = set()
         self.ready = threading.Event()  # set once subscribed (for demo/tests)
         self.assigned = threading.Event()  # set once the group gave us partitions
-        self._on_partitions = on_partitions
+        # With watch_connectors, restart FAILED connectors while owning partition 0.
+        self._watchdog = (
+            connectors.partition_zero_watchdog(settings, self.metrics.connector_restarts)
+            if watch_connectors
+            else None
+        )
         self._stop = threading.Event()
         self._pausing = Pausing(settings.service_backoff_s, self.metrics.paused.set)
         self._consumer: Consumer | None = None
@@ -329,8 +333,8 @@ class Bridge:
             "partitions assigned", extra={"added": sorted(added), "now": sorted(self.assignment)}
         )
         self.assigned.set()
-        if self._on_partitions is not None:
-            self._on_partitions(set(self.assignment))
+        if self._watchdog is not None:
+            self._watchdog.on_partitions(self.assignment)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -344,14 +348,16 @@ class Bridge:
         logger.info(
             "partitions revoked", extra={"revoked": sorted(revoked), "now": sorted(self.assignment)}
         )
-        if self._on_partitions is not None:
-            self._on_partitions(set(self.assignment))
+        if self._watchdog is not None:
+            self._watchdog.on_partitions(self.assignment)
 
     # -- start and stop --
 
     def _start(self, stack: ExitStack) -> None:
         s = self.settings
         stack.callback(self._log_stopped)
+        if self._watchdog is not None:
+            stack.callback(self._watchdog.stop)
         kafka_setup.ensure_topics(s)
         self._registry = serde.registry_client(s.registry_url)
         self._decoder = ChangeDecoder(self._registry)
@@ -460,19 +466,9 @@ def run_bridge(
     ``apply_connectors``: create the topics and apply the connectors first, then watch
     them while this replica owns partition 0 of the change topic.
     """
-    from streaming_ml import connectors
-
-    watchdog: connectors.PartitionZeroWatchdog | None = None
-    metrics = BridgeMetrics()
     if apply_connectors:
         connectors.apply(settings)
-        watchdog = connectors.partition_zero_watchdog(settings, metrics.connector_restarts)
-    bridge = Bridge(
-        settings,
-        group_id=group_id,
-        metrics=metrics,
-        on_partitions=watchdog.on_partitions if watchdog else None,
-    )
+    bridge = Bridge(settings, group_id=group_id, watch_connectors=apply_connectors)
     if install_signal_handlers:
         import signal
 
@@ -482,8 +478,4 @@ def run_bridge(
 
         signal.signal(signal.SIGTERM, _handle)
         signal.signal(signal.SIGINT, _handle)
-    try:
-        return bridge.run(max_events=max_events, timeout=timeout, once=once)
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
+    return bridge.run(max_events=max_events, timeout=timeout, once=once)
