@@ -44,9 +44,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted: a command run in
+    process (a test's CLI runner) swaps stderr and closes its copy afterwards, and a
+    handler bound to that copy would fail on every later record."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     """Route all package logs to stderr; stdout stays free for command output."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
