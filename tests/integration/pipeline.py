@@ -188,17 +188,73 @@ def predictions_for(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str,
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25
+    condition: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.25,
+    explain: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the
+    deadline, plus what ``explain`` finds then (where the missing work is stuck)."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            message = f"timed out after {timeout_s:.0f}s waiting for {what}"
+            if explain is not None:
+                message += f"; {explain()}"
+            raise AssertionError(message)
         time.sleep(interval_s)
+
+
+def where_stuck(settings: Settings, dsn: str, ids: list[int]) -> str:
+    """Where the listings without a current prediction row are: on the change topic, on
+    the predictions topic, and what the connectors and consumer groups say. A timed-out
+    fault test reports this, so a CI failure names the stuck hop."""
+    from streaming_ml import connectors
+    from streaming_ml.bench.kafka import LagProbe
+    from streaming_ml.bridge.plan import features_hash
+
+    rows = listings(dsn, settings.listings_table, ids)
+    predictions = predictions_for(dsn, settings.predictions_table, ids)
+    stale = {
+        i
+        for i in rows
+        if i not in predictions or predictions[i]["features_hash"] != features_hash(rows[i])
+    }
+    ghosts = set(predictions) - set(rows)
+    parts = [f"{len(stale)} listings without a current prediction row, e.g. {sorted(stale)[:5]}"]
+    if ghosts:
+        parts.append(f"{len(ghosts)} rows of deleted listings, e.g. {sorted(ghosts)[:5]}")
+    try:
+        changes = {r.key["id"] for r in read_topic(settings, settings.listings_topic, False)}
+        priced = {
+            r.key["listing_id"] for r in read_topic(settings, settings.predictions_topic, False)
+        }
+        parts.append(
+            f"of those on the change topic: {len(stale & changes)}, "
+            f"on the predictions topic: {len(stale & priced)}"
+        )
+    except Exception as error:  # the diagnosis must not hide the timeout
+        parts.append(f"topics unreadable: {error}")
+    for group, topic in (
+        (settings.consumer_group, settings.listings_topic),
+        (f"connect-{settings.sink_connector}", settings.predictions_topic),
+    ):
+        probe = LagProbe(settings, group, topic)
+        try:
+            parts.append(f"lag of {group}: {probe.lag()}")
+        except Exception as error:
+            parts.append(f"lag of {group} unknown: {error}")
+        finally:
+            probe.close()
+    try:
+        parts.append(f"connectors: {connectors.status(settings)}")
+    except Exception as error:
+        parts.append(f"connectors unknown: {error}")
+    return "; ".join(parts)
 
 
 def wait_for_predictions(

@@ -34,6 +34,7 @@ from tests.integration.pipeline import (
     start_group_at_end,
     wait_for_predictions,
     wait_until,
+    where_stuck,
 )
 from tests.integration.stub_service import MODEL_TAG, stub_price, stub_service
 
@@ -107,7 +108,10 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
                 (step * 7, inserted),
             )
         predictions = wait_until(
-            lambda: settled(dsn, settings, inserted), 240, "the last update of each listing"
+            lambda: settled(dsn, settings, inserted),
+            240,
+            "the last update of each listing",
+            explain=lambda: where_stuck(settings, dsn, inserted),
         )
         for alive in (bridges[2], bridges[3]):
             assert alive.poll() is None, log.read_text()[-3000:]
@@ -162,10 +166,27 @@ def test_rebalance_while_paused_leaves_no_ghost_row_and_no_stale_price(
                 assert not second.errors and not first.errors
                 service = start_service()
                 predictions = wait_until(
-                    lambda: settled(dsn, settings, ids), 180, "every change priced after the pause"
+                    lambda: settled(dsn, settings, ids),
+                    180,
+                    "every change priced after the pause",
+                    explain=lambda: where_stuck(settings, dsn, ids),
                 )
                 # Both group members drained: a late write would have landed by now.
                 wait_until(lambda: group_drained(settings), 60, "the group's lag to reach 0")
+            # The second bridge left: the partitions it took come back to the first, which
+            # paused them before they went (librdkafka keeps that flag) and must resume them.
+            wait_until(
+                lambda: len(first.bridge.assignment) == settings.partitions,
+                60,
+                "the first bridge to own every partition again",
+            )
+            more = load_listings(dsn, 30, seed=203, batch=3, table=source).ids
+            wait_until(
+                lambda: settled(dsn, settings, more),
+                120,
+                "listings inserted after the second bridge left",
+                explain=lambda: where_stuck(settings, dsn, more),
+            )
         after = predictions_for(dsn, settings.predictions_table, ids)
         rows = listings(dsn, source, ids)
         assert gone not in after and changed_then_gone not in after
@@ -270,13 +291,14 @@ def test_kafka_and_connect_restarts_under_load_lose_and_duplicate_nothing(
         assert not loader.is_alive()
         assert len(set(inserted)) == 1500
         predictions = wait_until(
-            lambda: settled(dsn, settings, inserted), 240, "every listing priced"
+            lambda: settled(dsn, settings, inserted),
+            240,
+            "every listing priced",
+            explain=lambda: where_stuck(settings, dsn, inserted),
         )
     assert len(predictions) == 1500
     count = (
         f"SELECT count(*) AS n FROM public.{settings.predictions_table} WHERE listing_id = ANY(%s)"
     )
-    from tests.integration.pipeline import query
-
     assert query(dsn, count, (inserted,))[0]["n"] == 1500
     assert_prices_match_service(prediction_service, listings(dsn, source, inserted), predictions)

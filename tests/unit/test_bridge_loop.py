@@ -98,7 +98,9 @@ class FakeDecoder:
 
 class FakeConsumer:
     """Hands out ``messages`` (at most ``num_messages`` per call); ``before_call[n]``
-    runs inside the n-th consume() call, where librdkafka runs rebalance callbacks."""
+    runs inside the n-th consume() call, where librdkafka runs rebalance callbacks.
+    Like librdkafka, a partition's pause flag survives revoke and re-assignment, and
+    nothing is handed out from a paused partition."""
 
     def __init__(
         self,
@@ -112,20 +114,25 @@ class FakeConsumer:
         self.resumed: list[list[tuple[str, int]]] = []
         self.assigned: list[list[tuple[str, int]]] = []
         self.seeks: list[Position] = []
+        self.paused_now: set[tuple[str, int]] = set()
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         self.consume_calls += 1
         hook = self.before_call.get(self.consume_calls)
         if hook is not None:
             hook()
-        taken, self.queue = self.queue[:num_messages], self.queue[num_messages:]
+        free = [m for m in self.queue if (m.topic(), m.partition()) not in self.paused_now]
+        taken = free[:num_messages]
+        self.queue = [m for m in self.queue if m not in taken]
         return taken
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused.append([(tp.topic, tp.partition) for tp in partitions])
+        self.paused_now |= {(tp.topic, tp.partition) for tp in partitions}
 
     def resume(self, partitions: list[TopicPartition]) -> None:
         self.resumed.append([(tp.topic, tp.partition) for tp in partitions])
+        self.paused_now -= {(tp.topic, tp.partition) for tp in partitions}
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned.append([(tp.topic, tp.partition) for tp in partitions])
@@ -317,6 +324,37 @@ def test_partitions_assigned_while_paused_are_paused_and_later_resumed() -> None
     bridge._pausing.pause.next_try = time.monotonic() - 1
     bridge._while_paused()
     assert consumer.resumed == [[(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]]
+
+
+def test_a_partition_revoked_while_paused_is_resumed_when_it_comes_back() -> None:
+    # librdkafka keeps the pause flag of a revoked partition: without an explicit resume
+    # on re-assignment, partition 1 would never be consumed again (seen under load when a
+    # Kafka restart paused a bridge while the group rebalanced).
+    service = FakeService()
+    service.down = True
+    consumer = FakeConsumer()
+    bridge = bridge_with(consumer, service)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+    bridge._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+    service.down = False
+    assert bridge._pausing.pause is not None
+    bridge._pausing.pause.next_try = time.monotonic() - 1
+    bridge._while_paused()
+    assert consumer.resumed == [[(TOPIC, 0)]]
+    assert consumer.paused_now == {(TOPIC, 1)}
+
+    consumer.queue = [FakeMessage(1, 9, insert(2))]
+    bridge._on_assign(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+    assert consumer.resumed[-1] == [(TOPIC, 1)]
+    assert [m.offset() for m in bridge._collect(1).messages] == [9]
+
+
+def test_assigning_partitions_leaves_the_pause_flag_alone_when_none_is_held() -> None:
+    consumer = FakeConsumer()
+    bridge = bridge_with(consumer, FakeService())
+    bridge._on_assign(consumer, [TopicPartition(TOPIC, 2)])  # type: ignore[arg-type]
+    # The callback's own assign is left to the client; no pause/resume version bump.
+    assert consumer.assigned == [] and consumer.resumed == [] and consumer.paused == []
 
 
 # -- rebalances --

@@ -324,9 +324,8 @@ class Bridge:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         added = {(tp.topic, tp.partition) for tp in partitions}
         self.assignment |= added
-        if self._pausing.paused and partitions:
-            consumer.incremental_assign(partitions)
-            consumer.pause(partitions)
+        if partitions:
+            self._pausing.assigned(consumer, partitions)
         self.metrics.rebalances.labels("assigned").inc()
         self.metrics.assigned.set(len(self.assignment))
         logger.info(

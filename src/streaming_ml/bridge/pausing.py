@@ -29,11 +29,16 @@ class Pause:
 class Pausing:
     """Pauses every assigned partition (the service is shared by all), probes readiness
     when due and resumes. Each pause in a row starts twice as long (up to the cap), so a
-    record failing alone in a quiet topic does not spin."""
+    record failing alone in a quiet topic does not spin.
+
+    librdkafka keeps a partition's pause flag through revoke and re-assignment, so a
+    partition revoked while paused would come back paused for good after the pause
+    ended: ``held`` remembers what librdkafka holds paused until it is resumed."""
 
     def __init__(self, first_delay_s: float, on_change: Callable[[bool], None]) -> None:
         self.first_delay_s = first_delay_s
         self.pause: Pause | None = None
+        self.held: set[tuple[str, int]] = set()
         self._in_a_row = 0
         self._on_change = on_change
 
@@ -48,7 +53,27 @@ class Pausing:
         self._in_a_row = min(self._in_a_row + 1, 8)
         self.pause = Pause(what, ready, time.monotonic() + first, first)
         self._on_change(True)
+        self._hold(consumer, partitions)
+
+    def assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """From the assign callback: paused now, new partitions are paused too; otherwise
+        partitions librdkafka still holds paused from an earlier pause are resumed."""
+        if self.pause is not None:
+            consumer.incremental_assign(partitions)
+            self._hold(consumer, partitions)
+            return
+        stale = [tp for tp in partitions if (tp.topic, tp.partition) in self.held]
+        if stale:
+            consumer.incremental_assign(partitions)
+            self._release(consumer, stale)
+
+    def _hold(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         consumer.pause(partitions)
+        self.held |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def _release(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        consumer.resume(partitions)
+        self.held -= {(tp.topic, tp.partition) for tp in partitions}
 
     def succeeded(self) -> None:
         """A batch went through whole: the next pause starts short again."""
@@ -71,7 +96,7 @@ class Pausing:
             return False
         self.pause = None
         self._on_change(False)
-        consumer.resume(partitions)
+        self._release(consumer, partitions)
         logger.info(
             f"{pause.what} is back: resuming",
             extra={"paused_s": round(time.monotonic() - pause.since, 1)},
