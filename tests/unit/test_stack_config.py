@@ -126,6 +126,25 @@ def test_worker_gets_secrets_only_through_its_environment(tmp_path: Path) -> Non
     assert env[secrets.SINK_PASSWORD_ENV] == passwords[secrets.SINK_ROLE]
 
 
+def test_connect_resolves_only_the_two_passwords_and_no_client_overrides(tmp_path: Path) -> None:
+    import re
+
+    lines = dict(
+        line.split("=", 1)
+        for line in connect_worker.worker_properties(_settings(), tmp_path).splitlines()
+    )
+    assert lines["config.providers"] == "env"  # no ${file:...}
+    allowed = re.compile(lines["config.providers.env.param.allowlist.pattern"])
+    assert allowed.match(secrets.SOURCE_PASSWORD_ENV) and allowed.match(secrets.SINK_PASSWORD_ENV)
+    for other in ("HOME", "PATH", "SML_PG_APP_PASSWORD", f"{secrets.SINK_PASSWORD_ENV}_X"):
+        assert not allowed.match(other), other
+    assert lines["connector.client.config.override.policy"] == "None"
+    # Every ${env:...} the connectors use is allowed.
+    for path in connect.CONNECTORS_DIR.glob("*.json"):
+        for name in re.findall(r"\$\{env:([A-Z_]+)\}", path.read_text()):
+            assert allowed.match(name), (path.name, name)
+
+
 def test_kafka_listens_on_loopback_only() -> None:
     props = kafka.server_properties(_settings())
     lines = dict(line.split("=", 1) for line in props.splitlines())

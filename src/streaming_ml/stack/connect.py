@@ -30,6 +30,8 @@ SOURCE_CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 SINK_CONNECTOR_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
 CONVERTER_CLASS = "io.apicurio.registry.utils.converter.AvroConverter"
 PROVIDERS = "org.apache.kafka.common.config.provider"
+# The variables ${env:...} may read: the passwords of the source and sink roles.
+ENV_ALLOWLIST = f"^({SOURCE_PASSWORD_ENV}|{SINK_PASSWORD_ENV})$"
 REQUIRED_PLUGINS = (SOURCE_CONNECTOR_CLASS, SINK_CONNECTOR_CLASS, CONVERTER_CLASS)
 
 
@@ -68,10 +70,15 @@ def worker_properties(settings: Settings, dist_dir: Path) -> str:
         # The bridge publishes in transactions: sinks read only committed records, so a
         # fenced or killed bridge's aborted output never reaches the table.
         "consumer.isolation.level": "read_committed",
-        "config.providers": "env,file",
+        # The REST API has no authentication: whoever reaches it could create a connector
+        # whose config reads ${env:...} or ${file:...}. Only the env provider, and only for
+        # the two passwords the connectors reference; no file provider at all.
+        "config.providers": "env",
         "config.providers.env.class": f"{PROVIDERS}.EnvVarConfigProvider",
-        "config.providers.file.class": f"{PROVIDERS}.FileConfigProvider",
-        "connector.client.config.override.policy": "All",
+        "config.providers.env.param.allowlist.pattern": ENV_ALLOWLIST,
+        # No connector overrides its Kafka clients (producer./consumer.override.*): refuse
+        # such configs, e.g. one pointing a sink at another cluster.
+        "connector.client.config.override.policy": "None",
     }
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
