@@ -39,8 +39,12 @@ class Column:
     # Values seen in the real data. Categories are open: an unseen value (a new
     # model name) is still priced; only blank values are invalid.
     categories: tuple[str, ...] = ()
-    # Lower bound is exclusive (engineSize 0 is a data-entry artefact, not a car).
+    # Lower bound is exclusive (no column uses it today; the service's vectorised
+    # bounds check honours it).
     exclusive_minimum: bool = False
+    # Null is a valid value meaning "unknown": the model prices it through the
+    # default branches it learned for missing values (docs/model.md).
+    nullable: bool = False
 
 
 MIN_YEAR = 1970
@@ -79,9 +83,11 @@ LISTING_COLUMNS: tuple[Column, ...] = (
     Column("fuelType", "category", "text", "Fuel type", categories=FUEL_TYPES),
     Column("tax", "int", "integer", "Annual road tax in GBP", 0, 1_000),
     Column("mpg", "float", "double precision", "Fuel economy, miles per gallon", 1, 500),
+    # Real exports record an unknown engine size as 0 or leave it empty; both are
+    # priced as "engine size unknown" (features.py turns 0 into missing).
     Column(
-        "engineSize", "float", "double precision", "Engine size in litres", 0, 10,
-        exclusive_minimum=True,
+        "engineSize", "float", "double precision",
+        "Engine size in litres; 0 or null when unknown", 0, 10, nullable=True,
     ),
 )  # fmt: skip
 
@@ -106,7 +112,7 @@ def column_bounds(
 def check_value(column: Column, value: Any, today: dt.date | None = None) -> str | None:
     """Return why ``value`` is not a valid ``column`` value, or None when it is."""
     if value is None:
-        return "is missing (null)"
+        return None if column.nullable else "is missing (null)"
     if column.kind == "category":
         if not isinstance(value, str):
             return f"must be a string, got {type(value).__name__}"
@@ -252,7 +258,7 @@ def _python_value(column: Column, value: Any) -> Any:
 
 def _drop_reason(column: Column, raw: str, parsed: Any, today: dt.date | None) -> str | None:
     if raw == "":
-        return f"{column.name} missing"
+        return None if column.nullable else f"{column.name} missing"
     if parsed is None:
         return f"{column.name} unparseable"
     problem = check_value(column, parsed, today)
@@ -457,6 +463,9 @@ _LOG_PRICE = {
     "Automatic": 0.0576, "Semi-Auto": 0.0565, "Diesel": -0.1005, "Hybrid": 0.0111,
 }  # fmt: skip
 _LOG_PRICE_NOISE = 0.132
+# Share of listings whose engine size the export records as 0 (unknown): 36 of 14,372
+# in the calibration data. The price still follows the car's real engine.
+_ENGINE_UNKNOWN_SHARE = 0.0025
 # Mileage by age in years: (mean miles, coefficient of variation); older = last row.
 _MILEAGE_BY_AGE = (
     (1_300, 1.2), (7_200, 0.7), (15_700, 0.58), (22_700, 0.54), (29_900, 0.56), (39_700, 0.52),
@@ -546,6 +555,7 @@ def _valid_listings(rng: np.random.Generator, n: int) -> pd.DataFrame:
         + rng.normal(0, _LOG_PRICE_NOISE, n)
     )  # fmt: skip
     price = np.maximum(495, np.rint(np.exp(log_price) / 5) * 5).astype(np.int64)
+    engine[rng.random(n) < _ENGINE_UNKNOWN_SHARE] = 0.0
     columns = {
         "model": model, "year": year, "price": price, "transmission": transmission,
         "mileage": mileage, "fuelType": fuel, "tax": tax, "mpg": mpg, "engineSize": engine,
@@ -559,13 +569,16 @@ def _model_shares(profiles: list[_ModelProfile]) -> np.ndarray:
 
 
 # Ways a listing arrives broken in the wild; each breaks at least one feature so
-# feature_problems() flags it (the price is the target, not a feature).
+# feature_problems() flags it (the price is the target, not a feature). A null or 0
+# engine size is not among them: it is valid and means "unknown".
+_REQUIRED_FEATURES = tuple(c.name for c in FEATURE_COLUMNS if not c.nullable)
 # fmt: off
 _CORRUPTIONS: tuple[tuple[str, Any], ...] = (
-    ("null feature", lambda r, rng, today: r.update({FEATURES[rng.integers(len(FEATURES))]: None})),
+    ("null feature", lambda r, rng, today: r.update(
+        {_REQUIRED_FEATURES[rng.integers(len(_REQUIRED_FEATURES))]: None})),
     ("negative mileage", lambda r, rng, today: r.update(mileage=-int(rng.integers(1, 50_000)))),
     ("future year", lambda r, rng, today: r.update(year=max_year(today) + int(rng.integers(1, 40)))),  # noqa: E501
-    ("engineSize 0", lambda r, rng, today: r.update(engineSize=0.0)),
+    ("engineSize in cc", lambda r, rng, today: r.update(engineSize=float(rng.integers(998, 2300)))),
     ("blank model", lambda r, rng, today: r.update(model=" " * int(rng.integers(0, 3)))),
     ("ancient year", lambda r, rng, today: r.update(year=int(rng.integers(1900, MIN_YEAR)))),
     ("negative tax", lambda r, rng, today: r.update(tax=-int(rng.integers(1, 300)))),

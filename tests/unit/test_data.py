@@ -42,7 +42,8 @@ def test_valid_record_has_no_problems():
     [
         ("year", 2060, "at most 2027"),
         ("year", 1900, "at least 1970"),
-        ("engineSize", 0.0, "greater than 0"),
+        ("engineSize", 1598.0, "at most 10"),
+        ("engineSize", -1.0, "at least 0"),
         ("mileage", -1, "at least 0"),
         ("mpg", math.nan, "finite"),
         ("tax", 12.5, "whole number"),
@@ -57,6 +58,31 @@ def test_feature_problems_names_field_and_reason(field, value, fragment):
     problems = feature_problems({**VALID, field: value}, TODAY)
     assert list(problems) == [field]
     assert fragment in problems[field]
+
+
+@pytest.mark.parametrize("unknown", [0, 0.0, None])
+def test_unknown_engine_size_is_valid(unknown):
+    """Exports record an unknown engine size as 0 or null: priced, not dead-lettered."""
+    assert feature_problems({**VALID, "engineSize": unknown}, TODAY) == {}
+    record = {k: v for k, v in VALID.items() if k != "engineSize"}
+    assert feature_problems(record, TODAY) == {}
+
+
+def test_the_service_accepts_unknown_engine_sizes_too():
+    """The service's vectorised bounds check (from 32 rows) agrees with check_value."""
+    from streaming_ml.serving import InvalidRequestError, validate_columns, validate_records
+
+    records = [{name: r[name] for name in FEATURES} for r in generate_listing_records(40, seed=1)]
+    for row, unknown in ((3, 0), (5, None), (7, 0.0)):
+        records[row]["engineSize"] = unknown
+    columns = {name: [r[name] for r in records] for name in FEATURES}
+    assert validate_columns(columns, TODAY) == 40
+    validate_records(records, TODAY)
+    assert validate_columns({**columns, "engineSize": [0.0] * 40}, TODAY) == 40
+    negative = list(columns["engineSize"])
+    negative[9] = -0.5
+    with pytest.raises(InvalidRequestError, match=r"engineSize\[9\] must be at least 0"):
+        validate_columns({**columns, "engineSize": negative}, TODAY)
 
 
 def test_missing_key_is_a_problem_and_price_is_not_a_feature():
@@ -82,8 +108,9 @@ QUIRKY_ROWS = [
     " Focus,2018,14000,Manual,9083,Petrol,150,57.7,1.0 ",  # trailing space: kept
     " Focus,2018,14000,Manual,9083,Petrol,150,57.7,1.0",  # same row again: duplicate
     " Kuga ,2060,15000,Manual,100,Diesel,145,50.0,2.0",  # impossible year
-    " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,0",  # engineSize 0
-    " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,0.0",  # engineSize 0 again
+    " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,0",  # engineSize 0: kept, unknown
+    " Fiesta,2015,7000,Manual,40000,Petrol,30,60.1,",  # engineSize blank: kept, unknown
+    " Fiesta,2016,8000,Manual,30000,Petrol,30,60.1,1598",  # engine size in cc
     " Focus,2016,9000,Manual,,Petrol,30,60.1,1.0",  # null mileage
     " Focus,2016,9000,Manual,lots,Petrol,30,60.1,1.0",  # unparseable mileage
     " Focus,2016,9000,Manual,1000,NULL,30,60.1,1.0",  # null token in a category
@@ -106,7 +133,7 @@ def test_loader_cleans_quirks_and_counts_every_dropped_row(tmp_path):
     assert result.dropped == {
         "exact duplicate": 1,
         "year out of range": 1,
-        "engineSize out of range": 2,
+        "engineSize out of range": 1,
         "mileage missing": 1,
         "mileage unparseable": 1,
         "fuelType missing": 1,
@@ -117,10 +144,11 @@ def test_loader_cleans_quirks_and_counts_every_dropped_row(tmp_path):
     assert result.rows_kept + sum(result.dropped.values()) == result.rows_read
     frame = result.frame
     assert list(frame.columns) == [c.name for c in LISTING_COLUMNS]
-    assert frame["model"].tolist() == ["Fiesta", "Focus", "C-MAX"]
+    assert frame["model"].tolist() == ["Fiesta", "Focus", "Fiesta", "Fiesta", "C-MAX"]
+    assert frame["engineSize"].tolist()[2] == 0.0 and math.isnan(frame["engineSize"][3])
     assert frame["year"].dtype == "int64" and frame["mpg"].dtype == "float64"
     assert all(feature_problems(r, TODAY) == {} for r in listing_records(frame))
-    assert "dropped 10" in result.report()
+    assert "dropped 9" in result.report()
 
 
 def test_loader_accepts_lf_endings_and_padded_header(tmp_path):
@@ -216,6 +244,14 @@ def test_generator_is_realistic():
         frame.loc[frame["model"] == "Ka+", "price"].mean()
     )
     assert 10_000 < frame["price"].mean() < 15_000
+
+
+def test_generator_records_a_few_engine_sizes_as_unknown_like_the_real_export():
+    frame = generate_listings(20_000, seed=3)
+    unknown = frame["engineSize"] == 0
+    # 36 of 14,372 in the real training file (0.25 %).
+    assert 0.001 < unknown.mean() < 0.005
+    assert all(feature_problems(r) == {} for r in listing_records(frame[unknown]))
 
 
 def test_generator_rejects_impossible_invalid_count():
