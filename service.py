@@ -13,18 +13,20 @@ import bentoml
 from bentoml.validators import ContentType
 
 from streaming_ml.config import Settings
-from streaming_ml.model import PriceModel
+from streaming_ml.lineup import initial_lineup
+from streaming_ml.logging import configure_package_logging
 from streaming_ml.serving import (
+    ArmMetrics,
     BatchPrediction,
     PredictBatchRequest,
     Predictor,
     PredictRequest,
     RequestGuard,
-    model_card,
 )
 
 # service.py is an entry point: the only place the service reads the environment.
 SETTINGS = Settings()
+configure_package_logging(SETTINGS.log_level, SETTINGS.log_json)
 
 T = TypeVar("T")
 # A declared media type spares BentoML from deriving it from the output's JSON
@@ -41,15 +43,21 @@ JSON = Annotated[T, ContentType("application/json")]
     http={"host": SETTINGS.host, "port": SETTINGS.service_port},
 )
 class PricePredictor:
-    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
-
     def __init__(self) -> None:
-        # Loaded once per worker, never per request.
+        # Loaded once per worker, never per request; the registry follower (if any)
+        # loads new models on its own thread and swaps them in between requests.
+        metrics = ArmMetrics()
+        lineup, follower = initial_lineup(SETTINGS)
         self.predictor = Predictor(
-            PriceModel.from_bento_model(self.bento_model),
-            card=model_card(self.bento_model),
+            lineup,
             max_rows=SETTINGS.service_max_rows,
+            metrics=metrics,
+            status=follower.status if follower is not None else None,
         )
+        if follower is not None:
+            follower.on_swap = self.predictor.swap
+            follower.on_refused = lambda refusal: metrics.refusals.labels(refusal.tag).inc()
+            follower.start()
 
     # The positional-only parameter makes the whole JSON body one request model
     # (BentoML would otherwise map each top-level key to a parameter), so the
@@ -66,7 +74,8 @@ class PricePredictor:
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> JSON[dict[str, Any]]:
-        """Tag, creation time, labels and metadata of the model being served."""
+        """The champion's tag, creation time, labels and metadata; every arm; and the
+        registry follower's state (refused models with their reasons)."""
         return self.predictor.card
 
 

@@ -27,14 +27,46 @@ CREATE TABLE IF NOT EXISTS public.car_price_predictions (
     predicted_ts_ms bigint,
     model_latency_ms double precision,
     end_to_end_ms double precision,
+    model_name text,
+    model_version text,
+    arm text,
     written_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS model_name text;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS model_version text;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS arm text;
 CREATE OR REPLACE FUNCTION public.car_price_predictions_stamp() RETURNS trigger AS $$
 BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS car_price_predictions_stamp ON public.car_price_predictions;
 CREATE TRIGGER car_price_predictions_stamp BEFORE INSERT OR UPDATE ON public.car_price_predictions
     FOR EACH ROW EXECUTE FUNCTION public.car_price_predictions_stamp();
+CREATE TABLE IF NOT EXISTS public.car_price_predictions_shadow (
+    listing_id bigint PRIMARY KEY,
+    predicted_price double precision,
+    model_tag text,
+    features_hash text,
+    source_lsn bigint,
+    source_ts_ms bigint,
+    kafka_ts_ms bigint,
+    bridge_received_ts_ms bigint,
+    predicted_ts_ms bigint,
+    model_latency_ms double precision,
+    end_to_end_ms double precision,
+    model_name text,
+    model_version text,
+    arm text,
+    written_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS model_name text;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS model_version text;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS arm text;
+CREATE OR REPLACE FUNCTION public.car_price_predictions_shadow_stamp() RETURNS trigger AS $$
+BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS car_price_predictions_shadow_stamp ON public.car_price_predictions_shadow;
+CREATE TRIGGER car_price_predictions_shadow_stamp BEFORE INSERT OR UPDATE ON public.car_price_predictions_shadow
+    FOR EACH ROW EXECUTE FUNCTION public.car_price_predictions_shadow_stamp();
 -- Least privilege: the CDC role reads the listings, the sink writes predictions.
 GRANT SELECT ON public.car_listings TO cars_cdc;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions TO cars_sink;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions_shadow TO cars_sink;
 RESET ROLE;

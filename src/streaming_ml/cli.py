@@ -27,6 +27,15 @@ connectors_app = typer.Typer(
     help="The source and sink connectors: apply, status, watch.", no_args_is_help=True
 )
 app.add_typer(connectors_app, name="connectors")
+model_app = typer.Typer(
+    help="Model versions: list, describe, promote, rollback (the registry in Kafka).",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
+experiment_app = typer.Typer(
+    help="A/B and shadow experiments: start, status, stop.", no_args_is_help=True
+)
+app.add_typer(experiment_app, name="experiment")
 
 
 def _settings() -> Settings:
@@ -89,17 +98,21 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default: SML_SERVICE_PORT, 3000)"),
     model: str | None = typer.Option(
         None,
-        help="Model tag (default: SML_MODEL_NAME:SML_MODEL_VERSION)",
+        help="Serve this tag only (default: follow the registry's champion, falling back "
+        "to SML_MODEL_NAME:SML_MODEL_VERSION)",
     ),
 ) -> None:
     """Serve the price model over HTTP (BentoML) in the foreground until Ctrl-C."""
     settings = _settings()
     from streaming_ml.serving import serve_forever
 
+    # An explicit --model pins it; otherwise the registry's champion is served.
+    follow = model is None and settings.model_follow
     try:
         code = serve_forever(
             host=settings.host, port=port or settings.service_port,
             model_tag=model or settings.model_tag,
+            settings=settings.model_copy(update={"model_follow": follow}),
         )  # fmt: skip
     except StreamingMLError as error:
         _fail(error)
@@ -268,7 +281,7 @@ def connectors_watch(
 
     watchdog = connectors.ConnectorWatchdog(
         settings.connect_url,
-        (settings.source_connector, settings.sink_connector),
+        settings.connector_names,
         interval or settings.connector_check_interval_s or 15.0,
         connectors.restarts_counter(),
     )
@@ -378,3 +391,144 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _metric(summary: dict[str, object]) -> str:
+    cv = summary.get("cv")
+    if isinstance(cv, dict) and "rmse" in cv:
+        return f"CV RMSE {float(cv['rmse']):,.0f}"
+    holdout = summary.get("validation")
+    if isinstance(holdout, dict) and "rmse" in holdout:
+        return f"holdout RMSE {float(holdout['rmse']):,.0f}"
+    return "-"
+
+
+@model_app.command("list")
+def model_list(as_json: bool = typer.Option(False, "--json", help="One JSON array")) -> None:
+    """Every model in the local store or the registry, with its aliases."""
+    settings = _settings()
+    from rich.console import Console
+    from rich.table import Table
+
+    from streaming_ml.lifecycle import model_rows
+
+    rows, _aliases, problem = model_rows(settings)
+    if as_json:
+        typer.echo(json.dumps([row.as_dict() for row in rows], default=str))
+        return
+    table = Table("tag", "created", "data", "offline metrics", "aliases", "where")
+    for row in rows:
+        where = " + ".join(
+            w for w, here in (("local", row.local), ("kafka", row.published)) if here
+        )
+        table.add_row(
+            row.summary.tag, row.summary.created_at[:19], row.summary.source,
+            _metric(row.summary.model_dump()), ", ".join(row.aliases), where,
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    if problem is not None:
+        console.print(f"[yellow]registry not read[/]: {problem}")
+
+
+@model_app.command("describe")
+def model_describe(
+    tag: str = typer.Argument(..., help="Model tag, e.g. ford_price:abc123"),
+) -> None:
+    """A model's metadata, offline metrics, aliases and registry events (JSON)."""
+    settings = _settings()
+    from streaming_ml.lifecycle import describe
+
+    try:
+        typer.echo(json.dumps(describe(settings, tag), indent=2, default=str))
+    except StreamingMLError as error:
+        _fail(error)
+
+
+@model_app.command("promote")
+def model_promote(
+    tag: str = typer.Argument(..., help="Model tag to make the champion"),
+    force: bool = typer.Option(False, "--force", help="Promote even if its metrics are worse"),
+) -> None:
+    """Make a model the champion: every service replica swaps to it within seconds."""
+    settings = _settings()
+    from streaming_ml.lifecycle import promote
+
+    try:
+        new, previous = promote(settings, tag, force)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(f"champion: {new} (was {previous or 'none'}); services swap within seconds")
+
+
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Bring the previous champion back on every replica."""
+    settings = _settings()
+    from streaming_ml.lifecycle import rollback
+
+    try:
+        restored, retired = rollback(settings)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(f"champion: {restored} (rolled back from {retired})")
+
+
+@experiment_app.command("start")
+def experiment_start(
+    challenger: str | None = typer.Option(None, help="Model tag for the B arm"),
+    split: float = typer.Option(
+        0.0, help="Percent of listings (sticky by id) the challenger prices"
+    ),
+    shadow: str | None = typer.Option(
+        None, help="Model tag that also prices every listing, unserved"
+    ),
+) -> None:
+    """Start an A/B split and/or a shadow model (replaces a running experiment)."""
+    settings = _settings()
+    from streaming_ml.lifecycle import start_experiment
+
+    try:
+        event = start_experiment(settings, challenger, split, shadow)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(
+        f"experiment: challenger {event.challenger or '-'} at {event.split_percent:g}%, "
+        f"shadow {event.shadow or '-'}"
+    )
+
+
+@experiment_app.command("status")
+def experiment_status() -> None:
+    """The champion and the running experiment (JSON)."""
+    settings = _settings()
+    from streaming_ml import registry
+
+    try:
+        aliases = registry.read_aliases(settings)
+    except StreamingMLError as error:
+        _fail(error)
+    experiment = aliases.experiment
+    typer.echo(
+        json.dumps(
+            {
+                "champion": aliases.champion,
+                "previous": aliases.previous_champion,
+                "experiment": None if experiment is None else experiment.__dict__,
+            },
+            indent=2,
+        )
+    )
+
+
+@experiment_app.command("stop")
+def experiment_stop() -> None:
+    """Stop the experiment: every listing goes back to the champion."""
+    settings = _settings()
+    from streaming_ml.lifecycle import stop_experiment
+
+    try:
+        stopped = stop_experiment(settings)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo("experiment stopped" if stopped else "no experiment was running")

@@ -48,8 +48,17 @@ class Settings(BaseSettings):
     topic_prefix: str = "cars"
     predictions_topic: str = "car_price_predictions"
     dlq_topic: str = "car_listings.dlq"
+    shadow_topic: str = Field(
+        "car_price_predictions_shadow", description="Shadow models' predictions (never served)"
+    )
+    shadow_table: str = Field(
+        "car_price_predictions_shadow", description="Table the shadow sink writes"
+    )
     source_connector: str = "car-listings-source"
     sink_connector: str = "car-price-predictions-sink"
+    shadow_sink_connector: str = Field(
+        "car-price-shadow-sink", description="JDBC sink of the shadow topic (the sink's config)"
+    )
     consumer_group: str = "streaming-ml-bridge"
 
     # Model and service.
@@ -65,6 +74,20 @@ class Settings(BaseSettings):
     )
     service_max_concurrency: int = Field(
         64, ge=1, description="Most requests the service works on at once (429 above)"
+    )
+    models_topic: str = Field(
+        "sml_models", description="Compacted topic of published models (key: tag)"
+    )
+    model_events_topic: str = Field(
+        "sml_model_events", description="Model registry log: promotions, rollbacks, experiments"
+    )
+    model_follow: bool = Field(
+        True,
+        description="Service follows the registry's champion and experiment (false: serve "
+        "SML_MODEL_NAME:SML_MODEL_VERSION only)",
+    )
+    model_poll_s: float = Field(
+        0.5, gt=0, description="How often the service looks for registry changes"
     )
 
     # Bridge micro-batching.
@@ -104,6 +127,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.public.{self.listings_table}"
 
     @property
+    def connector_names(self) -> tuple[str, str, str]:
+        """Every connector of the pipeline: source, sink, shadow sink."""
+        return (self.source_connector, self.sink_connector, self.shadow_sink_connector)
+
+    @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
 
@@ -128,3 +156,20 @@ class Settings(BaseSettings):
     @property
     def prediction_url(self) -> str:
         return self.service_url or f"http://{self.host}:{self.service_port}"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as ``SML_*`` variables, so child processes see the same settings."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif hasattr(value, "get_secret_value"):
+            text = value.get_secret_value()
+        else:
+            text = str(value)
+        env[f"SML_{name.upper()}"] = text
+    return env

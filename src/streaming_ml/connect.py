@@ -78,6 +78,16 @@ def load_connector(
 
     ``overrides`` replace placeholder values (e.g. container host names for compose).
     """
+    if name == settings.shadow_sink_connector:
+        # The shadow sink is the predictions sink pointed at the shadow topic and table:
+        # one config file, so the two sinks cannot drift apart.
+        shadow = {
+            "predictions_topic": settings.shadow_topic,
+            "predictions_table": settings.shadow_table,
+        }
+        return load_connector(
+            settings.sink_connector, settings, {**(overrides or {}), **shadow}, directory
+        )
     path = connector_path(name, directory)
     try:
         template = json.loads(path.read_text())
@@ -246,7 +256,7 @@ def ensure_connectors(settings: Settings, timeout: float = 90.0) -> dict[str, di
 
     Returns each connector's status keyed by name.
     """
-    names = (settings.source_connector, settings.sink_connector)
+    names = settings.connector_names
     for name in names:
         apply_connector(settings.connect_url, name, load_connector(name, settings), timeout=timeout)
     return {name: wait_until_running(settings.connect_url, name, timeout=timeout) for name in names}

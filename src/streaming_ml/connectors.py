@@ -36,7 +36,7 @@ def apply(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each connector's state and its tasks' states (``MISSING`` when not registered)."""
     summary: dict[str, dict[str, Any]] = {}
-    for name in (settings.source_connector, settings.sink_connector):
+    for name in settings.connector_names:
         answer = connect.connector_status(settings.connect_url, name)
         if answer is None:
             summary[name] = {"state": "MISSING", "tasks": []}
@@ -177,7 +177,7 @@ def partition_zero_watchdog(settings: Settings, restarts: Counter) -> PartitionZ
         return None
     watchdog = ConnectorWatchdog(
         settings.connect_url,
-        (settings.source_connector, settings.sink_connector),
+        settings.connector_names,
         settings.connector_check_interval_s,
         restarts,
     )

@@ -183,6 +183,10 @@ class PredictionField:
     description: str
 
 
+# A /predict_batch record may carry its listing's id under this key: it keeps the
+# listing on one A/B arm (records without it go to the champion).
+LISTING_ID_KEY = "listing_id"
+
 # One record per listing in the predictions topic and one row in the table.
 PREDICTION_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("listing_id", "bigint", "long", "car_listings.id (also the record key)"),
@@ -196,7 +200,14 @@ PREDICTION_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("predicted_ts_ms", "bigint", "long", "Model answered (epoch ms)"),
     PredictionField("model_latency_ms", "double precision", "double", "HTTP model call time"),
     PredictionField("end_to_end_ms", "double precision", "double", "Commit to prediction (ms)"),
+    # Added with model experiments: each has a default, so records written before still
+    # decode with the new schema and the registry accepts it as a compatible evolution.
+    PredictionField("model_name", "text", ["null", "string"], "Model name (tag before ':')"),
+    PredictionField("model_version", "text", ["null", "string"], "Model version (after ':')"),
+    PredictionField("arm", "text", ["null", "string"], "champion, challenger or shadow"),
 )
+# Columns that older tables lack: the DDL adds them (ALTER TABLE ... IF NOT EXISTS).
+ADDED_PREDICTION_FIELDS = ("model_name", "model_version", "arm")
 
 
 def predictions_ddl(table: str = "car_price_predictions") -> str:
@@ -206,9 +217,15 @@ def predictions_ddl(table: str = "car_price_predictions") -> str:
         f"{f.name} {f.sql_type}{' PRIMARY KEY' if f.name == 'listing_id' else ''}"
         for f in PREDICTION_FIELDS
     )
+    added = "".join(
+        f"ALTER TABLE public.{table} ADD COLUMN IF NOT EXISTS {f.name} {f.sql_type};\n"
+        for f in PREDICTION_FIELDS
+        if f.name in ADDED_PREDICTION_FIELDS
+    )
     return (
         f"CREATE TABLE IF NOT EXISTS public.{table} (\n    {cols},\n"
         f"    written_at timestamptz NOT NULL DEFAULT clock_timestamp()\n);\n"
+        f"{added}"
         f"CREATE OR REPLACE FUNCTION public.{table}_stamp() RETURNS trigger AS $$\n"
         f"BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;\n"
         f"DROP TRIGGER IF EXISTS {table}_stamp ON public.{table};\n"

@@ -32,13 +32,18 @@ ASSIGNMENT_TIMEOUT_S = 60.0
 def ensure_model(settings: Settings, console: Console) -> str:
     """The tag of the newest ``ford_price`` model, training one on synthetic data if
     the model store has none (a fresh clone)."""
-    from streaming_ml.model import get_bento_model
+    from streaming_ml.model import PriceModel, get_bento_model
 
     try:
-        return str(get_bento_model(f"{settings.model_name}:latest").tag)
-    except ModelNotFoundError:
-        pass
-    console.print(f"[bold]No {settings.model_name} model yet: training one on synthetic data…")
+        latest = get_bento_model(f"{settings.model_name}:latest")
+        PriceModel.from_bento_model(latest)  # a model of older inputs cannot serve
+        return str(latest.tag)
+    except ModelNotFoundError as error:
+        reason = str(error)
+    console.print(
+        f"[bold]No usable {settings.model_name} model ({reason.split(';')[0]}): "
+        "training one on synthetic data…"
+    )
     from streaming_ml.train import train_model
 
     result = train_model(
@@ -122,7 +127,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         console.print(f"[bold]3/5[/] starting the prediction service (model {tag})…")
         service = ServiceProcess(
             host=settings.host, port=settings.service_port, model_tag=tag,
-            log_path=settings.state_dir / "logs" / "service.log",
+            log_path=settings.state_dir / "logs" / "service.log", settings=settings,
         )  # fmt: skip
         service.start()
         cleanup.callback(service.stop)

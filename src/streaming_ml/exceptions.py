@@ -35,3 +35,7 @@ class BridgeError(StreamingMLError):
 
 class BenchError(StreamingMLError):
     """A benchmark run could not be completed (pipeline not keeping up, bad figures)."""
+
+
+class RegistryError(StreamingMLError):
+    """The model registry (its Kafka topics) cannot be read or written, or refuses a change."""

@@ -67,3 +67,15 @@ def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     root.setLevel(level.upper())
     for noisy in ("urllib3", "httpx", "httpx2", "httpcore", "matplotlib", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_package_logging(level: str = "INFO", json_format: bool = False) -> None:
+    """Give the package's loggers a stderr handler of their own, leaving the root logger
+    to the host process (a BentoML worker configures only its own loggers, so the
+    service's swap and refusal records would otherwise be dropped)."""
+    handler = StderrHandler()
+    handler.setFormatter(JsonFormatter() if json_format else KeyValueFormatter())
+    package = logging.getLogger("streaming_ml")
+    package.handlers[:] = [handler]
+    package.setLevel(level.upper())
+    package.propagate = False

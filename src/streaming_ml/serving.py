@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 import anyio
 import numpy as np
@@ -29,11 +29,12 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
 
-from streaming_ml.config import REPO_ROOT
+from streaming_ml.config import REPO_ROOT, Settings, settings_env
 from streaming_ml.data import (
     FEATURE_COLUMNS,
     FEATURES,
     FLOAT32_TINY,
+    LISTING_ID_KEY,
     Column,
     check_value,
     column_bounds,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     import bentoml
     from starlette.responses import Response
 
-    from streaming_ml.model import PriceModel
+    from streaming_ml.lineup import Lineup, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +118,18 @@ class PredictBatchRequest(BaseModel):
 
 # A TypedDict, not a BaseModel: BentoML validates every returned item against it,
 # and plain dicts are about six times cheaper to check than model instances.
+class ShadowPrediction(TypedDict):
+    predicted_price: Annotated[float, Field(description="The shadow model's price (not served)")]
+    model_tag: Annotated[str, Field(description="BentoML tag of the shadow model")]
+
+
 class BatchPrediction(TypedDict):
     predicted_price: Annotated[float, Field(description="Predicted price in GBP")]
     model_tag: Annotated[str, Field(description="BentoML tag of the model that priced it")]
+    model_name: Annotated[str, Field(description="Model name (the tag before ':')")]
+    model_version: Annotated[str, Field(description="Model version (the tag after ':')")]
+    arm: Annotated[str, Field(description="champion or challenger (the listing's A/B arm)")]
+    shadow: NotRequired[ShadowPrediction]
 
 
 # --- Validation -----------------------------------------------------------------
@@ -283,21 +293,94 @@ def without_paths(value: Any) -> Any:
     return value
 
 
+class ArmMetrics:
+    """Per-arm Prometheus metrics on the service's /metrics (BentoML's registry)."""
+
+    def __init__(self) -> None:
+        import bentoml
+
+        labels = ["arm", "model_tag"]
+        self.rows = bentoml.metrics.Counter(
+            name="sml_service_arm_rows", documentation="Rows priced per arm", labelnames=labels
+        )
+        self.requests = bentoml.metrics.Counter(
+            name="sml_service_arm_requests",
+            documentation="Requests that reached each arm",
+            labelnames=labels,
+        )
+        self.errors = bentoml.metrics.Counter(
+            name="sml_service_arm_errors",
+            documentation="Model failures per arm",
+            labelnames=labels,
+        )
+        self.latency = bentoml.metrics.Histogram(
+            name="sml_service_arm_latency_seconds",
+            documentation="Model time per request and arm",
+            labelnames=labels,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.refusals = bentoml.metrics.Counter(
+            name="sml_service_model_refusals",
+            documentation="Models refused by the hot swap (failed to load or the canary)",
+            labelnames=["model_tag"],
+        )
+        self.swaps = bentoml.metrics.Counter(
+            name="sml_service_model_swaps", documentation="Lineup changes applied"
+        )
+
+
 class Predictor:
-    """Validates requests and prices them with one loaded PriceModel."""
+    """Validates requests and prices them with the current lineup (``streaming_ml.lineup``).
+
+    Each request reads ``self.lineup`` once: a hot swap replaces the attribute, and a
+    request already running finishes on the models it started with."""
 
     def __init__(
         self,
-        model: PriceModel,
-        card: Mapping[str, Any] | None = None,
+        lineup: Lineup,
         max_rows: int = DEFAULT_MAX_ROWS,
+        metrics: ArmMetrics | None = None,
+        status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
-        self.model = model
-        self.card = dict(card or {"tag": model.tag})
+        self.lineup = lineup
         self.max_rows = max_rows
+        self.metrics = metrics
+        self._status = status
+
+    def swap(self, lineup: Lineup) -> None:
+        self.lineup = lineup
+        if self.metrics is not None:
+            self.metrics.swaps.inc()
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """``/model_info``: the champion's card at the top level (as before experiments),
+        every arm, and what the registry follower knows."""
+        lineup = self.lineup
+        info = {**lineup.champion.card, "arms": lineup.describe()}
+        if self._status is not None:
+            info["registry"] = dict(self._status())
+        return info
+
+    def _price(
+        self, served: ServedModel, arm: str, records: Sequence[Mapping[str, Any]]
+    ) -> list[float]:
+        labels = (arm, served.tag)
+        started = time.perf_counter()
+        try:
+            prices = served.model.predict_records(records).tolist()
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.errors.labels(*labels).inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.rows.labels(*labels).inc(len(records))
+        return prices
 
     def predict_columns(self, request: BaseModel) -> list[float]:
-        """``/predict``: one price per row of a PredictRequest, in row order."""
+        """``/predict``: one price per row of a PredictRequest, in row order (champion)."""
         columns = {name: getattr(request, name) for name in FEATURES}
         if validate_columns(columns) == 0:
             return []
@@ -305,16 +388,39 @@ class Predictor:
         # the small requests this endpoint sees.
         rows = zip(*columns.values(), strict=True)
         records = [dict(zip(FEATURES, row, strict=True)) for row in rows]
-        return self.model.predict_records(records).tolist()
+        return self._price(self.lineup.champion, "champion", records)
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[BatchPrediction]:
-        """``/predict_batch``: ``{"predicted_price", "model_tag"}`` per record, in order."""
+        """``/predict_batch``: price, tag, name, version and arm per record, in order; with
+        a shadow model, each item also carries the shadow's price under ``shadow``."""
         validate_records(records)
         if not records:
             return []
-        tag = self.model.tag
-        prices = self.model.predict_records(records).tolist()
-        return [BatchPrediction(predicted_price=price, model_tag=tag) for price in prices]
+        lineup = self.lineup
+        arms = [lineup.arm_of(record.get(LISTING_ID_KEY)) for record in records]
+        prices: list[float] = [0.0] * len(records)
+        for arm in sorted(set(arms)):
+            rows = [i for i, a in enumerate(arms) if a == arm]
+            chosen = records if len(rows) == len(records) else [records[i] for i in rows]
+            for i, price in zip(rows, self._price(lineup.model_of(arm), arm, chosen), strict=True):
+                prices[i] = price
+        answer = [
+            BatchPrediction(
+                predicted_price=price,
+                model_tag=(served := lineup.model_of(arm)).tag,
+                model_name=served.name,
+                model_version=served.version,
+                arm=arm,
+            )
+            for price, arm in zip(prices, arms, strict=True)
+        ]
+        if lineup.shadow is not None:
+            shadow_tag = lineup.shadow.tag
+            for item, price in zip(
+                answer, self._price(lineup.shadow, "shadow", records), strict=True
+            ):
+                item["shadow"] = ShadowPrediction(predicted_price=price, model_tag=shadow_tag)
+        return answer
 
     # The HTTP side. A small request costs less to price than a hop to a worker
     # thread, so it is priced on the event loop; a big one goes to a thread so
@@ -430,8 +536,10 @@ class ServiceProcess:
 
     Use as a context manager: entering starts the service and waits until
     ``/readyz`` answers; leaving stops the server and its workers (SIGTERM,
-    then SIGKILL), so no BentoML process outlives it. ``model_tag`` pins the model
-    (``name:version``); ``bentoml_home`` selects the model store; ``log_path``
+    then SIGKILL), so no BentoML process outlives it. ``model_tag`` names the model
+    (``name:version``): pinned without ``settings``; with them, the service follows the
+    registry of that stack and ``model_tag`` is its fallback and first champion (see
+    ``streaming_ml.lineup``). ``bentoml_home`` selects the model store; ``log_path``
     receives the service's output (None: inherit this terminal). If the
     starting process dies without stopping it, the service gets SIGTERM too
     (Linux), so start it from a thread that lives as long as it should.
@@ -446,7 +554,9 @@ class ServiceProcess:
         log_path: Path | None = None,
         startup_timeout_s: float = 120.0,
         repo_root: Path = REPO_ROOT,
+        settings: Settings | None = None,
     ) -> None:
+        self.settings = settings
         self.host = host
         self.port = port
         self.model_tag = model_tag
@@ -466,8 +576,14 @@ class ServiceProcess:
         return self._process.pid if self._process is not None else None
 
     def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.settings is not None:
+            # Same stack, same registry: the service follows the champion (SML_MODEL_FOLLOW).
+            env.update(settings_env(self.settings))
+        else:
+            env["SML_MODEL_FOLLOW"] = "false"
         name, _, version = self.model_tag.partition(":")
-        env = dict(os.environ, SML_MODEL_NAME=name, SML_MODEL_VERSION=version or "latest")
+        env.update(SML_MODEL_NAME=name, SML_MODEL_VERSION=version or "latest")
         env.setdefault("BENTOML_DO_NOT_TRACK", "true")
         if self.bentoml_home is not None:
             env["BENTOML_HOME"] = str(self.bentoml_home)
@@ -630,19 +746,28 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def serve_forever(host: str, port: int, model_tag: str, bentoml_home: Path | None = None) -> int:
+def serve_forever(
+    host: str,
+    port: int,
+    model_tag: str,
+    bentoml_home: Path | None = None,
+    settings: Settings | None = None,
+) -> int:
     """Run the service in the foreground until it exits, Ctrl-C or SIGTERM; return its code."""
 
     def _terminate(signum: int, frame: object) -> None:
         raise SystemExit(0)  # unwinds through ``with service``, which stops the workers
 
-    if bentoml_home is None:
+    if bentoml_home is None and (settings is None or not settings.model_follow):
         # Same model store as the child: fail now with the `streaming-ml train` hint
-        # rather than after BentoML's traceback scrolls past.
+        # rather than after BentoML's traceback scrolls past. (A following service may
+        # start with an empty store: it imports the champion from Kafka.)
         from streaming_ml.model import get_bento_model
 
         get_bento_model(model_tag)
-    service = ServiceProcess(host=host, port=port, model_tag=model_tag, bentoml_home=bentoml_home)
+    service = ServiceProcess(
+        host=host, port=port, model_tag=model_tag, bentoml_home=bentoml_home, settings=settings
+    )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with service:

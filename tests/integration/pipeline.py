@@ -28,6 +28,7 @@ from streaming_ml import serde, sinks
 from streaming_ml.bench.kafka import commit_offsets, high_watermarks
 from streaming_ml.bench.kafka import read_topic as bench_read_topic
 from streaming_ml.bridge import Bridge
+from streaming_ml.bridge.plan import features_hash
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.data import FEATURES
 from tests.fixtures.ports import free_port
@@ -187,6 +188,18 @@ def predictions_for(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str,
     return rows
 
 
+def settled(dsn: str, settings: Settings, ids: list[int]) -> dict[int, dict]:
+    """Prediction rows once every live listing's row carries its current features hash
+    and no deleted listing has a row; {} (falsy) until then."""
+    rows = listings(dsn, settings.listings_table, ids)
+    predictions = predictions_for(dsn, settings.predictions_table, ids)
+    if set(predictions) != set(rows):
+        return {}
+    if any(predictions[i]["features_hash"] != features_hash(rows[i]) for i in rows):
+        return {}
+    return predictions
+
+
 def wait_until(
     condition: Callable[[], Any],
     timeout_s: float,
@@ -215,7 +228,6 @@ def where_stuck(settings: Settings, dsn: str, ids: list[int]) -> str:
     fault test reports this, so a CI failure names the stuck hop."""
     from streaming_ml import connectors
     from streaming_ml.bench.kafka import LagProbe
-    from streaming_ml.bridge.plan import features_hash
 
     rows = listings(dsn, settings.listings_table, ids)
     predictions = predictions_for(dsn, settings.predictions_table, ids)
@@ -302,6 +314,8 @@ class TopicRecord:
     headers: dict[str, bytes]
     raw_key: bytes | None
     raw_value: bytes | None
+    partition: int = -1
+    offset: int = -1
 
 
 def read_topic(settings: Settings, topic: str, decode_value: bool = True) -> list[TopicRecord]:
@@ -315,7 +329,9 @@ def read_topic(settings: Settings, topic: str, decode_value: bool = True) -> lis
         value = decode(msg.value(), value_ctx) if decode_value else msg.value()
         headers = {k: v for k, v in (msg.headers() or [])}
         key = decode(msg.key(), key_ctx)
-        records.append(TopicRecord(key, value, headers, msg.key(), msg.value()))
+        records.append(
+            TopicRecord(key, value, headers, msg.key(), msg.value(), msg.partition(), msg.offset())
+        )
 
     bench_read_topic(settings, topic, {}, keep, 120.0, Console(quiet=True))
     return records

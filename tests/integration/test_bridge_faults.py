@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from streaming_ml.bench.kafka import LagProbe
-from streaming_ml.bridge.plan import features_hash
 from streaming_ml.config import Settings
 from streaming_ml.data import generate_listing_records
 from streaming_ml.load import insert_records, load_listings
@@ -30,6 +29,7 @@ from tests.integration.pipeline import (
     query,
     read_topic,
     running_bridge,
+    settled,
     start_bridge_process,
     start_group_at_end,
     wait_for_predictions,
@@ -39,18 +39,6 @@ from tests.integration.pipeline import (
 from tests.integration.stub_service import MODEL_TAG, stub_price, stub_service
 
 pytestmark = pytest.mark.integration
-
-
-def settled(dsn: str, settings: Settings, ids: list[int]) -> dict[int, dict]:
-    """Prediction rows once every live listing's row carries its current features hash
-    and no deleted listing has a row; {} (falsy) until then."""
-    rows = listings(dsn, settings.listings_table, ids)
-    predictions = predictions_for(dsn, settings.predictions_table, ids)
-    if set(predictions) != set(rows):
-        return {}
-    if any(predictions[i]["features_hash"] != features_hash(rows[i]) for i in rows):
-        return {}
-    return predictions
 
 
 def group_drained(settings: Settings) -> bool:

@@ -33,7 +33,7 @@ OUTAGE_LIMIT_S = 60
 def connector_states(settings: Settings) -> dict[str, list[str]]:
     """State of each connector instance followed by its tasks' states."""
     states: dict[str, list[str]] = {}
-    for name in (settings.source_connector, settings.sink_connector):
+    for name in settings.connector_names:
         status = connect.connector_status(settings.connect_url, name)
         assert status is not None, f"connector {name} is not registered"
         states[name] = [status["connector"]["state"]] + [t["state"] for t in status["tasks"]]
@@ -56,7 +56,7 @@ def heal(settings: Settings, timeout_s: float = 90) -> None:
     def healed() -> bool:
         if all_running(settings):
             return True
-        for name in (settings.source_connector, settings.sink_connector):
+        for name in settings.connector_names:
             if time.monotonic() < deadline - 5:
                 status = connect.connector_status(settings.connect_url, name)
                 if status is not None and connect.failed_parts(status):

@@ -105,7 +105,11 @@ def test_batch_matches_predict_and_names_the_model(
     assert [item["model_tag"] for item in body] == [trained_model_tag] * 4
     got = [item["predicted_price"] for item in body]
     assert got == pytest.approx(reference + reference[::-1], rel=1e-9)
-    assert set(body[0]) == {"predicted_price", "model_tag"}
+    assert body[0] == {
+        "predicted_price": got[0], "model_tag": trained_model_tag, "arm": "champion",
+        "model_name": trained_model_tag.split(":")[0],
+        "model_version": trained_model_tag.split(":")[1],
+    }  # fmt: skip
 
 
 def test_batch_of_no_records_is_empty(prediction_service: str) -> None:
@@ -150,7 +154,7 @@ BAD_COLUMNS = {
     "blank category": (_with("transmission", ["  ", "Manual"]), "transmission.0"),
     "category not a string": (_with("fuelType", [1, "Petrol"]), "fuelType.0"),
     "boolean number": (_with("mpg", [True, 44.1]), "mpg.0"),
-    "zero engine size": (_with("engineSize", [0, 1.0]), "engineSize.0"),
+    "negative engine size": (_with("engineSize", [-1.0, 1.0]), "engineSize.0"),
     "column not a list": (_with("mpg", 50.4), "mpg"),
     "engine size underflowing float32": (_with("engineSize", [1e-300, 1.0]), "engineSize.0"),
     "NUL in a model name": (_with("model", ["Fie\x00sta", "Focus"]), "model.0"),
@@ -215,7 +219,7 @@ def test_bad_batch_is_rejected_naming_record_and_field(
 
 def test_batch_problems_are_listed_in_record_order(prediction_service: str) -> None:
     records = _records_with(3, mileage=-1)
-    records[1]["engineSize"] = 0
+    records[1]["engineSize"] = 1598.0  # cc, not litres
 
     response = post(f"{prediction_service}/predict_batch", {"records": records})
 

@@ -295,7 +295,7 @@ def test_connectors_command_applies_topics_and_connectors_and_reports_them(
     status = _cli(own_stack, "connectors", "status")
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
-    assert set(body) == {own_stack.source_connector, own_stack.sink_connector}
+    assert set(body) == set(own_stack.connector_names)
     for info in body.values():
         assert info["state"] == "RUNNING" and info["tasks"] == ["RUNNING"], info
     topics = AdminClient({"bootstrap.servers": own_stack.kafka_bootstrap}).list_topics(timeout=15)
@@ -407,3 +407,15 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return "State:\tZ" in status
+
+
+def test_connect_refuses_a_connector_that_overrides_its_kafka_clients(own_stack: Settings) -> None:
+    # The REST API is unauthenticated: a connector config must not be able to point its
+    # Kafka clients elsewhere (connector.client.config.override.policy=None).
+    sink = connect.load_connector(own_stack.sink_connector, own_stack)
+    rogue = {**sink, "consumer.override.bootstrap.servers": "127.0.0.1:1"}
+    url = own_stack.connect_url
+    answer = requests.put(f"{url}/connectors/rogue/config", json=rogue, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert "bootstrap.servers" in answer.text and "policy" in answer.text.lower(), answer.text
+    assert "rogue" not in requests.get(f"{url}/connectors", timeout=10).json()

@@ -180,6 +180,8 @@ class FakeService:
         self.down = False
         self.is_ready = True
         self.ready_calls = 0
+        self.shadow: float | None = None  # a shadow model's price for every row
+        self.seen: list[dict[str, Any]] = []
 
     def predict(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.down:
@@ -189,9 +191,14 @@ class FakeService:
             raise ServiceRejected("HTTP 422: records[0].model: unknown model")
         if listings & self.failing:
             raise ServiceFailed("HTTP 500: internal error")
-        return [
+        self.seen.extend(rows)
+        answer: list[dict[str, Any]] = [
             {"predicted_price": float(row["mileage"]), "model_tag": "ford_price:v1"} for row in rows
         ]
+        if self.shadow is not None:
+            for item in answer:
+                item["shadow"] = {"predicted_price": self.shadow, "model_tag": "ford_price:v9"}
+        return answer
 
     def ready(self) -> bool:
         self.ready_calls += 1
@@ -209,6 +216,7 @@ def bridge_with(
     *,
     max_strikes: int = 3,
     partitions: Sequence[int] = (0, 1),
+    shadow: bool = False,
 ) -> Bridge:
     settings = Settings(
         service_retries=0,
@@ -232,6 +240,7 @@ def bridge_with(
         "http://127.0.0.1:9",
         settings.predictions_topic,
         settings.dlq_topic,
+        settings.shadow_topic if shadow else None,
     )
     records._key_ser = records._value_ser = serialize  # type: ignore[assignment]
     bridge._records = records
@@ -536,3 +545,31 @@ def test_rewind_leaves_partitions_that_are_no_longer_assigned_alone() -> None:
     bridge._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
     bridge._handle(batch)
     assert consumer.seeks == [(TOPIC, 0, 3)]
+
+
+# -- experiments --
+
+
+def test_shadow_prices_go_to_the_shadow_topic_in_the_same_transaction() -> None:
+    service = FakeService()
+    service.shadow = 777.0
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output, shadow=True)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1)), FakeMessage(1, 7, delete(2))))
+
+    ((records, offsets),) = output.published  # one transaction: both topics and the offsets
+    by_topic = [(r.topic, json.loads(r.key), r.value and json.loads(r.value)) for r in records]
+    predictions, shadow_topic = bridge.settings.predictions_topic, bridge.settings.shadow_topic
+    served = next(v for t, _, v in by_topic if t == predictions and v)
+    shadow = next(v for t, _, v in by_topic if t == shadow_topic and v)
+    assert (served["predicted_price"], served["arm"]) == (mileage_of(1), "champion")
+    assert (shadow["predicted_price"], shadow["model_tag"], shadow["arm"]) == (
+        777.0, "ford_price:v9", "shadow",
+    )  # fmt: skip
+    assert shadow["listing_id"] == served["listing_id"] == 1
+    # The delete clears both tables.
+    tombstones = {(t, k["listing_id"]) for t, k, v in by_topic if v is None}
+    assert tombstones == {(predictions, 2), (shadow_topic, 2)}
+    assert offsets == [(TOPIC, 0, 6), (TOPIC, 1, 8)]
+    # The service gets each listing's id, to keep it on one A/B arm.
+    assert [row["listing_id"] for row in service.seen] == [1]

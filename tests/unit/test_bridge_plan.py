@@ -16,6 +16,7 @@ from streaming_ml.bridge.plan import (
     plan_actions,
     prediction_record,
     service_records,
+    shadow_result,
 )
 from streaming_ml.data import FEATURES, feature_problems, generate_listing_records
 
@@ -179,13 +180,49 @@ def test_prediction_record_keeps_full_precision_and_latencies() -> None:
     assert record["predicted_price"] == 12345.678901
     assert record["end_to_end_ms"] == 100.0
     assert (record["source_lsn"], record["features_hash"]) == (42, "abc")
+    # A service from before experiments answers with the tag alone: the rest is derived.
+    assert (record["model_name"], record["model_version"], record["arm"]) == (
+        "ford_price", "x", "champion",
+    )  # fmt: skip
 
 
-def test_service_records_carry_only_features() -> None:
-    assert service_records([{"id": 1, **ROW}]) == [{name: ROW[name] for name in FEATURES}]
+def test_prediction_record_says_which_model_and_arm_priced_it() -> None:
+    action = Action("predict", 0, 11, change("c", 11), "abc")
+    answer = {
+        "predicted_price": 9000.0, "model_tag": "ford_price:v2", "model_name": "ford_price",
+        "model_version": "v2", "arm": "challenger",
+    }  # fmt: skip
+    record = prediction_record(
+        action, answer, kafka_ts_ms=1, received_ts_ms=2, predicted_ts_ms=3, model_latency_ms=1.0
+    )
+    assert (record["model_tag"], record["model_version"], record["arm"]) == (
+        "ford_price:v2", "v2", "challenger",
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("bad", [{"mileage": "12k"}, {"engineSize": 0.0}, {"fuelType": ""}])
+def test_shadow_result_is_taken_only_when_usable() -> None:
+    good = {
+        "predicted_price": 1.0,
+        "model_tag": "m:1",
+        "shadow": {"predicted_price": 2.5, "model_tag": "m:3"},
+    }
+    assert shadow_result(good) == {"predicted_price": 2.5, "model_tag": "m:3", "arm": "shadow"}
+    assert shadow_result({"predicted_price": 1.0, "model_tag": "m:1"}) is None
+    for broken in (
+        {"predicted_price": float("nan"), "model_tag": "m:3"},
+        {"predicted_price": 2.0},
+        "x",
+    ):
+        assert shadow_result({**good, "shadow": broken}) is None
+
+
+def test_service_records_carry_the_features_and_the_listing_id() -> None:
+    features = {name: ROW[name] for name in FEATURES}
+    assert service_records([{"id": 1, **ROW}], [11]) == [{"listing_id": 11, **features}]
+    assert service_records([ROW]) == [{"listing_id": None, **features}]
+
+
+@pytest.mark.parametrize("bad", [{"mileage": "12k"}, {"engineSize": -1.0}, {"fuelType": ""}])
 def test_unpriceable_values_are_caught(bad: dict[str, Any]) -> None:
     actions = plan_actions([change("c", 1, **bad)])
     assert actions[0].kind == "dlq"

@@ -39,6 +39,6 @@ def test_quick_start_has_demo_and_test() -> None:
 
 
 def test_documented_pages_exist() -> None:
-    for page in ("docs/model.md", "docs/performance.md", "docs/compose.md"):
+    for page in ("docs/model.md", "docs/models.md", "docs/performance.md", "docs/compose.md"):
         assert page in README
         assert (REPO_ROOT / page).is_file(), page

@@ -34,9 +34,30 @@ def test_value_round_trips_without_losing_precision() -> None:
         "listing_id": 2**40, "predicted_price": 12345.678901234, "model_tag": "ford_price:abc",
         "features_hash": "f" * 64, "source_lsn": None, "source_ts_ms": 1, "kafka_ts_ms": 2,
         "bridge_received_ts_ms": 3, "predicted_ts_ms": 4, "model_latency_ms": 1.25,
-        "end_to_end_ms": 3.0,
+        "end_to_end_ms": 3.0, "model_name": "ford_price", "model_version": "abc",
+        "arm": "challenger",
     }  # fmt: skip
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, parsed, record)
     buffer.seek(0)
     assert fastavro.schemaless_reader(buffer, parsed) == record
+
+
+def test_records_written_before_experiments_decode_with_the_new_schema() -> None:
+    from streaming_ml.data import ADDED_PREDICTION_FIELDS
+
+    new = prediction_value_schema()
+    old = {**new, "fields": [f for f in new["fields"] if f["name"] not in ADDED_PREDICTION_FIELDS]}
+    record = {
+        "listing_id": 7, "predicted_price": 9000.5, "model_tag": "ford_price:abc",
+        "features_hash": "f" * 64, "source_lsn": 3, "source_ts_ms": 1, "kafka_ts_ms": 2,
+        "bridge_received_ts_ms": 3, "predicted_ts_ms": 4, "model_latency_ms": 1.25,
+        "end_to_end_ms": 3.0,
+    }  # fmt: skip
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), record)
+    buffer.seek(0)
+    decoded = fastavro.schemaless_reader(
+        buffer, fastavro.parse_schema(old), fastavro.parse_schema(new)
+    )
+    assert decoded == {**record, "model_name": None, "model_version": None, "arm": None}

@@ -36,7 +36,7 @@ from rich.console import Console
 
 from streaming_ml.bench.options import BenchOptions
 from streaming_ml.bench.pipeline import Bench
-from streaming_ml.bench.processes import parse_load_output, settings_env
+from streaming_ml.bench.processes import parse_load_output
 from streaming_ml.bench.report import (
     component_versions,
     machine_facts,
@@ -45,7 +45,7 @@ from streaming_ml.bench.report import (
     print_summary,
 )
 from streaming_ml.bench.stats import RowTimes, check_targets, growth_verdict, summarize
-from streaming_ml.config import Settings
+from streaming_ml.config import Settings, settings_env
 from streaming_ml.exceptions import BenchError, StreamingMLError
 
 

@@ -39,12 +39,11 @@ from streaming_ml.bench.processes import (
     _cli,
     _http_ok,
     parse_load_output,
-    settings_env,
     wait_all_exit,
 )
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.bench.stats import MIN_ACHIEVED_SHARE, RowTimes, growth_verdict, summarize
-from streaming_ml.config import Settings
+from streaming_ml.config import Settings, settings_env
 from streaming_ml.exceptions import BenchError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -311,7 +310,7 @@ class Bench:
     def _pipeline_hint(self) -> str:
         s = self.settings
         states = []
-        for name in (s.source_connector, s.sink_connector):
+        for name in s.connector_names:
             try:
                 body = requests.get(f"{s.connect_url}/connectors/{name}/status", timeout=5).json()
                 tasks = ",".join(t.get("state", "?") for t in body.get("tasks", []))

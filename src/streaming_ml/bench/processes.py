@@ -29,23 +29,6 @@ from streaming_ml.exceptions import BenchError
 logger = logging.getLogger(__name__)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as ``SML_*`` variables, so child processes see the same settings."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif hasattr(value, "get_secret_value"):
-            text = value.get_secret_value()
-        else:
-            text = str(value)
-        env[f"SML_{name.upper()}"] = text
-    return env
-
-
 _LOAD_LINE = re.compile(
     r"inserted (?P<n>\d+) listings \(ids (?P<first>\d+)\.\.(?P<last>\d+)\) "
     r"in (?P<seconds>[\d.]+) s"

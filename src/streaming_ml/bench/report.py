@@ -102,7 +102,7 @@ def component_versions(settings: Settings, dsn: str) -> dict[str, Any]:
 def pipeline_settings(settings: Settings) -> dict[str, Any]:
     """The knobs that shape the figures: bridge batching and both connector configs."""
     configs = {}
-    for name in (settings.source_connector, settings.sink_connector):
+    for name in settings.connector_names:
         try:
             configs[name] = requests.get(
                 f"{settings.connect_url}/connectors/{name}/config", timeout=5

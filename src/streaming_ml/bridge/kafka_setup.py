@@ -17,7 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 def pipeline_topics(settings: Settings) -> list[str]:
-    return [settings.listings_topic, settings.predictions_topic, settings.dlq_topic]
+    return [
+        settings.listings_topic,
+        settings.predictions_topic,
+        settings.dlq_topic,
+        settings.shadow_topic,
+    ]
 
 
 def ensure_topics(settings: Settings) -> dict[str, int]:

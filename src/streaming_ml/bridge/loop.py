@@ -172,7 +172,10 @@ class Bridge:
         to_price = [a for a in actions if a.kind == "predict"]
         started = time.perf_counter()
         priced = self._pricer.price(
-            service_records(a.change.row for a in to_price),  # type: ignore[union-attr]
+            service_records(
+                [a.change.row for a in to_price],  # type: ignore[union-attr]
+                [a.listing_id for a in to_price],
+            ),
             [batch.positions[a.index] for a in to_price],
         )
         model_ms = (time.perf_counter() - started) * 1000
@@ -361,7 +364,7 @@ class Bridge:
         self._registry = serde.registry_client(s.registry_url)
         self._decoder = ChangeDecoder(self._registry)
         self._records = RecordBuilder(
-            self._registry, s.registry_url, s.predictions_topic, s.dlq_topic
+            self._registry, s.registry_url, s.predictions_topic, s.dlq_topic, s.shadow_topic
         )
         self._records.register_schemas()
         self._consumer = Consumer(kafka_setup.consumer_config(s, self.group_id))

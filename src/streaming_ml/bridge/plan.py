@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from streaming_ml.bridge.changes import Change
-from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, feature_problems
+from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, LISTING_ID_KEY, feature_problems
 
 # Debezium op codes: create, update, delete, read (snapshot).
 PRICED_OPS = frozenset({"c", "u", "r"})
@@ -138,10 +139,16 @@ def prediction_record(
     source_ts = (
         action.change.source_ts_ms if action.change.source_ts_ms is not None else kafka_ts_ms
     )
+    tag = str(result["model_tag"])
+    name, _, version = tag.partition(":")
     return {
         "listing_id": action.listing_id,
         "predicted_price": float(result["predicted_price"]),
-        "model_tag": str(result["model_tag"]),
+        "model_tag": tag,
+        # A service from before experiments answers with the tag alone.
+        "model_name": str(result.get("model_name") or name),
+        "model_version": str(result.get("model_version") or version),
+        "arm": str(result.get("arm") or "champion"),
         "features_hash": action.features_hash,
         "source_lsn": action.change.lsn,
         "source_ts_ms": source_ts,
@@ -153,6 +160,28 @@ def prediction_record(
     }
 
 
-def service_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The feature columns of each row, as /predict_batch expects them."""
-    return [{name: row.get(name) for name in FEATURES} for row in rows]
+def shadow_result(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The shadow model's answer for one record as a result of its own (arm "shadow"),
+    or None when there is none or it is unusable: a shadow never stops the served price."""
+    shadow = result.get("shadow")
+    if not isinstance(shadow, Mapping):
+        return None
+    price, tag = shadow.get("predicted_price"), shadow.get("model_tag")
+    if not isinstance(price, int | float) or isinstance(price, bool) or not math.isfinite(price):
+        return None
+    if not isinstance(tag, str):
+        return None
+    return {"predicted_price": price, "model_tag": tag, "arm": "shadow"}
+
+
+def service_records(
+    rows: Sequence[Mapping[str, Any]], listing_ids: Sequence[int | None] | None = None
+) -> list[dict[str, Any]]:
+    """The feature columns of each row, as /predict_batch expects them, with the
+    listing's id (the record key) so the service keeps every change of a listing on one
+    A/B arm."""
+    ids = listing_ids if listing_ids is not None else [None] * len(rows)
+    return [
+        {LISTING_ID_KEY: listing_id, **{name: row.get(name) for name in FEATURES}}
+        for row, listing_id in zip(rows, ids, strict=True)
+    ]

@@ -17,7 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext, Se
 
 from streaming_ml import serde
 from streaming_ml.bridge.output import OutRecord
-from streaming_ml.bridge.plan import Action, dlq_headers, prediction_record
+from streaming_ml.bridge.plan import Action, dlq_headers, prediction_record, shadow_result
 from streaming_ml.data import PREDICTION_FIELDS
 from streaming_ml.exceptions import BridgeError
 
@@ -41,13 +41,18 @@ class RecordBuilder:
         registry_url: str,
         predictions_topic: str,
         dlq_topic: str,
+        shadow_topic: str | None = None,
     ) -> None:
         self.predictions_topic = predictions_topic
         self.dlq_topic = dlq_topic
+        self.shadow_topic = shadow_topic
         self.registry_url = registry_url
         self._key_ser, self._value_ser = serde.prediction_serializers(registry)
         self._key_ctx = SerializationContext(predictions_topic, MessageField.KEY)
         self._value_ctx = SerializationContext(predictions_topic, MessageField.VALUE)
+        # Shadow predictions: same schemas, their own topic (subjects <topic>-key/-value).
+        self._shadow_key_ctx = SerializationContext(shadow_topic or "", MessageField.KEY)
+        self._shadow_value_ctx = SerializationContext(shadow_topic or "", MessageField.VALUE)
 
     def register_schemas(self) -> None:
         """Register the prediction schemas now, so a registry problem shows at start-up
@@ -61,6 +66,9 @@ class RecordBuilder:
         try:
             self.key(0)
             self.value(sample)
+            if self.shadow_topic:
+                self._key_ser({serde.KEY_FIELD: 0}, self._shadow_key_ctx)
+                self._value_ser(sample, self._shadow_value_ctx)
         except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
             raise BridgeError(
                 f"cannot register the prediction schemas in {self.registry_url}: {error}. "
@@ -80,6 +88,27 @@ class RecordBuilder:
             self.dlq_topic, msg.key(), None, [*headers, ("value.dropped", b"too large")]
         )
         return OutRecord(self.dlq_topic, msg.key(), msg.value(), headers, fallback=bare)
+
+    def _shadow_record(
+        self, action: Action, served: dict[str, Any], shadow: dict[str, Any]
+    ) -> OutRecord:
+        """The shadow's price in the served record's shape; its own topic and table."""
+        tag = str(shadow["model_tag"])
+        name, _, version = tag.partition(":")
+        value = {
+            **served,
+            "predicted_price": float(shadow["predicted_price"]),
+            "model_tag": tag,
+            "model_name": name,
+            "model_version": version,
+            "arm": "shadow",
+        }
+        assert self.shadow_topic is not None
+        return OutRecord(
+            self.shadow_topic,
+            self._key_ser({serde.KEY_FIELD: action.listing_id}, self._shadow_key_ctx),
+            self._value_ser(value, self._shadow_value_ctx),
+        )
 
     def build(
         self,
@@ -108,6 +137,12 @@ class RecordBuilder:
             elif action.kind == "tombstone":
                 key = self.key(action.listing_id)
                 out.records.append(OutRecord(self.predictions_topic, key, None))
+                if self.shadow_topic:
+                    # A listing gone (or unpriceable now) has no shadow price either.
+                    shadow_key = self._key_ser(
+                        {serde.KEY_FIELD: action.listing_id}, self._shadow_key_ctx
+                    )
+                    out.records.append(OutRecord(self.shadow_topic, shadow_key, None))
                 out.counts["tombstones"] += 1
             elif action.kind == "skip":
                 out.counts["unchanged" if action.skip_why == "unchanged" else "skipped"] += 1
@@ -128,4 +163,8 @@ class RecordBuilder:
                 )
                 out.counts["predicted"] += 1
                 out.predictions.append(record)
+                shadow = shadow_result(results[action.index])
+                if shadow is not None and self.shadow_topic:
+                    out.records.append(self._shadow_record(action, record, shadow))
+                    out.counts["shadow"] += 1
         return out

@@ -65,6 +65,7 @@ def schema_sql(settings: Settings | None = None) -> str:
     """Text of ``postgres/02-schema.sql``, derived from the schema in streaming_ml.data."""
     listings = settings.listings_table if settings else "car_listings"
     predictions = settings.predictions_table if settings else "car_price_predictions"
+    shadow = settings.shadow_table if settings else "car_price_predictions_shadow"
     return (
         "-- GENERATED from streaming_ml.data (listings_ddl/predictions_ddl); a unit test keeps\n"
         "-- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.\n"
@@ -72,9 +73,11 @@ def schema_sql(settings: Settings | None = None) -> str:
         f"SET ROLE {APP_ROLE};\n"
         f"{data.listings_ddl(listings)}"
         f"{data.predictions_ddl(predictions)}"
+        f"{data.predictions_ddl(shadow)}"
         "-- Least privilege: the CDC role reads the listings, the sink writes predictions.\n"
         f"GRANT SELECT ON public.{listings} TO {SOURCE_ROLE};\n"
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{predictions} TO {SINK_ROLE};\n"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{shadow} TO {SINK_ROLE};\n"
         "RESET ROLE;\n"
     )
 

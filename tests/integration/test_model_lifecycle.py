@@ -1,0 +1,335 @@
+"""Models that change while the stream runs, on the real stack: promotion mid-stream,
+refused models, sticky A/B, shadow, a replica with an empty store and rollback.
+
+Each test gets registry topics of its own (the stack is shared by the session), and
+its services follow that registry the way `streaming-ml serve` does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from streaming_ml import lifecycle, registry
+from streaming_ml.config import Settings
+from streaming_ml.data import FEATURES
+from streaming_ml.exceptions import RegistryError
+from streaming_ml.load import load_listings
+from streaming_ml.model import BOOSTER_FILE, FEATURES_KEY, load_price_model
+from streaming_ml.serving import ServiceProcess
+from tests.fixtures.ports import free_port
+from tests.integration.pipeline import (
+    dsn_of,
+    execute,
+    listings,
+    pipeline_settings,
+    predictions_for,
+    query,
+    read_topic,
+    running_bridge,
+    settled,
+    unique,
+    wait_until,
+    where_stuck,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def second_model_tag() -> str:
+    """Another small real model: different seed and depth, so its prices differ."""
+    from streaming_ml.train import TrainParams, train_model
+
+    result = train_model(
+        model_name=Settings().model_name, data_path=None, synthetic_rows=3_000, seed=8,
+        version=None, params=TrainParams(n_estimators=80, learning_rate=0.2, max_depth=4),
+    )  # fmt: skip
+    return str(result["tag"])
+
+
+def own_registry(stack_settings: Settings) -> Settings:
+    return stack_settings.model_copy(
+        update={
+            "model_events_topic": unique("sml_model_events"),
+            "models_topic": unique("sml_models"),
+        }
+    )
+
+
+@contextmanager
+def following_service(
+    settings: Settings, fallback_tag: str, log: Path, bentoml_home: Path | None = None
+) -> Iterator[ServiceProcess]:
+    """A service that follows ``settings``' registry (its fallback and first champion:
+    ``fallback_tag``), as `streaming-ml serve` runs it."""
+    service = ServiceProcess(
+        host=settings.host, port=free_port(), model_tag=fallback_tag,
+        bentoml_home=bentoml_home, log_path=log, settings=settings,
+    )  # fmt: skip
+    with service:
+        yield service
+
+
+def model_info(service: ServiceProcess) -> dict[str, Any]:
+    return requests.post(f"{service.url}/model_info", json={}, timeout=10).json()
+
+
+def champion_is(service: ServiceProcess, tag: str) -> bool:
+    return model_info(service)["tag"] == tag
+
+
+def service_metric(service: ServiceProcess, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on the service's /metrics whose labels include ``labels``."""
+    total = 0.0
+    for line in requests.get(f"{service.url}/metrics", timeout=10).text.splitlines():
+        if not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in sample for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def local_prices(tag: str, rows: list[dict[str, Any]]) -> list[float]:
+    model = load_price_model(tag)
+    return [float(p) for p in model.predict_records([{f: r[f] for f in FEATURES} for r in rows])]
+
+
+def test_promotion_mid_stream_switches_every_partition_once_and_loses_nothing(
+    stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
+) -> None:
+    old, new = trained_model_tag, second_model_tag
+    registry_settings = own_registry(stack_settings)
+    with following_service(registry_settings, old, tmp_path / "service.log") as service:
+        wait_until(lambda: champion_is(service, old), 30, "the first model claimed as champion")
+        settings = pipeline_settings(registry_settings, service.url)
+        dsn = dsn_of(settings)
+        inserted: list[int] = []
+        with running_bridge(settings) as bridge:
+            loader = threading.Thread(
+                target=lambda: inserted.extend(
+                    load_listings(dsn, 6000, seed=301, rate=300, batch=10,
+                                  table=settings.listings_table).ids
+                )
+            )  # fmt: skip
+            loader.start()
+            wait_until(lambda: bridge.bridge.stats.predicted >= 1500, 120, "1,500 listings priced")
+            lifecycle.promote(settings, new, force=True)
+            wait_until(lambda: champion_is(service, new), 10, "the promoted model served")
+            loader.join(timeout=120)
+            assert not loader.is_alive() and len(set(inserted)) == 6000
+            predictions = wait_until(
+                lambda: settled(dsn, settings, inserted), 180, "every listing priced",
+                explain=lambda: where_stuck(settings, dsn, inserted),
+            )  # fmt: skip
+            assert bridge.bridge.stats.dlq == 0
+        failed = service_metric(service, "bentoml_service_request_total", endpoint="/predict_batch")
+        ok = service_metric(
+            service, "bentoml_service_request_total", endpoint="/predict_batch",
+            http_response_code="200",
+        )  # fmt: skip
+        assert failed == ok > 0, "a /predict_batch request failed during the swap"
+
+    tags = Counter(p["model_tag"] for p in predictions.values())
+    assert set(tags) == {old, new} and tags[old] >= 1500, tags
+    # Each listing's price is exactly what the model named on its row says.
+    rows = listings(dsn, settings.listings_table, inserted)
+    for tag in (old, new):
+        ids = sorted(i for i, p in predictions.items() if p["model_tag"] == tag)
+        assert [predictions[i]["predicted_price"] for i in ids] == local_prices(
+            tag, [rows[i] for i in ids]
+        )
+    # Per partition of the predictions topic: the old tag, then the new one, never back.
+    sequences: dict[int, list[str]] = defaultdict(list)
+    ours = set(inserted)
+    for record in read_topic(settings, settings.predictions_topic):
+        if record.value is not None and record.key["listing_id"] in ours:
+            sequences[record.partition].append(record.value["model_tag"])
+    assert sum(len(s) for s in sequences.values()) == 6000
+    for partition, sequence in sequences.items():
+        switch = sequence.index(new) if new in sequence else len(sequence)
+        assert set(sequence[:switch]) <= {old}, partition
+        assert set(sequence[switch:]) <= {new}, f"partition {partition} went back to {old}"
+
+
+def corrupt_copy(tag: str, inputs: list[str] | None = None) -> str:
+    """A model in the store made from ``tag``'s metadata: with ``inputs``, a valid booster
+    whose feature spec names other inputs; without, a booster file that is garbage."""
+    import bentoml
+
+    source = bentoml.models.get(tag)
+    metadata = dict(source.info.metadata)
+    if inputs is not None:
+        metadata[FEATURES_KEY] = {**metadata[FEATURES_KEY], "inputs": inputs}
+    # Another name, so ford_price:latest stays the good model other tests may use.
+    with bentoml.models.create(
+        "ford_price_broken", labels=dict(source.info.labels), metadata=metadata
+    ) as model:
+        booster = Path(model.path_of(BOOSTER_FILE))
+        if inputs is not None:
+            booster.write_bytes(Path(source.path_of(BOOSTER_FILE)).read_bytes())
+        else:
+            booster.write_text('{"learner": "truncated')
+    return str(model.tag)
+
+
+def test_corrupt_and_mismatched_models_are_refused_and_the_champion_keeps_serving(
+    stack_settings: Settings, trained_model_tag: str, tmp_path: Path
+) -> None:
+    settings = own_registry(stack_settings)
+    corrupt = corrupt_copy(trained_model_tag)
+    mismatched = corrupt_copy(trained_model_tag, inputs=["year", "mileage"])
+    log = tmp_path / "service.log"
+    with following_service(settings, trained_model_tag, log) as service:
+        wait_until(lambda: champion_is(service, trained_model_tag), 30, "the champion claimed")
+        # The CLI refuses a schema mismatch even with --force...
+        with pytest.raises(RegistryError, match=r"refused: .*\['year', 'mileage'\]"):
+            lifecycle.promote(settings, mismatched, force=True)
+        # ...but another client can still write the events: the service refuses too.
+        for tag in (corrupt, mismatched):
+            registry.publish(settings, tag)
+            registry.append_event(settings, registry.ModelEvent(kind="promoted", tag=tag))
+
+        def refused() -> dict[str, str]:
+            found = model_info(service)["registry"]["refused"]
+            return {r["tag"]: r["reason"] for r in found} if len(found) == 2 else {}
+
+        reasons = wait_until(refused, 30, "both models refused")
+        assert "cannot load" in reasons[corrupt]
+        assert "inputs" in reasons[mismatched] and "'year', 'mileage'" in reasons[mismatched]
+        info = model_info(service)
+        assert info["tag"] == trained_model_tag
+        answer = requests.post(
+            f"{service.url}/predict_batch", json={"records": [EXAMPLE_RECORD]}, timeout=10
+        ).json()
+        assert answer[0]["model_tag"] == trained_model_tag
+        assert service_metric(service, "sml_service_model_refusals_total") == 2
+    text = log.read_text(errors="replace")
+    assert text.count("model refused") == 2 and corrupt in text and mismatched in text
+
+
+EXAMPLE_RECORD = {
+    "model": "Focus", "year": 2018, "transmission": "Manual", "mileage": 20000,
+    "fuelType": "Petrol", "tax": 145, "mpg": 55.4, "engineSize": 1.0,
+}  # fmt: skip
+
+
+def arms_of(dsn: str, settings: Settings, ids: list[int]) -> dict[int, tuple[str, str]]:
+    rows = predictions_for(dsn, settings.predictions_table, ids)
+    return {i: (r["arm"], r["model_tag"]) for i, r in rows.items()}
+
+
+def test_ab_split_holds_its_share_and_every_update_stays_on_its_arm(
+    stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
+) -> None:
+    registry_settings = own_registry(stack_settings)
+    with following_service(registry_settings, trained_model_tag, tmp_path / "s.log") as service:
+        wait_until(lambda: champion_is(service, trained_model_tag), 30, "the champion claimed")
+        lifecycle.start_experiment(registry_settings, second_model_tag, 20, None)
+        wait_until(lambda: "challenger" in model_info(service)["arms"], 10, "the challenger served")
+        settings = pipeline_settings(registry_settings, service.url)
+        dsn = dsn_of(settings)
+        source = settings.listings_table
+        with running_bridge(settings):
+            ids = load_listings(dsn, 5000, seed=311, batch=500, table=source).ids
+            wait_until(lambda: settled(dsn, settings, ids), 180, "5,000 listings priced",
+                       explain=lambda: where_stuck(settings, dsn, ids))  # fmt: skip
+            first = arms_of(dsn, settings, ids)
+            updated = ids[::5]
+            execute(dsn, f"UPDATE public.{source} SET mileage = mileage + 1000 WHERE id = ANY(%s)",
+                    (updated,))  # fmt: skip
+            wait_until(lambda: settled(dsn, settings, ids), 180, "every update re-priced",
+                       explain=lambda: where_stuck(settings, dsn, ids))  # fmt: skip
+            second = arms_of(dsn, settings, ids)
+    share = sum(arm == "challenger" for arm, _ in first.values()) / len(ids)
+    assert 0.17 <= share <= 0.23, share
+    assert {first[i] for i in ids} == {
+        ("champion", trained_model_tag),
+        ("challenger", second_model_tag),
+    }
+    assert second == first, "an update moved a listing to the other arm"
+
+
+def test_shadow_prices_every_listing_once_and_never_touches_the_served_price(
+    stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
+) -> None:
+    registry_settings = own_registry(stack_settings)
+    with following_service(registry_settings, trained_model_tag, tmp_path / "s.log") as service:
+        wait_until(lambda: champion_is(service, trained_model_tag), 30, "the champion claimed")
+        lifecycle.start_experiment(registry_settings, None, 0, second_model_tag)
+        wait_until(lambda: "shadow" in model_info(service)["arms"], 10, "the shadow loaded")
+        settings = pipeline_settings(registry_settings, service.url)
+        dsn = dsn_of(settings)
+        source = settings.listings_table
+        with running_bridge(settings):
+            ids = load_listings(dsn, 500, seed=321, batch=50, table=source).ids
+            gone = ids[:10]
+            execute(dsn, f"DELETE FROM public.{source} WHERE id = ANY(%s)", (gone,))
+            live = ids[10:]
+
+            def shadow_rows() -> dict[int, dict[str, Any]]:
+                rows = predictions_for(dsn, settings.shadow_table, ids)
+                return rows if set(rows) == set(live) else {}
+
+            wait_until(lambda: settled(dsn, settings, ids), 120, "every listing priced",
+                       explain=lambda: where_stuck(settings, dsn, ids))  # fmt: skip
+            shadows = wait_until(shadow_rows, 60, "one shadow row per live listing")
+    served = predictions_for(dsn, settings.predictions_table, ids)
+    rows = listings(dsn, source, live)
+    ordered = [rows[i] for i in live]
+    # Served: the champion's price, exactly as without a shadow.
+    assert [served[i]["predicted_price"] for i in live] == local_prices(trained_model_tag, ordered)
+    assert {(served[i]["arm"], served[i]["model_tag"]) for i in live} == {
+        ("champion", trained_model_tag)
+    }
+    assert [shadows[i]["predicted_price"] for i in live] == local_prices(second_model_tag, ordered)
+    assert {(shadows[i]["arm"], shadows[i]["model_tag"]) for i in live} == {
+        ("shadow", second_model_tag)
+    }
+    count = query(
+        dsn,
+        "SELECT count(*) AS n, count(DISTINCT listing_id) AS d "
+        f"FROM public.{settings.shadow_table} WHERE listing_id = ANY(%s)",
+        (ids,),
+    )[0]
+    assert (count["n"], count["d"]) == (len(live), len(live))
+
+
+def test_replica_with_an_empty_store_serves_the_champion_and_rollback_reaches_all(
+    stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
+) -> None:
+    settings = own_registry(stack_settings)
+    empty_store = tmp_path / "bentoml-home"
+    empty_store.mkdir()
+    with following_service(settings, trained_model_tag, tmp_path / "one.log") as first:
+        wait_until(lambda: champion_is(first, trained_model_tag), 30, "the champion claimed")
+        lifecycle.promote(settings, second_model_tag, force=True)
+        wait_until(lambda: champion_is(first, second_model_tag), 10, "the promotion served")
+        with following_service(
+            settings, trained_model_tag, tmp_path / "two.log", bentoml_home=empty_store
+        ) as second:
+            assert champion_is(second, second_model_tag)
+            restored, retired = lifecycle.rollback(settings)
+            assert (restored, retired) == (trained_model_tag, second_model_tag)
+            started = time.monotonic()
+            wait_until(
+                lambda: champion_is(first, restored) and champion_is(second, restored),
+                5,
+                "the previous champion back on both replicas",
+            )
+            assert time.monotonic() - started <= 5
+            answer = requests.post(
+                f"{second.url}/predict_batch", json={"records": [EXAMPLE_RECORD]}, timeout=10
+            ).json()
+            assert answer[0]["model_tag"] == restored
+    imported = {p.name for p in (empty_store / "models" / "ford_price").iterdir()}
+    assert {trained_model_tag.split(":")[1], second_model_tag.split(":")[1]} <= imported
