@@ -275,3 +275,9 @@ def test_purge_deletes_state_but_keeps_jars_inside_it(tmp_path: Path) -> None:
     stack.down(settings, purge=True)
     assert sorted(p.name for p in state.iterdir()) == ["dist"]
     assert (dist / "kafka" / "kafka_2.13-4.3.1.jar").read_bytes() == b"jar"
+
+
+def test_kraft_cluster_ids_never_look_like_an_option() -> None:
+    ids = [kafka.new_cluster_id() for _ in range(3000)]
+    assert len(set(ids)) == 3000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

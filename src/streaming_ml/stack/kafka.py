@@ -109,16 +109,25 @@ def _write_config(settings: Settings) -> tuple[Path, Path]:
     return props, log4j
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64 of a UUID). Like Kafka's own
+    ``Uuid.randomUuid``, never one starting with '-': the storage tool's argument parser
+    would take it for an option (one format in 64 failed that way)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def format_storage(settings: Settings, dist_dir: Path) -> bool:
     """Format the log dir on first start. Returns True when it was formatted now."""
     props, log4j = _write_config(settings)
     if (data_dir(settings.state_dir) / "meta.properties").exists():
         return False
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     argv = [
         str(java_binary()), *jvm_options("-Xmx256m", log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.tools.StorageTool",
-        "format", "-t", cluster_id, "-c", str(props),
+        "format", f"--cluster-id={new_cluster_id()}", "-c", str(props),
     ]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
