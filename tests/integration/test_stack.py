@@ -419,3 +419,30 @@ def test_connect_refuses_a_connector_that_overrides_its_kafka_clients(own_stack:
     assert answer.status_code == 400, answer.text
     assert "bootstrap.servers" in answer.text and "policy" in answer.text.lower(), answer.text
     assert "rogue" not in requests.get(f"{url}/connectors", timeout=10).json()
+
+
+def test_role_passwords_reach_postgres_only_as_scram_verifiers(own_stack: Settings) -> None:
+    from streaming_ml.stack import secrets as stack_secrets
+
+    passwords = stack_secrets.load_passwords(own_stack.state_dir)
+    role = stack_secrets.APP_ROLE
+    conn = psycopg2.connect(postgres.superuser_dsn(own_stack, passwords, "postgres"))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # As a server that logs every statement would record it.
+            cur.execute("SET log_statement = 'all'")
+            cur.execute(postgres.set_password_sql(conn, role, passwords[role]))
+    finally:
+        conn.close()
+    log = own_stack.state_dir / "logs" / "postgres.log"
+
+    def logged() -> str | None:
+        text = log.read_text(errors="replace")
+        return text if "ALTER ROLE" in text else None
+
+    text = wait_until(logged, 10, "the ALTER ROLE statement in the server log")
+    assert "SCRAM-SHA-256$4096:" in text
+    assert passwords[role] not in text
+    # The verifier is the password: the role still logs in with it.
+    psycopg2.connect(stack.postgres_dsn(own_stack)).close()

@@ -11,8 +11,11 @@ import os
 import pwd
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import encrypt_password
 
 from streaming_ml import data
 from streaming_ml.config import REPO_ROOT, Settings
@@ -225,10 +228,17 @@ def apply_init_sql(settings: Settings, passwords: Passwords) -> None:
         conn.autocommit = True
         with conn.cursor() as cur:
             for role in ROLES:
-                # psycopg2 quotes the literal client-side; ALTER ROLE takes no bind params.
-                cur.execute(f"ALTER ROLE {role} PASSWORD %s", (passwords[role],))
+                cur.execute(set_password_sql(conn, role, passwords[role]))
     finally:
         conn.close()
+
+
+def set_password_sql(conn: Any, role: str, password: str) -> sql.Composed:
+    """``ALTER ROLE role PASSWORD 'SCRAM-SHA-256$...'``: the verifier is computed here
+    (libpq's PQencryptPasswordConn), so the plaintext never reaches the server, where
+    statement logging or pg_stat_statements could record it."""
+    verifier = encrypt_password(password, role, conn, "scram-sha-256")
+    return sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
 
 
 def superuser_dsn(settings: Settings, passwords: Passwords, database: str) -> str:
