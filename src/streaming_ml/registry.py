@@ -251,7 +251,9 @@ def read_to_end(
 ) -> int:
     """Call ``on_record(key, value)`` for every record of ``topic`` (all partitions), from
     the beginning to its end when called; return the count. An unknown topic is empty."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+
+    from streaming_ml.topics import read_until_end
 
     consumer = Consumer(
         {
@@ -262,7 +264,6 @@ def read_to_end(
             "fetch.message.max.bytes": MAX_MODEL_BYTES,
         }
     )
-    count = 0
     try:
         try:
             meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
@@ -273,26 +274,20 @@ def read_to_end(
             ) from error
         if meta is None or meta.error is not None:
             return 0
-        todo = set(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise RegistryError(
-                    f"read only {count} records of {topic} in {timeout_s:.0f}s; "
-                    "is Kafka overloaded? See `streaming-ml stack logs kafka`."
-                )
-            for msg in consumer.consume(num_messages=500, timeout=1.0):
-                error = msg.error()
-                if error is None:
-                    on_record(msg.key(), msg.value())
-                    count += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    todo.discard(msg.partition())
-                else:
-                    logger.debug("registry read error", extra={"error": str(error)})
+        count, complete = read_until_end(
+            consumer,
+            topic,
+            dict.fromkeys(meta.partitions, OFFSET_BEGINNING),
+            lambda msg: on_record(msg.key(), msg.value()),
+            timeout_s,
+        )
     finally:
         consumer.close()
+    if not complete:
+        raise RegistryError(
+            f"read only {count} records of {topic} in {timeout_s:.0f}s; "
+            "is Kafka overloaded? See `streaming-ml stack logs kafka`."
+        )
     return count
 
 

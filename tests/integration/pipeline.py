@@ -318,8 +318,11 @@ class TopicRecord:
     offset: int = -1
 
 
-def read_topic(settings: Settings, topic: str, decode_value: bool = True) -> list[TopicRecord]:
-    """Every committed record of ``topic`` from the beginning to its current end."""
+def read_topic(
+    settings: Settings, topic: str, decode_value: bool = True, committed_only: bool = True
+) -> list[TopicRecord]:
+    """Every committed record of ``topic`` from the beginning to its current end (with
+    ``committed_only=False``, those of open and aborted transactions too)."""
     decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
     key_ctx = SerializationContext(topic, MessageField.KEY)
     value_ctx = SerializationContext(topic, MessageField.VALUE)
@@ -333,5 +336,5 @@ def read_topic(settings: Settings, topic: str, decode_value: bool = True) -> lis
             TopicRecord(key, value, headers, msg.key(), msg.value(), msg.partition(), msg.offset())
         )
 
-    bench_read_topic(settings, topic, {}, keep, 120.0, Console(quiet=True))
+    bench_read_topic(settings, topic, {}, keep, 120.0, Console(quiet=True), committed_only)
     return records

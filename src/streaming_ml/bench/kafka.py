@@ -93,38 +93,34 @@ def read_topic(
     on_message: Callable[[Any], None],
     timeout_s: float,
     console: Console,
+    committed_only: bool = True,
 ) -> int:
     """Read the committed records of ``topic`` from ``start`` (per partition, default the
-    beginning) to its current end; call ``on_message`` for each; return how many.
+    beginning) to its current end (``topics.read_until_end``), with progress; call
+    ``on_message`` for each; return how many. ``committed_only=False`` also hands out
+    records of open and aborted transactions."""
+    from confluent_kafka import OFFSET_BEGINNING
 
-    The end is librdkafka's partition-EOF event, not the high watermark: the bridge
-    writes in transactions, and their commit markers take offsets no reader is handed.
-    """
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    from streaming_ml.topics import read_until_end
 
-    consumer = _consumer(settings, **{"enable.partition.eof": True})
-    count = 0
+    isolation = "read_committed" if committed_only else "read_uncommitted"
+    consumer = _consumer(settings, **{"enable.partition.eof": True, "isolation.level": isolation})
     try:
         ends = high_watermarks(consumer, topic) or {}
-        todo = {p for p, end in ends.items() if end > start.get(p, 0)}
+        todo = {
+            p: start.get(p, OFFSET_BEGINNING) for p, end in ends.items() if end > start.get(p, 0)
+        }
         if not todo:
             return 0
-        consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in todo])
         with Waiting(console, f"reading records back from {topic}", timeout_s) as wait:
-            while todo:
-                if wait.expired():
-                    raise BenchError(
-                        f"read only {count} records of {topic} in {timeout_s:.0f}s; "
-                        "is Kafka overloaded? See `streaming-ml stack logs kafka`"
-                    )
-                for msg in consumer.consume(num_messages=5_000, timeout=1.0):
-                    error = msg.error()
-                    if error is None:
-                        on_message(msg)
-                        count += 1
-                    elif error.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(msg.partition())
-                wait.update(f"{count} read")
+            count, complete = read_until_end(
+                consumer, topic, todo, on_message, timeout_s, lambda n: wait.update(f"{n} read")
+            )
+        if not complete:
+            raise BenchError(
+                f"read only {count} records of {topic} in {timeout_s:.0f}s; "
+                "is Kafka overloaded? See `streaming-ml stack logs kafka`"
+            )
     finally:
         consumer.close()
     return count
