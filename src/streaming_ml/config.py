@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         10.0, ge=1, description="Kafka transaction timeout of the bridge's output"
     )
 
+    fault_kill_at: str | None = Field(
+        None, description="Tests only: SIGKILL the bridge at POINT:N (see bridge/faults.py)"
+    )
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -290,3 +290,46 @@ def test_kafka_and_connect_restarts_under_load_lose_and_duplicate_nothing(
     )
     assert query(dsn, count, (inserted,))[0]["n"] == 1500
     assert_prices_match_service(prediction_service, listings(dsn, source, inserted), predictions)
+
+
+@pytest.mark.parametrize("point", ["priced", "produced"])
+def test_sigkill_at_an_exact_point_of_a_batch_loses_and_duplicates_nothing(
+    stack_settings: Settings, prediction_service: str, tmp_path: Path, point: str
+) -> None:
+    # Small batches, every listing in the topic before the bridge starts: batch 3 is full.
+    settings = pipeline_settings(stack_settings, prediction_service, batch_max_events=50)
+    dsn = dsn_of(settings)
+    start_group_at_end(settings)
+    ids = load_listings(dsn, 400, seed=250, batch=40, table=settings.listings_table).ids
+    log = tmp_path / "bridges.log"
+    dying = start_bridge_process(settings.model_copy(update={"fault_kill_at": f"{point}:3"}), log)
+    assert dying.wait(timeout=120) == -signal.SIGKILL, log.read_text()[-3000:]
+    assert f"point={point} batch=3" in log.read_text()
+    ours = set(ids)
+    if point == "produced":
+        # Batch 3's records reached the brokers, in a transaction that never committed.
+        def count(committed_only: bool) -> int:
+            records = read_topic(settings, settings.predictions_topic, False, committed_only)
+            return sum(r.key["listing_id"] in ours for r in records)
+
+        assert count(committed_only=False) > count(committed_only=True) > 0
+
+    survivor = start_bridge_process(settings, log)
+    try:
+        predictions = wait_until(
+            lambda: settled(dsn, settings, ids),
+            120,
+            "every listing priced after the kill",
+            explain=lambda: where_stuck(settings, dsn, ids),
+        )
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(timeout=60)
+    committed = [
+        r.key["listing_id"]
+        for r in read_topic(settings, settings.predictions_topic, False)
+        if r.key["listing_id"] in ours
+    ]
+    assert sorted(committed) == sorted(ids), "a listing was lost or priced twice in the topic"
+    rows = listings(dsn, settings.listings_table, ids)
+    assert_prices_match_service(prediction_service, rows, predictions)

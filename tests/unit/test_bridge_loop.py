@@ -159,7 +159,12 @@ class FakeOutput:
         self.error = error
         self.published: list[tuple[list[OutRecord], list[Position]]] = []
 
-    def publish(self, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]) -> None:
+    def publish(
+        self,
+        records: Sequence[OutRecord],
+        offsets: Sequence[TopicPartition],
+        after_produce: Callable[[], None] | None = None,
+    ) -> None:
         if self.error is not None:
             raise self.error
         self.published.append(

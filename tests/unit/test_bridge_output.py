@@ -170,6 +170,26 @@ def test_offsets_are_sent_inside_the_transaction_after_every_record_and_commit_i
     ]
 
 
+def test_fault_hook_runs_after_every_record_is_acknowledged_and_before_the_offsets() -> None:
+    producers = Producers()
+    out = output(producers)
+    out.publish([prediction(1)], OFFSETS, after_produce=lambda: producers.log.append(("hook",)))
+    assert producers.names()[2:] == [
+        "produce", "flush", "hook", "send_offsets_to_transaction", "commit_transaction",
+    ]  # fmt: skip
+
+
+def test_kill_point_parses_point_and_batch_and_refuses_anything_else() -> None:
+    from streaming_ml.bridge.faults import KillPoint
+    from streaming_ml.exceptions import ConfigError
+
+    assert KillPoint.parse(None) is None and KillPoint.parse("") is None
+    assert KillPoint.parse("produced:3") == KillPoint("produced", 3)
+    for bad in ("produced", "produced:0", "committed:2", "priced:x"):
+        with pytest.raises(ConfigError, match="SML_FAULT_KILL_AT"):
+            KillPoint.parse(bad)
+
+
 def test_each_batch_is_its_own_transaction_on_one_producer() -> None:
     producers = Producers()
     out = output(producers)

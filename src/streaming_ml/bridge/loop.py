@@ -34,6 +34,7 @@ from prometheus_client import start_http_server
 from streaming_ml import connectors, serde
 from streaming_ml.bridge import kafka_setup
 from streaming_ml.bridge.changes import Change, ChangeDecoder, RegistryUnavailable
+from streaming_ml.bridge.faults import KillPoint
 from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats
 from streaming_ml.bridge.offsets import (
     Position,
@@ -98,6 +99,7 @@ class Bridge:
         self._pausing = Pausing(settings.service_backoff_s, self.metrics.paused.set)
         self._consumer: Consumer | None = None
         self._output: TransactionalOutput | None = None
+        self._kill_at = KillPoint.parse(settings.fault_kill_at)
         self._pricer = Pricer(
             PredictionClient(settings.prediction_url, settings.request_timeout_s),
             retry_delays=[
@@ -145,6 +147,7 @@ class Bridge:
         try:
             actions = plan_actions(self._decode(batch))
             priced, model_ms = self._price(batch, actions)
+            self._fault("priced")
         except RegistryUnavailable as error:
             self._pause_and_rewind(batch, "schema registry", self._registry_ready, str(error))
             return
@@ -188,7 +191,9 @@ class Bridge:
         """One transaction; False (and the batch rewound) when it did not commit."""
         try:
             self._output_or_fail().publish(
-                records, offsets_to_commit(batch.positions[i] for i in done)
+                records,
+                offsets_to_commit(batch.positions[i] for i in done),
+                after_produce=(lambda: self._fault("produced")) if self._kill_at else None,
             )
             return True
         except OutputAborted as error:
@@ -202,6 +207,10 @@ class Bridge:
             self._drop_output()
             self._pause_and_rewind(batch, "Kafka producer", self._output_ready, str(error))
         return False
+
+    def _fault(self, point: str) -> None:
+        if self._kill_at is not None:
+            self._kill_at.reached(point, self.stats.batches + 1)
 
     def _account(self, events: int, built: Built, model_ms: float, started: float) -> None:
         for stage, n in built.dlq_stages.items():

@@ -85,10 +85,17 @@ class TransactionalOutput:
         producer.init_transactions(self._timeout_s)
         return producer
 
-    def publish(self, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]) -> None:
+    def publish(
+        self,
+        records: Sequence[OutRecord],
+        offsets: Sequence[TopicPartition],
+        after_produce: Callable[[], None] | None = None,
+    ) -> None:
         """Produce ``records`` and commit ``offsets`` atomically.
 
-        Raises OutputAborted (rewind and redo the batch) or OutputFatal.
+        ``after_produce`` (fault injection) runs once every record is acknowledged by the
+        brokers, before the offsets are sent. Raises OutputAborted (rewind and redo the
+        batch) or OutputFatal.
         """
         refused: dict[int, OutRecord] = {}  # records Kafka refused, by position: use fallbacks
         for _attempt in range(3):
@@ -97,6 +104,9 @@ class TransactionalOutput:
                 self._producer.begin_transaction()
                 for position, record in enumerate(records):
                     self._produce(refused.get(position, record), position, delivery_errors)
+                if after_produce is not None:
+                    self._producer.flush(self._timeout_s)
+                    after_produce()
                 if offsets:
                     self._send_offsets(list(offsets))
                 self._commit()
