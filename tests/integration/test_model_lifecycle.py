@@ -138,9 +138,19 @@ def test_promotion_mid_stream_switches_every_partition_once_and_loses_nothing(
             http_response_code="200",
         )  # fmt: skip
         assert failed == ok > 0, "a /predict_batch request failed during the swap"
+        # Per-arm metrics: every row counted once, under the model that priced it.
+        rows_by_tag = {
+            tag: service_metric(
+                service, "sml_service_arm_rows_total", arm="champion", model_tag=tag
+            )
+            for tag in (old, new)
+        }
+        assert service_metric(service, "sml_service_arm_errors_total") == 0
 
     tags = Counter(p["model_tag"] for p in predictions.values())
     assert set(tags) == {old, new} and tags[old] >= 1500, tags
+    # (At least: a batch retried after a timeout is priced twice; its first answer unused.)
+    assert rows_by_tag[old] >= tags[old] and rows_by_tag[new] >= tags[new], rows_by_tag
     # Each listing's price is exactly what the model named on its row says.
     rows = listings(dsn, settings.listings_table, inserted)
     for tag in (old, new):
@@ -223,6 +233,26 @@ EXAMPLE_RECORD = {
 }  # fmt: skip
 
 
+@contextmanager
+def experiment_running(
+    stack_settings: Settings, champion: str, experiment: dict[str, Any], tmp_path: Path
+) -> Iterator[Settings]:
+    """A following service with ``champion`` claimed and ``experiment`` (challenger and
+    split_percent, and/or shadow) served; yields pipeline settings that call it."""
+    registry_settings = own_registry(stack_settings)
+    with following_service(registry_settings, champion, tmp_path / "service.log") as service:
+        wait_until(lambda: champion_is(service, champion), 30, "the champion claimed")
+        lifecycle.start_experiment(
+            registry_settings,
+            experiment.get("challenger"),
+            experiment.get("split_percent", 0.0),
+            experiment.get("shadow"),
+        )
+        arms = {arm for arm in ("challenger", "shadow") if experiment.get(arm)}
+        wait_until(lambda: arms <= set(model_info(service)["arms"]), 10, f"{arms} served")
+        yield pipeline_settings(registry_settings, service.url)
+
+
 def arms_of(dsn: str, settings: Settings, ids: list[int]) -> dict[int, tuple[str, str]]:
     rows = predictions_for(dsn, settings.predictions_table, ids)
     return {i: (r["arm"], r["model_tag"]) for i, r in rows.items()}
@@ -231,12 +261,8 @@ def arms_of(dsn: str, settings: Settings, ids: list[int]) -> dict[int, tuple[str
 def test_ab_split_holds_its_share_and_every_update_stays_on_its_arm(
     stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
 ) -> None:
-    registry_settings = own_registry(stack_settings)
-    with following_service(registry_settings, trained_model_tag, tmp_path / "s.log") as service:
-        wait_until(lambda: champion_is(service, trained_model_tag), 30, "the champion claimed")
-        lifecycle.start_experiment(registry_settings, second_model_tag, 20, None)
-        wait_until(lambda: "challenger" in model_info(service)["arms"], 10, "the challenger served")
-        settings = pipeline_settings(registry_settings, service.url)
+    experiment = {"challenger": second_model_tag, "split_percent": 20.0}
+    with experiment_running(stack_settings, trained_model_tag, experiment, tmp_path) as settings:
         dsn = dsn_of(settings)
         source = settings.listings_table
         with running_bridge(settings):
@@ -262,12 +288,8 @@ def test_ab_split_holds_its_share_and_every_update_stays_on_its_arm(
 def test_shadow_prices_every_listing_once_and_never_touches_the_served_price(
     stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
 ) -> None:
-    registry_settings = own_registry(stack_settings)
-    with following_service(registry_settings, trained_model_tag, tmp_path / "s.log") as service:
-        wait_until(lambda: champion_is(service, trained_model_tag), 30, "the champion claimed")
-        lifecycle.start_experiment(registry_settings, None, 0, second_model_tag)
-        wait_until(lambda: "shadow" in model_info(service)["arms"], 10, "the shadow loaded")
-        settings = pipeline_settings(registry_settings, service.url)
+    experiment = {"shadow": second_model_tag}
+    with experiment_running(stack_settings, trained_model_tag, experiment, tmp_path) as settings:
         dsn = dsn_of(settings)
         source = settings.listings_table
         with running_bridge(settings):
