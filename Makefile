@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv stack-install demo test test-unit lint format bench clean
+.PHONY: help setup venv stack-install demo compose-init test test-unit lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ setup: venv stack-install ## Everything: venv, system packages, jars (idempotent
 
 demo: setup ## Run the end-to-end demo (Ctrl-C stops everything)
 	$(BIN)/streaming-ml demo
+
+compose-init: venv ## Generate the Docker Compose stack's passwords into a 0600 .env (once)
+	$(BIN)/streaming-ml compose init
 
 test: setup ## Run the whole test suite against real components
 	$(BIN)/pytest

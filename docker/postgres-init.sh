@@ -13,11 +13,12 @@ for sql in "${SQL_DIR:-/sql}"/[0-9][0-9]-*.sql; do
 done
 
 # psql substitutes :'name' as a quoted literal only in script input, hence the heredoc.
-psql -X -q -v ON_ERROR_STOP=1 -d postgres \
-    -v app="$SML_PG_APP_PASSWORD" \
-    -v cdc="$SML_PG_SOURCE_PASSWORD" \
-    -v sink="$SML_PG_SINK_PASSWORD" \
-    -v registry="$SML_PG_REGISTRY_PASSWORD" <<'SQL'
+# \getenv reads each password from the environment: never on a command line (`ps`).
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+\getenv app SML_PG_APP_PASSWORD
+\getenv cdc SML_PG_SOURCE_PASSWORD
+\getenv sink SML_PG_SINK_PASSWORD
+\getenv registry SML_PG_REGISTRY_PASSWORD
 ALTER ROLE cars_app PASSWORD :'app';
 ALTER ROLE cars_cdc PASSWORD :'cdc';
 ALTER ROLE cars_sink PASSWORD :'sink';

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, Settings
+from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, REPO_ROOT, Settings
 from streaming_ml.exceptions import StreamingMLError
 from streaming_ml.logging import configure_logging
 
@@ -36,6 +36,8 @@ experiment_app = typer.Typer(
     help="A/B and shadow experiments: start, status, stop.", no_args_is_help=True
 )
 app.add_typer(experiment_app, name="experiment")
+compose_app = typer.Typer(help="The Docker Compose stack's secrets.", no_args_is_help=True)
+app.add_typer(compose_app, name="compose")
 
 
 def _settings() -> Settings:
@@ -532,3 +534,22 @@ def experiment_stop() -> None:
     except StreamingMLError as error:
         _fail(error)
     typer.echo("experiment stopped" if stopped else "no experiment was running")
+
+
+@compose_app.command("init")
+def compose_init(
+    env_file: Path = typer.Option(REPO_ROOT / ".env", help="Compose's .env file (0600)"),
+    state_dir: Path = typer.Option(
+        REPO_ROOT / ".stack" / "compose", help="Where the host CLI finds the same passwords"
+    ),
+) -> None:
+    """Generate the compose stack's database passwords (once; existing values are kept)."""
+    _settings()
+    from streaming_ml.compose import init
+
+    added = init(env_file, state_dir)
+    if added:
+        typer.echo(f"{env_file}: generated {', '.join(added)} (mode 0600)")
+    else:
+        typer.echo(f"{env_file}: every password already set")
+    typer.echo(f"host CLI: export SML_STATE_DIR={state_dir}")

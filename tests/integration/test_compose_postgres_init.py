@@ -20,7 +20,7 @@ from tests.fixtures.stack import private_stack_settings
 pytestmark = pytest.mark.integration
 
 SCRIPT = REPO_ROOT / "docker" / "postgres-init.sh"
-# The values compose passes when no .env overrides them; one has a quote and a space,
+# Passwords as `streaming-ml compose init` or a user puts them in .env; one has a quote and a space,
 # because the script must pass passwords to SQL as literals, not as text.
 ROLE_PASSWORDS = {
     "SML_PG_APP_PASSWORD": "cars-app 'local' only",
@@ -166,3 +166,49 @@ def test_postgres_init_stops_at_the_first_error(bare_postgres: tuple[Settings, s
     assert result.returncode != 0
     assert "password authentication failed" in result.stderr
     assert "roles and schema ready" not in result.stdout
+
+
+def test_postgres_init_never_puts_a_password_on_a_command_line() -> None:
+    # psql -v name=value would show each password to every local user in `ps`: the script
+    # reads each one inside psql (\getenv) and never expands it in the shell.
+    import re
+
+    script = SCRIPT.read_text()
+    for variable in ROLE_PASSWORDS:
+        assert f"${variable}" not in script and "${" + variable not in script, variable
+        assert re.search(rf"^\\getenv \w+ {variable}$", script, re.MULTILINE), variable
+
+
+def test_compose_pg_hba_refuses_physical_replication_and_allows_cdc(
+    bare_postgres: tuple[Settings, str],
+) -> None:
+    from psycopg2.extras import LogicalReplicationConnection, PhysicalReplicationConnection
+
+    settings, superuser_password = bare_postgres
+    assert run_script(settings, superuser_password).returncode == 0
+    hba = postgres.data_dir(settings.state_dir) / "pg_hba.conf"
+    original = hba.read_text()
+    admin = connect_as(settings, secrets.SUPERUSER, superuser_password, "postgres")
+    admin.autocommit = True
+    try:
+        hba.write_text((REPO_ROOT / "docker" / "pg_hba.conf").read_text())
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+            cur.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL")
+            assert cur.fetchone() == (0,)
+        cdc = postgres.dsn(
+            settings, secrets.SOURCE_ROLE, ROLE_PASSWORDS["SML_PG_SOURCE_PASSWORD"], "cars"
+        )
+        # A base backup of the whole cluster needs a physical replication connection.
+        with pytest.raises(psycopg2.OperationalError, match=r"pg_hba\.conf"):
+            psycopg2.connect(cdc, connection_factory=PhysicalReplicationConnection)
+        # Debezium's pgoutput stream is a logical replication connection to `cars`.
+        psycopg2.connect(cdc, connection_factory=LogicalReplicationConnection).close()
+        for variable, password in ROLE_PASSWORDS.items():
+            role = ROLE_OF[variable]
+            connect_as(settings, role, password, postgres.database_for(role)).close()
+    finally:
+        hba.write_text(original)
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+        admin.close()

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from streaming_ml import connect
+from streaming_ml.compose import ENV_OF_ROLE
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.stack import connect as connect_worker
 from streaming_ml.stack import kafka, postgres, secrets
@@ -29,23 +30,31 @@ COMPOSE_FILES = (MAIN, DEV)
 POD_OWNER = "postgres"
 POD_MODE = f"service:{POD_OWNER}"
 ALLOWED_CONDITIONS = {"service_healthy", "service_completed_successfully"}
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+# What `streaming-ml compose init` writes into .env: the only variables without a default.
+SECRETS = {variable: f"generated-{variable.lower()}" for variable in ENV_OF_ROLE.values()}
 
 
 # --- Reading the files ------------------------------------------------------------------
 
 
 def interpolate(text: str) -> str:
-    """Compose interpolation with an empty environment, i.e. the documented defaults.
+    """Compose interpolation with only the .env of `streaming-ml compose init`, i.e. the
+    documented defaults plus the generated passwords.
 
-    ``$$`` is a literal ``$`` (left for the container's shell); a variable without a
-    default is an error, because `docker compose up` must work without a .env file.
+    ``$$`` is a literal ``$`` (left for the container's shell). A password must be
+    required (``${NAME:?hint}``): no default is shipped. Any other variable must have a
+    default, because `docker compose up` must work with nothing but that .env.
     """
     parts = text.split("$$")
 
     def substitute(match: re.Match[str]) -> str:
         name, operator, default = match.groups()
-        if operator is None:
+        if name in SECRETS:
+            if operator != ":?" or "compose init" not in default:
+                raise AssertionError(f"${{{name}}} must be required: ${{{name}:?run ... init}}")
+            return SECRETS[name]
+        if operator != ":-":
             raise AssertionError(f"${{{name}}} has no default (use ${{{name}:-value}})")
         return default
 
@@ -629,3 +638,25 @@ def test_runtime_image_has_the_layout_the_code_expects() -> None:
     assert workdirs[-1] == "/app"
     # Editable, so that REPO_ROOT (two levels above the package) is /app.
     assert any(k == "RUN" and "pip install --no-deps -e ." in a for k, a in stages["runtime"])
+
+
+def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> None:
+    from streaming_ml.compose import init, read_env_file
+
+    env_file, state_dir = tmp_path / ".env", tmp_path / "state"
+    env_file.write_text("SML_PG_APP_PASSWORD=chosen-by-me\nSML_SERVICE_PORT=3001\n")
+    added = init(env_file, state_dir)
+    assert sorted(added) == sorted(set(ENV_OF_ROLE.values()) - {"SML_PG_APP_PASSWORD"})
+    values = read_env_file(env_file)
+    assert values["SML_PG_APP_PASSWORD"] == "chosen-by-me" and values["SML_SERVICE_PORT"] == "3001"
+    generated = [values[v] for v in ENV_OF_ROLE.values() if v != "SML_PG_APP_PASSWORD"]
+    assert len(set(generated)) == 4 and all(len(v) >= 32 for v in generated)
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    # The host CLI reads the same values from the state dir.
+    stored = secrets.load_passwords(state_dir)
+    assert {stored[role] for role in ENV_OF_ROLE} == {values[v] for v in ENV_OF_ROLE.values()}
+    assert secrets.secrets_path(state_dir).stat().st_mode & 0o777 == 0o600
+    # Again: nothing changes.
+    before = env_file.read_text()
+    assert init(env_file, state_dir) == []
+    assert env_file.read_text() == before

@@ -1,0 +1,68 @@
+"""``streaming-ml compose init``: the secrets of the Docker Compose stack, generated once.
+
+docker-compose.yml ships no password: each one is required from the environment or the
+``.env`` file next to it. This writes that file (mode 0600) with a random password per
+database role, keeping any value already there, and the same values as the host CLI's
+stack credentials (``.stack/compose``), so `SML_STATE_DIR=.stack/compose streaming-ml load`
+talks to the containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from streaming_ml.stack import secrets
+
+# The compose variable of each role's password.
+ENV_OF_ROLE = {
+    secrets.SUPERUSER: "POSTGRES_PASSWORD",
+    secrets.APP_ROLE: "SML_PG_APP_PASSWORD",
+    secrets.SOURCE_ROLE: secrets.SOURCE_PASSWORD_ENV,
+    secrets.SINK_ROLE: secrets.SINK_PASSWORD_ENV,
+    secrets.REGISTRY_ROLE: "SML_PG_REGISTRY_PASSWORD",
+}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a compose ``.env`` (comments and blank lines skipped)."""
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and "=" in stripped:
+            key, _, value = stripped.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def init(env_file: Path, state_dir: Path) -> list[str]:
+    """Make sure ``env_file`` holds every compose password and ``state_dir`` the same
+    values; return the variables added now (their values are never printed)."""
+    present = read_env_file(env_file)
+    generated = secrets.ensure_passwords(state_dir)
+    added = [variable for variable in ENV_OF_ROLE.values() if not present.get(variable)]
+    values = {
+        role: present.get(variable) or generated[role] for role, variable in ENV_OF_ROLE.items()
+    }
+    if added:
+        lines = [] if not env_file.exists() else env_file.read_text().splitlines()
+        if not lines:
+            lines.append("# Written by `streaming-ml compose init`: keep it private (0600).")
+        role_of = {variable: role for role, variable in ENV_OF_ROLE.items()}
+        lines += [f"{variable}={values[role_of[variable]]}" for variable in added]
+        _write_private(env_file, "\n".join(lines) + "\n")
+    os.chmod(env_file, 0o600)
+    # The host CLI reads the containers' passwords from the state dir.
+    _write_private(secrets.secrets_path(state_dir), json.dumps(values))
+    return added
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
