@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # `streaming-ml train` without --data, and the demo's first model.
 DEFAULT_SYNTHETIC_ROWS = 20_000
 DEFAULT_SEED = 42
+SQL_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
 
 
 class Settings(BaseSettings):
@@ -42,9 +43,11 @@ class Settings(BaseSettings):
     bridge_metrics_port: int = 9400
 
     # Names used everywhere: code, connector configs, README, compose.
-    database: str = "cars"
-    listings_table: str = "car_listings"
-    predictions_table: str = "car_price_predictions"
+    # Names that end up in SQL, generated DDL and connector configs: plain lower-case
+    # identifiers only, so none of them can carry SQL (queries also quote them).
+    database: str = Field("cars", pattern=SQL_NAME)
+    listings_table: str = Field("car_listings", pattern=SQL_NAME)
+    predictions_table: str = Field("car_price_predictions", pattern=SQL_NAME)
     topic_prefix: str = "cars"
     predictions_topic: str = "car_price_predictions"
     dlq_topic: str = "car_listings.dlq"
@@ -52,7 +55,7 @@ class Settings(BaseSettings):
         "car_price_predictions_shadow", description="Shadow models' predictions (never served)"
     )
     shadow_table: str = Field(
-        "car_price_predictions_shadow", description="Table the shadow sink writes"
+        "car_price_predictions_shadow", pattern=SQL_NAME, description="Table the shadow sink writes"
     )
     source_connector: str = "car-listings-source"
     sink_connector: str = "car-price-predictions-sink"

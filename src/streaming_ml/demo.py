@@ -59,12 +59,14 @@ def ensure_model(settings: Settings, console: Console) -> str:
 def _listings(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
     import psycopg2
     import psycopg2.extras
+    from psycopg2 import sql
 
     with (
         psycopg2.connect(dsn, connect_timeout=10) as conn,
         conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
     ):
-        cur.execute(f"SELECT * FROM public.{table} WHERE id = ANY(%s) ORDER BY id", (ids,))
+        query = sql.SQL("SELECT * FROM {} WHERE id = ANY(%s) ORDER BY id")
+        cur.execute(query.format(sql.Identifier("public", table)), (ids,))
         found = {int(r["id"]): dict(r) for r in cur.fetchall()}
     conn.close()
     return found

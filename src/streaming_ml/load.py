@@ -9,7 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streaming_ml.data import LISTING_COLUMNS, generate_listing_records, quote_ident
+from psycopg2 import sql
+
+from streaming_ml.data import LISTING_COLUMNS, generate_listing_records
 from streaming_ml.exceptions import DataError, StackError
 
 logger = logging.getLogger(__name__)
@@ -33,9 +35,11 @@ class LoadSummary:
         )
 
 
-def insert_statement(table: str) -> str:
-    columns = ", ".join(quote_ident(c.name) for c in LISTING_COLUMNS)
-    return f"INSERT INTO public.{quote_ident(table)} ({columns}) VALUES %s RETURNING id"
+def insert_statement(table: str) -> sql.Composed:
+    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in LISTING_COLUMNS)
+    return sql.SQL("INSERT INTO {} ({}) VALUES %s RETURNING id").format(
+        sql.Identifier("public", table), columns
+    )
 
 
 def insert_records(

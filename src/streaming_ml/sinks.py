@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
+from psycopg2 import sql
 
 # Poll interval of a bounded wait: short against the pipeline's ~100 ms latency,
 # long enough not to load Postgres.
@@ -21,11 +22,11 @@ def read_predictions(conn: Any, table: str, ids: Iterable[int]) -> dict[int, dic
     """Prediction rows of ``ids`` by listing id, with ``written_ms`` (epoch ms of
     ``written_at``) for latency arithmetic against the ms fields."""
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        cur.execute(
-            f"SELECT *, (extract(epoch FROM written_at) * 1000)::bigint AS written_ms "
-            f"FROM public.{table} WHERE listing_id = ANY(%s)",
-            (list(ids),),
-        )
+        query = sql.SQL(
+            "SELECT *, (extract(epoch FROM written_at) * 1000)::bigint AS written_ms "
+            "FROM {} WHERE listing_id = ANY(%s)"
+        ).format(sql.Identifier("public", table))
+        cur.execute(query, (list(ids),))
         return {int(row["listing_id"]): dict(row) for row in cur.fetchall()}
 
 

@@ -281,3 +281,15 @@ def test_kraft_cluster_ids_never_look_like_an_option() -> None:
     ids = [kafka.new_cluster_id() for _ in range(3000)]
     assert len(set(ids)) == 3000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_table_and_database_names_must_be_plain_identifiers() -> None:
+    import pydantic
+
+    from streaming_ml.config import Settings
+
+    for field in ("listings_table", "predictions_table", "shadow_table", "database"):
+        for bad in ('cars"; DROP TABLE car_listings; --', "Car Listings", "1cars", ""):
+            with pytest.raises(pydantic.ValidationError, match=field):
+                Settings(**{field: bad})
+    assert Settings(listings_table="listings_2026").listings_table == "listings_2026"

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import requests
+from psycopg2 import sql
 from rich.console import Console
 
 from streaming_ml.bench import serving
@@ -267,12 +268,14 @@ class Bench:
             raise BenchError(f"the load generator inserted {report.inserted} of {rows} rows")
         return report, lag_samples
 
-    def _count_sql(self) -> str:
+    def _count_sql(self) -> sql.Composed:
         s = self.settings
-        return (
-            f"SELECT (SELECT count(*) FROM public.{s.listings_table} WHERE id BETWEEN %(a)s AND "
-            f"%(b)s), (SELECT count(*) FROM public.{s.predictions_table} WHERE listing_id "
-            "BETWEEN %(a)s AND %(b)s)"
+        return sql.SQL(
+            "SELECT (SELECT count(*) FROM {} WHERE id BETWEEN %(a)s AND %(b)s), "
+            "(SELECT count(*) FROM {} WHERE listing_id BETWEEN %(a)s AND %(b)s)"
+        ).format(
+            sql.Identifier("public", s.listings_table),
+            sql.Identifier("public", s.predictions_table),
         )
 
     def wait_predicted(
@@ -328,12 +331,12 @@ class Bench:
         import psycopg2
 
         s = self.settings
-        query = (
+        query = sql.SQL(
             "SELECT listing_id, source_ts_ms, kafka_ts_ms, bridge_received_ts_ms, "
             "predicted_ts_ms, model_latency_ms, "
             "extract(epoch FROM written_at)::float8 * 1000 "
-            f"FROM public.{s.predictions_table} WHERE listing_id BETWEEN %s AND %s"
-        )
+            "FROM {} WHERE listing_id BETWEEN %s AND %s"
+        ).format(sql.Identifier("public", s.predictions_table))
         conn = psycopg2.connect(self.dsn, connect_timeout=10)
         try:
             with conn.cursor() as cur:
@@ -608,10 +611,10 @@ class Bench:
         import psycopg2
 
         o, s = self.options, self.settings
-        query = (
-            f"SELECT count(*) FROM public.{s.predictions_table} WHERE listing_id BETWEEN "
+        query = sql.SQL(
+            "SELECT count(*) FROM {} WHERE listing_id BETWEEN "
             "%(a)s AND %(b)s AND bridge_received_ts_ms >= %(since)s"
-        )
+        ).format(sql.Identifier("public", s.predictions_table))
         bounds = {"a": report.first_id, "b": report.last_id, "since": int(since_ms)}
         what = "JDBC sink writing this round's predictions"
         conn = psycopg2.connect(self.dsn, connect_timeout=10)
