@@ -117,16 +117,16 @@ def test_promotion_mid_stream_switches_every_partition_once_and_loses_nothing(
         with running_bridge(settings) as bridge:
             loader = threading.Thread(
                 target=lambda: inserted.extend(
-                    load_listings(dsn, 6000, seed=301, rate=300, batch=10,
+                    load_listings(dsn, 15_000, seed=301, rate=500, batch=10,
                                   table=settings.listings_table).ids
                 )
             )  # fmt: skip
             loader.start()
-            wait_until(lambda: bridge.bridge.stats.predicted >= 1500, 120, "1,500 listings priced")
+            wait_until(lambda: bridge.bridge.stats.predicted >= 5000, 120, "5,000 listings priced")
             lifecycle.promote(settings, new, force=True)
             wait_until(lambda: champion_is(service, new), 10, "the promoted model served")
             loader.join(timeout=120)
-            assert not loader.is_alive() and len(set(inserted)) == 6000
+            assert not loader.is_alive() and len(set(inserted)) == 15_000
             predictions = wait_until(
                 lambda: settled(dsn, settings, inserted), 180, "every listing priced",
                 explain=lambda: where_stuck(settings, dsn, inserted),
@@ -148,7 +148,7 @@ def test_promotion_mid_stream_switches_every_partition_once_and_loses_nothing(
         assert service_metric(service, "sml_service_arm_errors_total") == 0
 
     tags = Counter(p["model_tag"] for p in predictions.values())
-    assert set(tags) == {old, new} and tags[old] >= 1500, tags
+    assert set(tags) == {old, new} and tags[old] >= 5000, tags
     # (At least: a batch retried after a timeout is priced twice; its first answer unused.)
     assert rows_by_tag[old] >= tags[old] and rows_by_tag[new] >= tags[new], rows_by_tag
     # Each listing's price is exactly what the model named on its row says.
@@ -164,7 +164,7 @@ def test_promotion_mid_stream_switches_every_partition_once_and_loses_nothing(
     for record in read_topic(settings, settings.predictions_topic):
         if record.value is not None and record.key["listing_id"] in ours:
             sequences[record.partition].append(record.value["model_tag"])
-    assert sum(len(s) for s in sequences.values()) == 6000
+    assert sum(len(s) for s in sequences.values()) == 15_000
     for partition, sequence in sequences.items():
         switch = sequence.index(new) if new in sequence else len(sequence)
         assert set(sequence[:switch]) <= {old}, partition

@@ -160,7 +160,8 @@ def _prediction(listing_id: int, price: float) -> dict[str, Any]:
         "listing_id": listing_id, "predicted_price": price, "model_tag": "ford_price:test",
         "features_hash": "f" * 16, "source_lsn": None, "source_ts_ms": now, "kafka_ts_ms": now,
         "bridge_received_ts_ms": now, "predicted_ts_ms": now, "model_latency_ms": 1.25,
-        "end_to_end_ms": 12.5,
+        "end_to_end_ms": 12.5, "model_name": "ford_price", "model_version": "test",
+        "arm": "champion",
     }  # fmt: skip
     assert set(values) == {f.name for f in PREDICTION_FIELDS}
     return values
@@ -225,6 +226,45 @@ def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> No
         WAIT_S,
         "update and delete applied",
     )
+
+
+def test_connect_refuses_a_connector_that_overrides_its_kafka_clients(own_stack: Settings) -> None:
+    # The REST API is unauthenticated: a connector config must not be able to point its
+    # Kafka clients elsewhere (connector.client.config.override.policy=None).
+    sink = connect.load_connector(own_stack.sink_connector, own_stack)
+    rogue = {**sink, "consumer.override.bootstrap.servers": "127.0.0.1:1"}
+    url = own_stack.connect_url
+    answer = requests.put(f"{url}/connectors/rogue/config", json=rogue, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert "bootstrap.servers" in answer.text and "policy" in answer.text.lower(), answer.text
+    assert "rogue" not in requests.get(f"{url}/connectors", timeout=10).json()
+
+
+def test_role_passwords_reach_postgres_only_as_scram_verifiers(own_stack: Settings) -> None:
+    from streaming_ml.stack import secrets as stack_secrets
+
+    passwords = stack_secrets.load_passwords(own_stack.state_dir)
+    role = stack_secrets.APP_ROLE
+    conn = psycopg2.connect(postgres.superuser_dsn(own_stack, passwords, "postgres"))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # As a server that logs every statement would record it.
+            cur.execute("SET log_statement = 'all'")
+            cur.execute(postgres.set_password_sql(conn, role, passwords[role]))
+    finally:
+        conn.close()
+    log = own_stack.state_dir / "logs" / "postgres.log"
+
+    def logged() -> str | None:
+        text = log.read_text(errors="replace")
+        return text if "ALTER ROLE" in text else None
+
+    text = wait_until(logged, 10, "the ALTER ROLE statement in the server log")
+    assert "SCRAM-SHA-256$4096:" in text
+    assert passwords[role] not in text
+    # The verifier is the password: the role still logs in with it.
+    psycopg2.connect(stack.postgres_dsn(own_stack)).close()
 
 
 def test_second_up_is_a_no_op(own_stack: Settings) -> None:
@@ -407,42 +447,3 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return "State:\tZ" in status
-
-
-def test_connect_refuses_a_connector_that_overrides_its_kafka_clients(own_stack: Settings) -> None:
-    # The REST API is unauthenticated: a connector config must not be able to point its
-    # Kafka clients elsewhere (connector.client.config.override.policy=None).
-    sink = connect.load_connector(own_stack.sink_connector, own_stack)
-    rogue = {**sink, "consumer.override.bootstrap.servers": "127.0.0.1:1"}
-    url = own_stack.connect_url
-    answer = requests.put(f"{url}/connectors/rogue/config", json=rogue, timeout=30)
-    assert answer.status_code == 400, answer.text
-    assert "bootstrap.servers" in answer.text and "policy" in answer.text.lower(), answer.text
-    assert "rogue" not in requests.get(f"{url}/connectors", timeout=10).json()
-
-
-def test_role_passwords_reach_postgres_only_as_scram_verifiers(own_stack: Settings) -> None:
-    from streaming_ml.stack import secrets as stack_secrets
-
-    passwords = stack_secrets.load_passwords(own_stack.state_dir)
-    role = stack_secrets.APP_ROLE
-    conn = psycopg2.connect(postgres.superuser_dsn(own_stack, passwords, "postgres"))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            # As a server that logs every statement would record it.
-            cur.execute("SET log_statement = 'all'")
-            cur.execute(postgres.set_password_sql(conn, role, passwords[role]))
-    finally:
-        conn.close()
-    log = own_stack.state_dir / "logs" / "postgres.log"
-
-    def logged() -> str | None:
-        text = log.read_text(errors="replace")
-        return text if "ALTER ROLE" in text else None
-
-    text = wait_until(logged, 10, "the ALTER ROLE statement in the server log")
-    assert "SCRAM-SHA-256$4096:" in text
-    assert passwords[role] not in text
-    # The verifier is the password: the role still logs in with it.
-    psycopg2.connect(stack.postgres_dsn(own_stack)).close()
