@@ -29,17 +29,16 @@ RUN groupadd --gid "${APP_UID}" app \
 USER app
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml itself (no second list to keep in sync),
-# so that editing the code does not re-download xgboost and friends.
-COPY --chown=app:app pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first, exactly as `make setup` installs them (requirements.lock, every
+# file checked against its hash), so that editing the code does not re-download xgboost
+# and friends. The lock holds the dev tools too: one list, the one the tests ran with.
+COPY --chown=app:app pyproject.toml requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
 
 FROM base AS dev
 
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['optional-dependencies']['dev']))" > /tmp/requirements-dev.txt \
-    && pip install -r /tmp/requirements-dev.txt jupyterlab==4.6.6 "setuptools>=77" wheel
+RUN pip install jupyterlab==4.6.6 "setuptools>=77" wheel
 # setuptools is here so the editable install at start needs no network (--no-build-isolation);
 # 77 is the first release that reads pyproject's SPDX `license` string.
 

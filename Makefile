@@ -5,18 +5,27 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv stack-install demo compose-init test test-unit lint format bench clean
+.PHONY: help setup venv lock stack-install demo compose-init test test-unit lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions, every file checked against its hash; then the package
+# itself, whose dependencies the lock already holds.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install the package (fast when nothing changed)
+
+lock: ## Re-resolve requirements.lock from pyproject.toml (hashes included); then `make setup`
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
+		--python-version 3.11 --quiet -o requirements.lock
 
 stack-install: venv ## Install Postgres/Adminer/Java packages and fetch the Kafka/Debezium/Apicurio jars
 	$(BIN)/streaming-ml stack install
