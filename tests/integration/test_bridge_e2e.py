@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,33 @@ def test_invalid_rows_go_to_the_dlq_with_reasons(
         assert record.headers["source.topic"].decode() == settings.listings_topic
         assert int(record.headers["source.offset"]) >= 0
         assert record.raw_value and record.raw_value[0] == 0  # original Avro bytes
+
+
+def test_a_row_too_large_for_kafka_is_dead_lettered_and_the_stream_goes_on(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    # A 2 MB model name would make the change event larger than Kafka accepts and fail the
+    # Debezium task on every restart while WAL piles up; it is cut at capture instead.
+    from streaming_ml.data import MAX_CATEGORY_CHARS, generate_listing_records
+    from streaming_ml.load import insert_records
+
+    settings = pipeline_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    huge, normal = generate_listing_records(2, seed=108)
+    huge["model"] = "Fiesta" * 350_000
+    with running_bridge(settings):
+        ids = insert_records(dsn, [huge, normal], table=settings.listings_table).ids
+        wait_for_predictions(dsn, settings.predictions_table, ids[1:])
+
+        def dead_lettered() -> list[Any]:
+            records = read_topic(settings, settings.dlq_topic, decode_value=False)
+            return [r for r in records if r.key["id"] == ids[0]]
+
+        dead = wait_until(dead_lettered, 60, "the oversized row dead-lettered")
+    reason = dead[0].headers["reason"].decode()
+    assert reason.startswith("model:") and f"{MAX_CATEGORY_CHARS}" in reason, reason
+    assert len(dead[0].raw_value or b"") < 10_000
+    assert not predictions_for(dsn, settings.predictions_table, ids[:1])
 
 
 def test_updates_reprice_only_on_feature_change_and_deletes_remove(
