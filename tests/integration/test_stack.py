@@ -377,6 +377,11 @@ def test_status_json_describes_every_component(own_stack: Settings) -> None:
         assert str(info["port"]) in info["url"]
     assert body["registry"]["url"] == own_stack.registry_url
     assert body["connect"]["url"] == own_stack.connect_url
+    # The CDC slot's health, with its distance from the WAL cap that would invalidate it.
+    slot = body["postgres"]["replication"]
+    assert slot["slot"] == postgres.SLOT and slot["wal_status"] == "reserved", slot
+    assert 0 <= slot["retained_bytes"] < slot["cap_bytes"] == 2 * 2**30
+    assert slot["warning"] is None
     assert requests.get(body["registry"]["url"] + "/subjects", timeout=5).status_code == 200
 
 

@@ -90,6 +90,14 @@ def test_source_connector_settings() -> None:
     assert config["transforms.changes.type"] == "io.debezium.transforms.ExtractChangedRecordState"
     assert config["transforms.changes.header.unchanged.name"] == UNCHANGED_HEADER
     assert config["topic.creation.default.partitions"] == str(_settings().partitions)
+    # A huge text value would make the change event too large for Kafka and fail the task
+    # forever: text columns are cut at capture to one character over the rule's limit, so
+    # the bridge still refuses the row, with its reason.
+    from streaming_ml.data import LISTING_COLUMNS, MAX_CATEGORY_CHARS
+
+    texts = [c.name for c in LISTING_COLUMNS if c.kind == "category"]
+    truncate = config[f"column.truncate.to.{MAX_CATEGORY_CHARS + 1}.chars"]
+    assert truncate.split(",") == [f"public.car_listings.{name}" for name in texts]
 
 
 def test_sink_connector_settings() -> None:
@@ -293,3 +301,11 @@ def test_table_and_database_names_must_be_plain_identifiers() -> None:
             with pytest.raises(pydantic.ValidationError, match=field):
                 Settings(**{field: bad})
     assert Settings(listings_table="listings_2026").listings_table == "listings_2026"
+
+
+def test_slot_warning_before_the_wal_cap_and_when_lost() -> None:
+    cap = 2 * 2**30
+    assert postgres.slot_warning("reserved", 10 * 2**20, cap) is None
+    assert "over half" in str(postgres.slot_warning("extended", cap // 2 + 1, cap))
+    assert "changes are lost" in str(postgres.slot_warning("lost", None, cap))
+    assert "changes are lost" in str(postgres.slot_warning("unreserved", cap, cap))

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 from streaming_ml.config import Settings
 from streaming_ml.exceptions import StackError
 from streaming_ml.stack import adminer, connect, jars, kafka, postgres, process, registry
@@ -301,6 +303,12 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     for name, endpoint in endpoints(settings).items():
         pid = process.running_pid(settings.state_dir, name)
         result[name] = {"state": "running" if pid else "stopped", "pid": pid, **endpoint}
+    if result[postgres.NAME]["state"] == "running":
+        try:
+            passwords = load_passwords(settings.state_dir)
+            result[postgres.NAME]["replication"] = postgres.slot_health(settings, passwords)
+        except (StackError, psycopg2.Error) as error:
+            result[postgres.NAME]["replication"] = {"warning": f"slot not readable: {error}"}
     return result
 
 
@@ -312,6 +320,16 @@ def print_status(settings: Settings, as_json: bool = False) -> None:
     for name, info in current.items():
         colour = "green" if info["state"] == "running" else "red"
         console.print(f"[{colour}]{name:<9} {info['state']:<8}[/] {info['url']}", soft_wrap=True)
+        slot = info.get("replication")
+        if slot and slot.get("wal_status"):
+            retained = (slot["retained_bytes"] or 0) / 2**20
+            console.print(
+                f"          slot {slot['slot']}: {'active' if slot['active'] else 'inactive'}, "
+                f"wal_status {slot['wal_status']}, retains {retained:.0f} MB of "
+                f"{slot['cap_bytes'] / 2**20:.0f} MB"
+            )
+        if slot and slot.get("warning"):
+            console.print(f"[yellow]          warning: {slot['warning']}[/]", soft_wrap=True)
 
 
 def print_logs(settings: Settings, component: str | None = None, lines: int = 50) -> None:

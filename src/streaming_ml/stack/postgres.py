@@ -241,6 +241,53 @@ def set_password_sql(conn: Any, role: str, password: str) -> sql.Composed:
     return sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
 
 
+# Retained WAL past this share of max_slot_wal_keep_size gets a warning in `stack status`.
+SLOT_WARN_SHARE = 0.5
+
+
+def slot_health(settings: Settings, passwords: Passwords) -> dict[str, Any] | None:
+    """The CDC slot's state: active, ``wal_status``, retained WAL and what is left before
+    Postgres invalidates it (``max_slot_wal_keep_size``); None if the slot does not exist.
+    ``warning`` says what is wrong when the slot is lost or nearing its cap."""
+    conn = psycopg2.connect(superuser_dsn(settings, passwords, "postgres"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT active, wal_status, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, safe_wal_size, "
+                "pg_size_bytes(current_setting('max_slot_wal_keep_size')) "
+                "FROM pg_replication_slots WHERE slot_name = %s",
+                (SLOT,),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    active, wal_status, retained, safe, cap = row
+    return {
+        "slot": SLOT, "active": active, "wal_status": wal_status,
+        "retained_bytes": retained, "safe_wal_size_bytes": safe, "cap_bytes": cap,
+        "warning": slot_warning(wal_status, retained, cap),
+    }  # fmt: skip
+
+
+def slot_warning(wal_status: str | None, retained: int | None, cap: int | None) -> str | None:
+    """What is wrong with the slot, if anything: lost, or past half its WAL cap."""
+    if wal_status in ("unreserved", "lost"):
+        return (
+            f"slot {SLOT} is {wal_status}: Postgres has dropped or will drop WAL it still "
+            "needs; changes are lost. Re-snapshot (delete and re-apply the source connector)."
+        )
+    if retained is not None and cap and cap > 0 and retained > cap * SLOT_WARN_SHARE:
+        return (
+            f"slot {SLOT} retains {retained / 2**20:.0f} MB of WAL, over half of "
+            "max_slot_wal_keep_size: is the source connector FAILED or stopped? "
+            "See `streaming-ml connectors status`."
+        )
+    return None
+
+
 def superuser_dsn(settings: Settings, passwords: Passwords, database: str) -> str:
     return dsn(settings, SUPERUSER, passwords[SUPERUSER], database)
 
