@@ -180,7 +180,7 @@ class RegistryFollower:
         self.error: str | None = None
         self._aliases: Any = None
         self._seen_end = False
-        self._tried: set[tuple[str, str, float]] = set()
+        self._tried: set[tuple[str, str]] = set()  # (arm, tag) loads tried since named
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
@@ -356,7 +356,7 @@ class RegistryFollower:
         for served in self._loaded_models():
             if served.tag == tag:
                 return served
-        attempt = (arm, tag, 0.0)
+        attempt = (arm, tag)
         if attempt in self._tried:
             return held if arm == "champion" else None
         self._tried.add(attempt)

@@ -115,3 +115,38 @@ def test_registry_restart_failed_task_is_restarted_and_every_row_priced(
     # reach the registry.
     traces = " ".join(str(getattr(r, "trace", "")) for r in acted)
     assert f":{settings.registry_port}" in traces, traces[:2000]
+
+
+def test_new_schema_version_during_a_registry_outage_is_priced_not_dead_lettered(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    """The table gains a column while the registry is down: Debezium needs a schema
+    version nobody has seen, cannot register it, and fails; once the registry is back the
+    watchdog restarts it and those changes are priced like any other."""
+    from tests.integration.pipeline import execute, read_topic
+
+    settings = pipeline_settings(stack_settings, prediction_service, connector_check_interval_s=2.0)
+    dsn = dsn_of(settings)
+    source, table = settings.listings_table, settings.predictions_table
+    column = f"colour_{int(time.time())}"
+    try:
+        with running_bridge(settings, watch_connectors=True):
+            before = load_listings(dsn, 10, seed=1200, batch=5, table=source).ids
+            wait_for_predictions(dsn, table, before, timeout_s=60)
+            stop_component(settings, "registry")
+            try:
+                execute(dsn, f"ALTER TABLE public.{source} ADD COLUMN {column} text")
+                during = load_listings(dsn, 10, seed=1201, batch=5, table=source).ids
+                time.sleep(5)  # let the source try, and fail, to register the new schema
+            finally:
+                up(settings)
+            after = load_listings(dsn, 10, seed=1202, batch=5, table=source).ids
+            ids = before + during + after
+            predictions = wait_for_predictions(dsn, table, ids, timeout_s=120)
+            wait_until(lambda: all_running(settings), 60, "every connector RUNNING", 1)
+    finally:
+        execute(dsn, f"ALTER TABLE public.{source} DROP COLUMN IF EXISTS {column}")
+        heal(settings)
+    assert set(predictions) == set(ids)
+    dead = {r.key["id"] for r in read_topic(settings, settings.dlq_topic, decode_value=False)}
+    assert not dead & set(ids), "a change was dead-lettered"
