@@ -205,7 +205,8 @@ def schema_problem(candidate: ModelSummary) -> str | None:
 
 
 def _admin_and_producer_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3}
+    # Failures reach the user as RegistryError messages; librdkafka's own lines are noise.
+    return {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 2}
 
 
 def ensure_registry_topics(settings: Settings, timeout_s: float = 30.0) -> None:

@@ -39,7 +39,7 @@ from streaming_ml.data import (
     check_value,
     column_bounds,
 )
-from streaming_ml.exceptions import DataError, ServiceUnavailableError
+from streaming_ml.exceptions import DataError, ModelNotFoundError, ServiceUnavailableError
 from streaming_ml.processes import descendants, port_free, stop_group
 
 if TYPE_CHECKING:
@@ -758,13 +758,26 @@ def serve_forever(
     def _terminate(signum: int, frame: object) -> None:
         raise SystemExit(0)  # unwinds through ``with service``, which stops the workers
 
-    if bentoml_home is None and (settings is None or not settings.model_follow):
+    if bentoml_home is None:
         # Same model store as the child: fail now with the `streaming-ml train` hint
-        # rather than after BentoML's traceback scrolls past. (A following service may
-        # start with an empty store: it imports the champion from Kafka.)
+        # rather than after BentoML's traceback scrolls past. A following service may
+        # start with an empty store when the registry has a champion to import.
+        from streaming_ml.exceptions import RegistryError
         from streaming_ml.model import get_bento_model
 
-        get_bento_model(model_tag)
+        try:
+            get_bento_model(model_tag)
+        except ModelNotFoundError:
+            if settings is None or not settings.model_follow:
+                raise
+            from streaming_ml.registry import read_aliases
+
+            try:
+                champion = read_aliases(settings, timeout_s=10).champion
+            except RegistryError:
+                champion = None
+            if champion is None:
+                raise
     service = ServiceProcess(
         host=host, port=port, model_tag=model_tag, bentoml_home=bentoml_home, settings=settings
     )
