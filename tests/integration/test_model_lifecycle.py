@@ -23,8 +23,9 @@ from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES
 from streaming_ml.exceptions import RegistryError
 from streaming_ml.load import load_listings
-from streaming_ml.model import BOOSTER_FILE, FEATURES_KEY, load_price_model
+from streaming_ml.model import load_price_model
 from streaming_ml.serving import ServiceProcess
+from tests.fixtures.model import corrupt_copy
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import (
     dsn_of,
@@ -169,27 +170,6 @@ def test_promotion_mid_stream_switches_every_partition_once_and_loses_nothing(
         switch = sequence.index(new) if new in sequence else len(sequence)
         assert set(sequence[:switch]) <= {old}, partition
         assert set(sequence[switch:]) <= {new}, f"partition {partition} went back to {old}"
-
-
-def corrupt_copy(tag: str, inputs: list[str] | None = None) -> str:
-    """A model in the store made from ``tag``'s metadata: with ``inputs``, a valid booster
-    whose feature spec names other inputs; without, a booster file that is garbage."""
-    import bentoml
-
-    source = bentoml.models.get(tag)
-    metadata = dict(source.info.metadata)
-    if inputs is not None:
-        metadata[FEATURES_KEY] = {**metadata[FEATURES_KEY], "inputs": inputs}
-    # Another name, so ford_price:latest stays the good model other tests may use.
-    with bentoml.models.create(
-        "ford_price_broken", labels=dict(source.info.labels), metadata=metadata
-    ) as model:
-        booster = Path(model.path_of(BOOSTER_FILE))
-        if inputs is not None:
-            booster.write_bytes(Path(source.path_of(BOOSTER_FILE)).read_bytes())
-        else:
-            booster.write_text('{"learner": "truncated')
-    return str(model.tag)
 
 
 def test_corrupt_and_mismatched_models_are_refused_and_the_champion_keeps_serving(

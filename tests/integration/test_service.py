@@ -423,6 +423,20 @@ def test_missing_model_fails_fast_with_a_hint(tmp_path: Path) -> None:
     assert service.log_tail(), "the log explains the failure"
 
 
+def test_a_stored_model_of_other_inputs_fails_fast_with_a_retrain_hint(
+    trained_model_tag: str, tmp_path: Path
+) -> None:
+    from tests.fixtures.model import corrupt_copy
+
+    other_inputs = corrupt_copy(trained_model_tag, inputs=["year", "mileage"])
+    service = ServiceProcess(
+        port=free_port(), model_tag=other_inputs, log_path=tmp_path / "svc.log"
+    )
+    with pytest.raises(ServiceUnavailableError, match=r"exited with code"), service:
+        pass
+    assert "retrain with `streaming-ml train`" in service.log_tail(60)
+
+
 def test_stop_leaves_no_process_and_frees_the_port(trained_model_tag: str, tmp_path: Path) -> None:
     port = free_port()
     service = ServiceProcess(port=port, model_tag=trained_model_tag, log_path=tmp_path / "s.log")
