@@ -15,7 +15,7 @@ from bentoml.validators import ContentType
 from streaming_ml.config import Settings
 from streaming_ml.lineup import initial_lineup
 from streaming_ml.logging import configure_package_logging
-from streaming_ml.model import load_price_model
+from streaming_ml.model import check_servable, get_bento_model
 from streaming_ml.serving import (
     ArmMetrics,
     BatchPrediction,
@@ -32,7 +32,7 @@ if not SETTINGS.model_follow:
     # A pinned model that is not stored (or takes other inputs) stops `bentoml serve` here,
     # at import, with the `streaming-ml train` hint; in a worker it would crash and be
     # restarted in a loop.
-    load_price_model(SETTINGS.model_tag)
+    check_servable(get_bento_model(SETTINGS.model_tag))
 
 T = TypeVar("T")
 # A declared media type spares BentoML from deriving it from the output's JSON

@@ -62,18 +62,8 @@ class PriceModel:
 
     @classmethod
     def from_bento_model(cls, model: bentoml.Model) -> PriceModel:
+        check_servable(model)
         metadata = model.info.metadata
-        if FEATURES_KEY not in metadata:
-            raise ModelNotFoundError(
-                f"{model.tag} is not a price model saved by `streaming-ml train` "
-                "(no feature spec in its metadata); train one with `streaming-ml train`."
-            )
-        inputs = metadata[FEATURES_KEY].get("inputs")
-        if inputs != list(INPUT_NAMES):
-            raise ModelNotFoundError(
-                f"{model.tag} was trained on inputs {inputs}, this code builds "
-                f"{list(INPUT_NAMES)}; retrain with `streaming-ml train`."
-            )
         booster = xgb.Booster()
         booster.load_model(model.path_of(BOOSTER_FILE))
         return cls(
@@ -81,6 +71,23 @@ class PriceModel:
             spec=FeatureSpec.from_dict(metadata[FEATURES_KEY]),
             tag=str(model.tag),
             target_transform=str(metadata.get(TARGET_TRANSFORM_KEY, "log")),
+        )
+
+
+def check_servable(model: bentoml.Model) -> None:
+    """ModelNotFoundError unless ``model`` is a price model with this code's inputs; reads
+    the metadata only (cheap enough for a start-up check)."""
+    metadata = model.info.metadata
+    if FEATURES_KEY not in metadata:
+        raise ModelNotFoundError(
+            f"{model.tag} is not a price model saved by `streaming-ml train` "
+            "(no feature spec in its metadata); train one with `streaming-ml train`."
+        )
+    inputs = metadata[FEATURES_KEY].get("inputs")
+    if inputs != list(INPUT_NAMES):
+        raise ModelNotFoundError(
+            f"{model.tag} was trained on inputs {inputs}, this code builds "
+            f"{list(INPUT_NAMES)}; retrain with `streaming-ml train`."
         )
 
 

@@ -763,10 +763,10 @@ def serve_forever(
         # rather than after BentoML's traceback scrolls past. A following service may
         # start with an empty store when the registry has a champion to import.
         from streaming_ml.exceptions import RegistryError
-        from streaming_ml.model import load_price_model
+        from streaming_ml.model import check_servable, get_bento_model
 
         try:
-            load_price_model(model_tag)
+            check_servable(get_bento_model(model_tag))
         except ModelNotFoundError:
             if settings is None or not settings.model_follow:
                 raise
