@@ -391,10 +391,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _metric(summary: dict[str, object]) -> str:
     cv = summary.get("cv")
     if isinstance(cv, dict) and "rmse" in cv:
@@ -553,3 +549,7 @@ def compose_init(
     else:
         typer.echo(f"{env_file}: every password already set")
     typer.echo(f"host CLI: export SML_STATE_DIR={state_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

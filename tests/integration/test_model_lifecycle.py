@@ -7,6 +7,9 @@ its services follow that registry the way `streaming-ml serve` does.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -36,6 +39,7 @@ from tests.integration.pipeline import (
     query,
     read_topic,
     running_bridge,
+    settings_env,
     settled,
     unique,
     wait_until,
@@ -316,6 +320,24 @@ def test_replica_with_an_empty_store_serves_the_champion_and_rollback_reaches_al
         wait_until(lambda: champion_is(first, trained_model_tag), 30, "the champion claimed")
         lifecycle.promote(settings, second_model_tag, force=True)
         wait_until(lambda: champion_is(first, second_model_tag), 10, "the promotion served")
+        # What `model list` and `model describe` show now.
+        rows, _aliases, problem = lifecycle.model_rows(settings)
+        by_tag = {row.summary.tag: row for row in rows}
+        assert problem is None
+        assert by_tag[second_model_tag].aliases == ["champion"]
+        assert by_tag[trained_model_tag].aliases == ["previous"]
+        assert by_tag[second_model_tag].published and by_tag[second_model_tag].local
+        described = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "streaming_ml.cli", "model", "describe", second_model_tag],
+                env=settings_env(settings), capture_output=True, text=True, check=True,
+                timeout=120,
+            ).stdout
+        )  # fmt: skip
+        assert described["aliases"] == ["champion"]
+        assert [e["kind"] for e in described["events"]] == ["published", "promoted"]
+        assert described["events"][1]["forced"] is True
+        assert described["metadata"]["cv"]["folds"] == 5
         with following_service(
             settings, trained_model_tag, tmp_path / "two.log", bentoml_home=empty_store
         ) as second:
