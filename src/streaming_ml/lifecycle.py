@@ -68,23 +68,10 @@ def model_rows(settings: Settings) -> tuple[list[ModelRow], Aliases | None, str 
 
 
 def describe(settings: Settings, tag: str) -> dict[str, Any]:
-    """One model's registry facts, its aliases and the events that named it."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    from streaming_ml.serving import without_paths
-
+    """One model's registry facts, its aliases and the events that named it (its full
+    metadata too when it is in the local store)."""
     aliases = registry.read_aliases(settings, timeout_s=15)
-    try:
-        stored = bentoml.models.get(tag)
-        summary = registry.summarise(stored)
-        metadata = without_paths(dict(stored.info.metadata))
-    except NotFound:
-        if tag not in aliases.published:
-            raise ModelNotFoundError(
-                f"no model {tag} in the local store or the registry; see `streaming-ml model list`"
-            ) from None
-        summary, metadata = aliases.published[tag], None
+    summary = _summary_of(tag, aliases)
     tag = summary.tag
     events = [
         e.model_dump(exclude={"summary"})
@@ -94,9 +81,21 @@ def describe(settings: Settings, tag: str) -> dict[str, Any]:
     return {
         **summary.model_dump(),
         "aliases": aliases.aliases_of(tag),
-        "metadata": metadata,
+        "metadata": _local_metadata(tag),
         "events": events,
     }
+
+
+def _local_metadata(tag: str) -> dict[str, Any] | None:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from streaming_ml.serving import without_paths
+
+    try:
+        return without_paths(dict(bentoml.models.get(tag).info.metadata))
+    except NotFound:
+        return None
 
 
 def _summary_of(tag: str, aliases: Aliases) -> ModelSummary:
