@@ -130,14 +130,19 @@ def test_new_schema_version_during_a_registry_outage_is_priced_not_dead_lettered
     source, table = settings.listings_table, settings.predictions_table
     column = f"colour_{int(time.time())}"
     try:
-        with running_bridge(settings, watch_connectors=True):
+        with running_bridge(settings, watch_connectors=True) as running:
             before = load_listings(dsn, 10, seed=1200, batch=5, table=source).ids
             wait_for_predictions(dsn, table, before, timeout_s=60)
             stop_component(settings, "registry")
             try:
                 execute(dsn, f"ALTER TABLE public.{source} ADD COLUMN {column} text")
                 during = load_listings(dsn, 10, seed=1201, batch=5, table=source).ids
-                time.sleep(5)  # let the source try, and fail, to register the new schema
+
+                def source_failed() -> bool:
+                    states = connector_states(settings)[settings.source_connector]
+                    return "FAILED" in states or running.metric(RESTARTS) > 0
+
+                wait_until(source_failed, OUTAGE_LIMIT_S, "the source to fail on the new schema", 1)
             finally:
                 up(settings)
             after = load_listings(dsn, 10, seed=1202, batch=5, table=source).ids

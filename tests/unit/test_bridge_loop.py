@@ -293,12 +293,25 @@ def test_service_down_publishes_nothing_and_rewinds_each_partition_to_its_first_
     assert bridge.metrics.registry.get_sample_value("sml_bridge_paused") == 1
 
 
-def test_paused_bridge_probes_readiness_only_when_due_and_resumes_once_ready() -> None:
+def paused_by_an_outage() -> tuple[Bridge, FakeService, FakeConsumer]:
+    """A bridge on partitions 0 and 1 that paused because the service was down."""
     service = FakeService()
     service.down = True
     consumer = FakeConsumer()
     bridge = bridge_with(consumer, service)
     bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+    return bridge, service, consumer
+
+
+def probe_now(bridge: Bridge) -> None:
+    """One paused pass with the readiness probe due."""
+    assert bridge._pausing.pause is not None
+    bridge._pausing.pause.next_try = time.monotonic() - 1
+    bridge._while_paused()
+
+
+def test_paused_bridge_probes_readiness_only_when_due_and_resumes_once_ready() -> None:
+    bridge, service, consumer = paused_by_an_outage()
     pause = bridge._pausing.pause
     assert pause is not None
 
@@ -324,19 +337,13 @@ def test_paused_bridge_probes_readiness_only_when_due_and_resumes_once_ready() -
 
 
 def test_partitions_assigned_while_paused_are_paused_and_later_resumed() -> None:
-    service = FakeService()
-    service.down = True
-    consumer = FakeConsumer()
-    bridge = bridge_with(consumer, service)
-    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+    bridge, _service, consumer = paused_by_an_outage()
 
     bridge._on_assign(consumer, [TopicPartition(TOPIC, 2)])  # type: ignore[arg-type]
     assert consumer.assigned == [[(TOPIC, 2)]]
     assert consumer.paused[-1] == [(TOPIC, 2)]
 
-    assert bridge._pausing.pause is not None
-    bridge._pausing.pause.next_try = time.monotonic() - 1
-    bridge._while_paused()
+    probe_now(bridge)
     assert consumer.resumed == [[(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]]
 
 
@@ -344,16 +351,10 @@ def test_a_partition_revoked_while_paused_is_resumed_when_it_comes_back() -> Non
     # librdkafka keeps the pause flag of a revoked partition: without an explicit resume
     # on re-assignment, partition 1 would never be consumed again (seen under load when a
     # Kafka restart paused a bridge while the group rebalanced).
-    service = FakeService()
-    service.down = True
-    consumer = FakeConsumer()
-    bridge = bridge_with(consumer, service)
-    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+    bridge, service, consumer = paused_by_an_outage()
     bridge._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
     service.down = False
-    assert bridge._pausing.pause is not None
-    bridge._pausing.pause.next_try = time.monotonic() - 1
-    bridge._while_paused()
+    probe_now(bridge)
     assert consumer.resumed == [[(TOPIC, 0)]]
     assert consumer.paused_now == {(TOPIC, 1)}
 
