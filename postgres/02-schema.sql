@@ -1,4 +1,4 @@
--- GENERATED from streaming_ml.data (listings_ddl/predictions_ddl); a unit test keeps
+-- GENERATED from streaming_ml.data (listings_ddl, table_ddl); a unit test keeps
 -- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.
 \connect cars
 SET ROLE cars_app;
@@ -65,8 +65,50 @@ BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS car_price_predictions_shadow_stamp ON public.car_price_predictions_shadow;
 CREATE TRIGGER car_price_predictions_shadow_stamp BEFORE INSERT OR UPDATE ON public.car_price_predictions_shadow
     FOR EACH ROW EXECUTE FUNCTION public.car_price_predictions_shadow_stamp();
--- Least privilege: the CDC role reads the listings, the sink writes predictions.
+CREATE TABLE IF NOT EXISTS public.car_price_outcomes (
+    listing_id bigint,
+    model_tag text,
+    arm text,
+    actual_price double precision,
+    model_name text,
+    model_version text,
+    predicted_price double precision,
+    error double precision,
+    abs_pct_error double precision,
+    label_lag_ms bigint,
+    priced_ts_ms bigint,
+    labelled_ts_ms bigint,
+    evaluated_ts_ms bigint,
+    written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (listing_id, model_tag, arm, actual_price)
+);
+CREATE OR REPLACE FUNCTION public.car_price_outcomes_stamp() RETURNS trigger AS $$
+BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS car_price_outcomes_stamp ON public.car_price_outcomes;
+CREATE TRIGGER car_price_outcomes_stamp BEFORE INSERT OR UPDATE ON public.car_price_outcomes
+    FOR EACH ROW EXECUTE FUNCTION public.car_price_outcomes_stamp();
+CREATE TABLE IF NOT EXISTS public.car_price_alerts (
+    alert_id text PRIMARY KEY,
+    kind text,
+    feature text,
+    model_tag text,
+    arm text,
+    score double precision,
+    threshold double precision,
+    source_partition integer,
+    raised_ts_ms bigint,
+    message text,
+    written_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION public.car_price_alerts_stamp() RETURNS trigger AS $$
+BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS car_price_alerts_stamp ON public.car_price_alerts;
+CREATE TRIGGER car_price_alerts_stamp BEFORE INSERT OR UPDATE ON public.car_price_alerts
+    FOR EACH ROW EXECUTE FUNCTION public.car_price_alerts_stamp();
+-- Least privilege: the CDC role reads the listings, the sinks write their tables.
 GRANT SELECT ON public.car_listings TO cars_cdc;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions TO cars_sink;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions_shadow TO cars_sink;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_outcomes TO cars_sink;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_alerts TO cars_sink;
 RESET ROLE;

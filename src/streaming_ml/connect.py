@@ -21,6 +21,7 @@ import requests
 from rich.console import Console
 
 from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.data import ALERT_KEY_FIELDS, OUTCOME_KEY_FIELDS
 from streaming_ml.exceptions import ConfigError, ConnectorError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def connector_values(settings: Settings) -> dict[str, str]:
         "database": settings.database,
         "listings_table": settings.listings_table,
         "predictions_table": settings.predictions_table,
+        "primary_key_fields": "listing_id",
         "topic_prefix": settings.topic_prefix,
         "predictions_topic": settings.predictions_topic,
         "dlq_topic": settings.dlq_topic,
@@ -64,6 +66,26 @@ def render_connector(template: Mapping[str, Any], values: Mapping[str, str]) -> 
     return {str(k): _PLACEHOLDER.sub(fill, str(v)) for k, v in template.items()}
 
 
+def derived_sinks(settings: Settings) -> dict[str, dict[str, str]]:
+    """Placeholder values of each sink rendered from the predictions sink's config."""
+    return {
+        settings.shadow_sink_connector: {
+            "predictions_topic": settings.shadow_topic,
+            "predictions_table": settings.shadow_table,
+        },
+        settings.outcomes_sink_connector: {
+            "predictions_topic": settings.outcomes_topic,
+            "predictions_table": settings.outcomes_table,
+            "primary_key_fields": ",".join(OUTCOME_KEY_FIELDS),
+        },
+        settings.alerts_sink_connector: {
+            "predictions_topic": settings.alerts_topic,
+            "predictions_table": settings.alerts_table,
+            "primary_key_fields": ",".join(ALERT_KEY_FIELDS),
+        },
+    }
+
+
 def connector_path(name: str, directory: Path = CONNECTORS_DIR) -> Path:
     return directory / f"{name}.json"
 
@@ -78,15 +100,12 @@ def load_connector(
 
     ``overrides`` replace placeholder values (e.g. container host names for compose).
     """
-    if name == settings.shadow_sink_connector:
-        # The shadow sink is the predictions sink pointed at the shadow topic and table:
-        # one config file, so the two sinks cannot drift apart.
-        shadow = {
-            "predictions_topic": settings.shadow_topic,
-            "predictions_table": settings.shadow_table,
-        }
+    # The shadow, outcomes and alerts sinks are the predictions sink pointed at another
+    # topic and table: one config file, so the sinks cannot drift apart.
+    derived = derived_sinks(settings)
+    if name in derived:
         return load_connector(
-            settings.sink_connector, settings, {**(overrides or {}), **shadow}, directory
+            settings.sink_connector, settings, {**(overrides or {}), **derived[name]}, directory
         )
     path = connector_path(name, directory)
     try:

@@ -13,8 +13,8 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,28 +210,87 @@ PREDICTION_FIELDS: tuple[PredictionField, ...] = (
 ADDED_PREDICTION_FIELDS = ("model_name", "model_version", "arm")
 
 
-def predictions_ddl(table: str = "car_price_predictions") -> str:
-    """The sink table; ``written_at`` is stamped by Postgres on every upsert so the
-    benchmark can measure commit-to-visible latency without trusting any client clock."""
-    cols = ",\n    ".join(
-        f"{f.name} {f.sql_type}{' PRIMARY KEY' if f.name == 'listing_id' else ''}"
-        for f in PREDICTION_FIELDS
-    )
-    added = "".join(
+# One record per (listing, model tag, arm, label value) in the outcomes topic and table:
+# a prediction paired with the listing's true price once that is known.
+OUTCOME_FIELDS: tuple[PredictionField, ...] = (
+    PredictionField("listing_id", "bigint", "long", "car_listings.id"),
+    PredictionField("model_tag", "text", "string", "Model tag that priced the listing"),
+    PredictionField("arm", "text", "string", "champion, challenger or shadow"),
+    PredictionField("actual_price", "double precision", "double", "The label: the listing's price"),
+    PredictionField("model_name", "text", ["null", "string"], "Model name (tag before ':')"),
+    PredictionField("model_version", "text", ["null", "string"], "Model version (after ':')"),
+    PredictionField("predicted_price", "double precision", "double", "The price predicted"),
+    PredictionField("error", "double precision", "double", "predicted - actual (GBP)"),
+    PredictionField(
+        "abs_pct_error", "double precision", ["null", "double"], "|error| / actual (null if 0)"
+    ),
+    PredictionField("label_lag_ms", "bigint", "long", "Label commit - priced row's commit (ms)"),
+    PredictionField("priced_ts_ms", "bigint", "long", "Commit time of the priced row (epoch ms)"),
+    PredictionField("labelled_ts_ms", "bigint", "long", "Commit time of the label (epoch ms)"),
+    PredictionField("evaluated_ts_ms", "bigint", "long", "Outcome computed (epoch ms)"),
+)
+OUTCOME_KEY_FIELDS = ("listing_id", "model_tag", "arm", "actual_price")
+
+# One record per alert raised by the evaluator (drift of a feature, a model degraded).
+ALERT_FIELDS: tuple[PredictionField, ...] = (
+    PredictionField("alert_id", "text", "string", "Unique id (also the record key)"),
+    PredictionField("kind", "text", "string", "feature_drift, prediction_drift, model_degraded"),
+    PredictionField("feature", "text", ["null", "string"], "Drifting feature (drift alerts)"),
+    PredictionField("model_tag", "text", ["null", "string"], "Model concerned"),
+    PredictionField("arm", "text", ["null", "string"], "Arm concerned (model_degraded)"),
+    PredictionField("score", "double precision", "double", "PSI, or the detector's statistic"),
+    PredictionField("threshold", "double precision", "double", "Threshold that was crossed"),
+    PredictionField("source_partition", "integer", "int", "Change-topic partition observed"),
+    PredictionField("raised_ts_ms", "bigint", "long", "Raised at (epoch ms)"),
+    PredictionField("message", "text", "string", "What happened and what to do"),
+)
+ALERT_KEY_FIELDS = ("alert_id",)
+
+
+def table_ddl(
+    table: str,
+    fields: Sequence[PredictionField],
+    key_fields: Sequence[str],
+    added: Sequence[str] = (),
+) -> str:
+    """A sink table with ``written_at``, stamped by Postgres on every upsert so the
+    benchmark can measure commit-to-visible latency without trusting any client clock.
+    ``added`` columns are those older tables lack (ALTER TABLE ... IF NOT EXISTS)."""
+    inline_key = len(key_fields) == 1
+    cols = [
+        f"{f.name} {f.sql_type}{' PRIMARY KEY' if inline_key and f.name in key_fields else ''}"
+        for f in fields
+    ]
+    cols.append("written_at timestamptz NOT NULL DEFAULT clock_timestamp()")
+    if not inline_key:
+        cols.append(f"PRIMARY KEY ({', '.join(key_fields)})")
+    body = ",\n    ".join(cols)
+    alters = "".join(
         f"ALTER TABLE public.{table} ADD COLUMN IF NOT EXISTS {f.name} {f.sql_type};\n"
-        for f in PREDICTION_FIELDS
-        if f.name in ADDED_PREDICTION_FIELDS
+        for f in fields
+        if f.name in added
     )
     return (
-        f"CREATE TABLE IF NOT EXISTS public.{table} (\n    {cols},\n"
-        f"    written_at timestamptz NOT NULL DEFAULT clock_timestamp()\n);\n"
-        f"{added}"
+        f"CREATE TABLE IF NOT EXISTS public.{table} (\n    {body}\n);\n"
+        f"{alters}"
         f"CREATE OR REPLACE FUNCTION public.{table}_stamp() RETURNS trigger AS $$\n"
         f"BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;\n"
         f"DROP TRIGGER IF EXISTS {table}_stamp ON public.{table};\n"
         f"CREATE TRIGGER {table}_stamp BEFORE INSERT OR UPDATE ON public.{table}\n"
         f"    FOR EACH ROW EXECUTE FUNCTION public.{table}_stamp();\n"
     )
+
+
+def predictions_ddl(table: str = "car_price_predictions") -> str:
+    return table_ddl(table, PREDICTION_FIELDS, ("listing_id",), ADDED_PREDICTION_FIELDS)
+
+
+def outcomes_ddl(table: str = "car_price_outcomes") -> str:
+    return table_ddl(table, OUTCOME_FIELDS, OUTCOME_KEY_FIELDS)
+
+
+def alerts_ddl(table: str = "car_price_alerts") -> str:
+    return table_ddl(table, ALERT_FIELDS, ALERT_KEY_FIELDS)
 
 
 # --- Loading the Ford CSV -----------------------------------------------------
@@ -519,8 +578,19 @@ def _split_shares(u: np.ndarray, first: np.ndarray, second: np.ndarray, names: t
     return np.where(u < first, names[0], np.where(u < first + second, names[1], names[2]))
 
 
-def _valid_listings(rng: np.random.Generator, n: int) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Shift:
+    """A change of the world for scenarios: ``mileage_scale`` moves a feature's
+    distribution (prices still follow the same rule), ``price_factors`` moves the true
+    price of some models (the features stay as they were)."""
+
+    mileage_scale: float = 1.0
+    price_factors: Mapping[str, float] = field(default_factory=dict)
+
+
+def _valid_listings(rng: np.random.Generator, n: int, shift: Shift | None = None) -> pd.DataFrame:
     """``n`` valid listings, drawn column by column (vectorised: ~100x faster than per row)."""
+    shift = shift or Shift()
     names = list(_PROFILES)
     profiles = [_PROFILES[m] for m in names]
 
@@ -546,7 +616,8 @@ def _valid_listings(rng: np.random.Generator, n: int) -> pd.DataFrame:
     mileage_table = np.array(_MILEAGE_BY_AGE)
     mean_miles, cv = mileage_table[np.minimum(age, len(_MILEAGE_BY_AGE) - 1)].T
     shape = 1 / cv**2
-    mileage = np.maximum(1, np.rint(rng.gamma(shape, mean_miles / shape))).astype(np.int64)
+    mileage = np.maximum(1, np.rint(rng.gamma(shape, mean_miles / shape)) * shift.mileage_scale)
+    mileage = np.rint(np.minimum(mileage, 999_999)).astype(np.int64)
     is_diesel, is_hybrid = fuel == "Diesel", fuel == "Hybrid"
     mpg = (
         _MPG["intercept"] + _MPG["engine"] * engine + _MPG["Diesel"] * is_diesel
@@ -571,7 +642,8 @@ def _valid_listings(rng: np.random.Generator, n: int) -> pd.DataFrame:
         + k["Diesel"] * is_diesel + k["Hybrid"] * is_hybrid
         + rng.normal(0, _LOG_PRICE_NOISE, n)
     )  # fmt: skip
-    price = np.maximum(495, np.rint(np.exp(log_price) / 5) * 5).astype(np.int64)
+    factor = np.array([shift.price_factors.get(m, 1.0) for m in names])[index]
+    price = np.maximum(495, np.rint(np.exp(log_price) * factor / 5) * 5).astype(np.int64)
     engine[rng.random(n) < _ENGINE_UNKNOWN_SHARE] = 0.0
     columns = {
         "model": model, "year": year, "price": price, "transmission": transmission,
@@ -608,7 +680,7 @@ CORRUPTION_KINDS: tuple[str, ...] = tuple(name for name, _ in _CORRUPTIONS)
 
 
 def generate_listings(
-    n: int, seed: int, invalid: int = 0, today: dt.date | None = None
+    n: int, seed: int, invalid: int = 0, today: dt.date | None = None, shift: Shift | None = None
 ) -> pd.DataFrame:
     """``n`` realistic Ford listings (schema columns), reproducible for a given seed.
 
@@ -619,7 +691,7 @@ def generate_listings(
     if n < 0 or not 0 <= invalid <= n:
         raise DataError(f"need 0 <= invalid <= n and n >= 0, got n={n}, invalid={invalid}")
     rng = np.random.default_rng(seed)
-    frame = _valid_listings(rng, n)
+    frame = _valid_listings(rng, n, shift)
     if not invalid:
         return with_schema_dtypes(frame)
     broken = sorted(int(b) for b in rng.choice(n, size=invalid, replace=False))
@@ -630,7 +702,7 @@ def generate_listings(
 
 
 def generate_listing_records(
-    n: int, seed: int, invalid: int = 0, today: dt.date | None = None
+    n: int, seed: int, invalid: int = 0, today: dt.date | None = None, shift: Shift | None = None
 ) -> list[dict[str, Any]]:
     """``generate_listings`` as plain Python dicts (None for nulls), e.g. for INSERTs."""
-    return listing_records(generate_listings(n, seed, invalid, today))
+    return listing_records(generate_listings(n, seed, invalid, today, shift))

@@ -69,19 +69,26 @@ def schema_sql(settings: Settings | None = None) -> str:
     listings = settings.listings_table if settings else "car_listings"
     predictions = settings.predictions_table if settings else "car_price_predictions"
     shadow = settings.shadow_table if settings else "car_price_predictions_shadow"
+    outcomes = settings.outcomes_table if settings else "car_price_outcomes"
+    alerts = settings.alerts_table if settings else "car_price_alerts"
+    sink_tables = (predictions, shadow, outcomes, alerts)
     return (
-        "-- GENERATED from streaming_ml.data (listings_ddl/predictions_ddl); a unit test keeps\n"
+        "-- GENERATED from streaming_ml.data (listings_ddl, table_ddl); a unit test keeps\n"
         "-- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.\n"
         "\\connect cars\n"
         f"SET ROLE {APP_ROLE};\n"
         f"{data.listings_ddl(listings)}"
         f"{data.predictions_ddl(predictions)}"
         f"{data.predictions_ddl(shadow)}"
-        "-- Least privilege: the CDC role reads the listings, the sink writes predictions.\n"
+        f"{data.outcomes_ddl(outcomes)}"
+        f"{data.alerts_ddl(alerts)}"
+        "-- Least privilege: the CDC role reads the listings, the sinks write their tables.\n"
         f"GRANT SELECT ON public.{listings} TO {SOURCE_ROLE};\n"
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{predictions} TO {SINK_ROLE};\n"
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{shadow} TO {SINK_ROLE};\n"
-        "RESET ROLE;\n"
+        + "".join(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{table} TO {SINK_ROLE};\n"
+            for table in sink_tables
+        )
+        + "RESET ROLE;\n"
     )
 
 
