@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -22,13 +24,17 @@ def pipeline_topics(settings: Settings) -> list[str]:
         settings.predictions_topic,
         settings.dlq_topic,
         settings.shadow_topic,
+        settings.outcomes_topic,
+        settings.alerts_topic,
     ]
 
 
-def ensure_topics(settings: Settings) -> dict[str, int]:
-    """Create the change, predictions and DLQ topics with ``settings.partitions``
-    partitions, keyed by listing id, so per-listing order holds in each. Returns each
-    topic's partition count.
+def ensure_topics(
+    settings: Settings, extra: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, int]:
+    """Create the pipeline's topics (and ``extra`` ones, with their configs) with
+    ``settings.partitions`` partitions, keyed by listing id, so per-listing order holds
+    in each. Returns each topic's partition count.
 
     Existing topics are left as they are, even with fewer partitions: adding partitions
     moves keys to other partitions, and a listing's pending changes could then be read
@@ -38,9 +44,11 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
     # Broker append time makes a record's timestamp mean "reached Kafka", which is what
     # kafka_ts_ms and the benchmark's per-stage figures rely on.
     append_time = {"message.timestamp.type": "LogAppendTime"}
-    wanted = pipeline_topics(settings)
+    configs = {t: append_time for t in pipeline_topics(settings)}
+    configs.update({t: {**append_time, **config} for t, config in (extra or {}).items()})
+    wanted = list(configs)
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=settings.partitions, config=append_time) for t in wanted]
+        [NewTopic(t, num_partitions=settings.partitions, config=configs[t]) for t in wanted]
     )
     for topic, future in futures.items():
         try:
@@ -52,7 +60,13 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
                     f"cannot create topic {topic} on {settings.kafka_bootstrap}: {error}. "
                     "Is Kafka up? Try `streaming-ml stack status`."
                 ) from error
-    metadata = admin.list_topics(timeout=30).topics
+    # A topic just created can take a moment to show in the metadata.
+    deadline = time.monotonic() + 30
+    while True:
+        metadata = admin.list_topics(timeout=30).topics
+        if all(t in metadata for t in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     counts = {t: len(metadata[t].partitions) for t in wanted if t in metadata}
     for topic, count in counts.items():
         if count != settings.partitions:
@@ -61,6 +75,21 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
                 extra={"topic": topic, "partitions": count, "SML_PARTITIONS": settings.partitions},
             )
     return counts
+
+
+def copartitioned(settings: Settings, counts: dict[str, int]) -> bool:
+    """Whether the predictions and shadow topics have the change topic's partition count,
+    so each prediction can go to its change's partition number (what the evaluator's
+    per-partition join needs). Otherwise the default partitioner places them."""
+    inputs = (settings.listings_topic, settings.predictions_topic, settings.shadow_topic)
+    sizes = {counts.get(topic) for topic in inputs}
+    if len(sizes) == 1 and None not in sizes:
+        return True
+    logger.warning(
+        "predictions are not co-partitioned with the change topic: the evaluator cannot run",
+        extra={"partitions": {topic: counts.get(topic) for topic in inputs}},
+    )
+    return False
 
 
 def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:

@@ -369,12 +369,13 @@ class Bridge:
         stack.callback(self._log_stopped)
         if self._watchdog is not None:
             stack.callback(self._watchdog.stop)
-        kafka_setup.ensure_topics(s)
+        counts = kafka_setup.ensure_topics(s)
         self._registry = serde.registry_client(s.registry_url)
         self._decoder = ChangeDecoder(self._registry)
         self._records = RecordBuilder(
-            self._registry, s.registry_url, s.predictions_topic, s.dlq_topic, s.shadow_topic
-        )
+            self._registry, s.registry_url, s.predictions_topic, s.dlq_topic, s.shadow_topic,
+            copartition=kafka_setup.copartitioned(s, counts),
+        )  # fmt: skip
         self._records.register_schemas()
         self._consumer = Consumer(kafka_setup.consumer_config(s, self.group_id))
         stack.callback(self._close_consumer)

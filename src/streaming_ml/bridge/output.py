@@ -61,6 +61,9 @@ class OutRecord:
     headers: Headers | None = None
     # Produced instead when Kafka refuses this record (too large, say).
     fallback: OutRecord | None = None
+    # None: the partitioner chooses; a number keeps a listing's records co-partitioned
+    # with its change events (the evaluator joins them per partition).
+    partition: int | None = None
 
 
 class TransactionalOutput:
@@ -130,9 +133,10 @@ class TransactionalOutput:
         current: OutRecord | None = record
         while current is not None:
             try:
+                where = {} if current.partition is None else {"partition": current.partition}
                 self._producer.produce(
                     current.topic, key=current.key, value=current.value,
-                    headers=current.headers, on_delivery=on_delivery,
+                    headers=current.headers, on_delivery=on_delivery, **where,
                 )  # fmt: skip
                 return
             except BufferError:

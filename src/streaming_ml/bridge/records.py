@@ -42,8 +42,10 @@ class RecordBuilder:
         predictions_topic: str,
         dlq_topic: str,
         shadow_topic: str | None = None,
+        copartition: bool = False,
     ) -> None:
         self.predictions_topic = predictions_topic
+        self.copartition = copartition
         self.dlq_topic = dlq_topic
         self.shadow_topic = shadow_topic
         self.registry_url = registry_url
@@ -89,8 +91,11 @@ class RecordBuilder:
         )
         return OutRecord(self.dlq_topic, msg.key(), msg.value(), headers, fallback=bare)
 
+    def _partition(self, msg: Message) -> int | None:
+        return msg.partition() if self.copartition else None
+
     def _shadow_record(
-        self, action: Action, served: dict[str, Any], shadow: dict[str, Any]
+        self, action: Action, served: dict[str, Any], shadow: dict[str, Any], partition: int | None
     ) -> OutRecord:
         """The shadow's price in the served record's shape; its own topic and table."""
         tag = str(shadow["model_tag"])
@@ -108,6 +113,7 @@ class RecordBuilder:
             self.shadow_topic,
             self._key_ser({serde.KEY_FIELD: action.listing_id}, self._shadow_key_ctx),
             self._value_ser(value, self._shadow_value_ctx),
+            partition=partition,
         )
 
     def build(
@@ -136,13 +142,18 @@ class RecordBuilder:
                 )  # fmt: skip
             elif action.kind == "tombstone":
                 key = self.key(action.listing_id)
-                out.records.append(OutRecord(self.predictions_topic, key, None))
+                partition = self._partition(msg)
+                out.records.append(
+                    OutRecord(self.predictions_topic, key, None, partition=partition)
+                )
                 if self.shadow_topic:
                     # A listing gone (or unpriceable now) has no shadow price either.
                     shadow_key = self._key_ser(
                         {serde.KEY_FIELD: action.listing_id}, self._shadow_key_ctx
                     )
-                    out.records.append(OutRecord(self.shadow_topic, shadow_key, None))
+                    out.records.append(
+                        OutRecord(self.shadow_topic, shadow_key, None, partition=partition)
+                    )
                 out.counts["tombstones"] += 1
             elif action.kind == "skip":
                 out.counts["unchanged" if action.skip_why == "unchanged" else "skipped"] += 1
@@ -159,12 +170,15 @@ class RecordBuilder:
                         self.key(action.listing_id),
                         self.value(record),
                         fallback=fallback,
+                        partition=self._partition(msg),
                     )
                 )
                 out.counts["predicted"] += 1
                 out.predictions.append(record)
                 shadow = shadow_result(results[action.index])
                 if shadow is not None and self.shadow_topic:
-                    out.records.append(self._shadow_record(action, record, shadow))
+                    out.records.append(
+                        self._shadow_record(action, record, shadow, self._partition(msg))
+                    )
                     out.counts["shadow"] += 1
         return out
