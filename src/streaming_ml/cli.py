@@ -238,6 +238,45 @@ def bridge(
     typer.echo(json.dumps(stats.summary()))
 
 
+@app.command()
+def evaluator(
+    timeout: float | None = typer.Option(None, help="Exit after this many seconds"),
+    group: str | None = typer.Option(None, help="Consumer group (default: SML_EVALUATOR_GROUP)"),
+    metrics_port: int | None = typer.Option(
+        None, help="Port of /metrics on SML_HOST (default: SML_EVALUATOR_METRICS_PORT)"
+    ),
+) -> None:
+    """Pair predictions with labels as they arrive: outcomes, running accuracy, drift
+    and alerts. Start several with the same group: they share the partitions."""
+    settings = _settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"evaluator_metrics_port": metrics_port})
+    from streaming_ml.evaluation.evaluator import run_evaluator
+
+    try:
+        stats = run_evaluator(settings, group_id=group, timeout=timeout)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(json.dumps(vars(stats)))
+
+
+@app.command()
+def monitor(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON snapshot and exit"),
+) -> None:
+    """Running accuracy per model and arm, label coverage and lag, drift and alerts."""
+    settings = _settings()
+    from streaming_ml.evaluation import monitor as monitoring
+
+    try:
+        if as_json:
+            typer.echo(json.dumps(monitoring.snapshot(settings), indent=2))
+        else:
+            monitoring.watch(settings)
+    except StreamingMLError as error:
+        _fail(error)
+
+
 @connectors_app.command("apply")
 def connectors_apply() -> None:
     """Create the topics (SML_PARTITIONS) and apply both connectors; wait until they run."""
@@ -299,6 +338,14 @@ def load(
     invalid: int = typer.Option(0, help="How many of them are invalid (varied ways)"),
     batch: int = typer.Option(500, help="Rows per transaction"),
     seed: int = typer.Option(0, help="Seed of the synthetic generator"),
+    scenario: str = typer.Option(
+        "normal", help="normal | price-shift | feature-shift | late-labels (docs/monitoring.md)"
+    ),
+    lead_in: int | None = typer.Option(
+        None, help="Shift scenarios: normal rows first (default: a quarter, at most 2000)"
+    ),
+    label_delay: float = typer.Option(2.0, help="late-labels: seconds until the price is set"),
+    label_share: float = typer.Option(0.8, help="late-labels: share of rows that get a price"),
 ) -> None:
     """Insert synthetic listings into car_listings; print how many and their id range."""
     settings = _settings()
@@ -308,7 +355,8 @@ def load(
     try:
         summary = load_listings(
             postgres_dsn(settings), rows, seed=seed, invalid=invalid, rate=rate, batch=batch,
-            table=settings.listings_table,
+            table=settings.listings_table, scenario=scenario, lead_in=lead_in,
+            label_delay_s=label_delay, label_share=label_share,
         )  # fmt: skip
     except StreamingMLError as error:
         _fail(error)

@@ -57,11 +57,23 @@ class Settings(BaseSettings):
     shadow_table: str = Field(
         "car_price_predictions_shadow", pattern=SQL_NAME, description="Table the shadow sink writes"
     )
+    outcomes_topic: str = Field(
+        "car_price_outcomes", description="Predictions paired with their labels (Avro)"
+    )
+    outcomes_table: str = Field(
+        "car_price_outcomes", pattern=SQL_NAME, description="Table the outcomes sink writes"
+    )
+    alerts_topic: str = Field("car_price_alerts", description="Drift and degradation alerts")
+    alerts_table: str = Field(
+        "car_price_alerts", pattern=SQL_NAME, description="Table the alerts sink writes"
+    )
     source_connector: str = "car-listings-source"
     sink_connector: str = "car-price-predictions-sink"
     shadow_sink_connector: str = Field(
         "car-price-shadow-sink", description="JDBC sink of the shadow topic (the sink's config)"
     )
+    outcomes_sink_connector: str = "car-price-outcomes-sink"
+    alerts_sink_connector: str = "car-price-alerts-sink"
     consumer_group: str = "streaming-ml-bridge"
 
     # Model and service.
@@ -122,6 +134,33 @@ class Settings(BaseSettings):
         10.0, ge=1, description="Kafka transaction timeout of the bridge's output"
     )
 
+    # Online evaluation (accuracy on labels, drift); see docs/monitoring.md.
+    evaluator_group: str = Field(
+        "streaming-ml-evaluator", description="Consumer group of the evaluator processes"
+    )
+    evaluator_state_topic: str = Field(
+        "sml_evaluator_state", description="Compacted changelog of the evaluator's state"
+    )
+    evaluator_metrics_port: int = Field(9401, description="Evaluator's Prometheus port")
+    metrics_window_outcomes: int = Field(
+        500, ge=1, description="Sliding window of the running metrics: last N outcomes"
+    )
+    metrics_window_minutes: float = Field(
+        10.0, gt=0, description="Sliding window of the running metrics: last T minutes"
+    )
+    drift_window_rows: int = Field(
+        500, ge=50, description="Rows per drift window (per change-topic partition)"
+    )
+    drift_psi_threshold: float = Field(
+        0.2, gt=0, description="PSI above which a window counts as drifted"
+    )
+    drift_alert_windows: int = Field(
+        3, ge=1, description="Drifted windows in a row before an alert is raised"
+    )
+    degraded_threshold: float = Field(
+        5.0, gt=0, description="Page-Hinkley threshold on the absolute percentage error"
+    )
+
     fault_kill_at: str | None = Field(
         None, description="Tests only: SIGKILL the bridge at POINT:N (see bridge/faults.py)"
     )
@@ -134,9 +173,15 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.public.{self.listings_table}"
 
     @property
-    def connector_names(self) -> tuple[str, str, str]:
-        """Every connector of the pipeline: source, sink, shadow sink."""
-        return (self.source_connector, self.sink_connector, self.shadow_sink_connector)
+    def connector_names(self) -> tuple[str, ...]:
+        """Every connector of the pipeline: the source and the sinks."""
+        return (
+            self.source_connector,
+            self.sink_connector,
+            self.shadow_sink_connector,
+            self.outcomes_sink_connector,
+            self.alerts_sink_connector,
+        )
 
     @property
     def kafka_bootstrap(self) -> str:

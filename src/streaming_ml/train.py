@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from streaming_ml.data import TARGET, data_fingerprint, generate_listings, load_listings_csv
+from streaming_ml.data import (
+    FEATURES,
+    TARGET,
+    data_fingerprint,
+    generate_listings,
+    load_listings_csv,
+)
+from streaming_ml.evaluation.drift import reference_of
 from streaming_ml.exceptions import ConfigError, DataError
 from streaming_ml.features import INPUT_NAMES, INPUT_TYPES, FeatureEncoder, fit_feature_spec
 from streaming_ml.model import (
@@ -338,6 +345,10 @@ def train_model(
             "seed": seed,
         },
         "libraries": _library_versions(),
+        # What the evaluator measures drift against: the rows and predictions trained on.
+        "reference": reference_of(
+            {name: frame[name].tolist() for name in FEATURES}, model.predict(frame).tolist()
+        ),
     }
     if cv is not None:
         metadata["cv"] = cv

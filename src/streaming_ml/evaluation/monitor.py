@@ -1,0 +1,217 @@
+"""``streaming-ml monitor``: the running accuracy, label coverage, drift and alerts, read
+from the topics the evaluators write (so it sees every partition, whichever process
+owns it, and needs no evaluator to be reachable).
+
+* outcomes topic -> metrics per model tag and arm (the same fold as the evaluator's);
+* the evaluator's changelog -> label coverage counts and drift scores per partition;
+* alerts topic -> the alerts raised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from streaming_ml import serde
+from streaming_ml.config import Settings
+from streaming_ml.evaluation.evaluator import PARTITION_KEY
+from streaming_ml.evaluation.metrics import Scoreboard
+from streaming_ml.evaluation.outcomes import Outcome
+from streaming_ml.exceptions import StackError
+
+RECENT_ALERTS = 20
+
+
+class Monitor:
+    """Follows the evaluation topics from their beginning; ``poll()`` folds what is new."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        s = settings
+        self.scoreboard = Scoreboard(
+            s.metrics_window_outcomes, s.metrics_window_minutes, s.degraded_threshold
+        )
+        self.partitions: dict[int, dict[str, Any]] = {}
+        self.alerts: list[dict[str, Any]] = []
+        self.alert_count = 0
+        self._decode = serde.writer_schema_deserializer(serde.registry_client(s.registry_url))
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap,
+                "group.id": "streaming-ml-monitor",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+        self._topics = (s.outcomes_topic, s.evaluator_state_topic, s.alerts_topic)
+        self._ends: set[tuple[str, int]] = set()
+        self._assigned: list[TopicPartition] = []
+        self._assign()
+
+    def _assign(self) -> None:
+        metadata = self._consumer.list_topics(timeout=10).topics
+        missing = [t for t in self._topics if t not in metadata]
+        if missing:
+            raise StackError(
+                f"no evaluation topics yet ({', '.join(missing)}): start the evaluator "
+                "(`streaming-ml evaluator`, or `streaming-ml demo` which starts it)."
+            )
+        self._assigned = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in self._topics
+            for p in sorted(metadata[topic].partitions)
+        ]
+        self._consumer.assign(self._assigned)
+
+    @property
+    def caught_up(self) -> bool:
+        return len(self._ends) == len(self._assigned)
+
+    def poll(self, timeout_s: float = 0.5) -> int:
+        count = 0
+        for msg in self._consumer.consume(num_messages=5_000, timeout=timeout_s):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._ends.add((msg.topic(), msg.partition()))
+                continue
+            self._fold(msg)
+            count += 1
+        return count
+
+    def read_to_end(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"could not read the evaluation topics to their end in {timeout_s:g} s; "
+                    "is Kafka up? Try `streaming-ml stack status`."
+                )
+            self.poll()
+
+    def _fold(self, msg: Message) -> None:
+        topic, value = msg.topic(), msg.value()
+        if value is None:
+            return
+        if topic == self.settings.outcomes_topic:
+            self.scoreboard.add(Outcome.from_record(self._decode(value, None)), msg.partition())
+        elif topic == self.settings.evaluator_state_topic:
+            if msg.key() == PARTITION_KEY:
+                self.partitions[msg.partition()] = json.loads(value)
+        else:
+            self.alert_count += 1
+            self.alerts.append(self._decode(value, None))
+            del self.alerts[:-RECENT_ALERTS]
+
+    def coverage(self) -> dict[str, dict[str, int]]:
+        predicted: Counter[str] = Counter()
+        labelled: Counter[str] = Counter()
+        for state in self.partitions.values():
+            predicted.update(state.get("predicted") or {})
+            labelled.update(state.get("labelled") or {})
+        return {"predicted": dict(predicted), "labelled": dict(labelled)}
+
+    def snapshot(self) -> dict[str, Any]:
+        drift = {
+            str(p): {
+                "reference": (state.get("features") or {}).get("reference_tag"),
+                "windows": (state.get("features") or {}).get("window", 0),
+                "features": (state.get("features") or {}).get("last") or {},
+                "prediction": (state.get("prediction") or {}).get("last") or {},
+            }
+            for p, state in sorted(self.partitions.items())
+        }
+        return {
+            "pairs": self.scoreboard.snapshot(int(time.time() * 1000), self.coverage()),
+            "drift": drift,
+            "alerts": {"count": self.alert_count, "recent": self.alerts},
+        }
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"£{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def render(snapshot: Mapping[str, Any]) -> Any:
+    """The terminal view of a snapshot (rich renderables)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    accuracy = Table(title="Accuracy per model and arm (labels as they arrive)", expand=True)
+    for column in ("model tag", "arm", "outcomes", "coverage", "MAE", "RMSE", "MAPE", "bias",
+                   "MAE last N", "MAPE last N", "MAE last T", "lag p50", "lag p99"):  # fmt: skip
+        accuracy.add_column(column, justify="left" if column in ("model tag", "arm") else "right")
+    for entry in snapshot["pairs"].values():
+        c, n, t = entry["cumulative"], entry["last_n"], entry["last_t"]
+        lag = entry["label_lag_s"]
+        accuracy.add_row(
+            entry["model_tag"], entry["arm"], str(c["n"]), _pct(entry.get("label_coverage")),
+            _money(c["mae"]), _money(c["rmse"]), _pct(c["mape"]), _money(c["bias"]),
+            _money(n["mae"]), _pct(n["mape"]), _money(t["mae"]),
+            "-" if lag["p50"] is None else f"{lag['p50']:.1f}s",
+            "-" if lag["p99"] is None else f"{lag['p99']:.1f}s",
+        )  # fmt: skip
+    drift = Table(title="Drift: PSI of the last window per partition (alert > threshold)")
+    drift.add_column("partition")
+    names: list[str] = []
+    for state in snapshot["drift"].values():
+        for name in [*state["features"], *state["prediction"]]:
+            if name not in names:
+                names.append(name)
+    for name in names:
+        drift.add_column(name, justify="right")
+    for partition, state in snapshot["drift"].items():
+        scores = {**state["features"], **state["prediction"]}
+        drift.add_row(
+            partition,
+            *(f"{scores[n]['psi']:.3f}" if n in scores else "-" for n in names),
+        )
+    alerts = Table(title=f"Alerts ({snapshot['alerts']['count']} raised; latest last)")
+    alerts.add_column("kind")
+    alerts.add_column("message")
+    for alert in snapshot["alerts"]["recent"][-8:]:
+        alerts.add_row(alert["kind"], alert["message"])
+    return Group(accuracy, drift, alerts)
+
+
+def snapshot(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Everything the evaluation topics hold so far (``streaming-ml monitor --json``)."""
+    monitor = Monitor(settings)
+    try:
+        monitor.read_to_end(timeout_s)
+        return monitor.snapshot()
+    finally:
+        monitor.close()
+
+
+def watch(settings: Settings, refresh_s: float = 1.0) -> None:
+    """The live terminal view, until Ctrl-C."""
+    from rich.console import Console
+    from rich.live import Live
+
+    monitor = Monitor(settings)
+    console = Console()
+    try:
+        with console.status("reading the evaluation topics..."):
+            monitor.read_to_end()
+        with Live(render(monitor.snapshot()), console=console, refresh_per_second=2) as live:
+            while True:
+                monitor.poll(timeout_s=refresh_s)
+                live.update(render(monitor.snapshot()))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        monitor.close()

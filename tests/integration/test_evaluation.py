@@ -1,0 +1,297 @@
+"""Online evaluation on the real stack: outcomes, running accuracy, coverage, drift and
+degradation alerts, a SIGKILL of the evaluator, and the outcomes table the sink writes.
+
+Each test gets its own evaluator group, changelog, outcomes and alerts topics (and, when
+it reads the table, its own outcomes table and sink connector), so tests sharing the
+session's stack do not see each other's outcomes.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg2
+import pytest
+
+from streaming_ml import connect, topics
+from streaming_ml.bridge import kafka_setup
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.data import feature_problems
+from streaming_ml.evaluation import monitor
+from streaming_ml.evaluation.evaluator import Evaluator
+from streaming_ml.evaluation.outcomes import pair_key
+from streaming_ml.load import load_listings
+from streaming_ml.stack import postgres
+from streaming_ml.stack.secrets import load_passwords
+from tests.fixtures.ports import free_port
+from tests.integration.pipeline import (
+    commit_offsets,
+    dsn_of,
+    high_watermarks,
+    listings,
+    pipeline_settings,
+    query,
+    running_bridge,
+    settings_env,
+    settled,
+    unique,
+    wait_until,
+    where_stuck,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def evaluation_settings(stack_settings: Settings, service_url: str, **update: Any) -> Settings:
+    """A bridge group and an evaluator of this test's own (topics, group, metrics port)."""
+    return pipeline_settings(
+        stack_settings,
+        service_url,
+        evaluator_group=unique("test-evaluator"),
+        evaluator_state_topic=unique("sml_evaluator_state"),
+        evaluator_metrics_port=free_port(),
+        outcomes_topic=unique("car_price_outcomes"),
+        alerts_topic=unique("car_price_alerts"),
+        **update,
+    )
+
+
+def with_outcomes_table(settings: Settings) -> Settings:
+    """Give ``settings`` an outcomes table and a sink connector of their own."""
+    name = unique("outcomes").replace("-", "_")
+    own = settings.model_copy(
+        update={"outcomes_table": name, "outcomes_sink_connector": f"test-{name}-sink"}
+    )
+    # The schema for these settings: CREATE ... IF NOT EXISTS, so only the new table is new.
+    text = postgres.schema_sql(own).replace("\\connect cars\n", "")
+    passwords = load_passwords(own.state_dir)
+    conn = psycopg2.connect(postgres.superuser_dsn(own, passwords, own.database))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(text)
+    finally:
+        conn.close()
+    # Topics before the sink: a sink subscribing first would auto-create one partition.
+    kafka_setup.ensure_topics(own)
+    connect.register_connector(own, own.outcomes_sink_connector)
+    return own
+
+
+def evaluator_starts_at_end(settings: Settings) -> None:
+    """The evaluator group sees only what the test makes (the bridge's group, too)."""
+    from confluent_kafka import Consumer
+
+    inputs = (settings.listings_topic, settings.predictions_topic, settings.shadow_topic)
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "sml-probe"})
+    try:
+        for topic in inputs:
+            ends = high_watermarks(probe, topic)
+            if ends is not None:
+                commit_offsets(settings, settings.evaluator_group, topic, ends)
+    finally:
+        probe.close()
+
+
+@contextmanager
+def running_evaluator(settings: Settings) -> Iterator[Evaluator]:
+    evaluator = Evaluator(settings)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            evaluator.run()
+        except BaseException as error:
+            errors.append(error)
+            evaluator.assigned.set()
+
+    thread = threading.Thread(target=target, name="test-evaluator", daemon=True)
+    thread.start()
+    assert evaluator.assigned.wait(120), "evaluator got no partitions"
+    if errors:
+        raise errors[0]
+    try:
+        yield evaluator
+    finally:
+        evaluator.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "evaluator did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+def read_outcomes(settings: Settings) -> list[dict[str, Any]]:
+    """Every committed outcome record on the settings' outcomes topic."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+
+    from streaming_ml import serde
+
+    decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": unique("read-outcomes"),
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    found: list[dict[str, Any]] = []
+    try:
+        metadata = consumer.list_topics(settings.outcomes_topic, timeout=10)
+        start = {p: OFFSET_BEGINNING for p in metadata.topics[settings.outcomes_topic].partitions}
+        _count, complete = topics.read_until_end(
+            consumer, settings.outcomes_topic, start,
+            lambda msg: found.append(decode(msg.value(), None)), 60,
+        )  # fmt: skip
+    finally:
+        consumer.close()
+    assert complete, "could not read the outcomes topic to its end"
+    return found
+
+
+def offline_metrics(errors: list[float], actuals: list[float]) -> dict[str, float]:
+    e = np.asarray(errors, dtype=float)
+    a = np.asarray(actuals, dtype=float)
+    return {
+        "mae": float(np.mean(np.abs(e))),
+        "rmse": float(math.sqrt(np.mean(e**2))),
+        "mape": float(np.mean(np.abs(e) / a)),
+        "bias": float(np.mean(e)),
+    }
+
+
+def test_labels_on_insert_give_metrics_equal_to_the_tables_offline(
+    stack_settings: Settings, prediction_service: str, trained_model_tag: str
+) -> None:
+    settings = with_outcomes_table(evaluation_settings(stack_settings, prediction_service))
+    dsn = dsn_of(settings)
+    evaluator_starts_at_end(settings)
+    with running_bridge(settings), running_evaluator(settings) as evaluator:
+        ids = load_listings(dsn, 1_200, seed=1001, invalid=30, table=settings.listings_table).ids
+        rows_by_id = listings(dsn, settings.listings_table, ids)
+        valid = [i for i in ids if not feature_problems(rows_by_id[i])]
+        predictions = wait_until(
+            lambda: settled(dsn, settings, valid), 120, "every valid listing priced",
+            explain=lambda: where_stuck(settings, dsn, valid),
+        )  # fmt: skip
+        priced = sorted(predictions)
+        assert len(priced) == 1_170
+        table = settings.outcomes_table
+        wait_until(
+            lambda: query(dsn, f"SELECT count(*) AS n FROM {table}")[0]["n"] >= len(priced),
+            120, "an outcome row per priced listing",
+        )  # fmt: skip
+        snapshot = evaluator.snapshot()
+    rows = query(
+        dsn,
+        f"SELECT p.listing_id, p.predicted_price, l.price FROM {settings.predictions_table} p "
+        f"JOIN {settings.listings_table} l ON l.id = p.listing_id WHERE p.listing_id = ANY(%s)",
+        (priced,),
+    )
+    expected = offline_metrics(
+        [r["predicted_price"] - r["price"] for r in rows], [r["price"] for r in rows]
+    )
+    outcome_rows = query(dsn, f"SELECT * FROM {table}")
+    assert len(outcome_rows) == len(priced)
+    assert sorted(r["listing_id"] for r in outcome_rows) == priced
+    assert {r["label_lag_ms"] for r in outcome_rows} == {0}
+    pair = snapshot["pairs"][pair_key(trained_model_tag, "champion")]
+    assert pair["cumulative"]["n"] == len(priced)
+    assert pair["predicted"] == pair["labelled"] == len(priced)
+    assert pair["label_coverage"] == 1.0
+    for name, value in expected.items():
+        assert pair["cumulative"][name] == pytest.approx(value, rel=1e-9, abs=1e-6), name
+    # The monitor reads the topics, not the evaluator, and comes to the same figures.
+    seen = monitor.snapshot(settings)["pairs"][pair_key(trained_model_tag, "champion")]
+    for name, value in expected.items():
+        assert seen["cumulative"][name] == pytest.approx(value, rel=1e-9, abs=1e-6), name
+    assert seen["label_coverage"] == 1.0
+
+
+def start_evaluator_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming_ml.cli", "evaluator"],
+            cwd=REPO_ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def test_late_labels_give_one_outcome_each_even_across_a_sigkill_of_the_evaluator(
+    stack_settings: Settings, prediction_service: str, trained_model_tag: str, tmp_path: Path
+) -> None:
+    settings = evaluation_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    evaluator_starts_at_end(settings)
+    log = tmp_path / "evaluator.log"
+    loaded: list[Any] = []
+    with running_bridge(settings):
+        process = start_evaluator_process(settings, log)
+        try:
+            loader = threading.Thread(
+                target=lambda: loaded.append(
+                    load_listings(
+                        dsn, 2_000, seed=1002, rate=400, batch=50, table=settings.listings_table,
+                        scenario="late-labels", label_delay_s=1.0, label_share=0.75,
+                    )
+                )
+            )  # fmt: skip
+            loader.start()
+            wait_until(lambda: len(read_outcomes(settings)) >= 300, 120, "300 outcomes")
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            process = start_evaluator_process(settings, log)
+            loader.join(timeout=180)
+            assert not loader.is_alive()
+            summary = loaded[0]
+            labelled = set(summary.labelled)
+            assert 1_300 < len(labelled) < 1_700
+            settled_rows = wait_until(
+                lambda: settled(dsn, settings, summary.ids), 120, "every listing priced",
+                explain=lambda: where_stuck(settings, dsn, summary.ids),
+            )  # fmt: skip
+            assert len(settled_rows) == 2_000
+            outcomes = wait_until(
+                lambda: (found := read_outcomes(settings)) and len(found) >= len(labelled)
+                and found,
+                120, "an outcome for every labelled listing",
+            )  # fmt: skip
+            snapshot = wait_until(
+                lambda: (s := monitor.snapshot(settings))["pairs"]
+                and s["pairs"][pair_key(trained_model_tag, "champion")]["predicted"] == 2_000
+                and s,
+                60, "coverage counts caught up",
+            )  # fmt: skip
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    keys = Counter((o["listing_id"], o["model_tag"], o["arm"], o["actual_price"]) for o in outcomes)
+    assert max(keys.values()) == 1, "an outcome was emitted twice"
+    assert {o["listing_id"] for o in outcomes} == labelled
+    listings_by_id = {
+        r["id"]: r
+        for r in query(
+            dsn,
+            f"SELECT id, price FROM {settings.listings_table} WHERE id = ANY(%s)",
+            (summary.ids,),
+        )
+    }
+    for outcome in outcomes:
+        assert outcome["actual_price"] == listings_by_id[outcome["listing_id"]]["price"]
+        assert outcome["label_lag_ms"] >= 900, "a late label with no lag"
+    assert all(listings_by_id[i]["price"] is None for i in set(summary.ids) - labelled)
+    pair = snapshot["pairs"][pair_key(trained_model_tag, "champion")]
+    assert pair["cumulative"]["n"] == len(labelled)
+    assert pair["labelled"] == len(labelled)
+    assert pair["label_coverage"] == pytest.approx(len(labelled) / 2_000)
+    assert pair["label_lag_s"]["p50"] >= 0.9
+    assert "restored" in log.read_text()
