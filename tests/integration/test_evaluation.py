@@ -34,6 +34,7 @@ from streaming_ml.load import load_listings
 from streaming_ml.stack import postgres
 from streaming_ml.stack.secrets import load_passwords
 from tests.fixtures.ports import free_port
+from tests.integration.models import experiment_running
 from tests.integration.pipeline import (
     commit_offsets,
     dsn_of,
@@ -295,3 +296,144 @@ def test_late_labels_give_one_outcome_each_even_across_a_sigkill_of_the_evaluato
     assert pair["label_coverage"] == pytest.approx(len(labelled) / 2_000)
     assert pair["label_lag_s"]["p50"] >= 0.9
     assert "restored" in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def other_model_tags() -> list[str]:
+    """Two more small real models (other seeds and depths): a challenger and a shadow."""
+    from streaming_ml.train import TrainParams, train_model
+
+    tags = []
+    for seed, depth in ((21, 4), (22, 3)):
+        result = train_model(
+            model_name=Settings().model_name, data_path=None, synthetic_rows=2_000, seed=seed,
+            version=None, params=TrainParams(n_estimators=60, learning_rate=0.2, max_depth=depth),
+        )  # fmt: skip
+        tags.append(str(result["tag"]))
+    return tags
+
+
+def test_challenger_and_shadow_arms_get_metrics_of_their_own(
+    stack_settings: Settings, trained_model_tag: str, other_model_tags: list[str], tmp_path: Path
+) -> None:
+    challenger, shadow = other_model_tags
+    experiment = {"challenger": challenger, "split_percent": 30.0, "shadow": shadow}
+    with experiment_running(stack_settings, trained_model_tag, experiment, tmp_path) as served:
+        settings = evaluation_settings(served, str(served.service_url))
+        dsn = dsn_of(settings)
+        evaluator_starts_at_end(settings)
+        with running_bridge(settings), running_evaluator(settings) as evaluator:
+            ids = load_listings(dsn, 900, seed=1003, table=settings.listings_table).ids
+            wait_until(
+                lambda: settled(dsn, settings, ids), 120, "every listing priced",
+                explain=lambda: where_stuck(settings, dsn, ids),
+            )  # fmt: skip
+            wait_until(
+                lambda: sum(m.n for m in evaluator.scoreboard.pairs.values()) >= 2 * len(ids),
+                120, "an outcome per served and per shadow price",
+            )  # fmt: skip
+            snapshot = evaluator.snapshot()
+    served_rows = query(
+        dsn,
+        f"SELECT p.model_tag, p.arm, p.predicted_price, l.price FROM {settings.predictions_table}"
+        f" p JOIN {settings.listings_table} l ON l.id = p.listing_id WHERE l.id = ANY(%s)",
+        (ids,),
+    )
+    shadow_rows = query(
+        dsn,
+        f"SELECT p.model_tag, p.arm, p.predicted_price, l.price FROM {settings.shadow_table} p "
+        f"JOIN {settings.listings_table} l ON l.id = p.listing_id WHERE l.id = ANY(%s)",
+        (ids,),
+    )
+    by_pair: dict[str, list[dict[str, Any]]] = {}
+    for row in served_rows + shadow_rows:
+        by_pair.setdefault(pair_key(row["model_tag"], row["arm"]), []).append(row)
+    assert set(by_pair) == {
+        pair_key(trained_model_tag, "champion"),
+        pair_key(challenger, "challenger"),
+        pair_key(shadow, "shadow"),
+    }
+    assert set(snapshot["pairs"]) == set(by_pair)
+    assert len(by_pair[pair_key(shadow, "shadow")]) == len(ids)
+    for pair, rows in by_pair.items():
+        expected = offline_metrics(
+            [r["predicted_price"] - r["price"] for r in rows], [r["price"] for r in rows]
+        )
+        seen = snapshot["pairs"][pair]
+        assert seen["cumulative"]["n"] == seen["predicted"] == len(rows), pair
+        for name, value in expected.items():
+            assert seen["cumulative"][name] == pytest.approx(value, rel=1e-9, abs=1e-6), pair
+    # Three different models: three different error levels.
+    maes = {pair: snapshot["pairs"][pair]["cumulative"]["mae"] for pair in by_pair}
+    assert len({round(v, 2) for v in maes.values()}) == 3
+
+
+def alerts_of(settings: Settings) -> list[dict[str, Any]]:
+    return monitor.snapshot(settings)["alerts"]["recent"]
+
+
+def test_normal_rows_raise_nothing_and_a_mileage_shift_raises_only_mileage_drift(
+    stack_settings: Settings, prediction_service: str, trained_model_tag: str
+) -> None:
+    settings = evaluation_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    evaluator_starts_at_end(settings)
+    with running_bridge(settings), running_evaluator(settings) as evaluator:
+        normal = load_listings(dsn, 20_000, seed=1004, table=settings.listings_table).ids
+        wait_until(
+            lambda: evaluator.coverage()["predicted"].get(
+                pair_key(trained_model_tag, "champion"), 0
+            ) >= len(normal),
+            240, "20,000 normal listings evaluated",
+        )  # fmt: skip
+        windows = sum(p.features.window for p in evaluator.partitions.values())
+        assert windows >= 36, "the drift windows did not close"
+        assert evaluator.stats.alerts == 0, alerts_of(settings)
+        shifted = load_listings(
+            dsn, 6_000, seed=1005, table=settings.listings_table,
+            scenario="feature-shift", lead_in=0,
+        ).ids  # fmt: skip
+        wait_until(
+            lambda: evaluator.coverage()["predicted"].get(
+                pair_key(trained_model_tag, "champion"), 0
+            ) >= len(normal) + len(shifted),
+            240, "the shifted listings evaluated",
+        )  # fmt: skip
+    alerts = alerts_of(settings)
+    features = {a["feature"] for a in alerts if a["kind"] == "feature_drift"}
+    assert features == {"mileage"}, alerts
+    # Every partition alerted, each within a bounded number of its rows: the window the
+    # shift began in, plus the alert count of drifted windows.
+    partitions = {a["source_partition"] for a in alerts if a["feature"] == "mileage"}
+    assert partitions == set(range(settings.partitions))
+    assert not [a for a in alerts if a["kind"] == "model_degraded"], alerts
+
+
+def test_price_shift_raises_model_degraded_while_the_features_stay_quiet(
+    stack_settings: Settings, prediction_service: str, trained_model_tag: str
+) -> None:
+    settings = evaluation_settings(stack_settings, prediction_service)
+    dsn = dsn_of(settings)
+    champion = pair_key(trained_model_tag, "champion")
+    evaluator_starts_at_end(settings)
+    with running_bridge(settings), running_evaluator(settings) as evaluator:
+
+        def evaluated(n: int) -> bool:
+            return evaluator.scoreboard.metrics(champion).n >= n
+
+        before = load_listings(dsn, 3_000, seed=1006, table=settings.listings_table).ids
+        wait_until(lambda: evaluated(len(before)), 120, "the normal listings evaluated")
+        mae_before = evaluator.snapshot()["pairs"][champion]["last_n"]["mae"]
+        after = load_listings(
+            dsn, 6_000, seed=1007, table=settings.listings_table,
+            scenario="price-shift", lead_in=0,
+        ).ids  # fmt: skip
+        wait_until(lambda: evaluated(len(before) + len(after)), 180, "the shifted ones evaluated")
+        mae_after = evaluator.snapshot()["pairs"][champion]["last_n"]["mae"]
+    alerts = alerts_of(settings)
+    degraded = [a for a in alerts if a["kind"] == "model_degraded"]
+    assert degraded and all(a["model_tag"] == trained_model_tag for a in degraded), alerts
+    assert not [a for a in alerts if a["kind"] == "feature_drift"], alerts
+    # Fiesta and Focus are about half the listings: +20 % on their price moves the
+    # windowed MAE by about half again (measured: 1,433 -> 2,140).
+    assert mae_after > 1.3 * mae_before, (mae_before, mae_after)
