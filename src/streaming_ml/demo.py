@@ -1,7 +1,7 @@
 """``streaming-ml demo``: the whole pipeline on this machine, from a fresh clone.
 
 Starts the stack, trains a model if none exists, starts the service and the
-bridge, inserts a few listings and shows each one with the price the pipeline
+bridge and the evaluator, inserts a few listings and shows each one with the price the pipeline
 wrote back to Postgres and how long that took. Ctrl-C stops everything.
 """
 
@@ -12,6 +12,7 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -112,6 +113,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
     from streaming_ml import connectors, stack
     from streaming_ml.bridge import Bridge
+    from streaming_ml.evaluation.evaluator import Evaluator
     from streaming_ml.load import load_listings
     from streaming_ml.serving import ServiceProcess
     from streaming_ml.sinks import wait_for_predictions
@@ -140,16 +142,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         connectors.apply(live)
         bridge = Bridge(live, watch_connectors=True)
         failure: list[BaseException] = []
-
-        def _run_bridge() -> None:
-            try:
-                bridge.run()
-            except BaseException as error:  # surfaced to the main thread below
-                failure.append(error)
-                bridge.ready.set()
-
-        thread = threading.Thread(target=_run_bridge, name="bridge", daemon=True)
-        thread.start()
+        thread = _in_thread("bridge", bridge.run, bridge.ready, failure)
         cleanup.callback(lambda: (bridge.stop(), thread.join(timeout=60)))
         if not bridge.ready.wait(timeout=180) or failure:
             raise (
@@ -157,6 +150,10 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
                 if failure
                 else StreamingMLError("the bridge did not start within 180 s; see the log above")
             )
+        # Accuracy on labels and drift, as they arrive (docs/monitoring.md).
+        evaluator = Evaluator(live)
+        evaluator_thread = _in_thread("evaluator", evaluator.run, evaluator.assigned, failure)
+        cleanup.callback(lambda: (evaluator.stop(), evaluator_thread.join(timeout=60)))
 
         # Inserting before the group has partitions would show its start-up as latency.
         if not bridge.assigned.wait(timeout=ASSIGNMENT_TIMEOUT_S):
@@ -187,6 +184,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         if failure:
             raise failure[0]
         console.print(results_table(inserted, predictions))
+        _print_accuracy(console, evaluator, len(predictions))
         if predictions:
             to_model = statistics.median(p["end_to_end_ms"] for p in predictions.values())
             to_row = statistics.median(
@@ -215,12 +213,49 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         # `kill <pid>` stops the demo as cleanly as Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            while thread.is_alive():
+            while thread.is_alive() and evaluator_thread.is_alive():
                 thread.join(timeout=1.0)
         except KeyboardInterrupt:
             console.print("\nstopping bridge, service and stack…")
         if failure:
             raise failure[0]
+
+
+def _in_thread(
+    name: str, run: Callable[[], Any], started: threading.Event, failure: list[BaseException]
+) -> threading.Thread:
+    """Run ``run`` in a daemon thread; an exception goes to ``failure`` (and sets
+    ``started`` so nobody waits for a start that will not come)."""
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as error:  # surfaced to the main thread
+            failure.append(error)
+            started.set()
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _print_accuracy(console: Console, evaluator: Any, priced: int) -> None:
+    """The champion's running accuracy once the demo's listings are judged (their price
+    came with the insert, so each is labelled at once)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        judged = sum(m.n for m in evaluator.scoreboard.pairs.values())
+        if judged >= priced:
+            break
+        time.sleep(0.2)  # bounded poll of the evaluator's in-memory counts
+    for entry in evaluator.snapshot()["pairs"].values():
+        c = entry["cumulative"]
+        if c["n"]:
+            console.print(
+                f"accuracy of {entry['model_tag']} ({entry['arm']}) on the labels so far: "
+                f"MAE £{c['mae']:,.0f}, MAPE {c['mape']:.1%} over {c['n']} listings "
+                "(live view: `streaming-ml monitor`)."
+            )
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
@@ -241,6 +276,11 @@ def _print_endpoints(
     table.add_row("Prediction service", f"{service_url}  (POST /predict_batch, /docs)")
     table.add_row(
         "Bridge metrics", f"http://{settings.host}:{settings.bridge_metrics_port}/metrics"
+    )
+    table.add_row(
+        "Evaluator metrics",
+        f"http://{settings.host}:{settings.evaluator_metrics_port}/metrics  "
+        "(accuracy, drift: `streaming-ml monitor`)",
     )
     table.add_row("Kafka", settings.kafka_bootstrap)
     table.add_row("Schema registry", settings.registry_url)

@@ -1,6 +1,6 @@
 """`streaming-ml demo --no-wait` (what `make demo` runs, minus the wait) on a private stack:
 it starts everything, applies the connectors, prices the valid listings, dead-letters the
-invalid one and stops what it started."""
+invalid one, reports the accuracy on their labels and stops what it started."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
     from streaming_ml.stack import down
 
     settings: Settings = private_stack_settings("sml-demo-").model_copy(
-        update={"service_port": free_port(), "bridge_metrics_port": free_port()}
+        update={
+            "service_port": free_port(),
+            "bridge_metrics_port": free_port(),
+            "evaluator_metrics_port": free_port(),
+        }
     )
     cli = Path(sys.executable).parent / "streaming-ml"
     try:
@@ -35,7 +39,10 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-4000:]
         assert re.search(r"\b3/3 valid listings priced", output), output[-4000:]
-        for field in (*PORT_FIELDS, "service_port"):
+        # The evaluator judged them: their price came with the insert.
+        accuracy = r"accuracy of \S+ \(champion\)[\s\S]*?over 3\s+listings"  # may wrap
+        assert re.search(accuracy, output), output[-4000:]
+        for field in (*PORT_FIELDS, "service_port", "evaluator_metrics_port"):
             port = getattr(settings, field)
             assert not processes.port_open(settings.host, port), f"{field} {port} still open"
     finally:
