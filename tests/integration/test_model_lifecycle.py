@@ -13,8 +13,6 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,13 @@ from streaming_ml.load import load_listings
 from streaming_ml.model import load_price_model
 from streaming_ml.serving import ServiceProcess
 from tests.fixtures.model import corrupt_copy
-from tests.fixtures.ports import free_port
+from tests.integration.following import (
+    champion_is,
+    experiment_running,
+    following_service,
+    model_info,
+    own_registry,
+)
 from tests.integration.pipeline import (
     dsn_of,
     execute,
@@ -41,55 +45,11 @@ from tests.integration.pipeline import (
     running_bridge,
     settings_env,
     settled,
-    unique,
     wait_until,
     where_stuck,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def second_model_tag() -> str:
-    """Another small real model: different seed and depth, so its prices differ."""
-    from streaming_ml.train import TrainParams, train_model
-
-    result = train_model(
-        model_name=Settings().model_name, data_path=None, synthetic_rows=3_000, seed=8,
-        version=None, params=TrainParams(n_estimators=80, learning_rate=0.2, max_depth=4),
-    )  # fmt: skip
-    return str(result["tag"])
-
-
-def own_registry(stack_settings: Settings) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "model_events_topic": unique("sml_model_events"),
-            "models_topic": unique("sml_models"),
-        }
-    )
-
-
-@contextmanager
-def following_service(
-    settings: Settings, fallback_tag: str, log: Path, bentoml_home: Path | None = None
-) -> Iterator[ServiceProcess]:
-    """A service that follows ``settings``' registry (its fallback and first champion:
-    ``fallback_tag``), as `streaming-ml serve` runs it."""
-    service = ServiceProcess(
-        host=settings.host, port=free_port(), model_tag=fallback_tag,
-        bentoml_home=bentoml_home, log_path=log, settings=settings,
-    )  # fmt: skip
-    with service:
-        yield service
-
-
-def model_info(service: ServiceProcess) -> dict[str, Any]:
-    return requests.post(f"{service.url}/model_info", json={}, timeout=10).json()
-
-
-def champion_is(service: ServiceProcess, tag: str) -> bool:
-    return model_info(service)["tag"] == tag
 
 
 def service_metric(service: ServiceProcess, name: str, **labels: str) -> float:
@@ -215,26 +175,6 @@ EXAMPLE_RECORD = {
     "model": "Focus", "year": 2018, "transmission": "Manual", "mileage": 20000,
     "fuelType": "Petrol", "tax": 145, "mpg": 55.4, "engineSize": 1.0,
 }  # fmt: skip
-
-
-@contextmanager
-def experiment_running(
-    stack_settings: Settings, champion: str, experiment: dict[str, Any], tmp_path: Path
-) -> Iterator[Settings]:
-    """A following service with ``champion`` claimed and ``experiment`` (challenger and
-    split_percent, and/or shadow) served; yields pipeline settings that call it."""
-    registry_settings = own_registry(stack_settings)
-    with following_service(registry_settings, champion, tmp_path / "service.log") as service:
-        wait_until(lambda: champion_is(service, champion), 30, "the champion claimed")
-        lifecycle.start_experiment(
-            registry_settings,
-            experiment.get("challenger"),
-            experiment.get("split_percent", 0.0),
-            experiment.get("shadow"),
-        )
-        arms = {arm for arm in ("challenger", "shadow") if experiment.get(arm)}
-        wait_until(lambda: arms <= set(model_info(service)["arms"]), 10, f"{arms} served")
-        yield pipeline_settings(registry_settings, service.url)
 
 
 def arms_of(dsn: str, settings: Settings, ids: list[int]) -> dict[int, tuple[str, str]]:
