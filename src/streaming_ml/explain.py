@@ -131,11 +131,11 @@ def _pounds(amount: float, signed: bool = False) -> str:
     return f"{sign}£{abs(amount):,.0f}"
 
 
-def _value(value: Any) -> str:
+def _value(name: str, value: Any) -> str:
     if value is None:
         return "unknown"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}" if value >= 10_000 else str(value)
+    if name == "mileage" and isinstance(value, int):
+        return f"{value:,}"
     return str(value)
 
 
@@ -157,8 +157,9 @@ def _bar(amount: float, largest: float) -> Text:
 def bar_chart(explanation: Mapping[str, Any], reference_id: int | None = None) -> Table:
     """One model's decomposition: the base, each feature's amount as a bar, the price."""
     method = explanation["method"]
+    rather = f" rather than {_pounds(explanation['base_price'])}" if method == "reference" else ""
     title = (
-        f"Why {_pounds(explanation['predicted_price'])}: {explanation['arm']}, "
+        f"Why {_pounds(explanation['predicted_price'])}{rather}: {explanation['arm']}, "
         f"{explanation['model_tag']}"
     )
     table = Table(title=title, box=None, show_header=False, title_justify="left", pad_edge=False)
@@ -173,7 +174,7 @@ def bar_chart(explanation: Mapping[str, Any], reference_id: int | None = None) -
     for item in contributions:
         table.add_row(
             item["feature"],
-            _value(item["value"]),
+            _value(item["feature"], item["value"]),
             _pounds(item["amount"], signed=True),
             _bar(item["amount"], largest),
         )
@@ -210,7 +211,7 @@ def price_table(explained: ExplainedListing) -> tuple[Table, list[str]]:
 
 def render(explained: ExplainedListing) -> RenderableType:
     listing = explained.listing
-    facts = " · ".join(f"{name} {_value(listing.get(name))}" for name in FEATURES)
+    facts = " · ".join(f"{name} {_value(name, listing.get(name))}" for name in FEATURES)
     header = Text.assemble(
         (f"Listing {explained.listing_id}", "bold"),
         f"  {facts}",
