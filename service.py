@@ -19,6 +19,9 @@ from streaming_ml.model import check_servable, get_bento_model
 from streaming_ml.serving import (
     ArmMetrics,
     BatchPrediction,
+    ExplainedPrice,
+    ExplainRequest,
+    ListingExplanation,
     PredictBatchRequest,
     Predictor,
     PredictRequest,
@@ -57,6 +60,7 @@ class PricePredictor:
         self.predictor = Predictor(
             lineup,
             max_rows=SETTINGS.service_max_rows,
+            max_explained_rows=SETTINGS.service_max_explained_rows,
             metrics=metrics,
             status=follower.status if follower is not None else None,
         )
@@ -69,14 +73,26 @@ class PricePredictor:
     # (BentoML would otherwise map each top-level key to a parameter), so the
     # model's extra="ignore" drops `price` and any other extra key.
     @bentoml.api(route="/predict")
-    async def predict(self, request: PredictRequest, /) -> JSON[list[float]]:  # type: ignore[valid-type]
-        """Price listings sent as columns; returns one price (GBP) per row, in row order."""
+    async def predict(
+        self,
+        request: PredictRequest,  # type: ignore[valid-type]
+        /,
+    ) -> JSON[list[float] | list[ExplainedPrice]]:
+        """Price listings sent as columns; returns one price (GBP) per row, in row order
+        (with `"explain": true`, each price with its base and per-feature contributions)."""
         return await self.predictor.handle_predict(request)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, request: PredictBatchRequest, /) -> JSON[list[BatchPrediction]]:
-        """Price listings sent as records (the bridge's micro-batches), in input order."""
+        """Price listings sent as records (the bridge's micro-batches), in input order
+        (with `"explain": true`, each price, the shadow's too, with its explanation)."""
         return await self.predictor.handle_predict_batch(request)
+
+    @bentoml.api(route="/explain")
+    async def explain(self, request: ExplainRequest, /) -> JSON[ListingExplanation]:
+        """Why one listing costs what it does: its price by every model that prices it
+        (its arm, the shadow), as a base price plus one amount in GBP per feature."""
+        return await self.predictor.handle_explain(request)
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> JSON[dict[str, Any]]:

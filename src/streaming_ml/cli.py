@@ -364,6 +364,42 @@ def load(
 
 
 @app.command()
+def explain(
+    listing_id: int = typer.Argument(..., help="The listing's id in car_listings"),
+    against: int | None = typer.Option(
+        None,
+        "--against",
+        help="Explain the difference from this other listing's price instead of from the "
+        "model's base price",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of the charts"),
+) -> None:
+    """Show a listing, its price per arm, and each feature's share of it as a bar chart."""
+    settings = _settings()
+    from rich.console import Console
+
+    from streaming_ml.explain import gather, render
+    from streaming_ml.stack import postgres_dsn
+
+    tables = {
+        "listings": settings.listings_table,
+        "predictions": settings.predictions_table,
+        "shadow": settings.shadow_table,
+    }
+    try:
+        explained = gather(
+            postgres_dsn(settings), tables, settings.prediction_url, listing_id,
+            settings.request_timeout_s, against=against,
+        )  # fmt: skip
+    except StreamingMLError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(explained.as_dict(), indent=2, default=str))
+    else:
+        Console().print(render(explained))
+
+
+@app.command()
 def demo(
     wait: bool = typer.Option(True, help="Keep running until Ctrl-C (--no-wait: exit at once)"),
     rows: int = typer.Option(8, help="Listings to insert for the demo"),

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     service_max_rows: int = Field(
         10_000, ge=1, description="Most rows in one /predict or /predict_batch (413 above)"
     )
+    service_max_explained_rows: int = Field(
+        1_000, ge=1, description="Most rows in one request with explanations (413 above)"
+    )
     service_max_concurrency: int = Field(
         64, ge=1, description="Most requests the service works on at once (429 above)"
     )

@@ -57,22 +57,6 @@ def ensure_model(settings: Settings, console: Console) -> str:
     return str(result["tag"])
 
 
-def _listings(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
-    import psycopg2
-    import psycopg2.extras
-    from psycopg2 import sql
-
-    with (
-        psycopg2.connect(dsn, connect_timeout=10) as conn,
-        conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
-    ):
-        query = sql.SQL("SELECT * FROM {} WHERE id = ANY(%s) ORDER BY id")
-        cur.execute(query.format(sql.Identifier("public", table)), (ids,))
-        found = {int(r["id"]): dict(r) for r in cur.fetchall()}
-    conn.close()
-    return found
-
-
 def _cell(value: Any, number_format: str = "") -> str:
     """Invalid listings have NULLs and odd values: show them as they are."""
     if value is None:
@@ -114,7 +98,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     from streaming_ml import connectors, stack
     from streaming_ml.bridge import Bridge
     from streaming_ml.evaluation.evaluator import Evaluator
-    from streaming_ml.load import load_listings
+    from streaming_ml.load import connect, load_listings, read_listings
     from streaming_ml.serving import ServiceProcess
     from streaming_ml.sinks import wait_for_predictions
     from streaming_ml.stack.secrets import APP_ROLE, secrets_path
@@ -169,7 +153,11 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
             batch=1, rate=4, table=settings.listings_table,
         )  # fmt: skip
         console.print(f"  {summary.describe()}")
-        inserted = _listings(dsn, settings.listings_table, summary.ids)
+        conn = connect(dsn)
+        try:
+            inserted = read_listings(conn, settings.listings_table, summary.ids)
+        finally:
+            conn.close()
         valid = [lid for lid, row in inserted.items() if not feature_problems(row)]
         predictions = wait_for_predictions(
             dsn,

@@ -39,3 +39,7 @@ class BenchError(StreamingMLError):
 
 class RegistryError(StreamingMLError):
     """The model registry (its Kafka topics) cannot be read or written, or refuses a change."""
+
+
+class ListingNotFoundError(StreamingMLError):
+    """No listing with the requested id in the listings table."""

@@ -34,6 +34,11 @@ INPUT_NAMES: tuple[str, ...] = (*FEATURES, RELATIVE_MPG)
 INPUT_TYPES: tuple[str, ...] = tuple(
     "c" if name in CATEGORICAL_FEATURES else "q" for name in INPUT_NAMES
 )
+# The listing feature each input is credited to when a price is explained per feature
+# (streaming_ml.contributions). relative_mpg goes to mpg: it is the listing's own fuel
+# economy, put on its model's scale; model and fuel type only pick the scale, and a
+# listing cannot change its mpg without changing relative_mpg.
+FEATURE_OF_INPUT: dict[str, str] = {**{name: name for name in FEATURES}, RELATIVE_MPG: "mpg"}
 _CATEGORY_POSITIONS = {name: INPUT_NAMES.index(name) for name in CATEGORICAL_FEATURES}
 _NUMERIC_POSITIONS = {name: INPUT_NAMES.index(name) for name in NUMERIC_FEATURES}
 _RELATIVE_MPG_POSITION = INPUT_NAMES.index(RELATIVE_MPG)

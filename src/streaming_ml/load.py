@@ -1,5 +1,5 @@
-"""Insert synthetic listings into ``car_listings``: the demo's, the tests' and the
-benchmark's source of change events."""
+"""Insert synthetic listings into ``car_listings`` (the demo's, the tests' and the
+benchmark's source of change events) and read listings back by id."""
 
 from __future__ import annotations
 
@@ -37,6 +37,29 @@ class LoadSummary:
         )
 
 
+def connect(dsn: str) -> Any:
+    """A psycopg2 connection to the stack's database; StackError with the fix if not."""
+    import psycopg2
+
+    try:
+        return psycopg2.connect(dsn, connect_timeout=10)
+    except psycopg2.OperationalError as error:
+        raise StackError(
+            f"cannot connect to Postgres ({str(error).strip()}); is the stack up? "
+            "Run `streaming-ml stack up`."
+        ) from error
+
+
+def read_listings(conn: Any, table: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Rows of ``table`` with these ids (every column), by id; missing ids are absent."""
+    import psycopg2.extras
+
+    query = sql.SQL("SELECT * FROM {} WHERE id = ANY(%s) ORDER BY id")
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(query.format(sql.Identifier("public", table)), (list(ids),))
+        return {int(row["id"]): dict(row) for row in cur.fetchall()}
+
+
 def insert_statement(table: str) -> sql.Composed:
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in LISTING_COLUMNS)
     return sql.SQL("INSERT INTO {} ({}) VALUES %s RETURNING id").format(
@@ -70,13 +93,7 @@ def insert_records(
         raise DataError(f"--rate must be positive, got {rate}")
     statement = insert_statement(table)
     names = [c.name for c in LISTING_COLUMNS]
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=10)
-    except psycopg2.OperationalError as error:
-        raise StackError(
-            f"cannot connect to Postgres ({str(error).strip()}); is the stack up? "
-            "Run `streaming-ml stack up`."
-        ) from error
+    conn = connect(dsn)
     ids: list[int] = []
     pending: list[tuple[float, list[tuple[int, Any]]]] = []  # (due, [(id, price)])
     labelled: list[int] = []

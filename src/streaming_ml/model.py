@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from streaming_ml import contributions
+from streaming_ml.data import FEATURES
 from streaming_ml.exceptions import ModelNotFoundError
-from streaming_ml.features import INPUT_NAMES, FeatureEncoder, FeatureSpec
+from streaming_ml.features import (
+    FEATURE_OF_INPUT,
+    INPUT_NAMES,
+    INPUT_TYPES,
+    FeatureEncoder,
+    FeatureSpec,
+)
 
 if TYPE_CHECKING:
     import bentoml
@@ -26,6 +35,38 @@ logger = logging.getLogger(__name__)
 BOOSTER_FILE = "booster.json"
 FEATURES_KEY = "features"
 TARGET_TRANSFORM_KEY = "target_transform"
+
+
+def dmatrix(
+    matrix: np.ndarray, label: np.ndarray | None = None, nthread: int | None = None
+) -> xgb.DMatrix:
+    """An input matrix as XGBoost's DMatrix, with the input names and categorical types."""
+    return xgb.DMatrix(
+        matrix,
+        label=label,
+        feature_names=list(INPUT_NAMES),
+        feature_types=list(INPUT_TYPES),
+        enable_categorical=True,
+        nthread=nthread,
+    )
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Prices with their decomposition: ``base[i] + amounts[i].sum() == prices[i]`` (GBP).
+
+    ``amounts`` has one column per listing feature (``data.FEATURES`` order)."""
+
+    prices: np.ndarray
+    base: np.ndarray
+    amounts: np.ndarray
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as the service's ``explanation`` object."""
+        return {
+            "base_price": float(self.base[i]),
+            "contributions": dict(zip(FEATURES, self.amounts[i].tolist(), strict=True)),
+        }
 
 
 class PriceModel:
@@ -59,6 +100,28 @@ class PriceModel:
     def predict_records(self, records: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Prices for dicts keyed by feature name: the fast path for JSON request bodies."""
         return self.predict_matrix(self._encoder.from_records(records))
+
+    def explain_records(self, records: Iterable[Mapping[str, Any]]) -> Explained:
+        """Prices (the very numbers ``predict_records`` gives) with each listing feature's
+        share in pounds, from XGBoost's TreeSHAP contributions (``pred_contribs``).
+
+        TreeSHAP needs a DMatrix and costs a few hundred times a prediction per row, so
+        it runs only when asked (docs/model.md, "Explaining a price")."""
+        matrix = self._encoder.from_records(records)
+        if len(matrix) == 0:
+            empty = np.empty(0, dtype=np.float64)
+            return Explained(empty, empty, np.empty((0, len(FEATURES))))
+        prices = self.predict_matrix(matrix)
+        raw = self.booster.predict(
+            dmatrix(matrix, nthread=1), pred_contribs=True, validate_features=False
+        )
+        # The last column is the bias: the model's expected output, the same for every row.
+        shares = contributions.by_feature(raw[:, :-1], INPUT_NAMES, FEATURE_OF_INPUT, FEATURES)
+        convert = (
+            contributions.to_pounds if self.target_transform == "log" else contributions.in_pounds
+        )
+        base, amounts = convert(shares, raw[:, -1], prices)
+        return Explained(prices, base, amounts)
 
     @classmethod
     def from_bento_model(cls, model: bentoml.Model) -> PriceModel:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
 import anyio
 import numpy as np
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
 
 from streaming_ml.config import REPO_ROOT, Settings, settings_env
+from streaming_ml.contributions import against_reference
 from streaming_ml.data import (
     FEATURE_COLUMNS,
     FEATURES,
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
     import bentoml
     from starlette.responses import Response
 
-    from streaming_ml.lineup import Lineup, ServedModel
+    from streaming_ml.lineup import Arm, Lineup, ServedModel
+    from streaming_ml.model import Explained
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ EXAMPLE_INPUT: dict[str, list[Any]] = {
 EXAMPLE_RECORDS: list[dict[str, Any]] = [
     {"key": row, **{name: EXAMPLE_INPUT[name][row] for name in FEATURES}} for row in range(2)
 ]
+# The second one alone, as ``/explain`` takes a listing.
+EXAMPLE_LISTING: dict[str, Any] = {name: EXAMPLE_INPUT[name][1] for name in FEATURES}
 
 # Only JSON documentation: values are typed loosely on purpose so every rule,
 # type included, is decided by data.check_value and reported with its field.
@@ -78,8 +82,11 @@ _VECTORISE_FROM_ROWS = 32
 # Requests up to this many rows are priced inline on the event loop (see Predictor).
 INLINE_MAX_ROWS = 64
 # Defaults of the request limits (settings SML_SERVICE_MAX_*): the bridge's largest batch is
-# 500 records (~100 KB); the bench's biggest /predict is 1,000 rows (~150 KB).
+# 500 records (~100 KB); the bench's biggest /predict is 1,000 rows (~150 KB). An explained
+# row costs a few hundred predictions (TreeSHAP: ~6 ms for the shipped model), so 1,000
+# of them keep a request well inside the 30 s traffic timeout.
 DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_EXPLAINED_ROWS = 1_000
 # Cap the error list so a garbage million-row body cannot produce a huge reply.
 _MAX_REPORTED_PROBLEMS = 50
 
@@ -95,12 +102,22 @@ def _column_field(column: Column) -> tuple[Any, Any]:
     )
 
 
+# A body field, not a query parameter: BentoML maps an API's inputs to the JSON body, so
+# the option is in the OpenAPI schema, validated with the rest, and BentoML's own clients
+# can send it (they have no way to add a query string).
+_EXPLAIN_FIELD = Field(
+    False,
+    description="Also return, per row, the base price and each feature's contribution in "
+    "GBP (they add up to the price); costs a few hundred predictions per row",
+)
+
 PredictRequest: type[BaseModel] = create_model(
     "PredictRequest",
     __config__=ConfigDict(extra="ignore"),
     __doc__="Listings as columns: every feature is a list with one value per row. "
     "Other keys (such as the target `price`) are ignored.",
     **{column.name: _column_field(column) for column in FEATURE_COLUMNS},
+    explain=(bool, _EXPLAIN_FIELD),
 )
 
 
@@ -114,13 +131,53 @@ class PredictBatchRequest(BaseModel):
         f"({', '.join(FEATURES)}); other keys are ignored",
         examples=[EXAMPLE_RECORDS],
     )
+    explain: bool = _EXPLAIN_FIELD
+
+
+class ExplainRequest(BaseModel):
+    """One listing to explain with every model that prices it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    listing: dict[str, Any] = Field(
+        description=f"The listing's feature fields ({', '.join(FEATURES)}); others are ignored",
+        examples=[EXAMPLE_LISTING],
+    )
+    listing_id: int | None = Field(
+        None,
+        description="Its id, which picks its A/B arm as on /predict_batch (none: champion)",
+        examples=[7],
+    )
+    reference: dict[str, Any] | None = Field(
+        None,
+        description="Another listing: explain the difference from its price instead of "
+        "from the model's base price (a feature both share then contributes exactly 0)",
+    )
 
 
 # A TypedDict, not a BaseModel: BentoML validates every returned item against it,
 # and plain dicts are about six times cheaper to check than model instances.
+class PriceExplanation(TypedDict):
+    base_price: Annotated[
+        float,
+        Field(description="The model's price before any feature is known (exp of its mean "
+              "log price over the training rows), GBP"),
+    ]  # fmt: skip
+    contributions: Annotated[
+        dict[str, float],
+        Field(description="Per feature, GBP: base_price plus all of them is the price"),
+    ]
+
+
+class ExplainedPrice(TypedDict):
+    predicted_price: Annotated[float, Field(description="Predicted price in GBP")]
+    explanation: PriceExplanation
+
+
 class ShadowPrediction(TypedDict):
     predicted_price: Annotated[float, Field(description="The shadow model's price (not served)")]
     model_tag: Annotated[str, Field(description="BentoML tag of the shadow model")]
+    explanation: NotRequired[PriceExplanation]
 
 
 class BatchPrediction(TypedDict):
@@ -129,7 +186,43 @@ class BatchPrediction(TypedDict):
     model_name: Annotated[str, Field(description="Model name (the tag before ':')")]
     model_version: Annotated[str, Field(description="Model version (the tag after ':')")]
     arm: Annotated[str, Field(description="champion or challenger (the listing's A/B arm)")]
+    explanation: NotRequired[PriceExplanation]
     shadow: NotRequired[ShadowPrediction]
+
+
+class FeatureContribution(TypedDict):
+    feature: str
+    value: Annotated[Any, Field(description="The listing's value of the feature")]
+    amount: Annotated[float, Field(description="Its contribution to the price, GBP")]
+
+
+class ArmExplanation(TypedDict):
+    arm: Annotated[str, Field(description="champion, challenger or shadow")]
+    model_tag: str
+    model_name: str
+    model_version: str
+    predicted_price: Annotated[float, Field(description="This model's price of the listing")]
+    base_price: Annotated[
+        float,
+        Field(description="tree_shap: the model's base price; reference: its price of the "
+              "reference listing"),
+    ]  # fmt: skip
+    method: Literal["tree_shap", "reference"]
+    contributions: Annotated[
+        list[FeatureContribution],
+        Field(description="Every feature, largest amount first; they add up to "
+              "predicted_price - base_price"),
+    ]  # fmt: skip
+
+
+class ListingExplanation(TypedDict):
+    listing: dict[str, Any]
+    listing_id: int | None
+    reference: NotRequired[dict[str, Any]]
+    explanations: Annotated[
+        list[ArmExplanation],
+        Field(description="The arm that serves the listing, then the shadow if one runs"),
+    ]
 
 
 # --- Validation -----------------------------------------------------------------
@@ -259,6 +352,18 @@ def validate_records(records: Sequence[Mapping[str, Any]], today: dt.date | None
         raise InvalidRequestError(problems)
 
 
+def listing_problems(
+    listing: Mapping[str, Any], name: str, today: dt.date | None = None
+) -> list[Problem]:
+    """What check_value rejects in one listing, located as ``name.field``."""
+    today = today or dt.date.today()
+    return [
+        Problem((name, column.name), reason)
+        for column in FEATURE_COLUMNS
+        if (reason := check_value(column, listing.get(column.name), today))
+    ]
+
+
 # --- Predicting -------------------------------------------------------------------
 
 
@@ -333,7 +438,8 @@ class Predictor:
     """Validates requests and prices them with the current lineup (``streaming_ml.lineup``).
 
     Each request reads ``self.lineup`` once: a hot swap replaces the attribute, and a
-    request already running finishes on the models it started with."""
+    request already running finishes on the models it started with; so does its
+    explanation, which comes from the very model that priced the row."""
 
     def __init__(
         self,
@@ -341,9 +447,11 @@ class Predictor:
         max_rows: int = DEFAULT_MAX_ROWS,
         metrics: ArmMetrics | None = None,
         status: Callable[[], Mapping[str, Any]] | None = None,
+        max_explained_rows: int = DEFAULT_MAX_EXPLAINED_ROWS,
     ) -> None:
         self.lineup = lineup
         self.max_rows = max_rows
+        self.max_explained_rows = max_explained_rows
         self.metrics = metrics
         self._status = status
 
@@ -362,13 +470,18 @@ class Predictor:
             info["registry"] = dict(self._status())
         return info
 
-    def _price(
-        self, served: ServedModel, arm: str, records: Sequence[Mapping[str, Any]]
-    ) -> list[float]:
+    def _call(
+        self,
+        served: ServedModel,
+        arm: str,
+        records: Sequence[Mapping[str, Any]],
+        work: Callable[[Any, Sequence[Mapping[str, Any]]], Any],
+    ) -> Any:
+        """``work(model, records)`` with the arm's metrics around it."""
         labels = (arm, served.tag)
         started = time.perf_counter()
         try:
-            prices = served.model.predict_records(records).tolist()
+            result = work(served.model, records)
         except Exception:
             if self.metrics is not None:
                 self.metrics.errors.labels(*labels).inc()
@@ -377,10 +490,22 @@ class Predictor:
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
             self.metrics.requests.labels(*labels).inc()
             self.metrics.rows.labels(*labels).inc(len(records))
-        return prices
+        return result
 
-    def predict_columns(self, request: BaseModel) -> list[float]:
-        """``/predict``: one price per row of a PredictRequest, in row order (champion)."""
+    def _price(
+        self, served: ServedModel, arm: str, records: Sequence[Mapping[str, Any]], explain: bool
+    ) -> tuple[list[float], list[PriceExplanation] | None]:
+        """Prices, and with ``explain`` each row's explanation by the same model."""
+        if not explain:
+            prices = self._call(served, arm, records, _predict)
+            return prices, None
+        explained: Explained = self._call(served, arm, records, _explain)
+        rows = [PriceExplanation(**explained.row(i)) for i in range(len(records))]
+        return explained.prices.tolist(), rows
+
+    def predict_columns(self, request: BaseModel) -> list[float] | list[ExplainedPrice]:
+        """``/predict``: one price per row of a PredictRequest, in row order (champion);
+        with ``explain``, each price with its explanation."""
         columns = {name: getattr(request, name) for name in FEATURES}
         if validate_columns(columns) == 0:
             return []
@@ -388,22 +513,36 @@ class Predictor:
         # the small requests this endpoint sees.
         rows = zip(*columns.values(), strict=True)
         records = [dict(zip(FEATURES, row, strict=True)) for row in rows]
-        return self._price(self.lineup.champion, "champion", records)
+        prices, explanations = self._price(
+            self.lineup.champion, "champion", records, request.explain
+        )
+        if explanations is None:
+            return prices
+        return [
+            ExplainedPrice(predicted_price=price, explanation=explanation)
+            for price, explanation in zip(prices, explanations, strict=True)
+        ]
 
-    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[BatchPrediction]:
+    def predict_records(
+        self, records: Sequence[Mapping[str, Any]], explain: bool = False
+    ) -> list[BatchPrediction]:
         """``/predict_batch``: price, tag, name, version and arm per record, in order; with
-        a shadow model, each item also carries the shadow's price under ``shadow``."""
+        a shadow model, each item also carries the shadow's price under ``shadow``; with
+        ``explain``, each price (the shadow's too) has its ``explanation``."""
         validate_records(records)
         if not records:
             return []
         lineup = self.lineup
         arms = [lineup.arm_of(record.get(LISTING_ID_KEY)) for record in records]
         prices: list[float] = [0.0] * len(records)
+        explanations: list[PriceExplanation | None] = [None] * len(records)
         for arm in sorted(set(arms)):
             rows = [i for i, a in enumerate(arms) if a == arm]
             chosen = records if len(rows) == len(records) else [records[i] for i in rows]
-            for i, price in zip(rows, self._price(lineup.model_of(arm), arm, chosen), strict=True):
-                prices[i] = price
+            priced, explained = self._price(lineup.model_of(arm), arm, chosen, explain)
+            for k, i in enumerate(rows):
+                prices[i] = priced[k]
+                explanations[i] = explained[k] if explained is not None else None
         answer = [
             BatchPrediction(
                 predicted_price=price,
@@ -414,40 +553,126 @@ class Predictor:
             )
             for price, arm in zip(prices, arms, strict=True)
         ]
+        if explain:
+            for item, explanation in zip(answer, explanations, strict=True):
+                assert explanation is not None
+                item["explanation"] = explanation
         if lineup.shadow is not None:
             shadow_tag = lineup.shadow.tag
-            for item, price in zip(
-                answer, self._price(lineup.shadow, "shadow", records), strict=True
-            ):
+            priced, explained = self._price(lineup.shadow, "shadow", records, explain)
+            for i, (item, price) in enumerate(zip(answer, priced, strict=True)):
                 item["shadow"] = ShadowPrediction(predicted_price=price, model_tag=shadow_tag)
+                if explained is not None:
+                    item["shadow"]["explanation"] = explained[i]
         return answer
 
-    # The HTTP side. A small request costs less to price than a hop to a worker
-    # thread, so it is priced on the event loop; a big one goes to a thread so
-    # /readyz and /metrics keep answering while it runs.
+    def explain_listing(self, request: ExplainRequest) -> ListingExplanation:
+        """``/explain``: the listing's decomposition by the model of its arm, then by the
+        shadow; against ``request.reference`` when one is given."""
+        listing = {name: request.listing.get(name) for name in FEATURES}
+        problems = listing_problems(listing, "listing")
+        reference = None
+        if request.reference is not None:
+            reference = {name: request.reference.get(name) for name in FEATURES}
+            problems += listing_problems(reference, "reference")
+        if problems:
+            raise InvalidRequestError(problems)
+        lineup = self.lineup
+        arms: list[Arm] = [lineup.arm_of(request.listing_id)]
+        if lineup.shadow is not None:
+            arms.append("shadow")
+        answer = ListingExplanation(
+            listing=listing,
+            listing_id=request.listing_id,
+            explanations=[
+                self._explain_arm(lineup.model_of(arm), arm, listing, reference) for arm in arms
+            ],
+        )
+        if reference is not None:
+            answer["reference"] = reference
+        return answer
 
-    async def handle_predict(self, request: BaseModel) -> list[float] | Response:
+    def _explain_arm(
+        self,
+        served: ServedModel,
+        arm: str,
+        listing: dict[str, Any],
+        reference: dict[str, Any] | None,
+    ) -> ArmExplanation:
+        if reference is None:
+            explained: Explained = self._call(served, arm, [listing], _explain)
+            base, price, amounts = explained.base[0], explained.prices[0], explained.amounts[0]
+        else:
+
+            def against(model: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
+                return against_reference(model.predict_records, rows[0], reference, FEATURES)
+
+            base, price, amounts = self._call(served, arm, [listing], against)
+        order = sorted(range(len(FEATURES)), key=lambda j: -abs(amounts[j]))
+        return ArmExplanation(
+            arm=arm,
+            model_tag=served.tag,
+            model_name=served.name,
+            model_version=served.version,
+            predicted_price=float(price),
+            base_price=float(base),
+            method="tree_shap" if reference is None else "reference",
+            contributions=[
+                FeatureContribution(
+                    feature=FEATURES[j], value=listing[FEATURES[j]], amount=float(amounts[j])
+                )
+                for j in order
+            ],
+        )
+
+    # The HTTP side. A small request costs less to price than a hop to a worker
+    # thread, so it is priced on the event loop; a big one, or any explained one
+    # (a few hundred times the work per row), goes to a thread so /readyz and
+    # /metrics keep answering while it runs.
+
+    async def handle_predict(self, request: BaseModel) -> list[Any] | Response:
         rows = len(getattr(request, FEATURES[0]))
-        return await self._answer(self.predict_columns, request, rows)
+        return await self._answer(self.predict_columns, request, rows, request.explain)
 
     async def handle_predict_batch(self, request: PredictBatchRequest) -> list[Any] | Response:
-        return await self._answer(self.predict_records, request.records, len(request.records))
+        def price(records: list[dict[str, Any]]) -> list[BatchPrediction]:
+            return self.predict_records(records, request.explain)
 
-    async def _answer(self, price: Callable[[Any], Any], payload: Any, rows: int) -> Any:
-        if rows > self.max_rows:
+        return await self._answer(price, request.records, len(request.records), request.explain)
+
+    async def handle_explain(self, request: ExplainRequest) -> ListingExplanation | Response:
+        return await self._answer(self.explain_listing, request, 1, explain=True)
+
+    async def _answer(
+        self, price: Callable[[Any], Any], payload: Any, rows: int, explain: bool
+    ) -> Any:
+        if explain and self.max_explained_rows < self.max_rows:
+            limit, what = self.max_explained_rows, "explained rows"
+            setting = "SML_SERVICE_MAX_EXPLAINED_ROWS"
+        else:
+            limit, what, setting = self.max_rows, "rows", "SML_SERVICE_MAX_ROWS"
+        if rows > limit:
             return _refuse(
                 413,
-                f"{rows} rows is over the limit of {self.max_rows} per request "
-                "(SML_SERVICE_MAX_ROWS); split the request",
+                f"{rows} {what} is over the limit of {limit} per request ({setting}); "
+                "split the request",
                 {},
             )
-        return await _answer(price, payload, rows)
+        return await _answer(price, payload, inline=rows <= INLINE_MAX_ROWS and not explain)
 
 
-async def _answer(price: Callable[[Any], Any], payload: Any, rows: int) -> Any:
+def _predict(model: Any, records: Sequence[Mapping[str, Any]]) -> list[float]:
+    return model.predict_records(records).tolist()
+
+
+def _explain(model: Any, records: Sequence[Mapping[str, Any]]) -> Explained:
+    return model.explain_records(records)
+
+
+async def _answer(price: Callable[[Any], Any], payload: Any, inline: bool) -> Any:
     """``price(payload)``, or the 400 reply naming every bad field."""
     try:
-        if rows <= INLINE_MAX_ROWS:
+        if inline:
             return price(payload)
         return await anyio.to_thread.run_sync(price, payload)
     except InvalidRequestError as error:

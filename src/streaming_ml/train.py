@@ -29,12 +29,13 @@ from streaming_ml.data import (
 )
 from streaming_ml.evaluation.drift import reference_of
 from streaming_ml.exceptions import ConfigError, DataError
-from streaming_ml.features import INPUT_NAMES, INPUT_TYPES, FeatureEncoder, fit_feature_spec
+from streaming_ml.features import INPUT_NAMES, FeatureEncoder, fit_feature_spec
 from streaming_ml.model import (
     BOOSTER_FILE,
     FEATURES_KEY,
     TARGET_TRANSFORM_KEY,
     PriceModel,
+    dmatrix,
     get_bento_model,
 )
 
@@ -107,16 +108,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def _dmatrix(matrix: np.ndarray, label: np.ndarray | None = None) -> xgb.DMatrix:
-    return xgb.DMatrix(
-        matrix,
-        label=label,
-        feature_names=list(INPUT_NAMES),
-        feature_types=list(INPUT_TYPES),
-        enable_categorical=True,
-    )
-
-
 def fit_booster(
     frame: pd.DataFrame,
     params: TrainParams,
@@ -127,11 +118,11 @@ def fit_booster(
     """Fit on ``frame`` (log-price target) and wrap it as an untagged PriceModel."""
     spec = fit_feature_spec(frame)
     encoder = FeatureEncoder(spec)
-    train_matrix = _dmatrix(encoder.from_frame(frame), np.log(frame[TARGET].to_numpy(float)))
+    train_matrix = dmatrix(encoder.from_frame(frame), np.log(frame[TARGET].to_numpy(float)))
     evals = []
     if valid is not None:
         valid_label = np.log(valid[TARGET].to_numpy(float))
-        evals = [(_dmatrix(encoder.from_frame(valid), valid_label), "valid")]
+        evals = [(dmatrix(encoder.from_frame(valid), valid_label), "valid")]
     booster = xgb.train(
         params.booster_params(seed),
         train_matrix,

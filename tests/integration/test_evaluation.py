@@ -34,7 +34,7 @@ from streaming_ml.load import load_listings
 from streaming_ml.stack import postgres
 from streaming_ml.stack.secrets import load_passwords
 from tests.fixtures.ports import free_port
-from tests.integration.models import experiment_running
+from tests.integration.following import experiment_running
 from tests.integration.pipeline import (
     commit_offsets,
     dsn_of,

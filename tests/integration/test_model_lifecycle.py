@@ -27,7 +27,7 @@ from streaming_ml.load import load_listings
 from streaming_ml.model import load_price_model
 from streaming_ml.serving import ServiceProcess
 from tests.fixtures.model import corrupt_copy
-from tests.integration.models import (
+from tests.integration.following import (
     champion_is,
     experiment_running,
     following_service,
@@ -50,18 +50,6 @@ from tests.integration.pipeline import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def second_model_tag() -> str:
-    """Another small real model: different seed and depth, so its prices differ."""
-    from streaming_ml.train import TrainParams, train_model
-
-    result = train_model(
-        model_name=Settings().model_name, data_path=None, synthetic_rows=3_000, seed=8,
-        version=None, params=TrainParams(n_estimators=80, learning_rate=0.2, max_depth=4),
-    )  # fmt: skip
-    return str(result["tag"])
 
 
 def service_metric(service: ServiceProcess, name: str, **labels: str) -> float:

@@ -18,7 +18,7 @@ from streaming_ml.config import REPO_ROOT
 from streaming_ml.data import FEATURES, max_year
 from streaming_ml.exceptions import ServiceUnavailableError
 from streaming_ml.processes import port_free
-from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_RECORDS, ServiceProcess
+from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_LISTING, EXAMPLE_RECORDS, ServiceProcess
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -56,6 +56,37 @@ def test_reference_body_returns_the_models_prices(
     assert all(isinstance(p, float) and math.isfinite(p) and p > 0 for p in got)
     direct = load_price_model(trained_model_tag).predict(pd.DataFrame(EXAMPLE_INPUT))
     assert got == pytest.approx(direct.tolist(), rel=1e-6)
+
+
+def readme_curl_body() -> bytes:
+    """The body of the README's reference curl, byte for byte as a user pastes it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = "curl -s -X POST http://127.0.0.1:3000/predict -H 'Content-Type: application/json' -d '"
+    return readme.split(start, 1)[1].split("'\n", 1)[0].encode()
+
+
+def test_the_readme_curl_answer_is_byte_for_byte_a_plain_list_of_prices(
+    prediction_service: str, trained_model_tag: str
+) -> None:
+    """Explanations are off unless asked: the reference answer stays exactly what it was
+    (the model's prices as a JSON array, nothing else), whatever the model."""
+    from streaming_ml.model import load_price_model
+
+    body = readme_curl_body()
+    columns = json.loads(body)
+    records = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    expected = json.dumps(load_price_model(trained_model_tag).predict_records(records).tolist())
+
+    response = requests.post(
+        f"{prediction_service}/predict", data=body,
+        headers={"Content-Type": "application/json"}, timeout=30,
+    )  # fmt: skip
+    explicit_off = post(f"{prediction_service}/predict", dict(columns, explain=False))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.content == expected.encode()
+    assert explicit_off.content == response.content
 
 
 def test_price_column_is_ignored(prediction_service: str) -> None:
@@ -110,6 +141,135 @@ def test_batch_matches_predict_and_names_the_model(
         "model_name": trained_model_tag.split(":")[0],
         "model_version": trained_model_tag.split(":")[1],
     }  # fmt: skip
+
+
+# --- Explanations ------------------------------------------------------------------------
+
+PENNY_MILLIONTH = 1e-6  # pounds
+
+
+def explanation_total(explanation: dict[str, Any]) -> float:
+    return explanation["base_price"] + sum(explanation["contributions"].values())
+
+
+def test_explained_batch_prices_are_the_same_prices_and_add_up_for_random_listings(
+    prediction_service: str,
+) -> None:
+    from streaming_ml.data import generate_listing_records
+
+    records = generate_listing_records(300, seed=1501)
+    plain = post(f"{prediction_service}/predict_batch", {"records": records}).json()
+
+    response = post(f"{prediction_service}/predict_batch", {"records": records, "explain": True})
+
+    assert response.status_code == 200, response.text
+    explained = response.json()
+    assert [i["predicted_price"] for i in explained] == [i["predicted_price"] for i in plain]
+    for item in explained:
+        assert list(item["explanation"]["contributions"]) == list(FEATURES)
+        assert abs(explanation_total(item["explanation"]) - item["predicted_price"]) < (
+            PENNY_MILLIONTH
+        )
+    assert len({item["explanation"]["base_price"] for item in explained}) == 1
+
+
+def test_explained_predict_answers_each_price_with_its_explanation(
+    prediction_service: str,
+) -> None:
+    reference = prices(prediction_service, EXAMPLE_INPUT)
+
+    answer = post(f"{prediction_service}/predict", dict(EXAMPLE_INPUT, explain=True)).json()
+
+    assert [item["predicted_price"] for item in answer] == reference
+    for item in answer:
+        assert abs(explanation_total(item["explanation"]) - item["predicted_price"]) < (
+            PENNY_MILLIONTH
+        )
+
+
+def test_explain_gives_the_full_decomposition_with_the_feature_values(
+    prediction_service: str, trained_model_tag: str
+) -> None:
+    response = post(f"{prediction_service}/explain", {"listing": EXAMPLE_LISTING})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (explanation,) = body["explanations"]
+    assert body["listing"] == EXAMPLE_LISTING
+    assert (explanation["arm"], explanation["model_tag"]) == ("champion", trained_model_tag)
+    assert explanation["predicted_price"] == prices(prediction_service, EXAMPLE_INPUT)[1]
+    values = {c["feature"]: c["value"] for c in explanation["contributions"]}
+    assert values == EXAMPLE_LISTING
+    total = explanation["base_price"] + sum(c["amount"] for c in explanation["contributions"])
+    assert abs(total - explanation["predicted_price"]) < PENNY_MILLIONTH
+
+
+def test_a_pair_differing_only_in_mileage_puts_the_difference_on_mileage(
+    prediction_service: str,
+) -> None:
+    """The controlled pair: explained against each other, every feature the two listings
+    share contributes exactly nothing, and mileage carries the whole price difference."""
+    import random
+
+    from streaming_ml.data import generate_listing_records
+
+    rng = random.Random(1502)
+    for listing in generate_listing_records(20, seed=1502):
+        twin = dict(listing, mileage=listing["mileage"] + rng.randint(1_000, 40_000))
+        pair = {name: [listing[name], twin[name]] for name in FEATURES}
+        price, twin_price = prices(prediction_service, pair)
+
+        response = post(f"{prediction_service}/explain", {"listing": twin, "reference": listing})
+
+        assert response.status_code == 200, response.text
+        (explanation,) = response.json()["explanations"]
+        amounts = {c["feature"]: c["amount"] for c in explanation["contributions"]}
+        difference = twin_price - price
+        assert explanation["method"] == "reference"
+        assert (explanation["base_price"], explanation["predicted_price"]) == (price, twin_price)
+        assert abs(amounts.pop("mileage") - difference) <= PENNY_MILLIONTH * abs(difference)
+        assert set(amounts.values()) == {0.0}
+
+
+def test_explaining_against_a_reference_adds_up_whatever_differs(
+    prediction_service: str,
+) -> None:
+    from streaming_ml.data import generate_listing_records
+
+    listings = generate_listing_records(10, seed=1503)
+    for listing, reference in zip(listings[::2], listings[1::2], strict=True):
+        (explanation,) = post(
+            f"{prediction_service}/explain", {"listing": listing, "reference": reference}
+        ).json()["explanations"]
+        total = explanation["base_price"] + sum(c["amount"] for c in explanation["contributions"])
+        assert abs(total - explanation["predicted_price"]) < PENNY_MILLIONTH
+
+
+EXPLAIN_BAD = {
+    "negative mileage": ({"listing": dict(EXAMPLE_LISTING, mileage=-1)}, "listing.mileage"),
+    "missing field": (
+        {"listing": {k: v for k, v in EXAMPLE_LISTING.items() if k != "year"}},
+        "listing.year",
+    ),
+    "bad reference": (
+        {"listing": EXAMPLE_LISTING, "reference": dict(EXAMPLE_LISTING, tax="free")},
+        "reference.tax",
+    ),
+    "no listing": ({"listing_id": 3}, "listing"),
+    "listing not an object": ({"listing": [1, 2]}, "listing"),
+    "explain as text": ({"records": EXAMPLE_RECORDS, "explain": "please"}, "explain"),
+}
+
+
+@pytest.mark.parametrize("body, field", EXPLAIN_BAD.values(), ids=EXPLAIN_BAD.keys())
+def test_bad_explain_input_is_rejected_naming_the_field(
+    prediction_service: str, body: dict[str, Any], field: str
+) -> None:
+    path = "/predict_batch" if "records" in body else "/explain"
+
+    response = post(f"{prediction_service}{path}", body)
+
+    assert field in problems_named(response)
 
 
 def test_batch_of_no_records_is_empty(prediction_service: str) -> None:
@@ -247,7 +407,7 @@ GARBAGE = {
 }
 
 
-@pytest.mark.parametrize("path", ["/predict", "/predict_batch"])
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/explain"])
 @pytest.mark.parametrize("body, content_type", GARBAGE.values(), ids=GARBAGE.keys())
 def test_garbage_bodies_get_a_4xx_never_a_5xx(
     prediction_service: str, path: str, body: bytes, content_type: str

@@ -111,7 +111,8 @@ def test_request_models_ignore_extra_keys() -> None:
     request = PredictRequest.model_validate(dict(EXAMPLE_INPUT, colour=["red", "blue"]))
     batch = PredictBatchRequest.model_validate({"records": EXAMPLE_RECORDS, "trace": 1})
 
-    assert set(request.model_dump()) == set(FEATURES)
+    assert set(request.model_dump()) == {*FEATURES, "explain"}
+    assert request.explain is False and batch.explain is False  # off unless asked
     assert batch.records[0]["key"] == 0  # extra record keys reach the service untouched
 
 
@@ -137,3 +138,153 @@ def test_model_info_names_the_training_file_but_never_its_path() -> None:
         "runs": [{"file": "y.csv"}],
     }  # fmt: skip
     assert "/" not in json.dumps(cleaned)
+
+
+# --- Explanations (the Predictor with real models) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_models(trained_model_tag: str) -> tuple[Any, Any]:
+    """The fixture model and a cut of its first 40 trees: two models that price apart."""
+    from streaming_ml.model import PriceModel, load_price_model
+
+    full = load_price_model(trained_model_tag)
+    cut = PriceModel(full.booster[:40], full.spec, tag="ford_price:cut")
+    return full, cut
+
+
+def lineup_of(*models: Any, split: float = 50.0) -> Any:
+    from streaming_ml.lineup import Lineup, ServedModel
+
+    served = [ServedModel(m, {"tag": m.tag}) for m in models]
+    return Lineup(served[0], served[1], split, served[2] if len(served) > 2 else None)
+
+
+def adds_up(price: float, explanation: dict[str, Any]) -> bool:
+    total = explanation["base_price"] + sum(explanation["contributions"].values())
+    return abs(total - price) < 1e-6
+
+
+def test_explained_batch_keeps_every_price_and_each_arm_explains_with_its_model(
+    two_models: tuple[Any, Any],
+) -> None:
+    from streaming_ml.data import generate_listing_records
+    from streaming_ml.serving import Predictor
+
+    full, cut = two_models
+    predictor = Predictor(lineup_of(full, cut, full))  # the shadow is the full model
+    records = [
+        {**record, "listing_id": i}
+        for i, record in enumerate(generate_listing_records(60, seed=21), start=1)
+    ]
+
+    plain = predictor.predict_records(records)
+    explained = predictor.predict_records(records, explain=True)
+
+    assert [i["predicted_price"] for i in explained] == [i["predicted_price"] for i in plain]
+    assert {i["arm"] for i in explained} == {"champion", "challenger"}
+    for record, item in zip(records, explained, strict=True):
+        model = {"champion": full, "challenger": cut}[item["arm"]]
+        assert item["explanation"] == model.explain_records([record]).row(0)
+        assert adds_up(item["predicted_price"], item["explanation"])
+        shadow = item["shadow"]
+        assert shadow["explanation"] == full.explain_records([record]).row(0)
+        assert adds_up(shadow["predicted_price"], shadow["explanation"])
+    assert "explanation" not in plain[0] and "explanation" not in plain[0]["shadow"]
+
+
+def test_explained_columns_are_the_champions_prices_with_their_explanations(
+    two_models: tuple[Any, Any],
+) -> None:
+    from streaming_ml.serving import Predictor
+
+    predictor = Predictor(lineup_of(*two_models))
+    prices = predictor.predict_columns(PredictRequest.model_validate(EXAMPLE_INPUT))
+
+    answer = predictor.predict_columns(
+        PredictRequest.model_validate({**EXAMPLE_INPUT, "explain": True})
+    )
+
+    assert [item["predicted_price"] for item in answer] == prices
+    assert all(adds_up(item["predicted_price"], item["explanation"]) for item in answer)
+
+
+def test_explain_lists_every_feature_largest_first_for_the_arm_and_the_shadow(
+    two_models: tuple[Any, Any],
+) -> None:
+    from streaming_ml.serving import EXAMPLE_LISTING, ExplainRequest, Predictor
+
+    full, cut = two_models
+    lineup = lineup_of(full, cut, cut, split=100.0)  # every listing with an id: challenger
+    answer = Predictor(lineup).explain_listing(
+        ExplainRequest(listing={**EXAMPLE_LISTING, "price": 1}, listing_id=5)
+    )
+
+    assert answer["listing"] == EXAMPLE_LISTING and answer["listing_id"] == 5
+    assert [(e["arm"], e["model_tag"]) for e in answer["explanations"]] == [
+        ("challenger", "ford_price:cut"),
+        ("shadow", "ford_price:cut"),
+    ]
+    first = answer["explanations"][0]
+    amounts = [abs(c["amount"]) for c in first["contributions"]]
+    assert amounts == sorted(amounts, reverse=True)
+    assert {c["feature"]: c["value"] for c in first["contributions"]} == EXAMPLE_LISTING
+    total = first["base_price"] + sum(c["amount"] for c in first["contributions"])
+    assert abs(total - first["predicted_price"]) < 1e-6
+    assert first["predicted_price"] == float(cut.predict_records([EXAMPLE_LISTING])[0])
+    assert first["method"] == "tree_shap"
+
+
+def test_explain_against_a_reference_gives_shared_features_nothing(
+    two_models: tuple[Any, Any],
+) -> None:
+    from streaming_ml.serving import EXAMPLE_LISTING, ExplainRequest, Predictor
+
+    full, _cut = two_models
+    reference = dict(EXAMPLE_LISTING, mileage=EXAMPLE_LISTING["mileage"] + 30_000)
+    answer = Predictor(lineup_of(*two_models, split=0.0)).explain_listing(
+        ExplainRequest(listing=EXAMPLE_LISTING, reference=reference)
+    )
+
+    (explanation,) = answer["explanations"]
+    amounts = {c["feature"]: c["amount"] for c in explanation["contributions"]}
+    difference = explanation["predicted_price"] - explanation["base_price"]
+    assert explanation["method"] == "reference" and answer["reference"] == reference
+    assert explanation["base_price"] == float(full.predict_records([reference])[0])
+    assert amounts.pop("mileage") == pytest.approx(difference, rel=1e-12)
+    assert set(amounts.values()) == {0.0}
+
+
+def test_explain_names_the_bad_fields_of_listing_and_reference(
+    two_models: tuple[Any, Any],
+) -> None:
+    from streaming_ml.serving import EXAMPLE_LISTING, ExplainRequest, Predictor
+
+    request = ExplainRequest(
+        listing=dict(EXAMPLE_LISTING, mileage=-1), reference=dict(EXAMPLE_LISTING, year=None)
+    )
+    with pytest.raises(InvalidRequestError) as raised:
+        Predictor(lineup_of(*two_models)).explain_listing(request)
+
+    assert [p.loc for p in raised.value.problems] == [
+        ("listing", "mileage"),
+        ("reference", "year"),
+    ]
+
+
+def test_explained_rows_have_their_own_limit(two_models: tuple[Any, Any]) -> None:
+    import anyio
+
+    from streaming_ml.serving import Predictor
+
+    predictor = Predictor(lineup_of(*two_models), max_rows=10, max_explained_rows=2)
+    records = EXAMPLE_RECORDS * 2
+
+    refused = anyio.run(
+        predictor.handle_predict_batch, PredictBatchRequest(records=records, explain=True)
+    )
+    priced = anyio.run(predictor.handle_predict_batch, PredictBatchRequest(records=records))
+
+    assert refused.status_code == 413
+    assert b"SML_SERVICE_MAX_EXPLAINED_ROWS" in refused.body
+    assert len(priced) == 4

@@ -1,5 +1,5 @@
-"""Models served while the stream runs: services that follow a registry of a test's own,
-and experiments on them (shared by the lifecycle and evaluation tests)."""
+"""Services that follow a registry of their own on the shared stack, as `streaming-ml
+serve` runs them: the lifecycle and explanation tests set up their arms with these."""
 
 from __future__ import annotations
 
