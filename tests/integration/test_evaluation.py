@@ -8,6 +8,7 @@ session's stack do not see each other's outcomes.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -160,6 +161,21 @@ def read_outcomes(settings: Settings) -> list[dict[str, Any]]:
     return found
 
 
+def evaluator_samples(settings: Settings, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric on the evaluator's /metrics, with their labels."""
+    import re
+
+    import requests
+
+    url = f"http://{settings.host}:{settings.evaluator_metrics_port}/metrics"
+    samples = []
+    for line in requests.get(url, timeout=5).text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line[len(name) + 1 :].rpartition("} ")
+            samples.append((dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
+    return samples
+
+
 def offline_metrics(errors: list[float], actuals: list[float]) -> dict[str, float]:
     e = np.asarray(errors, dtype=float)
     a = np.asarray(actuals, dtype=float)
@@ -193,6 +209,7 @@ def test_labels_on_insert_give_metrics_equal_to_the_tables_offline(
             120, "an outcome row per priced listing",
         )  # fmt: skip
         snapshot = evaluator.snapshot()
+        samples = evaluator_samples(settings, "sml_eval_accuracy")
     rows = query(
         dsn,
         f"SELECT p.listing_id, p.predicted_price, l.price FROM {settings.predictions_table} p "
@@ -217,6 +234,13 @@ def test_labels_on_insert_give_metrics_equal_to_the_tables_offline(
     for name, value in expected.items():
         assert seen["cumulative"][name] == pytest.approx(value, rel=1e-9, abs=1e-6), name
     assert seen["label_coverage"] == 1.0
+    # And Prometheus gets them too.
+    exported = {
+        labels["statistic"]: value
+        for labels, value in samples
+        if labels["window"] == "cumulative" and labels["model_tag"] == trained_model_tag
+    }
+    assert exported == pytest.approx(expected, rel=1e-9, abs=1e-6)
 
 
 def start_evaluator_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -295,6 +319,15 @@ def test_late_labels_give_one_outcome_each_even_across_a_sigkill_of_the_evaluato
     assert pair["labelled"] == len(labelled)
     assert pair["label_coverage"] == pytest.approx(len(labelled) / 2_000)
     assert pair["label_lag_s"]["p50"] >= 0.9
+    # `streaming-ml monitor --json` shows the same.
+    shown = subprocess.run(
+        [sys.executable, "-m", "streaming_ml.cli", "monitor", "--json"],
+        cwd=REPO_ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=120,
+        check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(shown)["pairs"][pair_key(trained_model_tag, "champion")]["labelled"] == len(
+        labelled
+    )
     assert "restored" in log.read_text()
 
 

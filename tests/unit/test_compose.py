@@ -426,17 +426,18 @@ def test_one_password_per_role_everywhere() -> None:
     assert environment_of_postgres["POSTGRES_PASSWORD"] == init["POSTGRES_PASSWORD"]
 
 
-def test_bridge_holds_no_database_secret() -> None:
-    """The bridge never connects to Postgres: no password, no secrets file."""
-    bridge = services(MAIN)["bridge"]
-    assert "configs" not in bridge
-    assert not [k for k in environment(bridge) if "PASSWORD" in k]
+@pytest.mark.parametrize("name", ["bridge", "evaluator"])
+def test_kafka_only_containers_hold_no_database_secret(name: str) -> None:
+    """The bridge and the evaluator never connect to Postgres: no password, no secrets."""
+    container = services(MAIN)[name]
+    assert "configs" not in container
+    assert not [k for k in environment(container) if "PASSWORD" in k]
     assert "configs" not in compose(MAIN)
 
 
 def test_app_containers_only_set_real_settings() -> None:
     fields = set(Settings.model_fields)
-    for service_name in ("trainer", "service", "bridge"):
+    for service_name in ("trainer", "service", "bridge", "evaluator"):
         for key in environment(services(MAIN)[service_name]):
             if key.startswith("SML_"):
                 assert key[4:].lower() in fields, f"{service_name}: {key} is not a Settings field"
