@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS public.car_price_outcomes (
     priced_ts_ms bigint,
     labelled_ts_ms bigint,
     evaluated_ts_ms bigint,
+    features text,
     written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (listing_id, model_tag, arm, actual_price)
 );

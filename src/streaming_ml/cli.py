@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, REPO_ROOT, Settings
-from streaming_ml.exceptions import StreamingMLError
+from streaming_ml.exceptions import ConfigError, StreamingMLError
 from streaming_ml.logging import configure_logging
 
 app = typer.Typer(
@@ -62,16 +62,26 @@ def train(
     cv_folds: int = typer.Option(
         5, help="Cross-validation folds stored as the model's CV metrics (0: skip, none stored)"
     ),
+    online: bool = typer.Option(
+        False, "--online", help="An online River model (SML_ONLINE_MODEL_NAME) instead"
+    ),
+    candidate: str = typer.Option("arf", help="--online: arf, hoeffding or linear"),
 ) -> None:
-    """Train the XGBoost price model and save it to the BentoML model store."""
+    """Train the XGBoost price model (or, with --online, warm up an online model) and save
+    it to the BentoML model store."""
     settings = _settings()
-    from streaming_ml.train import train_model
+    from streaming_ml.train import train_model, train_online_model
 
     try:
-        result = train_model(
-            model_name=settings.model_name, data_path=data, synthetic_rows=synthetic,
-            seed=seed, version=tag, cv_folds=cv_folds,
-        )  # fmt: skip
+        if online:
+            result = train_online_model(
+                settings.online_model_name, data, synthetic, seed, candidate
+            )
+        else:
+            result = train_model(
+                model_name=settings.model_name, data_path=data, synthetic_rows=synthetic,
+                seed=seed, version=tag, cv_folds=cv_folds,
+            )  # fmt: skip
     except StreamingMLError as error:
         _fail(error)
     typer.echo(json.dumps(result, indent=2))
@@ -79,13 +89,42 @@ def train(
 
 @app.command()
 def evaluate(
-    data: Path = typer.Option(..., help="CSV to evaluate on (raw quirks are fine)"),
+    data: Path | None = typer.Option(None, help="CSV to evaluate on (raw quirks are fine)"),
     model: str | None = typer.Option(
         None, help="Model tag (default: SML_MODEL_NAME:SML_MODEL_VERSION, i.e. the served one)"
     ),
+    prequential: bool = typer.Option(
+        False, "--prequential", help="Online models: predict, then learn, each row in file order"
+    ),
+    candidate: str = typer.Option(
+        "all", help="--prequential: arf, hoeffding, linear or all (comma-separated)"
+    ),
+    rows: int | None = typer.Option(None, help="--prequential: the first N rows only"),
+    scenario: str | None = typer.Option(
+        None, help="--prequential: 'price-shift' compares the static and the online model"
+    ),
+    plot: Path | None = typer.Option(None, help="--scenario price-shift: save the figure"),
+    as_json: bool = typer.Option(False, "--json", help="--prequential: one JSON object"),
 ) -> None:
-    """Print {"rmse", "mae", "mape", "n"} for a model on a CSV, as one JSON object."""
+    """Metrics of a stored model on a CSV (one JSON object); with --prequential, the
+    online candidates' per-record times and errors (docs/performance.md)."""
     settings = _settings()
+    if prequential:
+        from rich.console import Console
+
+        from streaming_ml import online_report
+
+        try:
+            report = online_report.run_prequential(data, candidate, rows, scenario, plot)
+        except StreamingMLError as error:
+            _fail(error)
+        if as_json:
+            typer.echo(json.dumps(report))
+        else:
+            Console().print(online_report.render(report))
+        return
+    if data is None:
+        _fail(ConfigError("--data CSV is required (or use --prequential)"))
     from streaming_ml.train import evaluate_model
 
     try:
@@ -255,6 +294,22 @@ def evaluator(
 
     try:
         stats = run_evaluator(settings, group_id=group, timeout=timeout)
+    except StreamingMLError as error:
+        _fail(error)
+    typer.echo(json.dumps(vars(stats)))
+
+
+@app.command()
+def learn(
+    timeout: float | None = typer.Option(None, help="Exit (after a snapshot) after N seconds"),
+) -> None:
+    """Learn the online model (SML_ONLINE_MODEL_NAME) from every served outcome; snapshot it
+    every SML_ONLINE_SNAPSHOT_LABELS labels and move its aliases to the snapshot."""
+    settings = _settings()
+    from streaming_ml.learner import run_learner
+
+    try:
+        stats = run_learner(settings, timeout=timeout)
     except StreamingMLError as error:
         _fail(error)
     typer.echo(json.dumps(vars(stats)))

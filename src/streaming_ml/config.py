@@ -164,6 +164,17 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Page-Hinkley threshold on the absolute percentage error"
     )
 
+    # The online challenger (docs/model.md, "The online challenger").
+    online_model_name: str = Field(
+        "ford_online", description="Name of the online (River) model in the store and registry"
+    )
+    online_snapshot_labels: int = Field(
+        500, ge=1, description="Labels the learner learns between two snapshots"
+    )
+    learner_group: str = Field(
+        "streaming-ml-learner", description="Group id the learner reports its reads under"
+    )
+
     fault_kill_at: str | None = Field(
         None, description="Tests only: SIGKILL the bridge at POINT:N (see bridge/faults.py)"
     )

@@ -228,6 +228,9 @@ OUTCOME_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("priced_ts_ms", "bigint", "long", "Commit time of the priced row (epoch ms)"),
     PredictionField("labelled_ts_ms", "bigint", "long", "Commit time of the label (epoch ms)"),
     PredictionField("evaluated_ts_ms", "bigint", "long", "Outcome computed (epoch ms)"),
+    # What an online learner learns from (JSON: the labelled row's features), and what
+    # errors can be sliced by in SQL (features::jsonb ->> 'model').
+    PredictionField("features", "text", ["null", "string"], "The labelled row's features (JSON)"),
 )
 OUTCOME_KEY_FIELDS = ("listing_id", "model_tag", "arm", "actual_price")
 

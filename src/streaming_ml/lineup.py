@@ -121,13 +121,13 @@ def load_checked(tag: str, settings: Settings | None) -> ServedModel:
     """Import (from Kafka if ``settings``), load and canary-check one model; raises
     ``RefusedModel`` with the reason when it cannot serve."""
     from streaming_ml import registry
-    from streaming_ml.model import PriceModel, get_bento_model
+    from streaming_ml.model import from_bento_model, get_bento_model
     from streaming_ml.serving import model_card
 
     try:
         stored = registry.fetch(settings, tag) if settings is not None else tag
         bento_model = get_bento_model(stored)
-        model = PriceModel.from_bento_model(bento_model)
+        model = from_bento_model(bento_model)
     except Exception as error:
         raise RefusedModel(tag, f"cannot load: {error}") from error
     problem = canary_problem(model)

@@ -192,7 +192,7 @@ def _label_due(
 
 # Scenarios for demos and tests (docs/monitoring.md): what changes, and from which row.
 SCENARIOS = ("normal", "price-shift", "feature-shift", "late-labels")
-PRICE_SHIFT = Shift(price_factors={"Fiesta": 1.2, "Focus": 1.2})
+PRICE_SHIFT = Shift(price_factors={"Kuga": 1.2, "EcoSport": 1.2})
 FEATURE_SHIFT = Shift(mileage_scale=2.5)
 
 

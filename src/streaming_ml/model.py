@@ -168,7 +168,18 @@ def get_bento_model(tag: str) -> bentoml.Model:
         ) from error
 
 
-def load_price_model(tag: str) -> PriceModel:
-    model = PriceModel.from_bento_model(get_bento_model(tag))
+def from_bento_model(bento_model: bentoml.Model) -> Any:
+    """The stored model behind the price model's interface: an XGBoost ``PriceModel``, or
+    an ``online.OnlinePriceModel`` for a model of kind ``online``."""
+    from streaming_ml import online
+
+    check_servable(bento_model)
+    if online.is_online(bento_model):
+        return online.OnlinePriceModel.from_bento_model(bento_model)
+    return PriceModel.from_bento_model(bento_model)
+
+
+def load_price_model(tag: str) -> Any:
+    model = from_bento_model(get_bento_model(tag))
     logger.info("loaded price model", extra={"model_tag": model.tag})
     return model

@@ -25,6 +25,7 @@ from streaming_ml.data import (
     TARGET,
     data_fingerprint,
     generate_listings,
+    listing_records,
     load_listings_csv,
 )
 from streaming_ml.evaluation.drift import reference_of
@@ -371,3 +372,43 @@ def evaluate_model(data_path: Path, model_tag: str) -> dict[str, float | int]:
         raise DataError(f"metrics on {data_path} are not finite: {metrics}")
     logger.info("evaluated", extra={"model_tag": model.tag, **metrics})
     return metrics
+
+
+def train_online_model(
+    model_name: str,
+    data_path: Path | None,
+    synthetic_rows: int,
+    seed: int,
+    candidate: str,
+) -> dict[str, Any]:
+    """An online model warmed up on the training rows, read once as a stream in file order
+    (each row priced, then learnt), saved as a new version of ``model_name``."""
+    from streaming_ml import online
+
+    started = time.perf_counter()
+    frame, source = load_training_frame(data_path, synthetic_rows, seed)
+    records = listing_records(frame)
+    model = online.OnlinePriceModel.new(candidate)
+    model.reference_listing = online.typical_listing(records)
+    logger.info("learning the training rows", extra={"rows": len(records), "model": candidate})
+    run = online.prequential(model, records)
+    metadata: dict[str, Any] = {
+        FEATURES_KEY: fit_feature_spec(frame).to_dict(),
+        "data": {**source, "fingerprint_sha256": data_fingerprint(frame)},
+        "prequential": run.summary(),
+        "reference": reference_of(
+            {name: frame[name].tolist() for name in FEATURES}, (run.actuals + run.errors).tolist()
+        ),
+        "libraries": _library_versions(),
+    }
+    tag = model.save(model_name, metadata, source["source"])
+    summary = run.summary()
+    logger.info("saved online model", extra={"model_tag": tag, "mae": round(summary["mae"], 1)})
+    return {
+        "tag": tag,
+        "kind": online.ONLINE_KIND,
+        "candidate": candidate,
+        "rows": len(records),
+        "prequential": {k: summary[k] for k in ("mae", "rmse", "mape", "records_per_s")},
+        "seconds": round(time.perf_counter() - started, 2),
+    }

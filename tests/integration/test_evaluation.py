@@ -467,6 +467,6 @@ def test_price_shift_raises_model_degraded_while_the_features_stay_quiet(
     degraded = [a for a in alerts if a["kind"] == "model_degraded"]
     assert degraded and all(a["model_tag"] == trained_model_tag for a in degraded), alerts
     assert not [a for a in alerts if a["kind"] == "feature_drift"], alerts
-    # Fiesta and Focus are about half the listings: +20 % on their price moves the
-    # windowed MAE by about half again (measured: 1,433 -> 2,140).
-    assert mae_after > 1.3 * mae_before, (mae_before, mae_after)
+    # Kuga and EcoSport are about a fifth of the listings, and dearer than most: +20 % on
+    # their price moves the windowed MAE up by a quarter or so.
+    assert mae_after > 1.15 * mae_before, (mae_before, mae_after)

@@ -13,12 +13,13 @@ keys it has emitted, and it is stored with the consumed offsets in one transacti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from streaming_ml.bridge.plan import features_hash
-from streaming_ml.data import TARGET, feature_problems
+from streaming_ml.data import FEATURES, TARGET, feature_problems
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ListingState:
     label: float | None = None
     label_hash: str | None = None  # features_hash of the row that carried the label
     label_ts_ms: int | None = None
+    label_row: dict[str, Any] | None = None  # the labelled row's features
     predictions: dict[str, Seen] = field(default_factory=dict)  # "tag|arm" -> latest
     ever_predicted: set[str] = field(default_factory=set)  # "tag|arm"
     evaluated: set[str] = field(default_factory=set)  # "tag|arm|label"
@@ -48,6 +50,7 @@ class ListingState:
             "label": self.label,
             "label_hash": self.label_hash,
             "label_ts_ms": self.label_ts_ms,
+            "label_row": self.label_row,
             "predictions": {k: vars(v) for k, v in self.predictions.items()},
             "ever_predicted": sorted(self.ever_predicted),
             "evaluated": sorted(self.evaluated),
@@ -59,6 +62,7 @@ class ListingState:
             label=raw.get("label"),
             label_hash=raw.get("label_hash"),
             label_ts_ms=raw.get("label_ts_ms"),
+            label_row=raw.get("label_row"),
             predictions={k: Seen(**v) for k, v in (raw.get("predictions") or {}).items()},
             ever_predicted=set(raw.get("ever_predicted") or ()),
             evaluated=set(raw.get("evaluated") or ()),
@@ -88,6 +92,7 @@ class Outcome:
     evaluated_ts_ms: int
     model_name: str | None = None
     model_version: str | None = None
+    features: Mapping[str, Any] | None = None
 
     @property
     def error(self) -> float:
@@ -118,6 +123,11 @@ class Outcome:
             "priced_ts_ms": self.priced_ts_ms,
             "labelled_ts_ms": self.labelled_ts_ms,
             "evaluated_ts_ms": self.evaluated_ts_ms,
+            "features": (
+                json.dumps(self.features, sort_keys=True, default=str)
+                if self.features is not None
+                else None
+            ),
         }
 
     @classmethod
@@ -133,6 +143,7 @@ class Outcome:
             evaluated_ts_ms=int(record["evaluated_ts_ms"]),
             model_name=record.get("model_name"),
             model_version=record.get("model_version"),
+            features=json.loads(record["features"]) if record.get("features") else None,
         )
 
 
@@ -180,6 +191,7 @@ def _evaluate(listing_id: int, state: ListingState, now_ms: int, transition: Tra
                 evaluated_ts_ms=now_ms,
                 model_name=seen.model_name,
                 model_version=seen.model_version,
+                features=state.label_row,
             )
         )
 
@@ -197,9 +209,11 @@ def on_row(
     if label is None:
         # A NULL price (not known yet) or a row that will not be priced: nothing to judge.
         state.label, state.label_hash, state.label_ts_ms = None, None, None
+        state.label_row = None
         return transition
     if (label, label_hash) != (state.label, state.label_hash):
         state.label, state.label_hash, state.label_ts_ms = label, label_hash, source_ts_ms
+        state.label_row = {name: row.get(name) for name in FEATURES}
     _evaluate(listing_id, state, now_ms, transition)
     return transition
 

@@ -1,0 +1,142 @@
+"""The online challenger on the real stack: served as the shadow arm, it learns from every
+served outcome, snapshots into the registry (the services swap to each snapshot), and a
+SIGKILL of the learner neither loses nor repeats a label."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import pytest
+
+from streaming_ml import registry
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.load import load_listings
+from streaming_ml.train import train_online_model
+from tests.integration.following import experiment_running
+from tests.integration.pipeline import (
+    dsn_of,
+    query,
+    running_bridge,
+    settings_env,
+    settled,
+    unique,
+    wait_until,
+    where_stuck,
+)
+from tests.integration.test_evaluation import (
+    evaluation_settings,
+    evaluator_starts_at_end,
+    read_outcomes,
+    running_evaluator,
+)
+
+pytestmark = pytest.mark.integration
+
+WARM_UP_ROWS = 1_000
+SNAPSHOT_LABELS = 150
+
+
+def start_learner(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming_ml.cli", "learn"],
+            cwd=REPO_ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def learned_by(tag: str) -> int:
+    return int(bentoml.models.get(tag).info.metadata["learned"])
+
+
+def test_the_online_shadow_learns_each_served_outcome_once_across_a_sigkill(
+    stack_settings: Settings, trained_model_tag: str, tmp_path: Path
+) -> None:
+    name = unique("ford_online").replace("-", "_")
+    first = train_online_model(name, None, WARM_UP_ROWS, 11, "hoeffding")["tag"]
+    assert learned_by(first) == WARM_UP_ROWS
+    experiment = {"shadow": first}
+    with experiment_running(stack_settings, trained_model_tag, experiment, tmp_path) as served:
+        settings = evaluation_settings(
+            served, str(served.service_url),
+            online_model_name=name, online_snapshot_labels=SNAPSHOT_LABELS,
+            learner_group=unique("test-learner"),
+        )  # fmt: skip
+        dsn = dsn_of(settings)
+        evaluator_starts_at_end(settings)
+        log = tmp_path / "learner.log"
+        loaded: list[Any] = []
+        with running_bridge(settings), running_evaluator(settings):
+            learner = start_learner(settings, log)
+            try:
+                loader = threading.Thread(
+                    target=lambda: loaded.append(
+                        load_listings(dsn, 1_200, seed=1101, rate=300, batch=20,
+                                      table=settings.listings_table)
+                    )
+                )  # fmt: skip
+                loader.start()
+                wait_until(
+                    lambda: log.read_text().count("online model snapshot") >= 2, 120,
+                    "two snapshots", explain=lambda: log.read_text()[-3000:],
+                )  # fmt: skip
+                learner.send_signal(signal.SIGKILL)
+                learner.wait(timeout=30)
+                learner = start_learner(settings, log)
+                loader.join(timeout=120)
+                ids = loaded[0].ids
+                wait_until(
+                    lambda: settled(dsn, settings, ids), 120, "every listing priced",
+                    explain=lambda: where_stuck(settings, dsn, ids),
+                )  # fmt: skip
+                outcomes = wait_until(
+                    lambda: (found := read_outcomes(settings)) and len(found) >= 2 * len(ids)
+                    and found,
+                    120, "a served and a shadow outcome per listing",
+                )  # fmt: skip
+                wait_until(
+                    lambda: log.read_text().count("learner started") == 2
+                    and learner_lag(settings) == 0,
+                    120, "the restarted learner caught up", explain=lambda: log.read_text()[-3000:],
+                )  # fmt: skip
+            finally:
+                learner.send_signal(signal.SIGTERM)  # a graceful stop snapshots what is left
+                assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
+        served_outcomes = [o for o in outcomes if o["arm"] in ("champion", "challenger")]
+        assert len(served_outcomes) == len(ids)
+        newest = registry.read_aliases(settings).experiment.shadow
+        # Every served outcome learned exactly once on top of the warm-up, kill or not.
+        assert learned_by(newest) == WARM_UP_ROWS + len(ids)
+        assert newest != first and newest.split(":")[0] == name
+        wait_until(
+            lambda: model_info_shadow(served) == newest, 30, "the service on the newest snapshot"
+        )
+        shadow_rows = query(
+            dsn, f"SELECT count(*) AS n FROM {settings.shadow_table} WHERE listing_id = ANY(%s)",
+            (ids,),
+        )  # fmt: skip
+        assert shadow_rows[0]["n"] == len(ids)
+    text = log.read_text()
+    assert text.count("learner started") == 2
+
+
+def learner_lag(settings: Settings) -> int | None:
+    from streaming_ml.bench.kafka import LagProbe
+
+    probe = LagProbe(settings, settings.learner_group, settings.outcomes_topic)
+    try:
+        return probe.lag()
+    finally:
+        probe.close()
+
+
+def model_info_shadow(settings: Settings) -> str | None:
+    import requests
+
+    info = requests.post(f"{settings.service_url}/model_info", json={}, timeout=10).json()
+    return (info.get("arms", {}).get("shadow") or {}).get("tag")
