@@ -65,7 +65,9 @@ def train(
     online: bool = typer.Option(
         False, "--online", help="An online River model (SML_ONLINE_MODEL_NAME) instead"
     ),
-    candidate: str = typer.Option("arf", help="--online: arf, hoeffding or linear"),
+    candidate: str = typer.Option(
+        "residual", help="--online: residual (XGBoost + River correction), arf, hoeffding, linear"
+    ),
 ) -> None:
     """Train the XGBoost price model (or, with --online, warm up an online model) and save
     it to the BentoML model store."""
@@ -97,7 +99,7 @@ def evaluate(
         False, "--prequential", help="Online models: predict, then learn, each row in file order"
     ),
     candidate: str = typer.Option(
-        "all", help="--prequential: arf, hoeffding, linear or all (comma-separated)"
+        "all", help="--prequential: residual, arf, hoeffding, linear or all (comma-separated)"
     ),
     rows: int | None = typer.Option(None, help="--prequential: the first N rows only"),
     scenario: str | None = typer.Option(

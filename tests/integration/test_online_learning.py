@@ -58,7 +58,7 @@ def test_the_online_shadow_learns_each_served_outcome_once_across_a_sigkill(
     stack_settings: Settings, trained_model_tag: str, tmp_path: Path
 ) -> None:
     name = unique("ford_online").replace("-", "_")
-    first = train_online_model(name, None, WARM_UP_ROWS, 11, "hoeffding")["tag"]
+    first = train_online_model(name, None, WARM_UP_ROWS, 11, "residual")["tag"]
     assert learned_by(first) == WARM_UP_ROWS
     experiment = {"shadow": first}
     with experiment_running(stack_settings, trained_model_tag, experiment, tmp_path) as served:

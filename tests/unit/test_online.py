@@ -80,3 +80,21 @@ def test_recovery_counts_labels_until_the_error_is_back_for_good() -> None:
     summary = study.summary()
     assert summary["online"]["labels_to_recover"] == 50
     assert summary["static"]["mae_peak_after"] == 1_500.0
+
+
+def test_the_residual_candidate_corrects_its_base_and_travels_with_it() -> None:
+    from streaming_ml.online import warmed_up
+
+    model = warmed_up("residual", ROWS[:400])
+    # Close to its base on rows like those it learnt...
+    base = model.base.predict_records(ROWS[400:420])
+    np.testing.assert_allclose(model.predict_records(ROWS[400:420]), base, rtol=0.25)
+    # ...and a listing whose price doubles pulls the correction up.
+    before = model.predict_records([ROWS[450]])[0]
+    for _ in range(200):
+        model.learn(ROWS[450], 2 * before)
+    assert model.predict_records([ROWS[450]])[0] > 1.5 * before
+    spec = fit_feature_spec(generate_listings(600, seed=5)).to_dict()
+    tag = model.save("test_online_residual", {FEATURES_KEY: spec}, source="synthetic")
+    loaded = from_bento_model(get_bento_model(tag))
+    np.testing.assert_allclose(loaded.predict_records(ROWS[:10]), model.predict_records(ROWS[:10]))
