@@ -118,6 +118,7 @@ def pipeline_settings(settings: Settings) -> dict[str, Any]:
         "bridge_batch_max_events": settings.batch_max_events,
         "bridge_batch_linger_ms": settings.batch_linger_ms,
         "request_timeout_s": settings.request_timeout_s,
+        "bridge_explain": settings.bridge_explain,
         "connectors": configs,
     }
 
