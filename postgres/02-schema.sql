@@ -30,11 +30,25 @@ CREATE TABLE IF NOT EXISTS public.car_price_predictions (
     model_name text,
     model_version text,
     arm text,
+    base_price double precision,
+    top1_feature text,
+    top1_amount double precision,
+    top2_feature text,
+    top2_amount double precision,
+    top3_feature text,
+    top3_amount double precision,
     written_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS model_name text;
 ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS model_version text;
 ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS arm text;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS base_price double precision;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS top1_feature text;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS top1_amount double precision;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS top2_feature text;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS top2_amount double precision;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS top3_feature text;
+ALTER TABLE public.car_price_predictions ADD COLUMN IF NOT EXISTS top3_amount double precision;
 CREATE OR REPLACE FUNCTION public.car_price_predictions_stamp() RETURNS trigger AS $$
 BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS car_price_predictions_stamp ON public.car_price_predictions;
@@ -55,11 +69,25 @@ CREATE TABLE IF NOT EXISTS public.car_price_predictions_shadow (
     model_name text,
     model_version text,
     arm text,
+    base_price double precision,
+    top1_feature text,
+    top1_amount double precision,
+    top2_feature text,
+    top2_amount double precision,
+    top3_feature text,
+    top3_amount double precision,
     written_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS model_name text;
 ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS model_version text;
 ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS arm text;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS base_price double precision;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS top1_feature text;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS top1_amount double precision;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS top2_feature text;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS top2_amount double precision;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS top3_feature text;
+ALTER TABLE public.car_price_predictions_shadow ADD COLUMN IF NOT EXISTS top3_amount double precision;
 CREATE OR REPLACE FUNCTION public.car_price_predictions_shadow_stamp() RETURNS trigger AS $$
 BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS car_price_predictions_shadow_stamp ON public.car_price_predictions_shadow;

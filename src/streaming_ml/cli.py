@@ -490,6 +490,14 @@ def bench(
     skip_throughput: bool = typer.Option(
         False, "--skip-throughput", help="No throughput steps, no bridge-only run"
     ),
+    skip_explain: bool = typer.Option(
+        False,
+        "--skip-explain",
+        help="No figures with explanations (explained /predict_batch, bridge-only round)",
+    ),
+    explained_rows: int | None = typer.Option(
+        None, help="Bridge-only round with explanations: events drained (default 5000)"
+    ),
     out: Path | None = typer.Option(None, help="Write the JSON figures here (default: stdout)"),
     plot: Path | None = typer.Option(None, help="Write a PNG plot here"),
 ) -> None:
@@ -503,7 +511,7 @@ def bench(
     given = {
         "rate": rate, "duration_s": duration, "batch_rows": batch,
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
-        "bridges": bridges, "concurrency": concurrency,
+        "bridges": bridges, "concurrency": concurrency, "explained_bridge_rows": explained_rows,
     }  # fmt: skip
     if steps is not None:
         # Only the --steps parse may turn a ValueError into this message: one raised
@@ -520,6 +528,7 @@ def bench(
             run_serving=not skip_serving,
             run_latency=not skip_latency,
             run_throughput=not skip_throughput,
+            run_explain=not skip_explain,
         )
         doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))
     except StreamingMLError as error:

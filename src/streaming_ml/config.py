@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     # Bridge micro-batching.
     batch_max_events: int = Field(500, description="Max events per model call")
     batch_linger_ms: int = Field(5, description="Max wait to fill a batch")
+    # Off by default: TreeSHAP costs ~6 ms a row per model against ~0.02 ms to price, which
+    # would make the model call most of the bridge's time (docs/performance.md).
+    bridge_explain: bool = Field(
+        False,
+        description="Bridge asks for explanations: each prediction row carries its base price "
+        "and three largest contributions",
+    )
+    bridge_explain_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Timeout of the bridge's model call when it asks for explanations "
+        "(replaces SML_REQUEST_TIMEOUT_S there)",
+    )
     connector_check_interval_s: float = Field(
         15.0,
         ge=0,

@@ -80,6 +80,12 @@ def in_pounds(
     return base, _reconciled(contributions, prices - base)
 
 
+def largest_first(amounts: Mapping[str, float]) -> list[tuple[str, float]]:
+    """``(feature, amount)`` pairs by magnitude, largest first; equal magnitudes keep
+    their order in ``amounts`` (the sort is stable), so /explain and the stream agree."""
+    return sorted(amounts.items(), key=lambda item: -abs(item[1]))
+
+
 def shapley_weights(players: int) -> np.ndarray:
     """``w[k] = k! (n - k - 1)! / n!``: the weight of a coalition of k others."""
     return np.array(

@@ -187,6 +187,33 @@ class PredictionField:
 # listing on one A/B arm (records without it go to the champion).
 LISTING_ID_KEY = "listing_id"
 
+# How many of a price's contributions each prediction record carries, largest first.
+TOP_CONTRIBUTIONS = 3
+
+# Added with explanations (null unless the bridge asks for them, SML_BRIDGE_EXPLAIN): flat
+# columns rather than an Avro array or map, because the JDBC sink writes each field to a
+# column of its own and can store neither.
+EXPLANATION_FIELDS: tuple[PredictionField, ...] = (
+    PredictionField(
+        "base_price", "double precision", ["null", "double"],
+        "Model's price before any feature is known (GBP): where the contributions start",
+    ),
+    *(
+        field
+        for rank in range(TOP_CONTRIBUTIONS)
+        for field in (
+            PredictionField(
+                f"top{rank + 1}_feature", "text", ["null", "string"],
+                f"Feature whose contribution is number {rank + 1} by magnitude",
+            ),
+            PredictionField(
+                f"top{rank + 1}_amount", "double precision", ["null", "double"],
+                "That feature's contribution to the price (GBP, signed)",
+            ),
+        )
+    ),
+)  # fmt: skip
+
 # One record per listing in the predictions topic and one row in the table.
 PREDICTION_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("listing_id", "bigint", "long", "car_listings.id (also the record key)"),
@@ -205,9 +232,13 @@ PREDICTION_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("model_name", "text", ["null", "string"], "Model name (tag before ':')"),
     PredictionField("model_version", "text", ["null", "string"], "Model version (after ':')"),
     PredictionField("arm", "text", ["null", "string"], "champion, challenger or shadow"),
+    # Added with explanations: nullable with a default too, so the same holds.
+    *EXPLANATION_FIELDS,
 )
 # Columns that older tables lack: the DDL adds them (ALTER TABLE ... IF NOT EXISTS).
-ADDED_PREDICTION_FIELDS = ("model_name", "model_version", "arm")
+ADDED_PREDICTION_FIELDS = (
+    "model_name", "model_version", "arm", *(f.name for f in EXPLANATION_FIELDS),
+)  # fmt: skip
 
 
 # One record per (listing, model tag, arm, label value) in the outcomes topic and table:

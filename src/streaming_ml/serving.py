@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
 
 from streaming_ml.config import REPO_ROOT, Settings, settings_env
-from streaming_ml.contributions import against_reference
+from streaming_ml.contributions import against_reference, largest_first
 from streaming_ml.data import (
     FEATURE_COLUMNS,
     FEATURES,
@@ -608,7 +608,7 @@ class Predictor:
                 return against_reference(model.predict_records, rows[0], reference, FEATURES)
 
             base, price, amounts = self._call(served, arm, [listing], against)
-        order = sorted(range(len(FEATURES)), key=lambda j: -abs(amounts[j]))
+        ranked = largest_first(dict(zip(FEATURES, map(float, amounts), strict=True)))
         return ArmExplanation(
             arm=arm,
             model_tag=served.tag,
@@ -618,10 +618,8 @@ class Predictor:
             base_price=float(base),
             method="tree_shap" if reference is None else "reference",
             contributions=[
-                FeatureContribution(
-                    feature=FEATURES[j], value=listing[FEATURES[j]], amount=float(amounts[j])
-                )
-                for j in order
+                FeatureContribution(feature=name, value=listing[name], amount=amount)
+                for name, amount in ranked
             ],
         )
 

@@ -109,10 +109,22 @@ def test_quick_bench_reports_throughput_and_serving_figures(
     assert two["bridge_processes"] == 2
     assert two["predictions"] == two["rows"] == doc["options"]["prefill_rows"]
 
+    # With explanations: the bridge round drains a part of the pre-fill, every record
+    # explained; the service answers the same 500 records with their explanations.
+    explained = doc["bridge_run_explained"]
+    assert explained["predictions"] == explained["rows"] == doc["options"]["explained_bridge_rows"]
+    assert explained["explained_predictions"] == explained["rows"]
+    assert explained["bridge_summary"]["predicted"] == explained["rows"]
+    assert positive(doc["bridge_explained_rows_per_s"])
+
     assert positive(doc["predict_one_row_ms_p50"])
     assert positive(doc["predict_1000_rows_ms_p50"])
+    assert positive(doc["predict_batch_500_records_ms_p50"])
+    assert positive(doc["predict_batch_500_records_explained_ms_p50"])
     serving = doc["serving"]
     assert serving["predict_one_row_ms"]["count"] == doc["options"]["one_row_requests"]
+    explained_ms = serving["predict_batch_500_records_explained_ms"]
+    assert explained_ms["count"] == doc["options"]["explained_requests"]
     assert serving["concurrent_one_row"]["errors"] == 0
     assert positive(serving["concurrent_one_row"]["requests_per_s"])
 

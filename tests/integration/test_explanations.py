@@ -1,5 +1,6 @@
 """Explanations on the real stack: each arm explains with the model that priced the row,
-explanations follow a hot swap, and `streaming-ml explain` shows what the pipeline wrote.
+explanations follow a hot swap, `streaming-ml explain` shows what the pipeline wrote, and
+with SML_BRIDGE_EXPLAIN every prediction row carries its top contributions.
 
 Each test has registry topics of its own; its service follows them as `streaming-ml
 serve` does (tests/integration/following.py).
@@ -17,9 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-from streaming_ml import lifecycle
+from streaming_ml import lifecycle, serde
+from streaming_ml.bridge.plan import explanation_fields
 from streaming_ml.config import Settings
-from streaming_ml.data import FEATURES, generate_listing_records
+from streaming_ml.data import EXPLANATION_FIELDS, FEATURES, generate_listing_records
 from streaming_ml.load import load_listings
 from streaming_ml.model import load_price_model
 from streaming_ml.serving import EXAMPLE_LISTING
@@ -31,11 +33,16 @@ from tests.integration.following import (
     own_registry,
 )
 from tests.integration.pipeline import (
+    assert_prices_match_service,
     dsn_of,
+    listings,
+    pipeline_settings,
     predictions_for,
+    read_topic,
     running_bridge,
     settings_env,
     settled,
+    unique,
     wait_until,
     where_stuck,
 )
@@ -183,3 +190,123 @@ def test_cli_explain_shows_the_written_price_per_arm_and_why(
         assert adds_up(row["predicted_price"], explanations[arm])
     assert missing.returncode == 1 and "no listing" in missing.stderr
     assert service_down.returncode == 1 and "not answering" in service_down.stderr
+
+
+# -- in the stream: SML_BRIDGE_EXPLAIN --
+
+EXPLANATION_COLUMNS = [f.name for f in EXPLANATION_FIELDS]
+
+
+def written_explanation(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in EXPLANATION_COLUMNS}
+
+
+def priced_and_shadowed(settings: Settings, rows: int, seed: int) -> tuple[str, list[int]]:
+    """Insert ``rows`` listings with a bridge running; wait for their rows in both tables."""
+    dsn = dsn_of(settings)
+    with running_bridge(settings):
+        ids = load_listings(dsn, rows, seed=seed, table=settings.listings_table).ids
+        wait_until(lambda: settled(dsn, settings, ids), 120, "the listings priced",
+                   explain=lambda: where_stuck(settings, dsn, ids))  # fmt: skip
+        wait_until(
+            lambda: len(predictions_for(dsn, settings.shadow_table, ids)) == len(ids),
+            60,
+            "the shadow's rows written",
+        )
+    return dsn, ids
+
+
+def test_with_bridge_explain_each_row_carries_the_top_contributions_of_its_own_model(
+    stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
+) -> None:
+    experiment = {
+        "challenger": second_model_tag, "split_percent": 50.0, "shadow": second_model_tag,
+    }  # fmt: skip
+    models = {tag: load_price_model(tag) for tag in (trained_model_tag, second_model_tag)}
+    with experiment_running(stack_settings, trained_model_tag, experiment, tmp_path) as served:
+        settings = served.model_copy(update={"bridge_explain": True})
+        dsn, ids = priced_and_shadowed(settings, 40, seed=1530)
+        rows = listings(dsn, settings.listings_table, ids)
+        url = f"{settings.prediction_url}/explain"
+        explained = {i: post(url, {"listing": features(rows[i]), "listing_id": i}) for i in ids[:4]}
+    predictions = predictions_for(dsn, settings.predictions_table, ids)
+    shadows = predictions_for(dsn, settings.shadow_table, ids)
+
+    assert {row["arm"] for row in predictions.values()} == {"champion", "challenger"}
+    for i in ids:
+        listing = features(rows[i])
+        for row in (predictions[i], shadows[i]):
+            # The row's own model, recomputed here: the same explanation, to the bit.
+            model = models[row["model_tag"]]
+            assert row["predicted_price"] == model.predict_records([listing])[0]
+            expected = explanation_fields(model.explain_records([listing]).row(0))
+            assert written_explanation(row) == expected, (i, row["arm"])
+            assert None not in expected.values()
+        assert shadows[i]["model_tag"] == second_model_tag
+    # And as /explain lists them: its base and its first three contributions.
+    for i, body in explained.items():
+        for arm_explanation, row in zip(
+            body["explanations"], (predictions[i], shadows[i]), strict=True
+        ):
+            assert arm_explanation["model_tag"] == row["model_tag"]
+            assert row["base_price"] == arm_explanation["base_price"]
+            top = arm_explanation["contributions"][:3]
+            assert [row[f"top{k}_feature"] for k in (1, 2, 3)] == [c["feature"] for c in top]
+            assert [row[f"top{k}_amount"] for k in (1, 2, 3)] == [c["amount"] for c in top]
+    # The topic's records carry the same fields as the table.
+    wanted = set(ids)
+    records = [
+        r for r in read_topic(settings, settings.predictions_topic)
+        if r.value is not None and r.key["listing_id"] in wanted
+    ]  # fmt: skip
+    assert {r.key["listing_id"] for r in records} == wanted
+    for record in records:
+        row = predictions[record.key["listing_id"]]
+        assert written_explanation(record.value) == written_explanation(row)
+
+
+def test_with_bridge_explain_off_the_columns_are_null_and_the_prices_unchanged(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    settings = pipeline_settings(stack_settings, prediction_service)
+    assert settings.bridge_explain is False  # the default
+    dsn = dsn_of(settings)
+    with running_bridge(settings) as running:
+        ids = load_listings(dsn, 30, seed=1540, table=settings.listings_table).ids
+        predictions = wait_until(lambda: settled(dsn, settings, ids), 120, "the listings priced",
+                                 explain=lambda: where_stuck(settings, dsn, ids))  # fmt: skip
+        assert running.metric("sml_bridge_explained_total") == 0
+
+    assert set(predictions) == set(ids)
+    for row in predictions.values():
+        assert written_explanation(row) == dict.fromkeys(EXPLANATION_COLUMNS), row
+    assert_prices_match_service(prediction_service, listings(dsn, settings.listings_table, ids),
+                                predictions)  # fmt: skip
+
+
+def test_the_registry_accepts_the_explained_schema_as_a_compatible_evolution(
+    stack_settings: Settings,
+) -> None:
+    """With FULL compatibility enforced on a subject that holds the schema from before
+    explanations, the registry accepts the new one (readers of either version read
+    records of the other); a field without a default, as a control, is refused."""
+    registry, subject = stack_settings.registry_url, f"{unique('explained')}-value"
+    new = serde.prediction_value_schema()
+    old = {**new, "fields": [f for f in new["fields"] if f["name"] not in EXPLANATION_COLUMNS]}
+    strict = {**new, "fields": [*new["fields"], {"name": "required_now", "type": "double"}]}
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = requests.request(method, f"{registry}/{path}", json=body, timeout=10)
+        assert response.status_code == 200, f"{method} {path}: {response.text}"
+        return response.json()
+
+    def compatible(schema: dict[str, Any]) -> bool:
+        path = f"compatibility/subjects/{subject}/versions/latest"
+        return bool(call("POST", path, {"schema": json.dumps(schema)})["is_compatible"])
+
+    call("POST", f"subjects/{subject}/versions", {"schema": json.dumps(old)})
+    call("PUT", f"config/{subject}", {"compatibility": "FULL"})
+    assert compatible(new)
+    assert not compatible(strict)
+    call("POST", f"subjects/{subject}/versions", {"schema": json.dumps(new)})
+    assert len(call("GET", f"subjects/{subject}/versions")) == 2

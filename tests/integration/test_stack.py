@@ -28,7 +28,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streaming_ml import connect, processes, serde, stack
 from streaming_ml.config import Settings
-from streaming_ml.data import FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
+from streaming_ml.data import EXPLANATION_FIELDS, FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
 from streaming_ml.exceptions import StackError
 from streaming_ml.stack import postgres
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
@@ -161,7 +161,7 @@ def _prediction(listing_id: int, price: float) -> dict[str, Any]:
         "features_hash": "f" * 16, "source_lsn": None, "source_ts_ms": now, "kafka_ts_ms": now,
         "bridge_received_ts_ms": now, "predicted_ts_ms": now, "model_latency_ms": 1.25,
         "end_to_end_ms": 12.5, "model_name": "ford_price", "model_version": "test",
-        "arm": "champion",
+        "arm": "champion", **{f.name: None for f in EXPLANATION_FIELDS},
     }  # fmt: skip
     assert set(values) == {f.name for f in PREDICTION_FIELDS}
     return values

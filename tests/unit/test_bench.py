@@ -1,9 +1,10 @@
 """The bench's arithmetic: percentiles, stage split, growth verdict, targets, parsing;
 its options and CLI, and the summary and plot of the figures."""
 
+import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -23,7 +24,12 @@ from streaming_ml.bench import (
 )
 from streaming_ml.bench.pipeline import _add_up
 from streaming_ml.bench.processes import wait_all_exit
-from streaming_ml.bench.report import bridge_process_rows, plot_bench, print_summary
+from streaming_ml.bench.report import (
+    bridge_process_rows,
+    explanation_rows,
+    plot_bench,
+    print_summary,
+)
 from streaming_ml.cli import app
 from streaming_ml.config import Settings
 from streaming_ml.exceptions import BenchError
@@ -265,28 +271,130 @@ class _FakeBench:
 
     def __init__(self, options: BenchOptions) -> None:
         self.options = options
-        self.rounds: list[tuple[int, bool]] = []
+        self.rounds: list[tuple[int, bool, bool]] = []
 
     def prefill_change_topic(self) -> str:
         return "prefill"
 
-    def bridge_only_run(self, prefill: str, processes: int, wait_for_sink: bool) -> dict[str, Any]:
-        self.rounds.append((processes, wait_for_sink))
-        return {"bridge_processes": processes, "bridge_rows_per_s": 1000.0 * processes}
+    def bridge_only_run(
+        self, prefill: str, processes: int, wait_for_sink: bool, explain: bool = False
+    ) -> dict[str, Any]:
+        self.rounds.append((processes, wait_for_sink, explain))
+        rate = 100.0 if explain else 1000.0 * processes
+        return {"bridge_processes": processes, "explain": explain, "bridge_rows_per_s": rate}
 
 
 def test_bridge_only_rounds_record_one_process_under_the_old_key_and_all_by_count() -> None:
-    bench = _FakeBench(BenchOptions(bridges=3))
+    bench = _FakeBench(BenchOptions(bridges=3, run_explain=False))
     doc: dict[str, Any] = {}
     _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
     # The sink catches up between rounds, not after the last.
-    assert bench.rounds == [(1, True), (3, False)]
+    assert bench.rounds == [(1, True, False), (3, False, False)]
     assert doc["bridge_rows_per_s"] == 1000.0
     assert doc["bridge_run"]["bridge_processes"] == 1
     assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0, "3": 3000.0}
     assert set(doc["bridge_run_by_processes"]) == {"1", "3"}
+    assert "bridge_explained_rows_per_s" not in doc
 
-    bench, doc = _FakeBench(BenchOptions(bridges=1)), {}
+    bench, doc = _FakeBench(BenchOptions(bridges=1, run_explain=False)), {}
     _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
-    assert bench.rounds == [(1, False)]
+    assert bench.rounds == [(1, False, False)]
     assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0}
+
+
+def test_the_explained_bridge_round_comes_last_and_has_figures_of_its_own() -> None:
+    bench, doc = _FakeBench(BenchOptions(bridges=2)), {}
+    _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
+    # The plain rounds keep their keys; the sink catches up before the explained round.
+    assert bench.rounds == [(1, True, False), (2, True, False), (1, False, True)]
+    assert doc["bridge_rows_per_s"] == 1000.0
+    assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0, "2": 2000.0}
+    assert doc["bridge_explained_rows_per_s"] == 100.0
+    assert doc["bridge_run_explained"]["explain"] is True
+
+
+def test_explained_figures_are_on_by_default_smaller_in_quick_and_checked() -> None:
+    full, quick = BenchOptions(), BenchOptions.quick()
+    assert full.run_explain and quick.run_explain
+    assert (full.explained_requests, full.explained_rows) == (10, 5_000)
+    assert (quick.explained_requests, quick.explained_rows) == (3, 500)
+    # A part of the pre-fill, never more than it.
+    assert BenchOptions(prefill_rows=300, explained_bridge_rows=5_000).explained_rows == 300
+    with pytest.raises(BenchError, match="--explained-rows must be at least 1, got 0"):
+        BenchOptions(explained_bridge_rows=0).check()
+
+
+def test_bench_cli_skips_the_explained_figures_or_sets_their_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, seen = _bench_cli(monkeypatch, "--quick", "--skip-explain")
+    assert result.exit_code == 0, result.output
+    assert seen[0].run_explain is False
+    result, seen = _bench_cli(monkeypatch, "--explained-rows", "2000")
+    assert result.exit_code == 0, result.output
+    assert (seen[0].run_explain, seen[0].explained_bridge_rows) == (True, 2_000)
+
+
+class _RecordingClient:
+    """Stands in for the serving run's HttpClient: records every POST."""
+
+    posts: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def __init__(self, base_url: str) -> None:
+        pass
+
+    def post(self, path: str, body: bytes, rows: int) -> None:
+        self.posts.append((path, json.loads(body)))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("run_explain", [True, False])
+def test_serving_run_times_the_same_500_records_with_and_without_explanations(
+    monkeypatch: pytest.MonkeyPatch, run_explain: bool
+) -> None:
+    from streaming_ml.bench import serving
+
+    _RecordingClient.posts = []
+    monkeypatch.setattr(serving, "HttpClient", _RecordingClient)
+    monkeypatch.setattr(serving, "_concurrent", lambda *_args: {})
+    options = BenchOptions(
+        one_row_requests=1, thousand_row_requests=2, explained_requests=4, run_explain=run_explain
+    )
+    seeds = iter(range(100, 200))
+    result = serving.serving_run(Settings(), options, Console(quiet=True), lambda: next(seeds))
+
+    batches = [body for path, body in _RecordingClient.posts if path == "/predict_batch"]
+    plain = [body for body in batches if "explain" not in body]
+    explained = [body for body in batches if body.get("explain") is True]
+    assert len(plain) == 3 + 2  # warm-up, then the timed requests
+    assert result["predict_batch_500_records_ms"]["count"] == 2
+    if run_explain:
+        assert len(explained) == 1 + 4
+        assert all(body["records"] == plain[0]["records"] for body in explained)
+        assert len(explained[0]["records"]) == 500
+        assert result["predict_batch_500_records_explained_ms"]["count"] == 4
+    else:
+        assert explained == []
+        assert "predict_batch_500_records_explained_ms" not in result
+
+
+def test_summary_shows_what_explanations_cost_next_to_the_plain_figures() -> None:
+    doc: dict[str, Any] = {
+        "predict_batch_500_records_ms_p50": 10.0,
+        "predict_batch_500_records_explained_ms_p50": 3000.0,
+        "bridge_rows_per_s": 8000.0,
+        "bridge_explained_rows_per_s": 160.0,
+    }
+    assert explanation_rows(doc) == [
+        ("predict_batch_500_records_ms_p50", "10.0"),
+        ("predict_batch_500_records_explained_ms_p50 (300x)", "3,000.0"),
+        ("bridge_explained_rows_per_s (0.02x of off)", "160.0"),
+    ]
+    # Not measured (--skip-explain, or a document from before): no rows at all.
+    assert explanation_rows({"predict_batch_500_records_ms_p50": 10.0}) == []
+    doc["targets"] = check_targets({**doc, "bench": {"profile": "full"}})
+    console = Console(record=True, width=200)
+    print_summary({**doc, "bench": {"profile": "full"}}, console)
+    assert "bridge_explained_rows_per_s (0.02x of off)" in console.export_text()

@@ -175,6 +175,15 @@ class FakeOutput:
         pass
 
 
+def explanation_of(price: float, main: str) -> dict[str, Any]:
+    """An explanation of ``price`` from a base of 100 in which ``main`` carries most."""
+    rest = {name: 1.0 for name in FEATURES if name != main}
+    return {
+        "base_price": 100.0,
+        "contributions": {**rest, main: price - 100.0 - sum(rest.values())},
+    }
+
+
 class FakeService:
     """The prediction client: prices rows by mileage; listings in ``failing`` make a
     call fail with a 500, in ``rejected`` with a 422; ``down`` refuses every call."""
@@ -186,6 +195,9 @@ class FakeService:
         self.is_ready = True
         self.ready_calls = 0
         self.shadow: float | None = None  # a shadow model's price for every row
+        # Answer with explanations: the served price's, and the shadow's when it has one.
+        self.explain = False
+        self.shadow_explains = True
         self.seen: list[dict[str, Any]] = []
 
     def predict(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -203,6 +215,11 @@ class FakeService:
         if self.shadow is not None:
             for item in answer:
                 item["shadow"] = {"predicted_price": self.shadow, "model_tag": "ford_price:v9"}
+        if self.explain:
+            for item in answer:
+                item["explanation"] = explanation_of(item["predicted_price"], "mileage")
+                if "shadow" in item and self.shadow_explains:
+                    item["shadow"]["explanation"] = explanation_of(self.shadow or 0.0, "year")
         return answer
 
     def ready(self) -> bool:
@@ -222,6 +239,7 @@ def bridge_with(
     max_strikes: int = 3,
     partitions: Sequence[int] = (0, 1),
     shadow: bool = False,
+    explain: bool = False,
 ) -> Bridge:
     settings = Settings(
         service_retries=0,
@@ -229,6 +247,7 @@ def bridge_with(
         service_max_strikes=max_strikes,
         batch_max_events=100,
         batch_linger_ms=60_000,  # a batch ends when full, not on a clock
+        bridge_explain=explain,
     )
     bridge = Bridge(settings, serve_metrics=False)
     bridge._consumer = consumer  # type: ignore[assignment]
@@ -579,3 +598,71 @@ def test_shadow_prices_go_to_the_shadow_topic_in_the_same_transaction() -> None:
     assert offsets == [(TOPIC, 0, 6), (TOPIC, 1, 8)]
     # The service gets each listing's id, to keep it on one A/B arm.
     assert [row["listing_id"] for row in service.seen] == [1]
+
+
+# -- explanations (SML_BRIDGE_EXPLAIN) --
+
+
+def published_values(bridge: Bridge, output: FakeOutput) -> tuple[dict, dict]:
+    """The served and the shadow prediction values of a one-listing batch."""
+    values = {r.topic: json.loads(r.value) for r in published_records(output) if r.value}
+    return values[bridge.settings.predictions_topic], values[bridge.settings.shadow_topic]
+
+
+def top(value: dict[str, Any]) -> list[Any]:
+    return [value[name] for name in ("base_price", "top1_feature", "top1_amount")]
+
+
+def test_each_record_carries_the_top_contributions_of_the_model_that_priced_it() -> None:
+    service = FakeService()
+    service.shadow, service.explain = 777.0, True
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output, shadow=True, explain=True)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+
+    served, shadow = published_values(bridge, output)
+    assert top(served) == [100.0, "mileage", mileage_of(1) - 100.0 - 7]
+    assert top(shadow) == [100.0, "year", 777.0 - 100.0 - 7]
+    # The other places are 1.0 each, in the service's (data.FEATURES) order.
+    assert (served["top2_feature"], served["top3_amount"]) == ("model", 1.0)
+    assert bridge.metrics.registry.get_sample_value("sml_bridge_explained_total") == 1
+
+
+def test_a_shadow_without_an_explanation_never_takes_the_served_models() -> None:
+    service = FakeService()
+    service.shadow, service.explain, service.shadow_explains = 777.0, True, False
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output, shadow=True, explain=True)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+
+    served, shadow = published_values(bridge, output)
+    assert top(served)[1] == "mileage"
+    assert top(shadow) == [None, None, None] and shadow["top3_feature"] is None
+
+
+def test_explanations_are_off_by_default_and_the_columns_null() -> None:
+    service = FakeService()
+    service.shadow = 777.0
+    consumer, output = FakeConsumer(), FakeOutput()
+    bridge = bridge_with(consumer, service, output, shadow=True)
+    bridge._handle(batch_of(FakeMessage(0, 5, insert(1))))
+
+    assert Settings.model_fields["bridge_explain"].default is False
+    for value in published_values(bridge, output):
+        assert top(value) == [None, None, None]
+    assert bridge.metrics.registry.get_sample_value("sml_bridge_explained_total") == 0
+
+
+def test_an_explaining_bridge_asks_for_them_and_caps_its_batch_at_the_explained_limit() -> None:
+    plain = Bridge(Settings(batch_max_events=2_000), serve_metrics=False)
+    explaining = Bridge(
+        Settings(
+            batch_max_events=2_000, bridge_explain=True, service_max_explained_rows=1_000,
+            request_timeout_s=5.0, bridge_explain_timeout_s=45.0,
+        ),
+        serve_metrics=False,
+    )  # fmt: skip
+    assert (plain._batch_limit, explaining._batch_limit) == (2_000, 1_000)
+    client = explaining._pricer.client
+    assert (client.explain, client.predict_timeout_s) == (True, 45.0)
+    assert plain._pricer.client.predict_timeout_s == 5.0

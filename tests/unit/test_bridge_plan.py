@@ -12,13 +12,20 @@ from streaming_ml.bridge.plan import (
     Action,
     dlq_headers,
     dlq_reason,
+    explanation_fields,
     features_hash,
     plan_actions,
     prediction_record,
     service_records,
     shadow_result,
 )
-from streaming_ml.data import FEATURES, feature_problems, generate_listing_records
+from streaming_ml.data import (
+    EXPLANATION_FIELDS,
+    FEATURES,
+    PREDICTION_FIELDS,
+    feature_problems,
+    generate_listing_records,
+)
 
 ROW: dict[str, Any] = {
     "model": "Fiesta", "year": 2017, "price": 9000, "transmission": "Manual",
@@ -200,13 +207,81 @@ def test_prediction_record_says_which_model_and_arm_priced_it() -> None:
     )  # fmt: skip
 
 
+# The service's explanation of one price (its contributions in data.FEATURES order).
+EXPLANATION: dict[str, Any] = {
+    "base_price": 11_000.0,
+    "contributions": {
+        "model": 300.0, "year": -1_200.5, "transmission": 10.0, "mileage": -300.0,
+        "fuelType": 0.0, "tax": 5.0, "mpg": 2_000.25, "engineSize": -50.0,
+    },
+}  # fmt: skip
+EXPLANATION_COLUMNS = [f.name for f in EXPLANATION_FIELDS]
+
+
+def priced(answer: dict[str, Any]) -> dict[str, Any]:
+    action = Action("predict", 0, 11, change("c", 11), "abc")
+    return prediction_record(
+        action, answer, kafka_ts_ms=1, received_ts_ms=2, predicted_ts_ms=3, model_latency_ms=1.0
+    )
+
+
+def test_prediction_record_carries_the_base_and_the_three_largest_contributions() -> None:
+    answer = {"predicted_price": 11_765.0, "model_tag": "ford_price:x", "explanation": EXPLANATION}
+    record = priced(answer)
+    # By magnitude, sign kept; model and mileage tie at 300 and keep the service's order.
+    assert {name: record[name] for name in EXPLANATION_COLUMNS} == {
+        "base_price": 11_000.0,
+        "top1_feature": "mpg", "top1_amount": 2_000.25,
+        "top2_feature": "year", "top2_amount": -1_200.5,
+        "top3_feature": "model", "top3_amount": 300.0,
+    }  # fmt: skip
+    assert record["predicted_price"] == 11_765.0
+
+
+def test_prediction_record_without_an_explanation_has_null_explanation_fields() -> None:
+    record = priced({"predicted_price": 9000.0, "model_tag": "ford_price:x"})
+    assert [record[name] for name in EXPLANATION_COLUMNS] == [None] * len(EXPLANATION_COLUMNS)
+    assert set(record) == {f.name for f in PREDICTION_FIELDS}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        None,
+        "x",
+        {"contributions": EXPLANATION["contributions"]},
+        {**EXPLANATION, "base_price": float("nan")},
+        {**EXPLANATION, "base_price": True},
+        {**EXPLANATION, "contributions": {}},
+        {**EXPLANATION, "contributions": [["mpg", 1.0]]},
+        {**EXPLANATION, "contributions": {**EXPLANATION["contributions"], "mpg": "lots"}},
+        {**EXPLANATION, "contributions": {**EXPLANATION["contributions"], "tax": float("inf")}},
+    ],
+)
+def test_an_unusable_explanation_is_written_as_nulls_and_the_price_kept(broken: Any) -> None:
+    record = priced({"predicted_price": 9000.0, "model_tag": "ford_price:x", "explanation": broken})
+    assert record["predicted_price"] == 9000.0
+    assert explanation_fields(broken) == dict.fromkeys(EXPLANATION_COLUMNS)
+    assert all(record[name] is None for name in EXPLANATION_COLUMNS)
+
+
+def test_fewer_contributions_than_the_top_leave_the_rest_null() -> None:
+    fields = explanation_fields({"base_price": 10.0, "contributions": {"year": -2.0}})
+    assert (fields["top1_feature"], fields["top1_amount"]) == ("year", -2.0)
+    assert fields["top2_feature"] is fields["top3_amount"] is None
+
+
 def test_shadow_result_is_taken_only_when_usable() -> None:
     good = {
         "predicted_price": 1.0,
         "model_tag": "m:1",
         "shadow": {"predicted_price": 2.5, "model_tag": "m:3"},
     }
-    assert shadow_result(good) == {"predicted_price": 2.5, "model_tag": "m:3", "arm": "shadow"}
+    assert shadow_result(good) == {
+        "predicted_price": 2.5, "model_tag": "m:3", "arm": "shadow", "explanation": None,
+    }  # fmt: skip
+    explained = {**good["shadow"], "explanation": EXPLANATION}
+    assert shadow_result({**good, "shadow": explained})["explanation"] == EXPLANATION  # type: ignore[index]
     assert shadow_result({"predicted_price": 1.0, "model_tag": "m:1"}) is None
     for broken in (
         {"predicted_price": float("nan"), "model_tag": "m:3"},

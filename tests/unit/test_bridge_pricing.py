@@ -393,6 +393,28 @@ def test_predict_posts_the_rows_and_returns_the_checked_answer() -> None:
     assert session.posts == [("http://svc:3000/predict_batch", {"records": ROWS}, 2.5)]
 
 
+def test_with_explain_the_call_asks_for_explanations_with_its_own_timeout() -> None:
+    session = FakeSession(FakeResponse(200, GOOD_ANSWER))
+    client = PredictionClient(
+        "http://svc:3000", 2.5, session=session, explain=True, explain_timeout_s=30.0,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert client.predict(ROWS) == GOOD_ANSWER
+    assert session.posts == [
+        ("http://svc:3000/predict_batch", {"records": ROWS, "explain": True}, 30.0)
+    ]
+    client.ready()  # a readiness probe is no explained call: it keeps the plain timeout
+    assert client.timeout_s == 2.5
+
+
+def test_an_explained_call_that_times_out_says_which_timeout() -> None:
+    session = FakeSession(requests.Timeout("read timed out"))
+    client = PredictionClient(
+        "http://svc:3000", 2.5, session=session, explain=True, explain_timeout_s=30.0,  # type: ignore[arg-type]
+    )  # fmt: skip
+    with pytest.raises(ServiceFailed, match="no answer within 30 s"):
+        client.predict(ROWS)
+
+
 @pytest.mark.parametrize(
     "answer",
     [

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from typing import Any
 
 import fastavro
 
-from streaming_ml.data import PREDICTION_FIELDS
+from streaming_ml.data import ADDED_PREDICTION_FIELDS, EXPLANATION_FIELDS, PREDICTION_FIELDS
 from streaming_ml.serde import prediction_key_schema, prediction_value_schema
 
 
@@ -35,29 +37,61 @@ def test_value_round_trips_without_losing_precision() -> None:
         "features_hash": "f" * 64, "source_lsn": None, "source_ts_ms": 1, "kafka_ts_ms": 2,
         "bridge_received_ts_ms": 3, "predicted_ts_ms": 4, "model_latency_ms": 1.25,
         "end_to_end_ms": 3.0, "model_name": "ford_price", "model_version": "abc",
-        "arm": "challenger",
+        "arm": "challenger", "base_price": 11_493.123456789, "top1_feature": "model",
+        "top1_amount": -1_786.000001, "top2_feature": "year", "top2_amount": 1_556.5,
+        "top3_feature": "engineSize", "top3_amount": 1e-9,
     }  # fmt: skip
+    assert set(record) == {f.name for f in PREDICTION_FIELDS}
+    assert round_trip(record, parsed, parsed) == record
+
+
+def round_trip(record: dict[str, Any], writer: Any, reader: Any) -> dict[str, Any]:
     buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, parsed, record)
+    fastavro.schemaless_writer(buffer, writer, record)
     buffer.seek(0)
-    assert fastavro.schemaless_reader(buffer, parsed) == record
+    return fastavro.schemaless_reader(buffer, writer, reader)
+
+
+def schema_without(names: Sequence[str]) -> dict[str, Any]:
+    """The value schema as it was before ``names`` were added."""
+    new = prediction_value_schema()
+    return {**new, "fields": [f for f in new["fields"] if f["name"] not in names]}
+
+
+# A record as the bridge wrote it before model experiments.
+BEFORE_EXPERIMENTS: dict[str, Any] = {
+    "listing_id": 7, "predicted_price": 9000.5, "model_tag": "ford_price:abc",
+    "features_hash": "f" * 64, "source_lsn": 3, "source_ts_ms": 1, "kafka_ts_ms": 2,
+    "bridge_received_ts_ms": 3, "predicted_ts_ms": 4, "model_latency_ms": 1.25,
+    "end_to_end_ms": 3.0,
+}  # fmt: skip
+EXPLANATION_NAMES = [f.name for f in EXPLANATION_FIELDS]
 
 
 def test_records_written_before_experiments_decode_with_the_new_schema() -> None:
-    from streaming_ml.data import ADDED_PREDICTION_FIELDS
+    old = fastavro.parse_schema(schema_without(ADDED_PREDICTION_FIELDS))
+    decoded = round_trip(BEFORE_EXPERIMENTS, old, fastavro.parse_schema(prediction_value_schema()))
+    assert decoded == {**BEFORE_EXPERIMENTS, **dict.fromkeys(ADDED_PREDICTION_FIELDS)}
 
-    new = prediction_value_schema()
-    old = {**new, "fields": [f for f in new["fields"] if f["name"] not in ADDED_PREDICTION_FIELDS]}
-    record = {
-        "listing_id": 7, "predicted_price": 9000.5, "model_tag": "ford_price:abc",
-        "features_hash": "f" * 64, "source_lsn": 3, "source_ts_ms": 1, "kafka_ts_ms": 2,
-        "bridge_received_ts_ms": 3, "predicted_ts_ms": 4, "model_latency_ms": 1.25,
-        "end_to_end_ms": 3.0,
+
+def test_explanation_fields_are_added_last_nullable_with_a_null_default() -> None:
+    fields = prediction_value_schema()["fields"]
+    assert [f["name"] for f in fields[-len(EXPLANATION_NAMES) :]] == EXPLANATION_NAMES
+    assert set(EXPLANATION_NAMES) <= set(ADDED_PREDICTION_FIELDS)
+    for field in fields[-len(EXPLANATION_NAMES) :]:
+        assert field["type"][0] == "null" and field["default"] is None, field
+
+
+def test_records_before_explanations_decode_and_new_ones_decode_with_the_old_schema() -> None:
+    """Both directions of the evolution: a new reader fills the new fields with null
+    (backward), an old reader skips them (forward), so consumers upgrade in any order."""
+    old = fastavro.parse_schema(schema_without(EXPLANATION_NAMES))
+    new = fastavro.parse_schema(prediction_value_schema())
+    before = {**BEFORE_EXPERIMENTS, "model_name": "m", "model_version": "1", "arm": "champion"}
+    assert round_trip(before, old, new) == {**before, **dict.fromkeys(EXPLANATION_NAMES)}
+    explained = {
+        **before, "base_price": 11_000.0, "top1_feature": "year", "top1_amount": 900.0,
+        "top2_feature": "model", "top2_amount": -500.0, "top3_feature": "mpg",
+        "top3_amount": 20.0,
     }  # fmt: skip
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), record)
-    buffer.seek(0)
-    decoded = fastavro.schemaless_reader(
-        buffer, fastavro.parse_schema(old), fastavro.parse_schema(new)
-    )
-    assert decoded == {**record, "model_name": None, "model_version": None, "arm": None}
+    assert round_trip(explained, new, old) == before

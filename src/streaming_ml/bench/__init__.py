@@ -2,8 +2,8 @@
 
 Four runs against the real local stack, each optional:
 
-- **serving**: ``/predict`` latency for 1 and 1,000 rows, and requests/s with
-  concurrent clients;
+- **serving**: ``/predict`` latency for 1 and 1,000 rows, ``/predict_batch`` for 500
+  records with and without explanations, and requests/s with concurrent clients;
 - **latency**: a separate load-generator process (``streaming-ml load``) inserts
   listings at a fixed rate; for every row the time from its INSERT's commit to its
   prediction row being written is read back with one SQL query at the end and
@@ -12,7 +12,9 @@ Four runs against the real local stack, each optional:
   pipeline does not keep up with;
 - **bridge only**: rows are pre-filled into the change topic while no bench bridge
   runs, then a bridge in a new consumer group drains them: bridge + model alone;
-  then ``--bridges`` processes in one new group drain the same rows again, side by side.
+  then ``--bridges`` processes in one new group drain the same rows again, side by side;
+  then one bridge with explanations on (``SML_BRIDGE_EXPLAIN``) drains the first
+  ``--explained-rows`` of them (``--skip-explain`` leaves both explained figures out).
 
 Every per-row stamp is epoch milliseconds of this machine's one clock (Postgres'
 commit time via Debezium's ``source.ts_ms``, Kafka's broker append time, the
@@ -83,6 +85,9 @@ def run_bench(
         "bridge_rows_per_s_by_processes": None,
         "predict_one_row_ms_p50": None,
         "predict_1000_rows_ms_p50": None,
+        "predict_batch_500_records_ms_p50": None,
+        "predict_batch_500_records_explained_ms_p50": None,
+        "bridge_explained_rows_per_s": None,
         "options": {k: v for k, v in asdict(options).items()},
         "machine": machine_facts(),
         "errors": [],
@@ -131,6 +136,9 @@ def _run_all(bench: Bench, doc: dict[str, Any]) -> None:
             doc["serving"] = serving
             doc["predict_one_row_ms_p50"] = serving["predict_one_row_ms"]["p50"]
             doc["predict_1000_rows_ms_p50"] = serving["predict_1000_rows_ms"]["p50"]
+            for key in ("predict_batch_500_records_ms", "predict_batch_500_records_explained_ms"):
+                if key in serving:
+                    doc[f"{key}_p50"] = serving[key]["p50"]
         except StreamingMLError as error:
             doc["errors"].append(f"serving run: {error}")
     if not (o.run_latency or o.run_throughput):
@@ -166,15 +174,23 @@ def _run_all(bench: Bench, doc: dict[str, Any]) -> None:
 
 def _bridge_only_runs(bench: Bench, doc: dict[str, Any]) -> None:
     """One pre-filled range, drained by 1 and then ``--bridges`` processes (each round
-    in a new consumer group); every round's figures are recorded as soon as measured."""
+    in a new consumer group), then by one bridge with explanations on (unless
+    ``--skip-explain``); every round's figures are recorded as soon as measured."""
     prefill = bench.prefill_change_topic()
-    counts = bench.options.bridge_counts
+    rounds = [(processes, False) for processes in bench.options.bridge_counts]
+    if bench.options.run_explain:
+        rounds.append((1, True))
     runs: dict[str, Any] = {}
     rates: dict[str, float | None] = {}
     doc["bridge_run_by_processes"] = runs
     doc["bridge_rows_per_s_by_processes"] = rates
-    for i, processes in enumerate(counts):
-        run = bench.bridge_only_run(prefill, processes, wait_for_sink=i + 1 < len(counts))
+    for i, (processes, explain) in enumerate(rounds):
+        wait_for_sink = i + 1 < len(rounds)
+        run = bench.bridge_only_run(prefill, processes, wait_for_sink, explain=explain)
+        if explain:
+            doc["bridge_run_explained"] = run
+            doc["bridge_explained_rows_per_s"] = run["bridge_rows_per_s"]
+            continue
         runs[str(processes)] = run
         rates[str(processes)] = run["bridge_rows_per_s"]
         if processes == 1:

@@ -43,9 +43,15 @@ class BenchOptions:
     concurrent_requests: int = 4_000
     concurrent_max_s: float = 15.0
     drain_timeout_s: float = 120.0
+    # The cost of explanations (SML_BRIDGE_EXPLAIN): explained /predict_batch requests of
+    # 500 records (seconds each, so fewer than the plain ones), and a bridge-only round
+    # with explanations on over the first rows of the pre-filled range.
+    explained_requests: int = 10
+    explained_bridge_rows: int = 5_000
     run_serving: bool = True
     run_latency: bool = True
     run_throughput: bool = True
+    run_explain: bool = True
     seed: int = 5_000
 
     @classmethod
@@ -54,8 +60,14 @@ class BenchOptions:
             profile="quick", duration_s=5.0, warmup_s=1.0, step_rates=(2_000,),
             step_duration_s=3.0, prefill_rows=2_000, one_row_requests=100,
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
-            concurrent_max_s=2.0, drain_timeout_s=60.0,
+            concurrent_max_s=2.0, drain_timeout_s=60.0, explained_requests=3,
+            explained_bridge_rows=500,
         )  # fmt: skip
+
+    @property
+    def explained_rows(self) -> int:
+        """Rows the bridge-only round with explanations drains: a part of the pre-fill."""
+        return min(self.explained_bridge_rows, self.prefill_rows)
 
     @property
     def bridge_counts(self) -> tuple[int, ...]:
@@ -87,5 +99,10 @@ class BenchOptions:
             problems.append(f"--bridges must be at least 1, got {self.bridges}")
         if self.concurrency < 1:
             problems.append(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.explained_requests < 1 or self.explained_bridge_rows < 1:
+            problems.append(
+                f"--explained-rows must be at least 1, got {self.explained_bridge_rows} "
+                f"(and {self.explained_requests} explained requests)"
+            )
         if problems:
             raise BenchError("; ".join(problems))

@@ -532,16 +532,25 @@ class Bench:
         return Prefill(report, change_start, capture_s)
 
     def bridge_only_run(
-        self, prefill: Prefill, processes: int = 1, wait_for_sink: bool = False
+        self,
+        prefill: Prefill,
+        processes: int = 1,
+        wait_for_sink: bool = False,
+        explain: bool = False,
     ) -> dict[str, Any]:
         """Time ``processes`` ``--once`` bridges in one new consumer group draining the
         pre-filled range (bridge + model, no Debezium in the way): rows / (last prediction
         appended - first event read by any of them), so start-up and group join are
         excluded. With ``wait_for_sink``, wait afterwards until the JDBC sink has written
-        this round's predictions, so the next round does not share the CPU with it."""
+        this round's predictions, so the next round does not share the CPU with it.
+
+        With ``explain``, the bridge runs with ``SML_BRIDGE_EXPLAIN=true`` and stops after
+        ``explained_rows`` events: at a few ms per explained row, the whole pre-fill would
+        take minutes and the rate is just as clear from a part of it."""
         o, s = self.options, self.settings
         report = prefill.report
         partitions = len(prefill.change_start)
+        rows = o.explained_rows if explain else o.prefill_rows
         if processes > 1:
             self.console.rule(f"[bold]bridge-only run: {processes} bridges in one group")
             if processes > partitions:
@@ -549,41 +558,46 @@ class Bench:
                     f"[yellow]{processes} bridges for {partitions} partitions of "
                     f"{s.listings_topic}: {processes - partitions} of them get none"
                 )
-        group = f"sml-bench-prefill-{uuid.uuid4().hex[:8]}"
+        if explain:
+            self.console.rule(f"[bold]bridge-only run with explanations: {rows} events")
+        group = f"sml-bench-prefill-{'explain-' if explain else ''}{uuid.uuid4().hex[:8]}"
         commit_offsets(s, group, s.listings_topic, prefill.change_start)
         pred_start = self._topic_ends(s.predictions_topic)
         names = [group] if processes == 1 else [f"{group}-{i + 1}" for i in range(processes)]
+        env = {**self.child_env, "SML_BRIDGE_EXPLAIN": "true"} if explain else self.child_env
+        max_events = rows if explain else None
         bridges = [
-            BridgeProcess(s, self.child_env, group, self.log_dir, once=True, name=name)
+            BridgeProcess(s, env, group, self.log_dir, once=True, name=name, max_events=max_events)
             for name in names
         ]
         what = "bridge" if processes == 1 else f"{processes} bridges"
+        if explain:
+            what += " with explanations"
         began = time.monotonic()
         try:
             for bridge in bridges:
                 bridge.start()
             summaries = wait_all_exit(
-                bridges, self.console, 300.0,
-                f"{what} (group {group}) draining {o.prefill_rows} events",
-            )  # fmt: skip
+                bridges, self.console, 300.0, f"{what} (group {group}) draining {rows} events"
+            )
         finally:
             for bridge in bridges:
                 bridge.stop()
         wall_s = time.monotonic() - began
         found = self.prediction_topic_times(pred_start, report.first_id, report.last_id, True)
-        if len(found) != o.prefill_rows:
+        if len(found) != rows:
             logs = ", ".join(str(b.log_path) for b in bridges)
             raise BenchError(
-                f"the drained {what} produced {len(found)} predictions for {o.prefill_rows} "
-                f"rows; see {logs}"
+                f"the drained {what} produced {len(found)} predictions for {rows} rows; see {logs}"
             )
         appended = np.array([ts for ts, _ in found.values()])
         received = np.array([v["bridge_received_ts_ms"] for _, v in found.values()], dtype=float)
         span_s = (appended.max() - received.min()) / 1000
         run: dict[str, Any] = {
             "bridge_processes": processes,
+            "explain": explain,
             "change_topic_partitions": partitions,
-            "rows": o.prefill_rows,
+            "rows": rows,
             "predictions": len(found),
             "bridge_summary": summaries[0] if processes == 1 else _add_up(summaries),
         }
@@ -599,6 +613,11 @@ class Bench:
             "prefill_capture_wait_s": round(prefill.capture_s, 2),
             "model_call_ms": summarize([v["model_latency_ms"] for _, v in found.values()]),
         }
+        if explain:
+            # Proof the round measured what it claims: every record carries its explanation.
+            run["explained_predictions"] = sum(
+                v.get("base_price") is not None for _, v in found.values()
+            )
         if wait_for_sink:
             run["sink_caught_up_s"] = self._wait_sink_wrote(report, received.min())
         return run

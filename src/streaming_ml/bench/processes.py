@@ -76,16 +76,17 @@ def _cli(*args: str) -> list[str]:
 class BridgeProcess:
     """``streaming-ml bridge`` as a child process in the consumer group ``group``;
     ``name`` (default: the group) names its log files, so replicas of one group
-    each get their own."""
+    each get their own; ``max_events`` makes it exit after that many events."""
 
     def __init__(
         self, settings: Settings, env: Mapping[str, str], group: str, log_dir: Path,
-        once: bool = False, name: str | None = None,
+        once: bool = False, name: str | None = None, max_events: int | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.env = dict(env)
         self.group = group
         self.once = once
+        self.max_events = max_events
         self.log_path = log_dir / f"bench-bridge-{name or group}.log"
         self.out_path = log_dir / f"bench-bridge-{name or group}.out"
         self.metrics_port = free_port(settings.host)
@@ -96,6 +97,8 @@ class BridgeProcess:
         args += ["--metrics-port", str(self.metrics_port)]
         if self.once:
             args.append("--once")
+        if self.max_events is not None:
+            args += ["--max-events", str(self.max_events)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log, self.out_path.open("wb") as out:
             self._process = subprocess.Popen(

@@ -118,6 +118,7 @@ def pipeline_settings(settings: Settings) -> dict[str, Any]:
         "bridge_batch_max_events": settings.batch_max_events,
         "bridge_batch_linger_ms": settings.batch_linger_ms,
         "request_timeout_s": settings.request_timeout_s,
+        "bridge_explain": settings.bridge_explain,
         "connectors": configs,
     }
 
@@ -134,7 +135,7 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
         met = {True: "[green]yes", False: "[red]no", None: "—"}[entry["met"]]
         table.add_row(key, _figure(entry["measured"]), entry["target"], met)
         if key == "bridge_rows_per_s":
-            for figure, shown in bridge_process_rows(doc):
+            for figure, shown in bridge_process_rows(doc) + explanation_rows(doc):
                 table.add_row(figure, shown, "—", "—")
     console.print(table)
     for error in doc.get("errors", []):
@@ -160,6 +161,34 @@ def bridge_process_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
             figure += f" ({value / one:.2f}x of 1)"
         rows.append((figure, _figure(value)))
     return rows
+
+
+def explanation_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(figure, measured) rows of what explanations cost: /predict_batch of 500 records
+    without and with them, and the bridge-only rate with them on, each with its factor
+    against the figure without explanations when both were measured."""
+    plain = doc.get("predict_batch_500_records_ms_p50")
+    explained = doc.get("predict_batch_500_records_explained_ms_p50")
+    bridge = doc.get("bridge_rows_per_s")
+    bridge_explained = doc.get("bridge_explained_rows_per_s")
+    rows = []
+    if explained is not None or bridge_explained is not None:
+        rows.append(("predict_batch_500_records_ms_p50", _figure(plain)))
+    if explained is not None:
+        figure = "predict_batch_500_records_explained_ms_p50"
+        if _positive(explained) and _positive(plain):
+            figure += f" ({explained / plain:.0f}x)"
+        rows.append((figure, _figure(explained)))
+    if bridge_explained is not None:
+        figure = "bridge_explained_rows_per_s"
+        if _positive(bridge_explained) and _positive(bridge):
+            figure += f" ({bridge_explained / bridge:.2f}x of off)"
+        rows.append((figure, _figure(bridge_explained)))
+    return rows
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and value > 0
 
 
 def _second_bins(t_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:

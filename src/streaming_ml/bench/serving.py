@@ -24,14 +24,16 @@ from streaming_ml.exceptions import BenchError
 def serving_run(
     settings: Settings, options: BenchOptions, console: Console, next_seed: Callable[[], int]
 ) -> dict[str, Any]:
-    """/predict latency for 1 and 1,000 rows, /predict_batch for 500 records, and
-    requests/s with concurrent clients; ``next_seed`` gives each body its rows' seed."""
+    """/predict latency for 1 and 1,000 rows, /predict_batch for 500 records (and, with
+    ``run_explain``, the same 500 records with explanations), and requests/s with
+    concurrent clients; ``next_seed`` gives each body its rows' seed."""
     o = options
     console.rule("[bold]serving run: /predict")
     url = settings.prediction_url.rstrip("/")
     one = _body(_columns(1, next_seed()), 1)
     thousand = _body(_columns(1_000, next_seed()), 1_000)
-    batch = _body({"records": _records(500, next_seed())}, 500)
+    records = _records(500, next_seed())
+    batch = _body({"records": records}, 500)
     result: dict[str, Any] = {
         "url": url,
         "client": "http.client keep-alive, bodies pre-encoded (measures the service, "
@@ -51,6 +53,13 @@ def serving_run(
             console, client, "/predict_batch", batch, o.thousand_row_requests,
             "/predict_batch, 500 records",
         )  # fmt: skip
+        if o.run_explain:
+            explained = _body({"records": records, "explain": True}, 500)
+            client.post("/predict_batch", *explained)  # warm-up: its first DMatrix, threads
+            result["predict_batch_500_records_explained_ms"] = _timed_requests(
+                console, client, "/predict_batch", explained, o.explained_requests,
+                "/predict_batch, 500 records, explained",
+            )  # fmt: skip
     result["concurrent_one_row"] = _concurrent(console, o, url, one)
     return result
 

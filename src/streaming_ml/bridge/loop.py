@@ -100,8 +100,20 @@ class Bridge:
         self._consumer: Consumer | None = None
         self._output: TransactionalOutput | None = None
         self._kill_at = KillPoint.parse(settings.fault_kill_at)
+        # An explained batch must fit the service's limit on explained rows, or every
+        # call would be refused (413) and bisected.
+        self._batch_limit = (
+            min(settings.batch_max_events, settings.service_max_explained_rows)
+            if settings.bridge_explain
+            else settings.batch_max_events
+        )
         self._pricer = Pricer(
-            PredictionClient(settings.prediction_url, settings.request_timeout_s),
+            PredictionClient(
+                settings.prediction_url,
+                settings.request_timeout_s,
+                explain=settings.bridge_explain,
+                explain_timeout_s=settings.bridge_explain_timeout_s,
+            ),
             retry_delays=[
                 settings.service_backoff_s * 2**i for i in range(settings.service_retries)
             ],
@@ -130,7 +142,7 @@ class Bridge:
                 if self._pausing.paused:
                     self._while_paused()
                     continue
-                limit = self.settings.batch_max_events
+                limit = self._batch_limit
                 if max_events is not None:
                     limit = min(limit, max_events - self.stats.events)
                 batch = self._collect(limit)
@@ -216,6 +228,14 @@ class Bridge:
         for stage, n in built.dlq_stages.items():
             self.metrics.dlq.labels(stage).inc(n)
         self.metrics.observe_batch(events, built.counts, built.predictions)
+        unexplained = built.counts["predicted"] - built.counts["explained"]
+        if self.settings.bridge_explain and unexplained:
+            # The prices are good; only their explanations are missing (written as nulls).
+            logger.warning(
+                "the service answered prices without explanations; is it older than "
+                "explanations (issue 15)?",
+                extra={"unexplained": unexplained, "service": self.settings.prediction_url},
+            )
         batch_ms = (time.monotonic() - started) * 1000
         self.stats.add_batch(events, built.counts, model_ms, batch_ms)
         self._update_lag()

@@ -21,6 +21,11 @@ class BridgeMetrics:
         self.predictions = Counter(
             "sml_bridge_predictions", "Prediction records produced", registry=r
         )
+        self.explained = Counter(
+            "sml_bridge_explained",
+            "Prediction records carrying their explanation (SML_BRIDGE_EXPLAIN)",
+            registry=r,
+        )
         self.tombstones = Counter(
             "sml_bridge_tombstones", "Prediction tombstones produced (deletes)", registry=r
         )
@@ -70,6 +75,7 @@ class BridgeMetrics:
     ) -> None:
         """Counters and the per-stage latencies of one published batch."""
         self.predictions.inc(counts["predicted"])
+        self.explained.inc(counts["explained"])
         self.tombstones.inc(counts["tombstones"])
         self.skipped.inc(counts["unchanged"])
         self.batch_size.observe(events)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from streaming_ml.bridge.changes import Change
-from streaming_ml.data import COLUMNS_BY_NAME, FEATURES, LISTING_ID_KEY, feature_problems
+from streaming_ml.contributions import largest_first
+from streaming_ml.data import (
+    COLUMNS_BY_NAME,
+    EXPLANATION_FIELDS,
+    FEATURES,
+    LISTING_ID_KEY,
+    TOP_CONTRIBUTIONS,
+    feature_problems,
+)
 
 # Debezium op codes: create, update, delete, read (snapshot).
 PRICED_OPS = frozenset({"c", "u", "r"})
@@ -157,7 +165,32 @@ def prediction_record(
         "predicted_ts_ms": predicted_ts_ms,
         "model_latency_ms": float(model_latency_ms),
         "end_to_end_ms": float(predicted_ts_ms - source_ts),
+        **explanation_fields(result.get("explanation")),
     }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def explanation_fields(explanation: Any) -> dict[str, Any]:
+    """The record's explanation fields (data.EXPLANATION_FIELDS) from the service's
+    ``explanation`` of one price: its base price and the TOP_CONTRIBUTIONS largest
+    contributions by magnitude. All null when there is none (not asked for) or it is
+    unusable: like a shadow, an explanation never stops the price it explains."""
+    fields: dict[str, Any] = {f.name: None for f in EXPLANATION_FIELDS}
+    if not isinstance(explanation, Mapping) or not _finite(explanation.get("base_price")):
+        return fields
+    amounts = explanation.get("contributions")
+    if not isinstance(amounts, Mapping) or not amounts:
+        return fields
+    if not all(isinstance(k, str) and _finite(v) for k, v in amounts.items()):
+        return fields
+    fields["base_price"] = float(explanation["base_price"])
+    for rank, (feature, amount) in enumerate(largest_first(amounts)[:TOP_CONTRIBUTIONS], 1):
+        fields[f"top{rank}_feature"] = feature
+        fields[f"top{rank}_amount"] = float(amount)
+    return fields
 
 
 def shadow_result(result: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -167,11 +200,12 @@ def shadow_result(result: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(shadow, Mapping):
         return None
     price, tag = shadow.get("predicted_price"), shadow.get("model_tag")
-    if not isinstance(price, int | float) or isinstance(price, bool) or not math.isfinite(price):
+    if not _finite(price) or not isinstance(tag, str):
         return None
-    if not isinstance(tag, str):
-        return None
-    return {"predicted_price": price, "model_tag": tag, "arm": "shadow"}
+    return {
+        "predicted_price": price, "model_tag": tag, "arm": "shadow",
+        "explanation": shadow.get("explanation"),
+    }  # fmt: skip
 
 
 def service_records(

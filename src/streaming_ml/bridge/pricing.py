@@ -47,13 +47,26 @@ class Backpressure(Exception):
 
 
 class PredictionClient:
-    """One ``POST /predict_batch`` per call, its outcome classified; ``GET /readyz``."""
+    """One ``POST /predict_batch`` per call, its outcome classified; ``GET /readyz``.
+
+    With ``explain``, each answer item also carries the ``explanation`` of its price (and
+    of its shadow's); such a call costs a few hundred predictions per row, so it gets its
+    own timeout, ``explain_timeout_s`` (default: ``timeout_s``).
+    """
 
     def __init__(
-        self, base_url: str, timeout_s: float, session: requests.Session | None = None
+        self,
+        base_url: str,
+        timeout_s: float,
+        session: requests.Session | None = None,
+        *,
+        explain: bool = False,
+        explain_timeout_s: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.explain = explain
+        self.predict_timeout_s = (explain_timeout_s or timeout_s) if explain else timeout_s
         self._session = session or requests.Session()
 
     @property
@@ -65,12 +78,14 @@ class PredictionClient:
         return self.base_url + "/readyz"
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        body: dict[str, Any] = {"records": list(rows)}
+        if self.explain:
+            body["explain"] = True
+        timeout = self.predict_timeout_s
         try:
-            response = self._session.post(
-                self.predict_url, json={"records": list(rows)}, timeout=self.timeout_s
-            )
+            response = self._session.post(self.predict_url, json=body, timeout=timeout)
         except requests.Timeout as error:
-            raise ServiceFailed(f"no answer within {self.timeout_s:g} s ({error})") from error
+            raise ServiceFailed(f"no answer within {timeout:g} s ({error})") from error
         except requests.RequestException as error:
             raise ServiceUnavailable(f"{type(error).__name__}: {error}") from error
         status, text = response.status_code, response.text[:500]

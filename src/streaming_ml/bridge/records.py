@@ -17,7 +17,13 @@ from confluent_kafka.serialization import MessageField, SerializationContext, Se
 
 from streaming_ml import serde
 from streaming_ml.bridge.output import OutRecord
-from streaming_ml.bridge.plan import Action, dlq_headers, prediction_record, shadow_result
+from streaming_ml.bridge.plan import (
+    Action,
+    dlq_headers,
+    explanation_fields,
+    prediction_record,
+    shadow_result,
+)
 from streaming_ml.data import PREDICTION_FIELDS
 from streaming_ml.exceptions import BridgeError
 
@@ -107,6 +113,8 @@ class RecordBuilder:
             "model_name": name,
             "model_version": version,
             "arm": "shadow",
+            # The shadow's own explanation (or nulls), never the served model's.
+            **explanation_fields(shadow.get("explanation")),
         }
         assert self.shadow_topic is not None
         return OutRecord(
@@ -174,6 +182,7 @@ class RecordBuilder:
                     )
                 )
                 out.counts["predicted"] += 1
+                out.counts["explained"] += record["base_price"] is not None
                 out.predictions.append(record)
                 shadow = shadow_result(results[action.index])
                 if shadow is not None and self.shadow_topic:
