@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         3, ge=1, description="Drifted windows in a row before an alert is raised"
     )
     degraded_threshold: float = Field(
-        5.0, gt=0, description="Page-Hinkley threshold on the absolute percentage error"
+        10.0, gt=0, description="Page-Hinkley threshold on the log error (model degraded)"
     )
 
     # The online challenger (docs/model.md, "The online challenger").

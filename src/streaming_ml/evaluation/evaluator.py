@@ -596,8 +596,8 @@ class Evaluator:
             "source_partition": found.partition,
             "raised_ts_ms": now,
             "message": (
-                f"model {found.model_tag} ({found.arm}) degraded: its absolute percentage "
-                f"error rose (Page-Hinkley) after {found.outcomes} outcomes in partition "
+                f"model {found.model_tag} ({found.arm}) degraded: its errors shifted "
+                f"(Page-Hinkley on the log error) after {found.outcomes} outcomes in partition "
                 f"{found.partition}; windowed MAE {mae}. If the features did not drift, "
                 "the world did: retrain on recent labels."
             ),

@@ -3,9 +3,17 @@
 Cumulative MAE, RMSE, MAPE and bias are sums, so they do not depend on the order or on
 how the outcomes are split over partitions; the sliding windows (last N outcomes, last T
 minutes) do, and are what a person watching wants. The "model degraded" detector is
-River's Page-Hinkley test on each outcome's absolute percentage error (capped at 1 so
-one absurd listing cannot trip it), one detector per partition and pair so replaying a
-partition's outcomes rebuilds it exactly.
+River's Page-Hinkley test, both directions, on each outcome's log error
+``log(predicted / actual)`` (capped at ±1 so one absurd listing cannot trip it), one
+detector per partition and pair so replaying a partition's outcomes rebuilds it exactly.
+
+Why the signed log error and not the absolute one: when the world moves the price of
+some listings, their errors move one way, which shifts the mean log error several times
+more (against its spread) than it shifts the mean absolute error. Measured on the test
+model: the price-shift scenario moves the mean log error by -0.036 (spread 0.15) but the
+mean absolute percentage error by only +0.011 (spread 0.10); on the absolute error no
+setting both caught the shift and stayed quiet over 9,000 normal outcomes, on the log
+error delta 0.02 and threshold 10 did (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ from river import drift
 
 from streaming_ml.evaluation.outcomes import Outcome, pair_key, split_pair
 
-APE_CAP = 1.0
+LOG_ERROR_CAP = 1.0
 DETECTOR_MIN_OUTCOMES = 100
-DETECTOR_DELTA = 0.005
+DETECTOR_DELTA = 0.02
 
 
 def _summary(errors: np.ndarray, apes: np.ndarray) -> dict[str, float | int | None]:
@@ -142,13 +150,13 @@ class Scoreboard:
                 min_instances=DETECTOR_MIN_OUTCOMES,
                 delta=DETECTOR_DELTA,
                 threshold=self.threshold,
-                mode="up",
+                mode="both",
             )
         self._seen[key] = self._seen.get(key, 0) + 1
-        ape = outcome.abs_pct_error
-        if ape is None:
+        if outcome.actual_price <= 0 or outcome.predicted_price <= 0:
             return None
-        detector.update(min(ape, APE_CAP))
+        log_error = math.log(outcome.predicted_price / outcome.actual_price)
+        detector.update(max(-LOG_ERROR_CAP, min(log_error, LOG_ERROR_CAP)))
         if not detector.drift_detected:
             return None
         recent = [abs(r[1]) for r in metrics.recent]
