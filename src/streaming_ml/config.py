@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     adminer_port: int = 8080
     service_port: int = 3000
     bridge_metrics_port: int = 9400
+    watchdog_metrics_port: int = Field(
+        9409, description="/metrics of `connectors watch`: restarts and the replication slot"
+    )
 
     # Names used everywhere: code, connector configs, README, compose.
     # Names that end up in SQL, generated DDL and connector configs: plain lower-case
@@ -96,6 +99,12 @@ class Settings(BaseSettings):
     # Bridge micro-batching.
     batch_max_events: int = Field(500, description="Max events per model call")
     batch_linger_ms: int = Field(5, description="Max wait to fill a batch")
+    slot_wal_keep_size: str = Field(
+        "2GB",
+        pattern=r"^[1-9][0-9]*(MB|GB|TB)$",
+        description="Local Postgres' max_slot_wal_keep_size: WAL a stalled CDC slot may hold "
+        "before Postgres invalidates it (never unbounded: a forgotten slot must not fill the disk)",
+    )
     connector_check_interval_s: float = Field(
         15.0,
         ge=0,
