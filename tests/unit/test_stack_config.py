@@ -385,3 +385,12 @@ def test_the_slot_warning_is_logged_once_per_change(caplog: pytest.LogCaptureFix
         "replication slot healthy again",
         "replication slot needs attention",
     ]
+
+
+def test_a_crashed_broker_registers_again_before_the_first_transaction_sweep() -> None:
+    # Markers of a transaction aborted while the restarted node is not registered yet are
+    # skipped (no leader): the transaction would hang and stop read_committed readers.
+    props = dict(line.split("=", 1) for line in kafka.server_properties(_settings()).splitlines())
+    session_ms = int(props["broker.session.timeout.ms"])
+    first_sweep_ms = int(props["transaction.abort.timed.out.transaction.cleanup.interval.ms"])
+    assert first_sweep_ms >= 2 * session_ms + int(props["broker.heartbeat.interval.ms"])

@@ -89,9 +89,19 @@ def server_properties(settings: Settings) -> str:
         "default.replication.factor": "1",
         "min.insync.replicas": "1",
         "group.initial.rebalance.delay.ms": "0",
-        # A killed bridge's open transaction blocks read_committed readers until it is
-        # aborted: look for timed-out transactions every second, not every ten.
-        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+        # After a crash (a full log dir halts the broker; kill -9) the restarted node
+        # may register only once the controller (in this same process) has expired the
+        # old incarnation's session. Until then its partitions have no leader, and the
+        # transaction coordinator, which aborts the dead bridge's timed-out transaction
+        # on its first sweep, skips the markers of leaderless partitions: the transaction
+        # hangs open for good and read_committed readers (the bridge's group offsets,
+        # the JDBC sink) stop there. So the session is short (the node re-registers in
+        # ~4 s) and the first sweep comes well after it (a killed bridge's transaction
+        # then blocks readers up to its timeout plus 12 s, unless the bridge restarts:
+        # init_transactions aborts it at once).
+        "broker.heartbeat.interval.ms": "1000",
+        "broker.session.timeout.ms": "4000",
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "12000",
         "log.retention.hours": "168",
         "num.io.threads": "4",
         "num.network.threads": "2",
