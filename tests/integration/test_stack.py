@@ -30,7 +30,7 @@ from streaming_ml import connect, processes, serde, stack
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
 from streaming_ml.exceptions import StackError
-from streaming_ml.stack import postgres
+from streaming_ml.stack import postgres, process
 from streaming_ml.stack.secrets import load_passwords
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
 from tests.integration.pipeline import wait_until
@@ -491,6 +491,35 @@ def test_connectors_watch_exports_the_slot_health_and_flags_it_before_the_cap(
         postgres.slot_health(settings, load_passwords(settings.state_dir))["wal_status"]
         == "reserved"
     )
+
+
+def _uids(pid: int) -> set[int]:
+    """Real, effective, saved and filesystem uids of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(uid) for uid in line.split()[1:]}
+    raise AssertionError(f"no Uid line for pid {pid}")
+
+
+def test_components_started_by_root_run_as_unprivileged_users(own_stack: Settings) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("started by a normal user every component already runs as that user")
+    expected = {
+        name: process.COMPONENT_USER for name in ("kafka", "registry", "connect", "adminer")
+    }
+    expected["postgres"] = "postgres"
+    for name, info in stack.status(own_stack).items():
+        assert info["pid"], name
+        tree = [info["pid"], *processes.descendants(info["pid"])]  # PHP and Postgres workers
+        for pid in tree:
+            assert _uids(pid) == {pwd.getpwnam(expected[name]).pw_uid}, (name, pid)
+    # What they write belongs to them: nothing under Kafka's log dir is root's.
+    component_uid = pwd.getpwnam(process.COMPONENT_USER).pw_uid
+    data = own_stack.state_dir / "kafka" / "data"
+    owners = {path.stat().st_uid for path in [data, *data.rglob("*")]}
+    assert owners == {component_uid}, owners
 
 
 def test_psql_runs_as_the_app_role(own_stack: Settings) -> None:

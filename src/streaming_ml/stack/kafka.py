@@ -129,17 +129,24 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def format_storage(settings: Settings, dist_dir: Path) -> bool:
-    """Format the log dir on first start. Returns True when it was formatted now."""
+def format_storage(settings: Settings, dist_dir: Path, run_as: process.RunAs | None = None) -> bool:
+    """Format the log dir on first start (as ``run_as``, who will own it). Returns True
+    when it was formatted now."""
     props, log4j = _write_config(settings)
     if (data_dir(settings.state_dir) / "meta.properties").exists():
         return False
+    if run_as:
+        process.own_tree(data_dir(settings.state_dir), run_as)
     argv = [
         str(java_binary()), *jvm_options("-Xmx256m", log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.tools.StorageTool",
         "format", f"--cluster-id={new_cluster_id()}", "-c", str(props),
     ]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120,
+        user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+        extra_groups=[] if run_as else None,
+    )  # fmt: skip
     if result.returncode != 0:
         raise StackError(
             "kafka: formatting storage failed; fix the cause below and rerun "
@@ -149,13 +156,16 @@ def format_storage(settings: Settings, dist_dir: Path) -> bool:
     return True
 
 
-def start(settings: Settings, dist_dir: Path) -> int:
+def start(settings: Settings, dist_dir: Path, run_as: process.RunAs | None = None) -> int:
     props, log4j = _write_config(settings)
+    if run_as:
+        # The broker writes only under its log dir (and the logs dir, owned by `up`).
+        process.own_tree(data_dir(settings.state_dir), run_as)
     argv = [
         str(java_binary()), *jvm_options(HEAP, log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.Kafka", str(props),
     ]  # fmt: skip
-    return process.start(NAME, argv, state_dir=settings.state_dir)
+    return process.start(NAME, argv, state_dir=settings.state_dir, run_as=run_as)
 
 
 def ready(settings: Settings) -> bool:

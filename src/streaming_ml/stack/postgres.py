@@ -101,29 +101,7 @@ def server_user() -> process.RunAs | None:
             "postgres: running as root but there is no `postgres` OS user to run the server as. "
             "Install the Debian package (`apt-get install postgresql-15`), which creates it."
         ) from error
-    return process.RunAs(entry.pw_uid, entry.pw_gid)
-
-
-def _check_traversable(path: Path, run_as: process.RunAs) -> None:
-    """The server user must be able to reach its data dir through every parent."""
-    for parent in [path, *path.parents]:
-        st = parent.stat()
-        if st.st_uid == run_as.uid:
-            continue
-        allowed = st.st_mode & 0o001 or (st.st_gid == run_as.gid and st.st_mode & 0o010)
-        if not allowed:
-            raise StackError(
-                f"postgres: the `postgres` OS user cannot enter {parent} (mode "
-                f"{oct(st.st_mode & 0o777)}). Run `chmod o+x {parent}` or use a state dir "
-                "(SML_STATE_DIR) under a world-traversable directory."
-            )
-
-
-def _chown_tree(path: Path, run_as: process.RunAs) -> None:
-    os.chown(path, run_as.uid, run_as.gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), run_as.uid, run_as.gid, follow_symlinks=False)
+    return process.RunAs(entry.pw_uid, entry.pw_gid, "postgres")
 
 
 def _write_hba(path: Path) -> None:
@@ -151,8 +129,8 @@ def initdb(settings: Settings, passwords: Passwords, run_as: process.RunAs | Non
         settings.state_dir.chmod(settings.state_dir.stat().st_mode | 0o011)
         (settings.state_dir / "postgres").mkdir(exist_ok=True)
         (settings.state_dir / "postgres").chmod(0o711)
-        _check_traversable(settings.state_dir / "postgres", run_as)
-        _chown_tree(settings.state_dir / "postgres", run_as)
+        process.check_traversable(settings.state_dir / "postgres", run_as, NAME)
+        process.own_tree(settings.state_dir / "postgres", run_as)
     try:
         result = subprocess.run(
             [
