@@ -370,22 +370,23 @@ def connectors_watch(
     interval: float | None = typer.Option(
         None, help="Seconds between checks (default: SML_CONNECTOR_CHECK_INTERVAL_S)"
     ),
+    metrics_port: int | None = typer.Option(
+        None, help="Port of /metrics on SML_HOST (default: SML_WATCHDOG_METRICS_PORT)"
+    ),
 ) -> None:
-    """Restart FAILED connector parts until Ctrl-C (run one of these, not one per bridge)."""
+    """Restart FAILED connector parts until Ctrl-C (run one of these, not one per bridge);
+    /metrics has the restarts and the replication slot's health."""
     settings = _settings()
-    import signal
-
     from streaming_ml import connectors
 
-    watchdog = connectors.ConnectorWatchdog(
-        settings.connect_url,
-        settings.connector_names,
-        interval or settings.connector_check_interval_s or 15.0,
-        connectors.restarts_counter(),
-    )
-    signal.signal(signal.SIGTERM, lambda *_: watchdog.stop(wait=False))
-    signal.signal(signal.SIGINT, lambda *_: watchdog.stop(wait=False))
-    watchdog.run()
+    try:
+        connectors.watch(
+            settings,
+            interval or settings.connector_check_interval_s or 15.0,
+            metrics_port or settings.watchdog_metrics_port,
+        )
+    except StreamingMLError as error:
+        _fail(error)
 
 
 @app.command()

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     adminer_port: int = 8080
     service_port: int = 3000
     bridge_metrics_port: int = 9400
+    watchdog_metrics_port: int = Field(
+        9409, description="/metrics of `connectors watch`: restarts and the replication slot"
+    )
 
     # Names used everywhere: code, connector configs, README, compose.
     # Names that end up in SQL, generated DDL and connector configs: plain lower-case
@@ -123,6 +126,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Timeout of the bridge's model call when it asks for explanations "
         "(replaces SML_REQUEST_TIMEOUT_S there)",
+    )
+    slot_wal_keep_size: str = Field(
+        "2GB",
+        pattern=r"^[1-9][0-9]*(MB|GB|TB)$",
+        description="Local Postgres' max_slot_wal_keep_size: WAL a stalled CDC slot may hold "
+        "before Postgres invalidates it (never unbounded: a forgotten slot must not fill the disk)",
     )
     connector_check_interval_s: float = Field(
         15.0,

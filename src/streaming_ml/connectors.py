@@ -12,11 +12,12 @@ that replica leaves.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from streaming_ml import connect
 from streaming_ml.config import Settings
@@ -52,6 +53,55 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def watch(settings: Settings, interval_s: float, metrics_port: int) -> None:
+    """``streaming-ml connectors watch``: restart FAILED connector parts every
+    ``interval_s`` until SIGTERM or Ctrl-C, and serve ``/metrics`` on ``metrics_port``:
+    the restarts and the CDC replication slot's health (read from Postgres per scrape,
+    and logged each tick when it needs attention).
+
+    The slot is exported here, not by the bridge or the service: one watcher runs per
+    stack (a metric per bridge replica would be N copies of one slot, each querying
+    Postgres), it is the process that heals the usual cause (a FAILED source connector),
+    and it runs beside the stack's state dir, so it can read the slot with the stack's
+    credentials while the bridge keeps holding none.
+    """
+    from streaming_ml.stack import postgres
+    from streaming_ml.stack.secrets import load_passwords
+
+    registry = CollectorRegistry()
+    slot = postgres.SlotHealthMetrics(
+        lambda: postgres.slot_health(settings, load_passwords(settings.state_dir))
+    )
+    registry.register(slot)
+    watchdog = ConnectorWatchdog(
+        settings.connect_url,
+        settings.connector_names,
+        interval_s,
+        restarts_counter(registry),
+        also_each_tick=slot.check,
+    )
+    try:
+        server, thread = start_http_server(metrics_port, addr=settings.host, registry=registry)
+    except OSError as error:
+        raise ConnectorError(
+            f"cannot serve metrics on {settings.host}:{metrics_port} ({error}); is another "
+            "watcher running? Set SML_WATCHDOG_METRICS_PORT or --metrics-port"
+        ) from error
+    logger.info(
+        "watching connectors",
+        extra={"interval_s": interval_s, "metrics": f"http://{settings.host}:{metrics_port}"},
+    )
+    signal.signal(signal.SIGTERM, lambda *_: watchdog.stop(wait=False))
+    signal.signal(signal.SIGINT, lambda *_: watchdog.stop(wait=False))
+    try:
+        slot.check()  # a slot already in trouble is reported now, not after the first tick
+        watchdog.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 def restarts_counter(registry: CollectorRegistry | None = None) -> Counter:
     return Counter(
         "sml_bridge_connector_restarts",
@@ -72,12 +122,18 @@ class ConnectorWatchdog:
     """
 
     def __init__(
-        self, connect_url: str, names: Sequence[str], interval_s: float, restarts: Counter
+        self,
+        connect_url: str,
+        names: Sequence[str],
+        interval_s: float,
+        restarts: Counter,
+        also_each_tick: Callable[[], object] | None = None,
     ) -> None:
         self.connect_url = connect_url
         self.names = tuple(names)
         self.interval_s = interval_s
         self.restarts = restarts
+        self.also_each_tick = also_each_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,6 +161,8 @@ class ConnectorWatchdog:
         while not stop.wait(self.interval_s):
             try:
                 self.check()
+                if self.also_each_tick is not None:
+                    self.also_each_tick()
             except Exception:  # the watchdog must outlive any surprise in one check
                 logger.exception("connector check failed unexpectedly; trying again next tick")
 

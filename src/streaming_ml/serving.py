@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 import anyio
 import numpy as np
 import requests
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
 from streaming_ml.config import REPO_ROOT, Settings, settings_env
@@ -111,9 +113,136 @@ _EXPLAIN_FIELD = Field(
     "GBP (they add up to the price); costs a few hundred predictions per row",
 )
 
-PredictRequest: type[BaseModel] = create_model(
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one input value (or column) cannot be priced; ``loc`` is its JSON path."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+    @property
+    def path(self) -> str:
+        text = ""
+        for part in self.loc:
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        return text or "body"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "msg": self.msg, "type": "value_error"}
+
+
+class _Repeats(dict[str, Any]):
+    """A parsed JSON object that repeated ``repeated`` keys (key -> times seen)."""
+
+    repeated: dict[str, int]
+
+
+def duplicate_keys(body: str | bytes | bytearray) -> list[Problem]:
+    """A Problem for every key that some object of the JSON ``body`` repeats, at the
+    key's JSON path; none when the body has no repeat or is not JSON at all.
+
+    Parsers disagree on which of two equal keys wins (Python and pydantic keep the last,
+    others the first or refuse), so a body with one can mean one thing to a filter in
+    front of the service and another to the model: it is refused, never guessed.
+    """
+
+    found: list[_Repeats] = []
+
+    def pairs_to_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = _Repeats(pairs)
+        if len(obj) != len(pairs):
+            counts: dict[str, int] = {}
+            for key, _ in pairs:
+                counts[key] = counts.get(key, 0) + 1
+            obj.repeated = {key: n for key, n in counts.items() if n > 1}
+            found.append(obj)
+        return obj
+
+    try:
+        parsed = json.loads(body, object_pairs_hook=pairs_to_object)
+    except (ValueError, RecursionError):  # not JSON: the caller's parser says why
+        return []
+    if not found:
+        return []  # the common case: no walk over a body of many values
+    problems: list[Problem] = []
+    # Depth first in document order (children pushed reversed), iterative so a deeply
+    # nested body cannot exhaust the stack here.
+    pending: list[tuple[tuple[str | int, ...], Any]] = [((), parsed)]
+    while pending:
+        loc, value = pending.pop()
+        if isinstance(value, _Repeats):
+            problems += [
+                Problem(
+                    (*loc, key),
+                    f"appears {times} times in one JSON object; send each key once "
+                    "(parsers disagree on which value wins)",
+                )
+                for key, times in getattr(value, "repeated", {}).items()
+            ]
+            pending += reversed([((*loc, key), item) for key, item in value.items()])
+        elif isinstance(value, list):
+            pending += reversed([((*loc, index), item) for index, item in enumerate(value)])
+    return problems
+
+
+class UniqueKeysBody(BaseModel):
+    """Base of the request models: parsed from JSON, a body may not repeat a key.
+
+    BentoML parses a request body with the input model's ``model_validate_json``; this
+    override is the one place both APIs pass through, before any value is used.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    def parsed_keys_at_least(self) -> int:
+        """A lower bound on how many keys the body's objects held after parsing (0:
+        unknown, so the body is always searched for repeats)."""
+        return 0
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
+        try:
+            request = super().model_validate_json(json_data, **kwargs)
+        except ValidationError:
+            _refuse_duplicate_keys(cls, json_data)
+            raise
+        # Every key in JSON text is followed by a colon. When the parsed objects still
+        # hold as many keys as the text has colons, no object lost a key to a repeat:
+        # a byte count proves it without parsing the bridge's batches a second time.
+        colons = json_data.count(":" if isinstance(json_data, str) else b":")
+        if request.parsed_keys_at_least() != colons:
+            _refuse_duplicate_keys(cls, json_data)
+        return request
+
+
+def _refuse_duplicate_keys(model: type[BaseModel], body: str | bytes | bytearray) -> None:
+    """Raise a ValidationError naming each repeated key (BentoML answers it with a 400)."""
+    problems = duplicate_keys(body)
+    if problems:
+        raise ValidationError.from_exception_data(
+            model.__name__,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("duplicate_key", f"{p.path} {p.msg}"),
+                    loc=p.loc,
+                    input=p.loc[-1],
+                )
+                for p in problems[:_MAX_REPORTED_PROBLEMS]
+            ],
+        )
+
+
+class _ColumnsBody(UniqueKeysBody):
+    def parsed_keys_at_least(self) -> int:
+        # Every feature is a required key, and ``explain`` one when it was sent; extra
+        # keys are dropped, so uncounted.
+        return len(FEATURES) + ("explain" in self.model_fields_set)
+
+
+PredictRequest: type[UniqueKeysBody] = create_model(
     "PredictRequest",
-    __config__=ConfigDict(extra="ignore"),
+    __base__=_ColumnsBody,
     __doc__="Listings as columns: every feature is a list with one value per row. "
     "Other keys (such as the target `price`) are ignored.",
     **{column.name: _column_field(column) for column in FEATURE_COLUMNS},
@@ -121,10 +250,8 @@ PredictRequest: type[BaseModel] = create_model(
 )
 
 
-class PredictBatchRequest(BaseModel):
+class PredictBatchRequest(UniqueKeysBody):
     """Listings as records, the bridge's micro-batch format."""
-
-    model_config = ConfigDict(extra="ignore")
 
     records: list[dict[str, Any]] = Field(
         description="One object per listing with the feature fields "
@@ -133,11 +260,17 @@ class PredictBatchRequest(BaseModel):
     )
     explain: bool = _EXPLAIN_FIELD
 
+    def parsed_keys_at_least(self) -> int:
+        # ``records`` itself, every record's keys (records keep all of theirs), and
+        # ``explain`` when it was sent.
+        return (
+            1 + sum(len(record) for record in self.records) + ("explain" in self.model_fields_set)
+        )
 
-class ExplainRequest(BaseModel):
-    """One listing to explain with every model that prices it."""
 
-    model_config = ConfigDict(extra="ignore")
+class ExplainRequest(UniqueKeysBody):
+    """One listing to explain with every model that prices it (a small body: always
+    searched for repeated keys)."""
 
     listing: dict[str, Any] = Field(
         description=f"The listing's feature fields ({', '.join(FEATURES)}); others are ignored",
@@ -226,24 +359,6 @@ class ListingExplanation(TypedDict):
 
 
 # --- Validation -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why one input value (or column) cannot be priced; ``loc`` is its JSON path."""
-
-    loc: tuple[str | int, ...]
-    msg: str
-
-    @property
-    def path(self) -> str:
-        text = ""
-        for part in self.loc:
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-        return text or "body"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"loc": list(self.loc), "msg": self.msg, "type": "value_error"}
 
 
 class InvalidRequestError(DataError):

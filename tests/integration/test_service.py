@@ -389,6 +389,37 @@ def test_batch_problems_are_listed_in_record_order(prediction_service: str) -> N
     )
 
 
+REPEATED_KEY = {
+    "predict column": (
+        "/predict",
+        json.dumps(EXAMPLE_INPUT)[:-1] + ', "engineSize": [1598, 999]}',
+        "engineSize",
+    ),
+    "predict_batch record field": (
+        "/predict_batch",
+        json.dumps({"records": EXAMPLE_RECORDS})[:-3] + ', "model": "Mustang"}]}',
+        "records.1.model",
+    ),
+}
+
+
+@pytest.mark.parametrize("path, body, field", REPEATED_KEY.values(), ids=REPEATED_KEY.keys())
+def test_a_repeated_json_key_is_refused_with_400_naming_it(
+    prediction_service: str, path: str, body: str, field: str
+) -> None:
+    """Which of two equal keys wins differs between parsers: never guess."""
+    response = requests.post(
+        f"{prediction_service}{path}",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+
+    assert response.status_code == 400, response.text
+    assert problems_named(response) == {field}
+    assert "appears 2 times" in response.json()["detail"][0]["msg"]
+
+
 GARBAGE = {
     "empty body": (b"", "application/json"),
     "not json": (b"price me", "application/json"),

@@ -30,7 +30,8 @@ from streaming_ml import connect, processes, serde, stack
 from streaming_ml.config import Settings
 from streaming_ml.data import EXPLANATION_FIELDS, FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
 from streaming_ml.exceptions import StackError
-from streaming_ml.stack import postgres
+from streaming_ml.stack import postgres, process
+from streaming_ml.stack.secrets import load_passwords
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
 from tests.integration.pipeline import wait_until
 
@@ -383,6 +384,142 @@ def test_status_json_describes_every_component(own_stack: Settings) -> None:
     assert 0 <= slot["retained_bytes"] < slot["cap_bytes"] == 2 * 2**30
     assert slot["warning"] is None
     assert requests.get(body["registry"]["url"] + "/subjects", timeout=5).status_code == 200
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """``{name{labels}: value}`` of a Prometheus text endpoint; {} while it is not up."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = requests.get(url, timeout=5).text
+    except requests.RequestException:
+        return {}
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _superuser_sql(settings: Settings, *statements: str) -> Any:
+    """Run ``statements`` as the superuser outside a transaction (ALTER SYSTEM needs it);
+    return the first row of the last one, if it returns rows."""
+    conn = psycopg2.connect(stack.postgres_dsn(settings, role="superuser"))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchone() if cur.description else None
+    finally:
+        conn.close()
+
+
+def test_connectors_watch_exports_the_slot_health_and_flags_it_before_the_cap(
+    own_stack: Settings,
+) -> None:
+    from streaming_ml.bench import settings_env
+    from tests.fixtures.ports import free_port
+
+    settings = own_stack
+    connect.ensure_connectors(settings)  # the source connector creates the slot
+    port = free_port()
+    log = settings.state_dir / "logs" / "watch-test.log"
+    cli = Path(sys.executable).parent / "streaming-ml"
+    slot = json.dumps({"slot": postgres.SLOT})
+    source_url = f"{settings.connect_url}/connectors/{settings.source_connector}"
+    with log.open("wb") as output:
+        watcher = subprocess.Popen(
+            [str(cli), "connectors", "watch", "--interval", "1", "--metrics-port", str(port)],
+            env={**os.environ, **settings_env(settings)}, stdout=output, stderr=output,
+        )  # fmt: skip
+    url = f"http://{settings.host}:{port}/metrics"
+    try:
+        healthy = wait_until(lambda: _scrape(url), 30, "the watcher's /metrics")
+        assert healthy["sml_replication_slot_up" + slot] == 1, healthy
+        assert healthy["sml_replication_slot_warning" + slot] == 0
+        assert healthy["sml_replication_slot_wal_cap_bytes" + slot] == 2 * 2**30
+        reserved = json.dumps({"slot": postgres.SLOT, "wal_status": "reserved"}, sort_keys=True)
+        assert healthy["sml_replication_slot_wal_status" + reserved] == 1
+        assert 0 <= healthy["sml_replication_slot_retained_wal_bytes" + slot] < 2**30
+
+        # Stopped, the source connector confirms nothing: the slot keeps every WAL byte
+        # written from now on. Write ~19 MB of it in another database, then restart Postgres
+        # with a cap of two WAL segments (32 MB; Postgres keeps whole 16 MB segments): the
+        # slot is past half of it, yet within it, so Postgres does not invalidate it.
+        assert requests.put(f"{source_url}/stop", timeout=30).status_code in (202, 204)
+        wait_until(
+            lambda: not _superuser_sql(
+                settings,
+                f"SELECT active FROM pg_replication_slots WHERE slot_name = '{postgres.SLOT}'",
+            )[0],
+            60, "the slot to go inactive",
+        )  # fmt: skip
+        _superuser_sql(
+            settings,
+            "CREATE TABLE wal_filler AS SELECT md5(i::text) || repeat('x', 968) AS pad "
+            "FROM generate_series(1, 18000) AS i",
+            "DROP TABLE wal_filler",
+        )
+        retained = postgres.slot_health(settings, load_passwords(settings.state_dir))
+        cap_mb = 32
+        assert 16 * 2**20 < retained["retained_bytes"] < 28 * 2**20, retained
+        stack.restart_component(
+            settings.model_copy(update={"slot_wal_keep_size": f"{cap_mb}MB"}), postgres.NAME
+        )
+        flagged = wait_until(
+            lambda: (m := _scrape(url)).get("sml_replication_slot_warning" + slot) == 1 and m,
+            30, "the slot warning metric",
+            explain=lambda: f"{_scrape(url)}; {log.read_text()[-1500:]}",
+        )  # fmt: skip
+        assert flagged["sml_replication_slot_wal_cap_bytes" + slot] == cap_mb * 2**20
+        assert flagged["sml_replication_slot_active" + slot] == 0
+        for gone in ("unreserved", "lost"):  # flagged while the changes are still there
+            labels = json.dumps({"slot": postgres.SLOT, "wal_status": gone}, sort_keys=True)
+            assert flagged["sml_replication_slot_wal_status" + labels] == 0
+        assert flagged["sml_replication_slot_safe_wal_bytes" + slot] > 0
+        wait_until(lambda: b"over half" in log.read_bytes(), 30, "the watcher's warning log")
+    finally:
+        stack.restart_component(settings, postgres.NAME)
+        requests.put(f"{source_url}/resume", timeout=30)
+        watcher.terminate()
+        watcher.wait(timeout=30)
+    assert watcher.returncode == 0, log.read_text()[-2000:]
+    statuses = connect.ensure_connectors(settings)
+    assert statuses[settings.source_connector]["connector"]["state"] == "RUNNING"
+    assert (
+        postgres.slot_health(settings, load_passwords(settings.state_dir))["wal_status"]
+        == "reserved"
+    )
+
+
+def _uids(pid: int) -> set[int]:
+    """Real, effective, saved and filesystem uids of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(uid) for uid in line.split()[1:]}
+    raise AssertionError(f"no Uid line for pid {pid}")
+
+
+def test_components_started_by_root_run_as_unprivileged_users(own_stack: Settings) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("started by a normal user every component already runs as that user")
+    expected = {
+        name: process.COMPONENT_USER for name in ("kafka", "registry", "connect", "adminer")
+    }
+    expected["postgres"] = "postgres"
+    for name, info in stack.status(own_stack).items():
+        assert info["pid"], name
+        tree = [info["pid"], *processes.descendants(info["pid"])]  # PHP and Postgres workers
+        for pid in tree:
+            assert _uids(pid) == {pwd.getpwnam(expected[name]).pw_uid}, (name, pid)
+    # What they write belongs to them: nothing under Kafka's log dir is root's.
+    component_uid = pwd.getpwnam(process.COMPONENT_USER).pw_uid
+    data = own_stack.state_dir / "kafka" / "data"
+    owners = {path.stat().st_uid for path in [data, *data.rglob("*")]}
+    assert owners == {component_uid}, owners
 
 
 def test_psql_runs_as_the_app_role(own_stack: Settings) -> None:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from streaming_ml.data import COLUMNS_BY_NAME, FEATURE_COLUMNS, FEATURES, check_value
 from streaming_ml.serving import (
@@ -16,6 +17,7 @@ from streaming_ml.serving import (
     PredictRequest,
     Problem,
     column_problems,
+    duplicate_keys,
     validate_columns,
     validate_records,
 )
@@ -288,3 +290,76 @@ def test_explained_rows_have_their_own_limit(two_models: tuple[Any, Any]) -> Non
     assert refused.status_code == 413
     assert b"SML_SERVICE_MAX_EXPLAINED_ROWS" in refused.body
     assert len(priced) == 4
+
+
+REPEATED_KEYS = {
+    "feature column": (
+        PredictRequest,
+        json.dumps(EXAMPLE_INPUT)[:-1] + ', "model": ["Focus", "Kuga"]}',
+        ("model",),
+    ),
+    "records list": (
+        PredictBatchRequest,
+        '{"records": [], "records": ' + json.dumps(EXAMPLE_RECORDS) + "}",
+        ("records",),
+    ),
+    "field of one record": (
+        PredictBatchRequest,
+        json.dumps({"records": EXAMPLE_RECORDS})[:-3] + ', "mileage": 1}]}',
+        ("records", 1, "mileage"),
+    ),
+    "colon in a value": (
+        PredictBatchRequest,
+        '{"records": [{"model": "a:b", "year": 2014, "year": 2019}]}',
+        ("records", 0, "year"),
+    ),
+}
+
+
+@pytest.mark.parametrize("model, body, loc", REPEATED_KEYS.values(), ids=REPEATED_KEYS.keys())
+def test_a_body_repeating_a_key_is_refused_naming_the_key(
+    model: Any, body: str, loc: tuple[Any, ...]
+) -> None:
+    # Left alone, pydantic keeps the last value; a proxy in front may have checked the first.
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate_json(body.encode())
+
+    errors = caught.value.errors(include_context=False, include_input=False)
+    assert [(e["loc"], e["type"]) for e in errors] == [(loc, "duplicate_key")]
+    assert "appears 2 times" in errors[0]["msg"] and str(loc[-1]) in errors[0]["msg"]
+
+
+def test_a_repeated_key_is_reported_even_when_the_body_is_otherwise_invalid() -> None:
+    # The repeat decides what the body means, so it is named before (and with) any schema error.
+    with pytest.raises(ValidationError) as caught:
+        PredictBatchRequest.model_validate_json(b'{"records": [], "records": 5}')
+
+    assert caught.value.errors()[0]["loc"] == ("records",)
+    assert caught.value.errors()[0]["type"] == "duplicate_key"
+
+
+def test_bodies_without_repeats_parse_as_before_colons_in_strings_included() -> None:
+    records = [dict(EXAMPLE_RECORDS[0], model="Tourneo: Custom", note={"a": 1, "b": {"c": 2}})]
+
+    batch = PredictBatchRequest.model_validate_json(json.dumps({"records": records}))
+    columns = PredictRequest.model_validate_json(json.dumps(EXAMPLE_INPUT).encode())
+
+    assert batch.records == records
+    assert columns.model_dump() == {
+        **{name: EXAMPLE_INPUT[name] for name in FEATURES},
+        "explain": False,
+    }
+    # ``explain`` sent counts as one more key, not as a repeat.
+    explained = PredictBatchRequest.model_validate_json(
+        json.dumps({"records": records, "explain": True})
+    )
+    assert explained.explain is True
+
+
+def test_duplicate_keys_ignores_what_is_not_json() -> None:
+    assert duplicate_keys(b"price me") == []
+    assert duplicate_keys(b"[" * 100_000 + b"]" * 100_000) == []
+    assert [p.path for p in duplicate_keys(b'[{"a": 1, "a": 2}, {"b": {"c": 1, "c": 1}}]')] == [
+        "[0].a",
+        "[1].b.c",
+    ]

@@ -9,6 +9,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -309,3 +310,87 @@ def test_slot_warning_before_the_wal_cap_and_when_lost() -> None:
     assert "over half" in str(postgres.slot_warning("extended", cap // 2 + 1, cap))
     assert "changes are lost" in str(postgres.slot_warning("lost", None, cap))
     assert "changes are lost" in str(postgres.slot_warning("unreserved", cap, cap))
+
+
+def _slot_metrics(read: Any) -> dict[str, float]:
+    """What a Prometheus scrape of SlotHealthMetrics(read) shows, as {series: value}."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    registry.register(postgres.SlotHealthMetrics(read))
+    text = generate_latest(registry).decode()
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _health(wal_status: str, retained: int | None, cap: int) -> dict[str, Any]:
+    safe = None if retained is None else cap - retained
+    return {
+        "slot": postgres.SLOT, "active": False, "wal_status": wal_status,
+        "retained_bytes": retained, "safe_wal_size_bytes": safe, "cap_bytes": cap,
+        "warning": postgres.slot_warning(wal_status, retained, cap),
+    }  # fmt: skip
+
+
+SLOT = json.dumps({"slot": postgres.SLOT})
+
+
+def test_slot_metrics_flag_a_slot_past_half_its_cap_and_a_lost_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap = 2 * 2**30
+    healthy = _slot_metrics(lambda: _health("reserved", 10 * 2**20, cap))
+    nearly_full = _slot_metrics(lambda: _health("extended", cap // 2 + 1, cap))
+    with caplog.at_level("WARNING", logger="streaming_ml.stack.postgres"):
+        lost = _slot_metrics(lambda: _health("lost", None, cap))
+
+    assert healthy["sml_replication_slot_up" + SLOT] == 1
+    assert healthy["sml_replication_slot_warning" + SLOT] == 0
+    assert healthy["sml_replication_slot_retained_wal_bytes" + SLOT] == 10 * 2**20
+    assert healthy["sml_replication_slot_wal_cap_bytes" + SLOT] == cap
+    status = 'sml_replication_slot_wal_status{"slot": "%s", "wal_status": "%s"}'
+    assert healthy[status % (postgres.SLOT, "reserved")] == 1
+    assert healthy[status % (postgres.SLOT, "lost")] == 0
+    assert nearly_full["sml_replication_slot_warning" + SLOT] == 1
+    assert lost["sml_replication_slot_warning" + SLOT] == 1
+    assert lost[status % (postgres.SLOT, "lost")] == 1
+    assert "sml_replication_slot_retained_wal_bytes" + SLOT not in lost  # unknown, not 0
+    assert "changes are lost" in caplog.records[-1].warning
+
+
+def test_slot_metrics_say_down_when_postgres_or_the_slot_is_missing() -> None:
+    def unreachable() -> None:
+        raise StackError("no stack credentials")
+
+    assert _slot_metrics(unreachable) == {"sml_replication_slot_up" + SLOT: 0}
+    assert _slot_metrics(lambda: None) == {"sml_replication_slot_up" + SLOT: 0}
+
+
+def test_the_slot_warning_is_logged_once_per_change(caplog: pytest.LogCaptureFixture) -> None:
+    cap = 2 * 2**30
+    states = iter(["extended", "extended", "reserved", "extended"])
+    metrics = postgres.SlotHealthMetrics(
+        lambda: _health(state := next(states), cap // 2 + 1 if state == "extended" else 0, cap)
+    )
+    with caplog.at_level("INFO", logger="streaming_ml.stack.postgres"):
+        for _ in range(4):
+            metrics.check()
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "replication slot needs attention",
+        "replication slot healthy again",
+        "replication slot needs attention",
+    ]
+
+
+def test_a_crashed_broker_registers_again_before_the_first_transaction_sweep() -> None:
+    # Markers of a transaction aborted while the restarted node is not registered yet are
+    # skipped (no leader): the transaction would hang and stop read_committed readers.
+    props = dict(line.split("=", 1) for line in kafka.server_properties(_settings()).splitlines())
+    session_ms = int(props["broker.session.timeout.ms"])
+    first_sweep_ms = int(props["transaction.abort.timed.out.transaction.cleanup.interval.ms"])
+    assert first_sweep_ms >= 2 * session_ms + int(props["broker.heartbeat.interval.ms"])

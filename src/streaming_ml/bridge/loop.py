@@ -217,7 +217,11 @@ class Bridge:
             # whatever this one left open) is made once Kafka answers again.
             self.metrics.aborted.inc()
             self._drop_output()
-            self._pause_and_rewind(batch, "Kafka producer", self._output_ready, str(error))
+            reason = (
+                f"{error}; is the broker up? See `streaming-ml stack status` and "
+                "`streaming-ml stack logs kafka` (a full or failed log dir stops the broker)"
+            )
+            self._pause_and_rewind(batch, "Kafka producer", self._output_ready, reason)
         return False
 
     def _fault(self, point: str) -> None:

@@ -178,6 +178,13 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     state.mkdir(parents=True, exist_ok=True)
     passwords = ensure_passwords(state)
     run_as = postgres.server_user()
+    # Started by root, the other components run as an unprivileged user of their own; it
+    # owns the logs dir (the JVMs write their own log files there) and Kafka's log dir.
+    components_as = process.component_user()
+    if components_as:
+        state.chmod(state.stat().st_mode | 0o011)
+        process.check_traversable(state, components_as, "stack")
+        process.own_tree(state / "logs", components_as)
     for name in sorted(running):
         console.print(f"[green]{name}[/]: already running")
 
@@ -205,17 +212,20 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
             postgres.initdb(settings, passwords, run_as)
         pg_pid = launch(POSTGRES, lambda: postgres.start(settings, run_as))
         if KAFKA.name not in running:
-            kafka.format_storage(settings, settings.dist_dir)
-        kafka_pid = launch(KAFKA, lambda: kafka.start(settings, settings.dist_dir))
-        adminer_pid = launch(ADMINER, lambda: adminer.start(settings))
+            kafka.format_storage(settings, settings.dist_dir, components_as)
+        kafka_pid = launch(KAFKA, lambda: kafka.start(settings, settings.dist_dir, components_as))
+        adminer_pid = launch(ADMINER, lambda: adminer.start(settings, components_as))
 
         wait(POSTGRES, pg_pid, "connections (pg_isready)", lambda: postgres.ready(settings))
         postgres.apply_init_sql(settings, passwords)
         registry_pid = launch(
-            REGISTRY, lambda: registry.start(settings, settings.dist_dir, passwords)
+            REGISTRY, lambda: registry.start(settings, settings.dist_dir, passwords, components_as)
         )
         wait(KAFKA, kafka_pid, "broker metadata", lambda: kafka.ready(settings))
-        connect_pid = launch(CONNECT, lambda: connect.start(settings, settings.dist_dir, passwords))
+        connect_pid = launch(
+            CONNECT,
+            lambda: connect.start(settings, settings.dist_dir, passwords, components_as),
+        )
         wait(
             REGISTRY, registry_pid, "/health/ready + ccompat API", lambda: registry.ready(settings)
         )

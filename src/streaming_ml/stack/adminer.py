@@ -28,7 +28,7 @@ def installed() -> bool:
     return shutil.which("php") is not None and (DOCROOT / "index.php").exists()
 
 
-def start(settings: Settings) -> int:
+def start(settings: Settings, run_as: process.RunAs | None = None) -> int:
     php = shutil.which("php")
     if php is None or not installed():
         raise StackError(
@@ -40,7 +40,9 @@ def start(settings: Settings) -> int:
         argv.append(str(SINGLE_FILE))  # router script: every request runs the single file
     # PHP_CLI_SERVER_WORKERS > 1 keeps the UI responsive while a slow query runs.
     env = {"PHP_CLI_SERVER_WORKERS": "2"}
-    return process.start(NAME, argv, state_dir=settings.state_dir, env=env, cwd=DOCROOT)
+    return process.start(
+        NAME, argv, state_dir=settings.state_dir, env=env, cwd=DOCROOT, run_as=run_as
+    )
 
 
 def url(settings: Settings) -> str:

@@ -90,7 +90,9 @@ def worker_env(passwords: Passwords) -> dict[str, str]:
     }
 
 
-def start(settings: Settings, dist_dir: Path, passwords: Passwords) -> int:
+def start(
+    settings: Settings, dist_dir: Path, passwords: Passwords, run_as: process.RunAs | None = None
+) -> int:
     base = home(settings.state_dir)
     base.mkdir(parents=True, exist_ok=True)
     props = base / "connect-distributed.properties"
@@ -102,7 +104,9 @@ def start(settings: Settings, dist_dir: Path, passwords: Passwords) -> int:
         "-cp", kafka_classpath(dist_dir), "org.apache.kafka.connect.cli.ConnectDistributed",
         str(props),
     ]  # fmt: skip
-    return process.start(NAME, argv, state_dir=settings.state_dir, env=worker_env(passwords))
+    return process.start(
+        NAME, argv, state_dir=settings.state_dir, env=worker_env(passwords), run_as=run_as
+    )
 
 
 def ready(settings: Settings) -> bool:

@@ -89,9 +89,19 @@ def server_properties(settings: Settings) -> str:
         "default.replication.factor": "1",
         "min.insync.replicas": "1",
         "group.initial.rebalance.delay.ms": "0",
-        # A killed bridge's open transaction blocks read_committed readers until it is
-        # aborted: look for timed-out transactions every second, not every ten.
-        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+        # After a crash (a full log dir halts the broker; kill -9) the restarted node
+        # may register only once the controller (in this same process) has expired the
+        # old incarnation's session. Until then its partitions have no leader, and the
+        # transaction coordinator, which aborts the dead bridge's timed-out transaction
+        # on its first sweep, skips the markers of leaderless partitions: the transaction
+        # hangs open for good and read_committed readers (the bridge's group offsets,
+        # the JDBC sink) stop there. So the session is short (the node re-registers in
+        # ~4 s) and the first sweep comes well after it (a killed bridge's transaction
+        # then blocks readers up to its timeout plus 12 s, unless the bridge restarts:
+        # init_transactions aborts it at once).
+        "broker.heartbeat.interval.ms": "1000",
+        "broker.session.timeout.ms": "4000",
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "12000",
         "log.retention.hours": "168",
         "num.io.threads": "4",
         "num.network.threads": "2",
@@ -119,17 +129,24 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def format_storage(settings: Settings, dist_dir: Path) -> bool:
-    """Format the log dir on first start. Returns True when it was formatted now."""
+def format_storage(settings: Settings, dist_dir: Path, run_as: process.RunAs | None = None) -> bool:
+    """Format the log dir on first start (as ``run_as``, who will own it). Returns True
+    when it was formatted now."""
     props, log4j = _write_config(settings)
     if (data_dir(settings.state_dir) / "meta.properties").exists():
         return False
+    if run_as:
+        process.own_tree(data_dir(settings.state_dir), run_as)
     argv = [
         str(java_binary()), *jvm_options("-Xmx256m", log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.tools.StorageTool",
         "format", f"--cluster-id={new_cluster_id()}", "-c", str(props),
     ]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120,
+        user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+        extra_groups=[] if run_as else None,
+    )  # fmt: skip
     if result.returncode != 0:
         raise StackError(
             "kafka: formatting storage failed; fix the cause below and rerun "
@@ -139,13 +156,16 @@ def format_storage(settings: Settings, dist_dir: Path) -> bool:
     return True
 
 
-def start(settings: Settings, dist_dir: Path) -> int:
+def start(settings: Settings, dist_dir: Path, run_as: process.RunAs | None = None) -> int:
     props, log4j = _write_config(settings)
+    if run_as:
+        # The broker writes only under its log dir (and the logs dir, owned by `up`).
+        process.own_tree(data_dir(settings.state_dir), run_as)
     argv = [
         str(java_binary()), *jvm_options(HEAP, log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.Kafka", str(props),
     ]  # fmt: skip
-    return process.start(NAME, argv, state_dir=settings.state_dir)
+    return process.start(NAME, argv, state_dir=settings.state_dir, run_as=run_as)
 
 
 def ready(settings: Settings) -> bool:

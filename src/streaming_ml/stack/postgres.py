@@ -7,13 +7,16 @@ run the server as the Debian ``postgres`` OS user, because Postgres refuses root
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import subprocess
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg2
+from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
@@ -30,6 +33,8 @@ from streaming_ml.stack.secrets import (
     SUPERUSER,
     Passwords,
 )
+
+logger = logging.getLogger(__name__)
 
 NAME = "postgres"
 BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -103,29 +108,7 @@ def server_user() -> process.RunAs | None:
             "postgres: running as root but there is no `postgres` OS user to run the server as. "
             "Install the Debian package (`apt-get install postgresql-15`), which creates it."
         ) from error
-    return process.RunAs(entry.pw_uid, entry.pw_gid)
-
-
-def _check_traversable(path: Path, run_as: process.RunAs) -> None:
-    """The server user must be able to reach its data dir through every parent."""
-    for parent in [path, *path.parents]:
-        st = parent.stat()
-        if st.st_uid == run_as.uid:
-            continue
-        allowed = st.st_mode & 0o001 or (st.st_gid == run_as.gid and st.st_mode & 0o010)
-        if not allowed:
-            raise StackError(
-                f"postgres: the `postgres` OS user cannot enter {parent} (mode "
-                f"{oct(st.st_mode & 0o777)}). Run `chmod o+x {parent}` or use a state dir "
-                "(SML_STATE_DIR) under a world-traversable directory."
-            )
-
-
-def _chown_tree(path: Path, run_as: process.RunAs) -> None:
-    os.chown(path, run_as.uid, run_as.gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), run_as.uid, run_as.gid, follow_symlinks=False)
+    return process.RunAs(entry.pw_uid, entry.pw_gid, "postgres")
 
 
 def _write_hba(path: Path) -> None:
@@ -153,8 +136,8 @@ def initdb(settings: Settings, passwords: Passwords, run_as: process.RunAs | Non
         settings.state_dir.chmod(settings.state_dir.stat().st_mode | 0o011)
         (settings.state_dir / "postgres").mkdir(exist_ok=True)
         (settings.state_dir / "postgres").chmod(0o711)
-        _check_traversable(settings.state_dir / "postgres", run_as)
-        _chown_tree(settings.state_dir / "postgres", run_as)
+        process.check_traversable(settings.state_dir / "postgres", run_as, NAME)
+        process.own_tree(settings.state_dir / "postgres", run_as)
     try:
         result = subprocess.run(
             [
@@ -186,7 +169,7 @@ def server_argv(settings: Settings) -> list[str]:
         "max_wal_senders": "10",
         "max_replication_slots": "10",
         # A stalled or forgotten slot must not fill the disk.
-        "max_slot_wal_keep_size": "2GB",
+        "max_slot_wal_keep_size": settings.slot_wal_keep_size,
         "shared_buffers": "128MB",
         "password_encryption": "scram-sha-256",
         "logging_collector": "off",
@@ -329,3 +312,96 @@ def psql(settings: Settings, passwords: Passwords, command: str | None, role: st
         argv += ["-v", "ON_ERROR_STOP=1", "-c", command]
     env = {**os.environ, "PGPASSWORD": passwords[name], "PGCONNECT_TIMEOUT": "5"}
     return subprocess.run(argv, env=env, check=False).returncode
+
+
+# Every value pg_replication_slots.wal_status takes (Postgres 13+), one series each.
+WAL_STATUSES = ("reserved", "extended", "unreserved", "lost")
+
+
+class SlotHealthMetrics:
+    """The CDC slot's health as Prometheus metrics, read from Postgres at each scrape
+    (a custom collector: no copy of the values goes stale between scrapes).
+
+    ``read`` returns ``slot_health``'s dict, or None when the slot does not exist; it
+    may raise StackError or psycopg2.Error (no credentials, Postgres down), which is
+    reported as ``sml_replication_slot_up 0``. ``check`` logs a warning when the slot's
+    warning appears or changes, so an operator without Prometheus sees it too.
+    """
+
+    def __init__(self, read: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._read = read
+        self._last_warning: str | None = None
+
+    def check(self) -> Mapping[str, Any] | None:
+        """The slot's health now; None when it does not exist or cannot be read."""
+        try:
+            health = self._read()
+        except (StackError, psycopg2.Error) as error:
+            self._log_change(f"slot {SLOT} not readable: {str(error).strip()}")
+            return None
+        if health is None:
+            self._log_change(f"slot {SLOT} does not exist: is the source connector applied?")
+            return None
+        self._log_change(health["warning"])
+        return health
+
+    def _log_change(self, warning: str | None) -> None:
+        if warning == self._last_warning:
+            return
+        if warning is not None:
+            logger.warning("replication slot needs attention", extra={"warning": warning})
+        else:
+            logger.info("replication slot healthy again", extra={"slot": SLOT})
+        self._last_warning = warning
+
+    def describe(self) -> list[Metric]:
+        return []  # registering the collector must not query Postgres
+
+    def collect(self) -> Iterator[Metric]:
+        health = self.check()
+        up = GaugeMetricFamily(
+            "sml_replication_slot_up",
+            "1 when the CDC slot exists and its health was read from Postgres",
+            labels=["slot"],
+        )
+        up.add_metric([SLOT], 0 if health is None else 1)
+        yield up
+        if health is None:
+            return
+        status = GaugeMetricFamily(
+            "sml_replication_slot_wal_status",
+            "1 for the slot's current wal_status (unreserved or lost: changes are being lost)",
+            labels=["slot", "wal_status"],
+        )
+        for name in WAL_STATUSES:
+            status.add_metric([SLOT, name], 1 if health["wal_status"] == name else 0)
+        yield status
+        gauges = {
+            "active": ("1 while a client (the source connector) streams from the slot", None),
+            "retained_wal_bytes": ("WAL the slot holds back (retained_bytes)", "retained_bytes"),
+            "wal_cap_bytes": (
+                "max_slot_wal_keep_size: past it the slot is invalidated (-1: no cap)",
+                "cap_bytes",
+            ),
+            "safe_wal_bytes": (
+                "WAL that can still be written before the slot is invalidated",
+                "safe_wal_size_bytes",
+            ),
+        }
+        for suffix, (documentation, key) in gauges.items():
+            value = health[key or suffix]
+            if value is None:
+                continue  # e.g. no safe size without a cap, no retained WAL once lost
+            family = GaugeMetricFamily(
+                f"sml_replication_slot_{suffix}", documentation, labels=["slot"]
+            )
+            family.add_metric([SLOT], float(value))
+            yield family
+        warning = GaugeMetricFamily(
+            "sml_replication_slot_warning",
+            f"1 when the slot is lost or retains over {SLOT_WARN_SHARE:.0%} of its WAL cap "
+            "(see `streaming-ml stack status`)",
+            labels=["slot"],
+        )
+        warning.add_metric([SLOT], 0 if health["warning"] is None else 1)
+        yield warning

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -31,10 +32,68 @@ console = Console(stderr=True, highlight=False)
 
 @dataclass(frozen=True)
 class RunAs:
-    """An unprivileged OS user to run a component as (Postgres refuses to run as root)."""
+    """An unprivileged OS user to run a component as (Postgres refuses to run as root;
+    the JVMs and Adminer must not run as root either)."""
 
     uid: int
     gid: int
+    name: str = ""
+
+
+# The OS user Kafka, Connect, the registry and Adminer run as when the stack is started
+# by root: a system user of their own, not `postgres` (which owns the database files).
+COMPONENT_USER = "streaming-ml"
+
+
+def component_user() -> RunAs | None:
+    """Whom Kafka, Connect, the registry and Adminer run as: COMPONENT_USER (created on
+    first use, without a login shell or home) when we are root, else ourselves (None)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(COMPONENT_USER)
+    except KeyError:
+        result = subprocess.run(
+            [
+                "useradd", "--system", "--user-group", "--no-create-home",
+                "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", COMPONENT_USER,
+            ],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StackError(
+                f"running as root, but the `{COMPONENT_USER}` OS user to run Kafka, Connect, "
+                f"the registry and Adminer as could not be created: {result.stderr.strip()}. "
+                f"Create it (`useradd --system --user-group {COMPONENT_USER}`) and rerun."
+            ) from None
+        entry = pwd.getpwnam(COMPONENT_USER)
+    return RunAs(entry.pw_uid, entry.pw_gid, COMPONENT_USER)
+
+
+def check_traversable(path: Path, run_as: RunAs, component: str) -> None:
+    """``run_as`` must be able to reach ``path`` through every parent."""
+    for parent in [path, *path.parents]:
+        st = parent.stat()
+        if st.st_uid == run_as.uid:
+            continue
+        allowed = st.st_mode & 0o001 or (st.st_gid == run_as.gid and st.st_mode & 0o010)
+        if not allowed:
+            raise StackError(
+                f"{component}: the `{run_as.name}` OS user cannot enter {parent} (mode "
+                f"{oct(st.st_mode & 0o777)}). Run `chmod o+x {parent}` or use a state dir "
+                "(SML_STATE_DIR) under a world-traversable directory."
+            )
+
+
+def own_tree(path: Path, run_as: RunAs) -> None:
+    """Give ``path`` (created if missing) and everything under it to ``run_as``: symlinks
+    themselves, not their targets. Also repairs a state dir written by an older version
+    that ran everything as root."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, run_as.uid, run_as.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), run_as.uid, run_as.gid, follow_symlinks=False)
 
 
 def log_path(state_dir: Path, name: str) -> Path:

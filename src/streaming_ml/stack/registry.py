@@ -21,7 +21,9 @@ NAME = "registry"
 HEAP = "-Xmx384m"
 
 
-def start(settings: Settings, dist_dir: Path, passwords: Passwords) -> int:
+def start(
+    settings: Settings, dist_dir: Path, passwords: Passwords, run_as: process.RunAs | None = None
+) -> int:
     env = {
         "QUARKUS_HTTP_HOST": settings.host,
         "QUARKUS_HTTP_PORT": str(settings.registry_port),
@@ -44,7 +46,9 @@ def start(settings: Settings, dist_dir: Path, passwords: Passwords) -> int:
         str(java_binary()), HEAP, "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
         "-Djava.awt.headless=true", "-jar", str(jar),
     ]  # fmt: skip
-    return process.start(NAME, argv, state_dir=settings.state_dir, env=env, cwd=jar.parent)
+    return process.start(
+        NAME, argv, state_dir=settings.state_dir, env=env, cwd=jar.parent, run_as=run_as
+    )
 
 
 def ready(settings: Settings) -> bool:
