@@ -469,9 +469,8 @@ SNAPSHOT_YEAR = 2020  # the listings were scraped in 2020: ages are counted from
 @dataclass(frozen=True)
 class _ModelProfile:
     share: int  # listings of this model in the calibration data
-    year_mean: float
-    year_sd: float
-    year_min: int
+    first_year: int  # registration years seen for the model
+    last_year: int
     automatic: float  # share of Automatic; Semi-Auto next, Manual the rest
     semi_auto: float
     diesel: float  # share of Diesel; Hybrid next, Petrol the rest
@@ -481,30 +480,64 @@ class _ModelProfile:
 
 # fmt: off
 _PROFILES: dict[str, _ModelProfile] = {
-    # model:                       share  year   sd  min   auto  semi  diesel hybrid base
-    "Fiesta":               _ModelProfile(5242, 2016.8, 2.0, 1998, .028, .042, .061,    0, 9.548),
-    "Focus":                _ModelProfile(3690, 2017.0, 2.1, 2003,  .09, .037, .349,    0, 9.715),
-    "Kuga":                 _ModelProfile(1785, 2017.1, 1.6, 2009, .118, .098, .789, .003, 9.844),
-    "EcoSport":             _ModelProfile( 899, 2017.6, 1.2, 2014, .055, .074, .133,    0, 9.638),
-    "C-MAX":                _ModelProfile( 429, 2016.1, 2.0, 2007, .091, .072, .591,    0, 9.618),
-    "Mondeo":               _ModelProfile( 423, 2016.1, 2.5, 2002,  .24, .063, .806, .031, 9.671),
-    "Ka+":                  _ModelProfile( 417, 2017.9, 0.8, 2016,    0,    0, .002,    0, 9.193),
-    "B-MAX":                _ModelProfile( 280, 2015.5, 1.6, 2012, .069, .195, .217,    0, 9.496),
-    "S-MAX":                _ModelProfile( 236, 2016.4, 2.2, 2006, .205, .171, .876,    0, 9.998),
-    "Grand C-MAX":          _ModelProfile( 201, 2016.3, 1.4, 2011, .139, .075, .697,    0, 9.696),
-    "Galaxy":               _ModelProfile( 184, 2016.5, 2.2, 2005, .147, .201, .957,    0, 10.019),
-    "Edge":                 _ModelProfile( 167, 2017.3, 1.0, 2016, .299, .335,  1.0,    0, 10.122),
-    "KA":                   _ModelProfile( 149, 2013.8, 2.7, 2006,    0,    0, .007,    0, 9.208),
-    "Tourneo Custom":       _ModelProfile(  63, 2017.8, 1.2, 2015, .127,    0,  1.0,    0, 10.029),
-    "Puma":                 _ModelProfile(  62, 2019.1, 1.0, 2017,    0,    0,    0,    0, 9.871),
-    "Grand Tourneo Connect":_ModelProfile(  51, 2017.2, 1.4, 2014,  .26,    0,  1.0,    0, 9.857),
-    "Mustang":              _ModelProfile(  49, 2018.2, 1.3, 2016, .429, .286,    0,    0, 9.625),
-    "Tourneo Connect":      _ModelProfile(  26, 2016.9, 1.5, 2015, .308,    0, .923,    0, 9.806),
-    "Fusion":               _ModelProfile(  15, 2007.9, 2.1, 2004, .267,    0, .133,    0, 9.415),
-    "Streetka":             _ModelProfile(   2, 2005.5, 0.7, 2005,    0,    0,    0,    0, 9.558),
-    "Ranger":               _ModelProfile(   1, 2013.0, 1.0, 2012,    0,    0,  1.0,    0, 10.12),
-    "Escort":               _ModelProfile(   1, 1996.0, 1.0, 1996,    0,    0,    0,    0, 10.6),
+    # model:                       share  years       auto  semi  diesel hybrid base
+    "Fiesta":               _ModelProfile(5242, 1998, 2020, .028, .042, .061,    0, 9.548),
+    "Focus":                _ModelProfile(3690, 2003, 2020,  .09, .037, .349,    0, 9.715),
+    "Kuga":                 _ModelProfile(1785, 2009, 2020, .118, .098, .789, .003, 9.844),
+    "EcoSport":             _ModelProfile( 899, 2014, 2020, .055, .074, .133,    0, 9.638),
+    "C-MAX":                _ModelProfile( 429, 2007, 2019, .091, .072, .591,    0, 9.618),
+    "Mondeo":               _ModelProfile( 423, 2002, 2020,  .24, .063, .806, .031, 9.671),
+    "Ka+":                  _ModelProfile( 417, 2016, 2020,    0,    0, .002,    0, 9.193),
+    "B-MAX":                _ModelProfile( 280, 2012, 2018, .069, .195, .217,    0, 9.496),
+    "S-MAX":                _ModelProfile( 236, 2006, 2020, .205, .171, .876,    0, 9.998),
+    "Grand C-MAX":          _ModelProfile( 201, 2011, 2019, .139, .075, .697,    0, 9.696),
+    "Galaxy":               _ModelProfile( 184, 2005, 2019, .147, .201, .957,    0, 10.019),
+    "Edge":                 _ModelProfile( 167, 2016, 2019, .299, .335,  1.0,    0, 10.122),
+    "KA":                   _ModelProfile( 149, 2006, 2019,    0,    0, .007,    0, 9.208),
+    "Tourneo Custom":       _ModelProfile(  63, 2015, 2019, .127,    0,  1.0,    0, 10.029),
+    "Puma":                 _ModelProfile(  62, 2019, 2020,    0,    0,    0,    0, 9.871),
+    "Grand Tourneo Connect":_ModelProfile(  51, 2014, 2020,  .26,    0,  1.0,    0, 9.857),
+    "Mustang":              _ModelProfile(  49, 2016, 2020, .429, .286,    0,    0, 9.625),
+    "Tourneo Connect":      _ModelProfile(  26, 2015, 2020, .308,    0, .923,    0, 9.806),
+    "Fusion":               _ModelProfile(  15, 2004, 2011, .267,    0, .133,    0, 9.415),
+    "Streetka":             _ModelProfile(   2, 2005, 2006,    0,    0,    0,    0, 9.558),
+    "Ranger":               _ModelProfile(   1, 2013, 2013,    0,    0,  1.0,    0, 10.12),
+    "Escort":               _ModelProfile(   1, 1996, 1996,    0,    0,    0,    0, 10.6),
 }
+# Registration years per model, % of its listings in 2020, 2019, ..., 2013. Real
+# listings peak at 2017 and thin out fast after it (2020 is a part year: the data was
+# scraped in 2020), which a per-model normal cannot follow. The rest of a model's
+# listings are older, one year fewer per step back in the ratio _OLDER_YEAR_RATIO, from
+# 2012 (or the model's last year) down to its first year. (Puma's two 2002 listings, the
+# old coupe, are left out: the Puma of today is a 2019 car.)
+_RECENT_YEARS = tuple(range(SNAPSHOT_YEAR, 2012, -1))
+_YEAR_SHARES: dict[str, tuple[float, ...]] = {
+    # model:                  2020  2019  2018  2017  2016  2015  2014  2013
+    "Fiesta":                 (1.4, 14.1, 27.3, 24.1, 13.2,  7.5,  5.6,  4.4),
+    "Focus":                  (1.3, 23.2, 22.0, 24.9, 10.9,  8.2,  3.3,  3.1),
+    "Kuga":                   (0.5, 22.8, 18.2, 34.5,  9.4,  7.5,  3.8,  2.8),
+    "EcoSport":               (2.4, 23.1, 27.6, 30.4,  9.9,  5.5,  1.1,    0),
+    "C-MAX":                  (  0,  5.4,  7.9, 36.9, 26.4,  7.5,  6.8,  4.4),
+    "Mondeo":                 (3.4, 11.8, 10.6, 18.6, 23.4, 19.3,  2.9,  1.9),
+    "Ka+":                    (0.2, 23.5, 41.3, 32.8,  2.2,    0,    0,    0),
+    "B-MAX":                  (  0,    0,  2.9, 35.4, 19.1,  9.4, 15.2, 16.6),
+    "S-MAX":                  (1.3, 13.7,  4.7, 38.9, 24.8,  6.8,  1.7,  2.6),
+    "Grand C-MAX":            (  0,  3.0, 10.9, 36.3, 34.3,  7.5,  2.0,  3.0),
+    "Galaxy":                 (  0, 12.5, 14.1, 32.6, 29.9,  0.5,  1.6,  4.3),
+    "Edge":                   (  0, 17.7, 15.9, 45.7, 20.7,    0,    0,    0),
+    "KA":                     (  0,  3.4,  4.7,  6.1, 10.1, 19.6, 20.3, 12.8),
+    "Tourneo Custom":         (  0, 38.1, 23.8, 20.6, 15.9,  1.6,    0,    0),
+    "Puma":                   (63.3, 36.7,   0,    0,    0,    0,    0,    0),
+    "Grand Tourneo Connect":  (2.0, 24.0, 10.0, 30.0, 22.0, 10.0,  2.0,    0),
+    "Mustang":                (18.4, 24.5, 26.5, 20.4, 10.2,   0,    0,    0),
+    "Tourneo Connect":        (3.8, 19.2,  3.8, 23.1, 34.6, 15.4,    0,    0),
+    "Fusion":                 (  0,    0,    0,    0,    0,    0,    0,    0),
+    "Streetka":               (  0,    0,    0,    0,    0,    0,    0,    0),
+    "Ranger":                 (  0,    0,    0,    0,    0,    0,    0,  100),
+    "Escort":                 (  0,    0,    0,    0,    0,    0,    0,    0),
+}
+# Listings per year fall by about a quarter with each year older than 2013.
+_OLDER_YEAR_RATIO = 0.75
 # Engine sizes per model: (litres, share).
 _ENGINES: dict[str, tuple[tuple[float, float], ...]] = {
     "Fiesta": ((1.0, .654), (1.2, .14), (1.1, .083), (1.5, .065), (1.6, .048), (1.4, .01)),
@@ -588,6 +621,23 @@ class Shift:
     price_factors: Mapping[str, float] = field(default_factory=dict)
 
 
+def _draw_years(rng: np.random.Generator, index: np.ndarray, names: list[str]) -> np.ndarray:
+    """Registration years for rows of the models ``names[index]`` (``_YEAR_SHARES``)."""
+    recent = np.array([_YEAR_SHARES[name] for name in names]) / 100
+    older = np.clip(1 - recent.sum(axis=1), 0, None)
+    shares = np.column_stack([recent, older])
+    cumulative = np.cumsum(shares / shares.sum(axis=1, keepdims=True), axis=1)[index]
+    # Which column each row falls in; rounding can leave the last edge a hair below 1.
+    column = (rng.random(len(index))[:, None] >= cumulative).sum(axis=1)
+    column = np.minimum(column, len(_RECENT_YEARS))
+    first = np.array([_PROFILES[name].first_year for name in names])[index]
+    last = np.array([_PROFILES[name].last_year for name in names])[index]
+    steps_back = rng.geometric(1 - _OLDER_YEAR_RATIO, len(index)) - 1
+    older_year = np.maximum(np.minimum(last, _RECENT_YEARS[-1] - 1) - steps_back, first)
+    recent_year = SNAPSHOT_YEAR - np.minimum(column, len(_RECENT_YEARS) - 1)
+    return np.where(column < len(_RECENT_YEARS), recent_year, older_year).astype(np.int64)
+
+
 def _valid_listings(rng: np.random.Generator, n: int, shift: Shift | None = None) -> pd.DataFrame:
     """``n`` valid listings, drawn column by column (vectorised: ~100x faster than per row)."""
     shift = shift or Shift()
@@ -599,8 +649,7 @@ def _valid_listings(rng: np.random.Generator, n: int, shift: Shift | None = None
 
     index = rng.choice(len(names), size=n, p=_model_shares(profiles))
     model = np.asarray(names, dtype=object)[index]
-    year = np.rint(rng.normal(per_row("year_mean"), per_row("year_sd")))
-    year = np.clip(year, per_row("year_min"), SNAPSHOT_YEAR).astype(np.int64)
+    year = _draw_years(rng, index, names)
     age = SNAPSHOT_YEAR - year
     transmission = _split_shares(
         rng.random(n), per_row("automatic"), per_row("semi_auto"),
