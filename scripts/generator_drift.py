@@ -5,7 +5,8 @@
 The reference is built from the cleaned real rows exactly as training builds it
 (``reference_of``), then ``generate_listings(rows, seed)`` is scored in the monitor's
 tumbling windows (``DriftWindow``). Prints, per feature, the mean and max PSI per window
-for the synthetic rows and, as the noise floor, for a shuffled copy of the real rows.
+for the synthetic rows and, as the noise floor, for a shuffled copy of the real rows
+(the ones the reference was built from, so that floor is a little optimistic).
 Exits 1 when a feature's synthetic mean or max PSI is above ``--max-mean``/``--max-max``.
 Only for calibrating ``data.py`` by hand: tests never need the data file.
 """
