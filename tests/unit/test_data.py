@@ -246,6 +246,25 @@ def test_generator_is_realistic():
     assert 10_000 < frame["price"].mean() < 15_000
 
 
+def test_generated_years_peak_at_2017_and_thin_out_after_it_like_the_real_listings():
+    shares = generate_listings(20_000, seed=3)["year"].value_counts(normalize=True)
+    assert shares.idxmax() == 2017
+    # Real: 27 % in 2017, 18 % in 2019, 1.5 % in 2020 (scraped early in 2020).
+    assert shares[2017] > shares[2018] > shares[2019] > 10 * shares[2020]
+    assert shares[2020] < 0.03
+
+
+def test_generated_mpg_is_a_few_official_figures_per_model_engine_and_fuel():
+    frame = generate_listings(20_000, seed=3)
+    fiesta = frame[frame["model"] == "Fiesta"]
+    # Engine and fuel go together: a Fiesta diesel is a 1.5 (0 is "unknown").
+    assert set(fiesta.loc[fiesta["fuelType"] == "Diesel", "engineSize"]) <= {0.0, 1.5}
+    figures = fiesta[fiesta["engineSize"] > 0].groupby(["engineSize", "fuelType"])["mpg"]
+    assert figures.nunique().max() <= 5
+    # The real data's most common figure: 14 % of all listings (Fiesta 1.0 EcoBoost).
+    assert 0.1 < (frame["mpg"] == 65.7).mean() < 0.2
+
+
 def test_generator_records_a_few_engine_sizes_as_unknown_like_the_real_export():
     frame = generate_listings(20_000, seed=3)
     unknown = frame["engineSize"] == 0
