@@ -320,6 +320,11 @@ class Collector:
                 for e in aliases.history[-REGISTRY_EVENTS:]
             ][::-1],
             "following": self._events.assigned,
+            # The page shows accuracy only for these (when there are any): the predictions
+            # topic may hold prices of models this registry never knew.
+            "tags": sorted(
+                {t for e in aliases.history for t in (e.tag, e.challenger, e.shadow) if t}
+            ),
         }
 
     def _postgres(self, now: float, point: dict[str, Any]) -> None:

@@ -24,7 +24,8 @@ const STAGE_NAMES = {
 const STATE_CLASS = {
   RUNNING: "ok", UP: "ok", READY: "ok",
   PAUSED: "warn", UNASSIGNED: "warn", RESTARTING: "warn", PARTIAL: "warn",
-  FAILED: "bad", MISSING: "bad", DOWN: "bad", "NO REPLICA": "bad",
+  SERVING: "ok",
+  FAILED: "bad", MISSING: "bad", DOWN: "bad", "NO REPLICA": "bad", OPEN: "bad",
 };
 
 const view = { points: [], markers: [], state: null, charts: {} };
@@ -90,6 +91,23 @@ function keysWithPrefix(prefix) {
   return [...keys].sort();
 }
 
+// Models worth a line: those the registry knows, or every one while it knows none (a
+// service pinned with --model publishes nothing). The predictions topic outlives
+// registries, so an evaluator reading it from the start meets models nobody serves.
+function knownTag(tag) {
+  const reg = view.state ? view.state.registry : null;
+  const served = view.state && view.state.model_info ? Object.values(view.state.model_info.arms) : [];
+  if (!reg || !reg.tags.length || served.some((a) => a.tag === tag)) return true;
+  return reg.tags.includes(tag);
+}
+
+function pairKeys(prefix) {
+  return keysWithPrefix(prefix).filter((key) => {
+    const pair = key.slice(prefix.length);
+    return knownTag(pair.slice(0, pair.lastIndexOf("|")));
+  });
+}
+
 function pairLabel(key) {
   const pair = key.slice(key.indexOf("|") + 1);
   const cut = pair.lastIndexOf("|");
@@ -113,11 +131,11 @@ const CHARTS = {
   },
   mae: {
     el: "mae-chart", height: 170, unit: fmtMoney, markers: true,
-    keys: () => keysWithPrefix("mae|"), label: pairLabel,
+    keys: () => pairKeys("mae|"), label: pairLabel,
   },
   mape: {
     el: "mape-chart", height: 170, unit: (v) => (isNum(v) ? `${v.toFixed(1)}%` : "–"), scale: 100, markers: true,
-    keys: () => keysWithPrefix("mape|"), label: pairLabel,
+    keys: () => pairKeys("mape|"), label: pairLabel,
   },
 };
 
@@ -132,6 +150,7 @@ function markersPlugin() {
           const ctx = u.ctx;
           ctx.save();
           ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+          let shown = 0;
           for (const marker of view.markers) {
             if (marker.at < u.scales.x.min || marker.at > u.scales.x.max) continue;
             const x = u.valToPos(marker.at, "x", true);
@@ -144,7 +163,9 @@ function markersPlugin() {
             ctx.moveTo(x, top);
             ctx.lineTo(x, top + height);
             ctx.stroke();
-            ctx.fillText(`${marker.kind.replace("_", " ")} ${marker.tag || ""}`, x + 4, top + 12 * devicePixelRatio);
+            // Labels of nearby markers take turns on three lines instead of overprinting.
+            const line = 1 + (shown++ % 3);
+            ctx.fillText(`${marker.kind.replace("_", " ")} ${marker.tag || ""}`, x + 4, top + 12 * line * devicePixelRatio);
           }
           ctx.restore();
         },
@@ -180,7 +201,9 @@ function buildChart(spec, keys) {
         value: (_u, v) => spec.unit(v),
       })),
     ],
-    axes: [{}, { size: 66, values: (_u, ticks) => ticks.map((v) => spec.unit(v)) }],
+    // Clock times on the x axis: uPlot's default stacks the date under the first tick,
+    // which runs into the next one on a chart this narrow.
+    axes: [{ space: 70, values: (_u, ticks) => ticks.map((t) => fmtClock(t)) }, { size: 66, values: (_u, ticks) => ticks.map((v) => spec.unit(v)) }],
     plugins: spec.markers ? [markersPlugin()] : [],
   };
   return new uPlot(options, chartData(spec, keys), el);
@@ -369,7 +392,9 @@ function renderArms() {
     rows.push({ arm, tag: info.tag, serving: true, split: info.split_percent });
   }
   for (const p of pairs) {
-    if (!seen.has(`${p.model_tag}|${p.arm}`)) rows.push({ arm: p.arm, tag: p.model_tag, serving: false });
+    if (!seen.has(`${p.model_tag}|${p.arm}`) && knownTag(p.model_tag)) {
+      rows.push({ arm: p.arm, tag: p.model_tag, serving: false });
+    }
   }
   const byPair = Object.fromEntries(pairs.map((p) => [`${p.model_tag}|${p.arm}`, p]));
   const configured = (row) => {
@@ -441,8 +466,8 @@ function renderDrift() {
   };
   el.replaceChildren(
     h("table", {},
-      h("tr", {}, h("th", {}, "partition"), ...names.map((name) => h("th", {}, name))),
-      ...partitions.map((p) => h("tr", {}, h("td", {}, `${p} (${ev.drift[p].windows} windows)`), ...names.map((name) => cell(p, name))))),
+      h("tr", {}, h("th", {}, "partition (windows)"), ...names.map((name) => h("th", {}, name))),
+      ...partitions.map((p) => h("tr", {}, h("td", {}, `${p} (${ev.drift[p].windows})`), ...names.map((name) => cell(p, name))))),
   );
 }
 
