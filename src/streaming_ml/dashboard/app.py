@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -74,10 +75,10 @@ def create_app(collector: Collector, lookup: Callable[[int], dict[str, Any]]) ->
         listing_id = int(request.path_params["listing_id"])
         try:
             return _json_response(lookup(listing_id))
-        except StreamingMLError as error:
-            return _json_response(
-                {"found": False, "listing_id": listing_id, "error": str(error)}, 503
-            )
+        except (StreamingMLError, psycopg2.Error) as error:
+            # The database is away or refuses: say so in the page, as any lookup answer.
+            answer = {"found": False, "listing_id": listing_id, "error": str(error).strip()}
+            return _json_response(answer, 503)
 
     return Starlette(
         routes=[

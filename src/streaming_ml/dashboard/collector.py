@@ -181,7 +181,7 @@ class Collector:
     def _kafka(self, now: float, point: dict[str, Any]) -> None:
         s = self.settings
         ends = self._groups.end_offsets(s.listings_topic)
-        bridge = self._groups.lag(s.consumer_group, s.listings_topic)
+        bridge = self._groups.lag(s.consumer_group, s.listings_topic, ends)
         sink = self._groups.lag(f"connect-{s.sink_connector}", s.predictions_topic)
         point["captured"] = self._captured.update(now, ends)
         point["consumed"] = self._consumed.update(now, bridge[1] if bridge is not None else None)

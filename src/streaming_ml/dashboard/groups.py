@@ -77,11 +77,13 @@ class GroupView:
             raise self._unreachable(error) from error
         return {tp.partition: tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
 
-    def lag(self, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]] | None:
-        """(lag per partition, committed per partition) of ``group`` on ``topic``; a
-        partition the group never committed counts from the start of the topic. None
-        without the topic."""
-        ends = self.end_offsets(topic)
+    def lag(
+        self, group: str, topic: str, ends: dict[int, int] | None = None
+    ) -> tuple[dict[int, int], dict[int, int]] | None:
+        """(lag per partition, committed per partition) of ``group`` on ``topic``, against
+        ``ends`` when the caller has them; a partition the group never committed counts
+        from the start of the topic. None without the topic."""
+        ends = ends if ends is not None else self.end_offsets(topic)
         if ends is None:
             return None
         committed = self.committed(group, topic, sorted(ends))

@@ -39,12 +39,19 @@ class TopicTail:
             }
         )
 
-    def poll(self, max_messages: int = 10_000) -> list[Any]:
-        """The records that arrived since the last call (none while the topic is missing)."""
+    def poll(self, batch: int = 10_000, budget_s: float = 0.2) -> list[Any]:
+        """The records that arrived since the last call (none while the topic is missing),
+        in batches until none is left or ``budget_s`` is spent: at a high rate one batch a
+        round would fall behind, and a round must not take much longer than planned."""
         if not self.assigned and not self._assign():
             return []
-        messages = self._consumer.consume(num_messages=max_messages, timeout=0)
-        return [m for m in messages if m.error() is None]
+        deadline = time.monotonic() + budget_s
+        messages: list[Any] = []
+        while True:
+            got = self._consumer.consume(num_messages=batch, timeout=0)
+            messages += [m for m in got if m.error() is None]
+            if len(got) < batch or time.monotonic() > deadline:
+                return messages
 
     def _assign(self) -> bool:
         now = time.monotonic()
