@@ -334,6 +334,31 @@ def monitor(
         _fail(error)
 
 
+@app.command()
+def dashboard(
+    port: int | None = typer.Option(None, help="Port (default: SML_DASHBOARD_PORT, 8090)"),
+    bridge_metrics: list[str] = typer.Option(
+        [],
+        "--bridge-metrics",
+        help="A bridge's /metrics URL; repeat for each replica (default: the one on "
+        "SML_BRIDGE_METRICS_PORT)",
+    ),
+) -> None:
+    """Serve the live, read-only dashboard on SML_HOST until Ctrl-C."""
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"dashboard_port": port})
+    from streaming_ml.dashboard import serve_forever
+
+    try:
+        serve_forever(
+            settings, bridge_metrics,
+            on_ready=lambda url: typer.echo(f"dashboard: {url}  (read-only; Ctrl-C stops it)"),
+        )  # fmt: skip
+    except StreamingMLError as error:
+        _fail(error)
+
+
 @connectors_app.command("apply")
 def connectors_apply() -> None:
     """Create the topics (SML_PARTITIONS) and apply both connectors; wait until they run."""

@@ -197,6 +197,15 @@ class Settings(BaseSettings):
         "streaming-ml-learner", description="Group id the learner reports its reads under"
     )
 
+    # The dashboard (`streaming-ml dashboard`); see README "The dashboard".
+    dashboard_port: int = Field(8090, description="Port of the dashboard page")
+    dashboard_refresh_s: float = Field(
+        1.0, gt=0, le=1.0, description="Seconds between the dashboard's reads (live: at most 1)"
+    )
+    dashboard_history_minutes: float = Field(
+        15.0, gt=0, le=240, description="Minutes of time series the dashboard keeps in memory"
+    )
+
     fault_kill_at: str | None = Field(
         None, description="Tests only: SIGKILL the bridge at POINT:N (see bridge/faults.py)"
     )
@@ -244,6 +253,10 @@ class Settings(BaseSettings):
     @property
     def prediction_url(self) -> str:
         return self.service_url or f"http://{self.host}:{self.service_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.dashboard_port}/"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

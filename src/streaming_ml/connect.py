@@ -121,9 +121,9 @@ def load_connector(
     return render_connector(template, {**connector_values(settings), **(overrides or {})})
 
 
-def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
+def _request(method: str, url: str, timeout_s: float = 10.0, **kwargs: Any) -> requests.Response:
     try:
-        return requests.request(method, url, timeout=10, **kwargs)
+        return requests.request(method, url, timeout=timeout_s, **kwargs)
     except requests.RequestException as error:
         raise ConnectorError(
             f"cannot reach Kafka Connect at {url}: {error}. Is the stack up "
@@ -176,6 +176,18 @@ def connector_status(connect_url: str, name: str) -> dict[str, Any] | None:
             "Is Kafka Connect healthy? See `streaming-ml stack logs connect`."
         )
     return response.json()
+
+
+def all_statuses(connect_url: str, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+    """Every registered connector's ``/status`` answer by name, in one request
+    (``GET /connectors?expand=status``)."""
+    response = _request("GET", f"{connect_url}/connectors?expand=status", timeout_s=timeout_s)
+    if response.status_code != 200:
+        raise ConnectorError(
+            f"listing the connectors: HTTP {response.status_code} {_message(response)}. "
+            "Is Kafka Connect healthy? See `streaming-ml stack logs connect`."
+        )
+    return {name: entry["status"] for name, entry in response.json().items()}
 
 
 def failed_parts(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:

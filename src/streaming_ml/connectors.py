@@ -36,21 +36,25 @@ def apply(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]
 
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each connector's state and its tasks' states (``MISSING`` when not registered)."""
-    summary: dict[str, dict[str, Any]] = {}
-    for name in settings.connector_names:
-        answer = connect.connector_status(settings.connect_url, name)
-        if answer is None:
-            summary[name] = {"state": "MISSING", "tasks": []}
-            continue
-        summary[name] = {
-            "state": answer["connector"]["state"],
-            "tasks": [t["state"] for t in answer.get("tasks", [])],
-            "failed": [
-                {"part": part, "trace": connect.trace_summary(info.get("trace"))}
-                for part, info in connect.failed_parts(answer)
-            ],
-        }
-    return summary
+    return {
+        name: summarise(connect.connector_status(settings.connect_url, name))
+        for name in settings.connector_names
+    }
+
+
+def summarise(answer: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``/status`` answer as the state, the tasks' states and the failed parts' traces
+    (``MISSING`` for a connector that is not registered: None)."""
+    if answer is None:
+        return {"state": "MISSING", "tasks": []}
+    return {
+        "state": answer["connector"]["state"],
+        "tasks": [t["state"] for t in answer.get("tasks", [])],
+        "failed": [
+            {"part": part, "trace": connect.trace_summary(info.get("trace"))}
+            for part, info in connect.failed_parts(answer)
+        ],
+    }
 
 
 def watch(settings: Settings, interval_s: float, metrics_port: int) -> None:

@@ -97,6 +97,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
     from streaming_ml import connectors, stack
     from streaming_ml.bridge import Bridge
+    from streaming_ml.dashboard import DashboardServer
     from streaming_ml.evaluation.evaluator import Evaluator
     from streaming_ml.load import connect, load_listings, read_listings
     from streaming_ml.serving import ServiceProcess
@@ -138,6 +139,10 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         evaluator = Evaluator(live)
         evaluator_thread = _in_thread("evaluator", evaluator.run, evaluator.assigned, failure)
         cleanup.callback(lambda: (evaluator.stop(), evaluator_thread.join(timeout=60)))
+        # The live page (docs: README, "The dashboard"); the exit stack stops it first.
+        dashboard = DashboardServer(live).start()
+        cleanup.callback(dashboard.stop)
+        console.print(f"  dashboard: {dashboard.url}")
 
         # Inserting before the group has partitions would show its start-up as latency.
         if not bridge.assigned.wait(timeout=ASSIGNMENT_TIMEOUT_S):
@@ -265,6 +270,7 @@ def _print_endpoints(
     table.add_row(
         "Bridge metrics", f"http://{settings.host}:{settings.bridge_metrics_port}/metrics"
     )
+    table.add_row("Dashboard", f"{settings.dashboard_url}  (live, read-only)")
     table.add_row(
         "Evaluator metrics",
         f"http://{settings.host}:{settings.evaluator_metrics_port}/metrics  "

@@ -28,6 +28,7 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
             "service_port": free_port(),
             "bridge_metrics_port": free_port(),
             "evaluator_metrics_port": free_port(),
+            "dashboard_port": free_port(),
         }
     )
     cli = Path(sys.executable).parent / "streaming-ml"
@@ -42,7 +43,8 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
         # The evaluator judged them: their price came with the insert.
         accuracy = r"accuracy of \S+ \(champion\)[\s\S]*?over 3\s+listings"  # may wrap
         assert re.search(accuracy, output), output[-4000:]
-        for field in (*PORT_FIELDS, "service_port", "evaluator_metrics_port"):
+        assert f"dashboard: http://{settings.host}:{settings.dashboard_port}" in output
+        for field in (*PORT_FIELDS, "service_port", "evaluator_metrics_port", "dashboard_port"):
             port = getattr(settings, field)
             assert not processes.port_open(settings.host, port), f"{field} {port} still open"
     finally:
