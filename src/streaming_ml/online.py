@@ -397,15 +397,25 @@ class ShiftStudy:
     online_mae: np.ndarray
 
     def recovery(self, mae: np.ndarray) -> int | None:
-        """Labels after the shift until the windowed MAE is back within 10 % of its level
-        just before the shift, for good (it stays there to the end); None if never."""
+        """Labels after the shift until the windowed MAE, having risen above 110 % of its
+        level just before the shift, is back under it (0 if it never rose above; None if
+        it never comes back)."""
         level = mae[self.lead_in - 1] * (1 + RECOVERY_TOLERANCE)
         after = mae[self.lead_in :]
         above = np.flatnonzero(after > level)
         if not above.size:
             return 0
-        last = int(above[-1]) + 1
-        return last if last < len(after) else None
+        back = np.flatnonzero(after[above[0] :] <= level)
+        return int(above[0] + back[0]) if back.size else None
+
+    def share_within(self, mae: np.ndarray) -> float:
+        """Share of the listings after the recovery whose windowed MAE is within 10 %."""
+        recovered = self.recovery(mae)
+        if recovered is None:
+            return 0.0
+        level = mae[self.lead_in - 1] * (1 + RECOVERY_TOLERANCE)
+        rest = mae[self.lead_in + recovered :]
+        return float(np.mean(rest <= level)) if rest.size else 1.0
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"lead_in": self.lead_in, "window": self.window}
@@ -415,6 +425,7 @@ class ShiftStudy:
                 "mae_peak_after": float(mae[self.lead_in :].max()),
                 "mae_at_end": float(mae[-1]),
                 "labels_to_recover": self.recovery(mae),
+                "share_within_10pct_after": self.share_within(mae),
             }
         return out
 
@@ -444,7 +455,7 @@ def price_shift_study(
     candidate: str = DEFAULT_CANDIDATE,
     train_rows: int = 5_000,
     lead_in: int = 3_000,
-    shifted: int = 9_000,
+    shifted: int = 12_000,
     seed: int = 42,
     progress: Callable[[int, int], None] | None = None,
 ) -> ShiftStudy:

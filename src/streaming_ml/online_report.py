@@ -67,7 +67,9 @@ def render(report: Mapping[str, Any]) -> Any:
     """The terminal table of a report."""
     if "scenario" in report:
         table = Table(title=f"{report['scenario']}: windowed MAE (last {report['window']})")
-        for column in ("model", "before shift", "peak after", "at end", "labels to recover"):
+        columns = ("model", "before shift", "peak after", "at end", "labels to recover",
+                   "within 10 % after")  # fmt: skip
+        for column in columns:
             table.add_column(column, justify="right" if column != "model" else "left")
         for name in ("static", "online"):
             r = report[name]
@@ -75,6 +77,7 @@ def render(report: Mapping[str, Any]) -> Any:
             table.add_row(
                 name, f"£{r['mae_before_shift']:,.0f}", f"£{r['mae_peak_after']:,.0f}",
                 f"£{r['mae_at_end']:,.0f}", "never" if recover is None else f"{recover:,}",
+                f"{r['share_within_10pct_after']:.0%}",
             )  # fmt: skip
         return table
     load = ", ".join(f"{x:.2f}" for x in report["load_average"])

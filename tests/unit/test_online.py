@@ -79,6 +79,8 @@ def test_recovery_counts_labels_until_the_error_is_back_for_good() -> None:
     assert study.recovery(study.static_mae) is None
     summary = study.summary()
     assert summary["online"]["labels_to_recover"] == 50
+    assert summary["online"]["share_within_10pct_after"] == 1.0
+    assert summary["static"]["share_within_10pct_after"] == 0.0
     assert summary["static"]["mae_peak_after"] == 1_500.0
 
 
