@@ -398,15 +398,20 @@ class ShiftStudy:
 
     def recovery(self, mae: np.ndarray) -> int | None:
         """Labels after the shift until the windowed MAE, having risen above 110 % of its
-        level just before the shift, is back under it (0 if it never rose above; None if
-        it never comes back)."""
+        level just before the shift, is back under it and stays there for a whole window
+        (0 if it never rose above; None if it never comes back for that long)."""
         level = mae[self.lead_in - 1] * (1 + RECOVERY_TOLERANCE)
         after = mae[self.lead_in :]
         above = np.flatnonzero(after > level)
         if not above.size:
             return 0
-        back = np.flatnonzero(after[above[0] :] <= level)
-        return int(above[0] + back[0]) if back.size else None
+        within = after <= level
+        # run[i]: how many listings in a row from i on stay within (counted backwards).
+        run = np.zeros(len(within) + 1, dtype=int)
+        for i in range(len(within) - 1, -1, -1):
+            run[i] = run[i + 1] + 1 if within[i] else 0
+        sustained = np.flatnonzero(run[above[0] : len(within)] >= self.window)
+        return int(above[0] + sustained[0]) if sustained.size else None
 
     def share_within(self, mae: np.ndarray) -> float:
         """Share of the listings after the recovery whose windowed MAE is within 10 %."""
@@ -436,9 +441,12 @@ class ShiftStudy:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(8, 4))
-        x = np.arange(1, len(self.static_mae) + 1)
-        ax.plot(x, self.static_mae, label="static XGBoost (trained before the shift)")
-        ax.plot(x, self.online_mae, label="online model (predicts, then learns each label)")
+        # From the first full window: before it, a few listings make a noisy average.
+        start = min(self.window, self.lead_in) - 1
+        x = np.arange(start + 1, len(self.static_mae) + 1)
+        static, online_mae = self.static_mae[start:], self.online_mae[start:]
+        ax.plot(x, static, label="static XGBoost (trained before the shift)")
+        ax.plot(x, online_mae, label="online model (predicts, then learns each label)")
         ax.axvline(self.lead_in, color="grey", linestyle="--", label="prices shift")
         level = self.online_mae[self.lead_in - 1] * (1 + RECOVERY_TOLERANCE)
         ax.axhline(level, color="grey", linestyle=":", label="online: pre-shift MAE + 10 %")
