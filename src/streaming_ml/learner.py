@@ -33,6 +33,7 @@ from streaming_ml.config import Settings
 from streaming_ml.evaluation.outcomes import Outcome
 from streaming_ml.exceptions import ModelNotFoundError, RegistryError
 from streaming_ml.online import OnlinePriceModel, is_online
+from streaming_ml.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -230,12 +231,5 @@ def run_learner(
     """Entry point of ``streaming-ml learn``: SIGTERM/SIGINT snapshot and stop."""
     learner = Learner(settings)
     if install_signal_handlers:
-        import signal
-
-        def _handle(signum: int, _frame: Any) -> None:
-            logger.info("signal received: snapshotting and stopping", extra={"signal": signum})
-            learner.stop()
-
-        signal.signal(signal.SIGTERM, _handle)
-        signal.signal(signal.SIGINT, _handle)
+        stop_on_signals(learner.stop, "snapshotting and stopping")
     return learner.run(timeout=timeout)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _PROC = Path("/proc")
 
@@ -158,3 +161,15 @@ def stop_group(
     while anything_running() and time.monotonic() < kill_deadline:
         time.sleep(0.05)
     return False
+
+
+def stop_on_signals(stop: Callable[[], None], doing: str) -> None:
+    """SIGTERM and SIGINT call ``stop`` (a loop's graceful stop) instead of killing the
+    process; ``doing`` says what the process finishes first, for the log."""
+
+    def handle(signum: int, _frame: object) -> None:
+        logger.info("signal received: %s", doing, extra={"signal": signum})
+        stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -123,26 +123,44 @@ def running_bridge(
         start_group_at_end(settings)
     bridge = Bridge(settings, watch_connectors=watch_connectors)
     errors: list[BaseException] = []
+    with in_thread(
+        "test-bridge", bridge.run, bridge.ready, bridge.stop, ready_timeout_s, errors
+    ) as thread:
+        yield RunningBridge(bridge, thread, errors)
+
+
+@contextmanager
+def in_thread(
+    name: str,
+    run: Callable[[], Any],
+    ready: threading.Event,
+    stop: Callable[[], None],
+    ready_timeout_s: float = 120,
+    errors: list[BaseException] | None = None,
+) -> Iterator[threading.Thread]:
+    """``run`` in a daemon thread until ``ready``; on exit ``stop``, join, and raise what
+    ``run`` raised (a failure to start sets ``ready`` so nobody waits for nothing).
+    ``errors`` receives what ``run`` raises as it happens, for checks mid-test."""
+    errors = errors if errors is not None else []
 
     def target() -> None:
         try:
-            bridge.run()
+            run()
         except BaseException as error:
             errors.append(error)
-            bridge.ready.set()
+            ready.set()
 
-    thread = threading.Thread(target=target, name="test-bridge", daemon=True)
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
-    assert bridge.ready.wait(ready_timeout_s), "bridge did not start"
+    assert ready.wait(ready_timeout_s), f"{name} did not start"
     if errors:
         raise errors[0]
-    running = RunningBridge(bridge, thread, errors)
     try:
-        yield running
+        yield thread
     finally:
-        bridge.stop()
+        stop()
         thread.join(timeout=60)
-        assert not thread.is_alive(), "bridge did not stop within 60 s"
+        assert not thread.is_alive(), f"{name} did not stop within 60 s"
     if errors:
         raise errors[0]
 

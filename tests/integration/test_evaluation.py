@@ -40,6 +40,7 @@ from tests.integration.pipeline import (
     commit_offsets,
     dsn_of,
     high_watermarks,
+    in_thread,
     listings,
     pipeline_settings,
     query,
@@ -108,28 +109,8 @@ def evaluator_starts_at_end(settings: Settings) -> None:
 @contextmanager
 def running_evaluator(settings: Settings) -> Iterator[Evaluator]:
     evaluator = Evaluator(settings)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            evaluator.run()
-        except BaseException as error:
-            errors.append(error)
-            evaluator.assigned.set()
-
-    thread = threading.Thread(target=target, name="test-evaluator", daemon=True)
-    thread.start()
-    assert evaluator.assigned.wait(120), "evaluator got no partitions"
-    if errors:
-        raise errors[0]
-    try:
+    with in_thread("test-evaluator", evaluator.run, evaluator.assigned, evaluator.stop):
         yield evaluator
-    finally:
-        evaluator.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "evaluator did not stop within 60 s"
-    if errors:
-        raise errors[0]
 
 
 def read_outcomes(settings: Settings) -> list[dict[str, Any]]:

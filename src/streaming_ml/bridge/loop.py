@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -49,6 +48,7 @@ from streaming_ml.bridge.pricing import Backpressure, PredictionClient, Priced, 
 from streaming_ml.bridge.records import Built, RecordBuilder
 from streaming_ml.config import Settings
 from streaming_ml.exceptions import BridgeError
+from streaming_ml.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -506,12 +506,5 @@ def run_bridge(
         connectors.apply(settings)
     bridge = Bridge(settings, group_id=group_id, watch_connectors=apply_connectors)
     if install_signal_handlers:
-        import signal
-
-        def _handle(signum: int, _frame: Any) -> None:
-            logger.info("signal received: finishing the batch in hand", extra={"signal": signum})
-            bridge.stop()
-
-        signal.signal(signal.SIGTERM, _handle)
-        signal.signal(signal.SIGINT, _handle)
+        stop_on_signals(bridge.stop, "finishing the batch in hand")
     return bridge.run(max_events=max_events, timeout=timeout, once=once)

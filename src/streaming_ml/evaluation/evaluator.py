@@ -59,6 +59,7 @@ from streaming_ml.evaluation.drift import PREDICTION, DriftWindow, WindowResult
 from streaming_ml.evaluation.metrics import Degraded, Scoreboard
 from streaming_ml.evaluation.prometheus import EvaluatorMetrics
 from streaming_ml.exceptions import BridgeError
+from streaming_ml.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -706,12 +707,5 @@ def run_evaluator(
     """Entry point of ``streaming-ml evaluator``: SIGTERM/SIGINT stop it gracefully."""
     evaluator = Evaluator(settings, group_id=group_id)
     if install_signal_handlers:
-        import signal
-
-        def _handle(signum: int, _frame: Any) -> None:
-            logger.info("signal received: finishing the batch in hand", extra={"signal": signum})
-            evaluator.stop()
-
-        signal.signal(signal.SIGTERM, _handle)
-        signal.signal(signal.SIGINT, _handle)
+        stop_on_signals(evaluator.stop, "finishing the batch in hand")
     return evaluator.run(timeout=timeout)
