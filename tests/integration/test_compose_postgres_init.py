@@ -102,7 +102,13 @@ def test_postgres_init_creates_roles_schema_and_passwords(
         with conn.cursor() as cur:
             cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
             assert [row[0] for row in cur.fetchall()] == sorted(
-                [settings.listings_table, settings.predictions_table, settings.shadow_table]
+                [
+                    settings.listings_table,
+                    settings.predictions_table,
+                    settings.shadow_table,
+                    settings.outcomes_table,
+                    settings.alerts_table,
+                ]
             )
             cur.execute(
                 "SELECT count(*) FROM pg_publication WHERE pubname = %s", (postgres.PUBLICATION,)
