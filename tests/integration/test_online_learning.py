@@ -1,6 +1,7 @@
 """The online challenger on the real stack: served as the shadow arm, it learns from every
-served outcome, snapshots into the registry (the services swap to each snapshot), and a
-SIGKILL of the learner neither loses nor repeats a label."""
+served outcome, snapshots into the registry (the services swap to each snapshot), a
+SIGKILL of the learner neither loses nor repeats a label, and a snapshot can be promoted
+to champion like any model."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 
 import bentoml
 import pytest
+import requests
 
-from streaming_ml import registry
+from streaming_ml import lifecycle, registry
 from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.data import generate_listing_records
 from streaming_ml.load import load_listings
 from streaming_ml.train import train_online_model
 from tests.integration.following import experiment_running
@@ -121,6 +124,16 @@ def test_the_online_shadow_learns_each_served_outcome_once_across_a_sigkill(
             (ids,),
         )  # fmt: skip
         assert shadow_rows[0]["n"] == len(ids)
+        # Promoted like any model: the service serves the online snapshot as champion.
+        lifecycle.promote(settings, newest, force=True)
+        wait_until(lambda: model_info_champion(served) == newest, 30, "the online champion")
+        answer = requests.post(
+            f"{served.service_url}/predict_batch",
+            json={"records": generate_listing_records(5, seed=1102)},
+            timeout=10,
+        ).json()
+        assert {item["model_tag"] for item in answer} == {newest}
+        assert all(item["predicted_price"] > 0 for item in answer)
     text = log.read_text()
     assert text.count("learner started") == 2
 
@@ -136,7 +149,10 @@ def learner_lag(settings: Settings) -> int | None:
 
 
 def model_info_shadow(settings: Settings) -> str | None:
-    import requests
-
     info = requests.post(f"{settings.service_url}/model_info", json={}, timeout=10).json()
     return (info.get("arms", {}).get("shadow") or {}).get("tag")
+
+
+def model_info_champion(settings: Settings) -> str | None:
+    info = requests.post(f"{settings.service_url}/model_info", json={}, timeout=10).json()
+    return info.get("tag")
