@@ -86,6 +86,25 @@ def largest_first(amounts: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(amounts.items(), key=lambda item: -abs(item[1]))
 
 
+def whole_pounds(parts: Sequence[float], total: float) -> list[int]:
+    """``parts`` (a base and its amounts, adding up to ``total``) in whole pounds that add
+    up to ``total`` rounded half up, as a page shows a price.
+
+    Rounding each part on its own can miss the rounded total by up to half a pound a part,
+    so a chart of ten would not add up as shown. Each part goes to its floor or its
+    ceiling instead, and the parts nearest their ceiling take it (largest remainder);
+    equal remainders go in the order given.
+    """
+    floors = [math.floor(part) for part in parts]
+    short = math.floor(total + 0.5) - sum(floors)
+    if not 0 <= short <= len(parts):
+        raise ValueError(f"parts adding up to {sum(parts)} cannot round to a total of {total}")
+    nearest_ceiling = sorted(range(len(parts)), key=lambda i: floors[i] - parts[i])
+    for i in nearest_ceiling[:short]:
+        floors[i] += 1
+    return floors
+
+
 def shapley_weights(players: int) -> np.ndarray:
     """``w[k] = k! (n - k - 1)! / n!``: the weight of a coalition of k others."""
     return np.array(

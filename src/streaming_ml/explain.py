@@ -83,11 +83,25 @@ def gather(
                 written[row.get("arm") or default_arm] = row
     finally:
         conn.close()
-    body: dict[str, Any] = {"listing": _features(rows[listing_id]), "listing_id": listing_id}
-    if against is not None:
-        body["reference"] = _features(rows[against])
-    answer = request_explanation(service_url, body, timeout_s, f"listing {listing_id}")
+    reference = None if against is None else rows[against]
+    answer = explain_listing(service_url, listing_id, rows[listing_id], timeout_s, reference)
     return ExplainedListing(listing_id, rows[listing_id], written, answer, against)
+
+
+def explain_listing(
+    service_url: str,
+    listing_id: int,
+    listing: Mapping[str, Any],
+    timeout_s: float,
+    reference: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The service's ``/explain`` answer for a listing row (its feature fields are sent;
+    the id picks its A/B arm), against ``reference`` when given. The CLI and the
+    dashboard's journey both ask through here."""
+    body: dict[str, Any] = {"listing": _features(listing), "listing_id": listing_id}
+    if reference is not None:
+        body["reference"] = _features(reference)
+    return request_explanation(service_url, body, timeout_s, f"listing {listing_id}")
 
 
 def _features(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 from streaming_ml import lifecycle
 from streaming_ml.config import Settings
 from streaming_ml.dashboard import DashboardServer
-from streaming_ml.data import feature_problems
+from streaming_ml.data import FEATURES, feature_problems
 from streaming_ml.load import load_listings
 from tests.fixtures.ports import free_port
 from tests.integration.following import champion_is, following_service, own_registry
@@ -79,6 +79,11 @@ def served_champion(page: Any) -> str | None:
 def pounds(amount: float) -> str:
     """How the page writes an amount (JavaScript's Math.round, thousands separators)."""
     return f"£{math.floor(amount + 0.5):,}"
+
+
+def shown_pounds(text: str) -> int:
+    """An amount as the page writes it ("£11,460", "+£1,556", "-£85") in pounds."""
+    return int(text.replace("£", "").replace(",", ""))
 
 
 def load_and_settle(settings: Settings, rows: int, seed: int, invalid: int) -> list[int]:
@@ -204,6 +209,7 @@ def test_the_dashboard_shows_the_pipeline_its_latency_dead_letters_models_and_jo
                 page.click("#journey-form button")
                 page.wait_for_selector("#journey-result .badge.bad")
                 assert "dead-lettered" in page.inner_text("#journey-result")
+                assert "dead-lettered" in page.inner_text("#journey-why-reason")
                 chosen = valid[len(valid) // 2]
                 written = query(
                     dsn,
@@ -227,6 +233,19 @@ def test_the_dashboard_shows_the_pipeline_its_latency_dead_letters_models_and_jo
                     abs(written - rows[chosen]["price"])
                 )
                 assert page.inner_text("#explain-command") == f"streaming-ml explain {chosen}"
+                # Why that price, as `streaming-ml explain` draws it: the champion's base and
+                # one amount per feature, which add up to the price shown, the one written.
+                why = page.locator('#journey-why .why-arm[data-arm="champion"]')
+                assert why.get_attribute("data-tag") == trained_model_tag
+                base = shown_pounds(why.locator("tr.base .amount").inner_text())
+                amounts = [
+                    shown_pounds(text)
+                    for text in why.locator("tr[data-feature] .amount").all_inner_texts()
+                ]
+                assert len(amounts) == len(FEATURES)
+                shown_price = why.locator("tr.total .amount").inner_text()
+                assert shown_price == pounds(written)
+                assert base + sum(amounts) == shown_pounds(shown_price)
 
                 # A promotion: the model panel follows the registry and the service.
                 wait_for(page, "() => Number(document.getElementById('mae-chart')"

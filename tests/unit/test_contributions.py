@@ -159,6 +159,39 @@ def test_shapley_weights_of_all_coalitions_sum_to_one(players: int) -> None:
     assert total == pytest.approx(1.0, rel=1e-15)
 
 
+# --- in whole pounds, as a page shows them ---------------------------------------------------
+
+
+def half_up(amount: float) -> int:
+    return math.floor(amount + 0.5)
+
+
+def test_whole_pounds_add_up_where_rounding_each_part_would_not() -> None:
+    parts = [100.3, 0.45, 0.4]
+
+    shown = contributions.whole_pounds(parts, sum(parts))
+
+    assert sum(half_up(p) for p in parts) == 100, "each on its own: a pound short of 101"
+    assert shown == [100, 1, 0], "the part nearest its ceiling takes the missing pound"
+
+
+def test_whole_pounds_are_each_parts_floor_or_ceiling_and_add_up_to_the_shown_total() -> None:
+    rng = np.random.default_rng(21)
+    for _ in range(2_000):
+        parts = [float(rng.uniform(5_000, 20_000)), *rng.normal(0, 800, 8).tolist()]
+        total = sum(parts)
+
+        shown = contributions.whole_pounds(parts, total)
+
+        assert sum(shown) == half_up(total)
+        assert all(math.floor(p) <= s <= math.ceil(p) for p, s in zip(parts, shown, strict=True))
+
+
+def test_parts_that_do_not_add_up_to_the_total_are_refused() -> None:
+    with pytest.raises(ValueError, match="cannot round"):
+        contributions.whole_pounds([10.0, 2.0], 20.0)
+
+
 # --- the real model ------------------------------------------------------------------------
 
 
@@ -198,3 +231,13 @@ def test_unknown_categories_and_engine_sizes_are_explained_too(price_model) -> N
     explained = price_model.explain_records([record])
 
     assert abs(explained.base[0] + explained.amounts[0].sum() - explained.prices[0]) < 1e-6
+
+
+def test_every_explained_price_shows_in_whole_pounds_that_add_up(price_model) -> None:
+    explained = price_model.explain_records(generate_listing_records(300, seed=18))
+
+    for base, amounts, price in zip(
+        explained.base, explained.amounts, explained.prices, strict=True
+    ):
+        shown = contributions.whole_pounds([float(base), *amounts.tolist()], float(price))
+        assert sum(shown) == half_up(float(price))

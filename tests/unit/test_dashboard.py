@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import socket
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import requests
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -24,7 +26,8 @@ from streaming_ml.dashboard import journey, scrape, server
 from streaming_ml.dashboard.app import STATIC, create_app, finite
 from streaming_ml.dashboard.latency import LatencySampler, reservoir
 from streaming_ml.dashboard.series import History, OffsetRate, Rate
-from streaming_ml.exceptions import StackError
+from streaming_ml.data import FEATURES
+from streaming_ml.exceptions import ServiceUnavailableError, StackError
 
 METRICS = """\
 # HELP sml_bridge_events_total Change events consumed
@@ -196,6 +199,136 @@ def test_journey_error_comes_from_the_evaluator_when_it_judged_this_model() -> N
     assert (other_model["error"], other_model["error_from"]) == (-1_500.0, "listing")
     unlabelled = journey._price("champion", written, None, [])
     assert unlabelled["error"] is None and unlabelled["abs_pct_error"] is None
+
+
+LISTING = {
+    "id": 7, "model": "Focus", "year": 2018, "price": 12_495, "transmission": "Manual",
+    "mileage": 20_000, "fuelType": "Petrol", "tax": 145, "mpg": 55.4, "engineSize": 1.0,
+}  # fmt: skip
+
+
+def arm_explanation(arm: str, tag: str, base: float, amounts: dict[str, float]) -> dict[str, Any]:
+    """One arm of a /explain answer (serving.ArmExplanation), largest amount first."""
+    return {
+        "arm": arm, "model_tag": tag, "model_name": tag.split(":")[0],
+        "model_version": tag.split(":")[1], "method": "tree_shap", "base_price": base,
+        "predicted_price": base + sum(amounts.values()),
+        "contributions": [
+            {"feature": name, "value": LISTING[name], "amount": amount}
+            for name, amount in sorted(amounts.items(), key=lambda kv: -abs(kv[1]))
+        ],
+    }  # fmt: skip
+
+
+# Fractions chosen so that rounding each amount on its own shows a total two pounds short.
+ANSWER = {
+    "listing": {name: LISTING[name] for name in FEATURES},
+    "listing_id": 7,
+    "explanations": [
+        arm_explanation("champion", "ford_price:new", 11_460.4,
+                        {"year": 1_555.3, "mileage": -85.6, "mpg": 58.4, "tax": -6.6}),
+        arm_explanation("shadow", "ford_price:s", 11_000.0, {"year": 900.25, "model": -20.5}),
+    ],
+}  # fmt: skip
+
+
+def half_up(amount: float) -> int:
+    """How the page rounds a price (JavaScript's Math.round)."""
+    return math.floor(amount + 0.5)
+
+
+def test_journey_explains_each_arm_in_whole_pounds_that_add_up_to_the_price_shown() -> None:
+    asked: list[tuple[int, dict[str, Any]]] = []
+
+    def explain(listing_id: int, listing: Any) -> dict[str, Any]:
+        asked.append((listing_id, dict(listing)))
+        return ANSWER
+
+    written = {"champion": {"model_tag": "ford_price:old", "predicted_price": 12_000.0}}
+    why = journey.explanation(7, LISTING, {}, written, explain)
+
+    assert asked == [(7, LISTING)]
+    assert why["reason"] is None
+    champion, shadow = why["arms"]
+    for arm, given in zip(why["arms"], ANSWER["explanations"], strict=True):
+        shown = [arm["shown_base"], *(c["shown"] for c in arm["contributions"])]
+        assert sum(shown) == arm["shown_price"] == half_up(given["predicted_price"])
+        # The exact amounts go along for the bars, in the service's order.
+        assert [(c["feature"], c["amount"]) for c in arm["contributions"]] == [
+            (c["feature"], c["amount"]) for c in given["contributions"]
+        ]
+    rounded_alone = half_up(11_460.4) + sum(half_up(c["amount"]) for c in champion["contributions"])
+    assert rounded_alone == champion["shown_price"] - 2
+    # The champion's row came from another model than the one explaining now.
+    assert (champion["model_tag"], champion["written_tag"]) == ("ford_price:new", "ford_price:old")
+    assert shadow["written_tag"] is None
+
+
+def test_a_dead_lettered_listing_is_not_sent_to_the_service_and_says_why() -> None:
+    def explain(_listing_id: int, _listing: Any) -> dict[str, Any]:
+        raise AssertionError("a listing that cannot be priced is not explained")
+
+    why = journey.explanation(7, LISTING, {"mileage": "is negative"}, {}, explain)
+
+    assert why["arms"] == [] and "dead-lettered" in why["reason"]
+
+
+class FakeResponse:
+    def __init__(self, status_code: int, body: dict[str, Any]) -> None:
+        self.status_code = status_code
+        self._body = body
+        self.text = json.dumps(body)
+
+    def json(self) -> dict[str, Any]:
+        return self._body
+
+
+def test_journey_asks_the_settings_service_and_says_why_when_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the CLI's client (streaming_ml.explain), with made-up HTTP answers."""
+    posted: list[tuple[str, Any, float]] = []
+    answers: list[FakeResponse | Exception] = [
+        FakeResponse(200, ANSWER),
+        FakeResponse(400, {"error": "listing.mileage: must be at least 0"}),
+        requests.ConnectionError("connection refused"),
+    ]
+
+    def post(url: str, json: Any, timeout: float) -> FakeResponse:
+        posted.append((url, json, timeout))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr("streaming_ml.explain.requests.post", post)
+    explain = server.service_explainer(
+        Settings(service_url="http://127.0.0.1:3999/", request_timeout_s=2.5)
+    )
+
+    answered = journey.explanation(7, LISTING, {}, {}, explain)
+    refused = journey.explanation(7, LISTING, {}, {}, explain)
+    down = journey.explanation(7, LISTING, {}, {}, explain)
+
+    assert posted[0] == (
+        "http://127.0.0.1:3999/explain",
+        {"listing": {name: LISTING[name] for name in FEATURES}, "listing_id": 7},
+        2.5,
+    )
+    assert [a["arm"] for a in answered["arms"]] == ["champion", "shadow"]
+    assert refused["arms"] == [] and "cannot be priced" in refused["reason"]
+    assert "listing.mileage" in refused["reason"]
+    assert down["arms"] == [] and "not answering" in down["reason"]
+    assert "SML_SERVICE_URL" in down["reason"]
+
+
+def test_any_service_error_leaves_the_rest_of_the_journey() -> None:
+    def explain(_listing_id: int, _listing: Any) -> dict[str, Any]:
+        raise ServiceUnavailableError("http://x/explain answered HTTP 503: busy")
+
+    why = journey.explanation(7, LISTING, {}, {}, explain)
+
+    assert why == {"arms": [], "reason": "http://x/explain answered HTTP 503: busy"}
 
 
 def test_json_has_no_nan() -> None:

@@ -1,14 +1,17 @@
-"""A listing's journey: its row, each stage's time, the price per arm, label and error.
+"""A listing's journey: its row, each stage's time, the price per arm, label and error,
+and why each arm gives its price.
 
-Everything comes from the tables the pipeline writes (the listings table, the served and
-shadow predictions tables, the outcomes table), so a lookup costs a few primary-key reads
-and needs nothing else to be running.
+All but the last come from the tables the pipeline writes (the listings table, the served
+and shadow predictions tables, the outcomes table), so they cost a few primary-key reads
+and need nothing else to be running. The explanation is the service's ``/explain`` answer,
+as ``streaming-ml explain`` draws it; without a service (or for a listing that cannot be
+priced) the journey says why there is none and shows the rest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -17,7 +20,9 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+from streaming_ml.contributions import whole_pounds
 from streaming_ml.data import FEATURES, TARGET, feature_problems
+from streaming_ml.exceptions import StreamingMLError
 from streaming_ml.load import read_listings
 from streaming_ml.sinks import read_predictions
 
@@ -32,6 +37,11 @@ STAGE_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+# (listing id, listing row) -> the service's /explain answer (serving.ListingExplanation);
+# raises a StreamingMLError that says why there is none.
+Explainer = Callable[[int, Mapping[str, Any]], Mapping[str, Any]]
+
+
 @dataclass(frozen=True)
 class Tables:
     listings: str
@@ -40,9 +50,10 @@ class Tables:
     outcomes: str
 
 
-def lookup(conn: Any, tables: Tables, listing_id: int) -> dict[str, Any]:
+def lookup(conn: Any, tables: Tables, listing_id: int, explain: Explainer) -> dict[str, Any]:
     """The journey of ``listing_id`` as JSON-ready data; ``found`` False when there is no
-    such listing (a normal answer for a page, not an error)."""
+    such listing (a normal answer for a page, not an error). ``explain`` asks the service
+    why; it is not asked for a listing that cannot be priced."""
     row = read_listings(conn, tables.listings, [listing_id]).get(listing_id)
     if row is None:
         return {
@@ -57,17 +68,64 @@ def lookup(conn: Any, tables: Tables, listing_id: int) -> dict[str, Any]:
         if prediction is not None:
             written[prediction.get("arm") or default_arm] = prediction
     outcomes = _outcomes(conn, tables.outcomes, listing_id)
+    problems = feature_problems(row)
     return _plain(
         {
             "found": True,
             "listing_id": listing_id,
             "features": {name: row.get(name) for name in FEATURES},
             "label": label,
-            "problems": feature_problems(row),
+            "problems": problems,
             "prices": [_price(arm, p, label, outcomes) for arm, p in written.items()],
             "stages": {arm: stages(p) for arm, p in written.items()},
+            "explanation": explanation(listing_id, row, problems, written, explain),
         }
     )
+
+
+def explanation(
+    listing_id: int,
+    row: Mapping[str, Any],
+    problems: Mapping[str, str],
+    written: Mapping[str, Mapping[str, Any]],
+    explain: Explainer,
+) -> dict[str, Any]:
+    """Per arm that prices the listing now (its A/B arm, then the shadow): the base price
+    and each feature's amount, exact and in the whole pounds the page shows, which add up
+    to the shown price; and the model that wrote the arm's row, when there is one. Or no
+    arm and the ``reason``."""
+    if problems:
+        reason = "the listing cannot be priced (dead-lettered), so it has no explanation"
+        return {"arms": [], "reason": reason}
+    try:
+        answer = explain(listing_id, row)
+    except StreamingMLError as error:
+        return {"arms": [], "reason": str(error)}
+    arms = [
+        _explained_arm(e, written.get(e["arm"], {}).get("model_tag"))
+        for e in answer["explanations"]
+    ]
+    return {"arms": arms, "reason": None}
+
+
+def _explained_arm(explained: Mapping[str, Any], written_tag: str | None) -> dict[str, Any]:
+    contributions = explained["contributions"]
+    base, *amounts = whole_pounds(
+        [explained["base_price"], *(c["amount"] for c in contributions)],
+        explained["predicted_price"],
+    )
+    return {
+        "arm": explained["arm"],
+        "model_tag": explained["model_tag"],
+        "written_tag": written_tag,
+        "predicted_price": explained["predicted_price"],
+        "base_price": explained["base_price"],
+        "shown_price": base + sum(amounts),
+        "shown_base": base,
+        "contributions": [
+            {**c, "shown": shown} for c, shown in zip(contributions, amounts, strict=True)
+        ],
+    }
 
 
 def stages(prediction: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -25,14 +25,30 @@ START_TIMEOUT_S = 15.0
 GRACEFUL_SHUTDOWN_S = 3
 
 
+def service_explainer(settings: Settings) -> journey.Explainer:
+    """The journey's question to the service the collector reads (``SML_SERVICE_URL``),
+    with the CLI's timeout: an explanation costs a few ms per model. ``/explain`` is a
+    POST but changes nothing, so the dashboard stays read-only."""
+    from streaming_ml.explain import explain_listing
+
+    def explain(listing_id: int, listing: Mapping[str, Any]) -> dict[str, Any]:
+        return explain_listing(
+            settings.prediction_url, listing_id, listing, settings.request_timeout_s
+        )
+
+    return explain
+
+
 def listing_lookup(settings: Settings) -> Callable[[int], dict[str, Any]]:
-    """A journey lookup on the stack's database, one short connection per lookup."""
+    """A journey lookup on the stack's database, one short connection per lookup, and
+    the service's explanation of the listing."""
     tables = journey.Tables(
         listings=settings.listings_table,
         predictions=settings.predictions_table,
         shadow=settings.shadow_table,
         outcomes=settings.outcomes_table,
     )
+    explain = service_explainer(settings)
 
     def lookup(listing_id: int) -> dict[str, Any]:
         from streaming_ml.load import connect
@@ -48,7 +64,7 @@ def listing_lookup(settings: Settings) -> Callable[[int], dict[str, Any]]:
         conn = connect(dsn)
         conn.autocommit = True
         try:
-            return journey.lookup(conn, tables, listing_id)
+            return journey.lookup(conn, tables, listing_id, explain)
         finally:
             conn.close()
 

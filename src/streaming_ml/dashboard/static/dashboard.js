@@ -56,6 +56,7 @@ const isNum = (v) => typeof v === "number" && Number.isFinite(v);
 const fmtRate = (v) => (!isNum(v) ? "–" : v < 10 ? v.toFixed(1) : Math.round(v).toLocaleString("en-GB"));
 const fmtInt = (v) => (!isNum(v) ? "–" : Math.round(v).toLocaleString("en-GB"));
 const fmtMoney = (v) => (!isNum(v) ? "–" : (v < 0 ? "-£" : "£") + Math.abs(Math.round(v)).toLocaleString("en-GB"));
+const fmtSigned = (v) => (!isNum(v) ? "–" : (v < 0 ? "-£" : "+£") + Math.abs(Math.round(v)).toLocaleString("en-GB"));
 const fmtPct = (v) => (!isNum(v) ? "–" : `${(v * 100).toFixed(1)}%`);
 function fmtMs(v) {
   if (!isNum(v)) return "–";
@@ -560,7 +561,51 @@ function renderJourney(answer) {
     answer.prices.some((p) => p.error_from === "listing")
       ? h("p", { class: "muted" }, "error computed from the listing's price (the evaluator has no outcome for it)")
       : null);
-  el.replaceChildren(features, h("div", {}, ...timelines), prices);
+  el.replaceChildren(features, h("div", {}, ...timelines), prices, renderWhy(answer.explanation));
+}
+
+// As `streaming-ml explain` draws it: per arm, the base price, each feature's amount as a
+// bar left (lowers the price) or right (raises it) of the axis, scaled to the largest,
+// and the price. The amounts shown are whole pounds chosen by the server to add up.
+function featureValue(name, value) {
+  if (value === null || value === undefined) return "unknown";
+  return name === "mileage" && isNum(value) ? value.toLocaleString("en-GB") : String(value);
+}
+
+function contributionBar(amount, largest) {
+  const length = largest > 0 ? Math.abs(amount) / largest : 0;
+  const side = (show) => h("div", { class: "side" }, show ? bar(length, amount ? "nonzero" : "") : null);
+  return h("div", { class: "axis" }, side(amount < 0), side(amount >= 0));
+}
+
+function renderWhy(why) {
+  const head = h("h3", { class: "sub-head" }, "Why this price");
+  if (!why || !why.arms.length) {
+    const reason = why ? why.reason : "this dashboard's server does not explain prices";
+    return h("div", { id: "journey-why", class: "why" }, head,
+      h("p", { id: "journey-why-reason", class: "muted" }, `No explanation: ${reason}`));
+  }
+  const charts = why.arms.map((a) => {
+    const largest = Math.max(0, ...a.contributions.map((c) => Math.abs(c.amount)));
+    const other = a.written_tag && a.written_tag !== a.model_tag;
+    return h("div", { class: "why-arm", "data-arm": a.arm, "data-tag": a.model_tag },
+      h("h4", {}, `Why ${fmtMoney(a.shown_price)}: ${a.arm}, `, h("code", {}, a.model_tag)),
+      h("table", { class: "contributions" },
+        h("tr", { class: "base" }, h("td", {}, "base price"), h("td", {}),
+          h("td", { class: "num amount" }, fmtMoney(a.shown_base)), h("td", {})),
+        ...a.contributions.map((c) =>
+          h("tr", { "data-feature": c.feature, "data-amount": c.amount },
+            h("td", {}, c.feature), h("td", { class: "num" }, featureValue(c.feature, c.value)),
+            h("td", { class: "num amount" }, fmtSigned(c.shown)),
+            h("td", { class: "bar" }, contributionBar(c.amount, largest)))),
+        h("tr", { class: "total" }, h("th", {}, "= price"), h("th", {}),
+          h("th", { class: "num amount" }, fmtMoney(a.shown_price)), h("th", {}))),
+      other
+        ? h("p", { class: "muted" }, `the ${a.arm} price above was written by `, h("code", {}, a.written_tag),
+            "; this is the model that prices the arm now (a change of the listing re-prices it)")
+        : null);
+  });
+  return h("div", { id: "journey-why", class: "why" }, head, h("div", { class: "why-arms" }, ...charts));
 }
 
 async function lookUp(listingId) {
