@@ -524,6 +524,11 @@ def bench(
     explained_rows: int | None = typer.Option(
         None, help="Bridge-only round with explanations: events drained (default 5000)"
     ),
+    baseline: bool = typer.Option(
+        False,
+        "--baseline",
+        help="Also run the reference design (one POST /predict per event) and report the ratio",
+    ),
     out: Path | None = typer.Option(None, help="Write the JSON figures here (default: stdout)"),
     plot: Path | None = typer.Option(None, help="Write a PNG plot here"),
 ) -> None:
@@ -555,6 +560,7 @@ def bench(
             run_latency=not skip_latency,
             run_throughput=not skip_throughput,
             run_explain=not skip_explain,
+            run_baseline=baseline,
         )
         doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))
     except StreamingMLError as error:

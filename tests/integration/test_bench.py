@@ -150,3 +150,53 @@ def test_quick_bench_stops_what_it_started_and_plots(
     assert description.state == ConsumerGroupState.EMPTY
     assert not description.members
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_baseline_consumer_prices_each_event_with_the_service(
+    stack_settings: Settings, prediction_service: str
+) -> None:
+    """The yardstick of `bench --baseline`: one POST /predict per change event, each answer
+    produced as it comes; every event priced, at the service's own price."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+
+    from streaming_ml import topics
+    from streaming_ml.bench.baseline import drain_per_event
+    from streaming_ml.bench.kafka import high_watermarks
+    from streaming_ml.load import load_listings
+    from tests.integration.pipeline import direct_prices, dsn_of, listings, unique
+
+    settings = stack_settings.model_copy(update={"service_url": prediction_service})
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "sml-probe"})
+    try:
+        start = high_watermarks(probe, settings.listings_topic) or {}
+    finally:
+        probe.close()
+    ids = load_listings(dsn_of(settings), 40, seed=4401, table=settings.listings_table).ids
+    out = unique("sml_bench_baseline")
+    run = drain_per_event(settings, start, 40, out, timeout_s=120)
+    assert (run["priced"], run["refused"]) == (40, 0) and run["baseline_rows_per_s"] > 0
+    produced: dict[int, float] = {}
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": unique("read-baseline"),
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        partitions = reader.list_topics(out, timeout=10).topics[out].partitions
+
+        def keep(msg: Any) -> None:
+            value = json.loads(msg.value())
+            produced[int(value["listing_id"])] = float(value["predicted_price"])
+
+        topics.read_until_end(reader, out, {p: OFFSET_BEGINNING for p in partitions}, keep, 60)
+    finally:
+        reader.close()
+    rows = listings(dsn_of(settings), settings.listings_table, ids)
+    expected = dict(
+        zip(ids, direct_prices(prediction_service, [rows[i] for i in ids]), strict=True)
+    )
+    assert produced.keys() == expected.keys()
+    for listing_id, price in expected.items():
+        assert produced[listing_id] == pytest.approx(price, rel=1e-9)

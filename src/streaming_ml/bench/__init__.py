@@ -196,6 +196,13 @@ def _bridge_only_runs(bench: Bench, doc: dict[str, Any]) -> None:
         if processes == 1:
             doc["bridge_run"] = run
             doc["bridge_rows_per_s"] = run["bridge_rows_per_s"]
+    if bench.options.run_baseline:
+        run = bench.baseline_run(prefill)
+        doc["baseline_run"] = run
+        doc["baseline_rows_per_s"] = run["baseline_rows_per_s"]
+        ours, theirs = doc.get("bridge_rows_per_s"), run["baseline_rows_per_s"]
+        if ours and theirs:
+            doc["bridge_vs_baseline_rows_per_s"] = round(ours / theirs, 1)
 
 
 __all__ = [

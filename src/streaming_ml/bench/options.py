@@ -52,6 +52,10 @@ class BenchOptions:
     run_latency: bool = True
     run_throughput: bool = True
     run_explain: bool = True
+    # The reference design beside us (``bench/baseline.py``): one /predict per event. Off
+    # unless asked: at a few ms per event it drains only ``baseline_rows`` of the pre-fill.
+    run_baseline: bool = False
+    baseline_rows: int = 5_000
     seed: int = 5_000
 
     @classmethod
@@ -61,13 +65,18 @@ class BenchOptions:
             step_duration_s=3.0, prefill_rows=2_000, one_row_requests=100,
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
             concurrent_max_s=2.0, drain_timeout_s=60.0, explained_requests=3,
-            explained_bridge_rows=500,
+            explained_bridge_rows=500, baseline_rows=500,
         )  # fmt: skip
 
     @property
     def explained_rows(self) -> int:
         """Rows the bridge-only round with explanations drains: a part of the pre-fill."""
         return min(self.explained_bridge_rows, self.prefill_rows)
+
+    @property
+    def baseline_drained(self) -> int:
+        """Events the baseline consumer drains: a part of the pre-fill."""
+        return min(self.baseline_rows, self.prefill_rows)
 
     @property
     def bridge_counts(self) -> tuple[int, ...]:

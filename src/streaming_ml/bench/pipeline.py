@@ -622,6 +622,18 @@ class Bench:
             run["sink_caught_up_s"] = self._wait_sink_wrote(report, received.min())
         return run
 
+    def baseline_run(self, prefill: Prefill) -> dict[str, Any]:
+        """The reference consumer (one /predict per event) over the first events of the
+        pre-filled range, against the same service, in this process."""
+        from streaming_ml.bench.baseline import drain_per_event
+
+        rows = self.options.baseline_drained
+        self.console.rule(f"[bold]baseline: one /predict per event, {rows} events")
+        with Waiting(self.console, f"the per-event consumer draining {rows} events", 600.0):
+            return drain_per_event(
+                self.settings, prefill.change_start, rows, "sml_bench_baseline", 600.0
+            )
+
     def _wait_sink_wrote(self, report: LoadReport, since_ms: float) -> float | None:
         """Seconds until the predictions table holds, for every pre-filled row, a
         prediction read by the bridge at or after ``since_ms`` (this round's, the sink
