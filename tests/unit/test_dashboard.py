@@ -28,6 +28,7 @@ from streaming_ml.dashboard.latency import LatencySampler, reservoir
 from streaming_ml.dashboard.series import History, OffsetRate, Rate
 from streaming_ml.data import FEATURES
 from streaming_ml.exceptions import ServiceUnavailableError, StackError
+from tests.fixtures.explain import arm_explanation as fake_arm_explanation
 
 METRICS = """\
 # HELP sml_bridge_events_total Change events consumed
@@ -208,16 +209,7 @@ LISTING = {
 
 
 def arm_explanation(arm: str, tag: str, base: float, amounts: dict[str, float]) -> dict[str, Any]:
-    """One arm of a /explain answer (serving.ArmExplanation), largest amount first."""
-    return {
-        "arm": arm, "model_tag": tag, "model_name": tag.split(":")[0],
-        "model_version": tag.split(":")[1], "method": "tree_shap", "base_price": base,
-        "predicted_price": base + sum(amounts.values()),
-        "contributions": [
-            {"feature": name, "value": LISTING[name], "amount": amount}
-            for name, amount in sorted(amounts.items(), key=lambda kv: -abs(kv[1]))
-        ],
-    }  # fmt: skip
+    return fake_arm_explanation(arm, tag, base, amounts, LISTING)
 
 
 # Fractions chosen so that rounding each amount on its own shows a total two pounds short.

@@ -7,6 +7,7 @@ from rich.console import Console
 
 from streaming_ml.exceptions import ServiceUnavailableError
 from streaming_ml.explain import BAR_WIDTH, ExplainedListing, render, request_explanation
+from tests.fixtures.explain import arm_explanation
 from tests.fixtures.ports import free_port
 
 LISTING = {
@@ -16,16 +17,7 @@ LISTING = {
 
 
 def explanation(arm: str, tag: str, amounts: dict[str, float]) -> dict[str, Any]:
-    base = 11_000.0
-    return {
-        "arm": arm, "model_tag": tag, "model_name": tag.split(":")[0],
-        "model_version": tag.split(":")[1], "method": "tree_shap", "base_price": base,
-        "predicted_price": base + sum(amounts.values()),
-        "contributions": [
-            {"feature": name, "value": LISTING[name], "amount": amount}
-            for name, amount in sorted(amounts.items(), key=lambda kv: -abs(kv[1]))
-        ],
-    }  # fmt: skip
+    return arm_explanation(arm, tag, 11_000.0, amounts, LISTING)
 
 
 AMOUNTS = {"year": 1500.0, "mileage": -750.0, "engineSize": 0.0, "model": 20.0}
