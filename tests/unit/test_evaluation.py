@@ -12,6 +12,7 @@ from streaming_ml.data import FEATURES, Shift, generate_listing_records, generat
 from streaming_ml.evaluation import outcomes as joins
 from streaming_ml.evaluation.drift import DriftWindow, psi, reference_of
 from streaming_ml.evaluation.metrics import Scoreboard
+from streaming_ml.exceptions import DataError
 from streaming_ml.load import PRICE_SHIFT, SCENARIOS, LateLabels, scenario_records
 
 ROW = generate_listing_records(1, seed=3)[0]
@@ -158,7 +159,7 @@ def test_scenarios_shift_what_they_say_after_the_lead_in() -> None:
     assert ratio["Kuga"] == pytest.approx(1.2, abs=0.01) and ratio["Fiesta"] == 1.0
     miles = scenario_records("feature-shift", 500, seed=4, lead_in=0)
     assert np.mean([r["mileage"] for r in miles]) > 2 * base["mileage"].mean()
-    with pytest.raises(Exception, match="unknown scenario"):
+    with pytest.raises(DataError, match="unknown scenario"):
         scenario_records("chaos", 10, seed=1)
 
 

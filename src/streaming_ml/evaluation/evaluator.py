@@ -56,7 +56,7 @@ from streaming_ml.data import (
 )
 from streaming_ml.evaluation import outcomes as joins
 from streaming_ml.evaluation.drift import PREDICTION, DriftWindow, WindowResult
-from streaming_ml.evaluation.metrics import Degraded, Scoreboard
+from streaming_ml.evaluation.metrics import Degraded, Scoreboard, coverage_of
 from streaming_ml.evaluation.prometheus import EvaluatorMetrics
 from streaming_ml.exceptions import BridgeError
 from streaming_ml.processes import stop_on_signals
@@ -664,13 +664,8 @@ class Evaluator:
             partition=partition,
         )
 
-    def coverage(self) -> dict[str, dict[str, int]]:
-        predicted: Counter[str] = Counter()
-        labelled: Counter[str] = Counter()
-        for state in self.partitions.values():
-            predicted.update(state.predicted)
-            labelled.update(state.labelled)
-        return {"predicted": dict(predicted), "labelled": dict(labelled)}
+    def coverage(self) -> dict[str, Any]:
+        return coverage_of((p.predicted, p.labelled) for p in self.partitions.values())
 
     def snapshot(self) -> dict[str, Any]:
         """What this process measures, as ``streaming-ml monitor --json`` shows it."""

@@ -19,7 +19,7 @@ error delta 0.015 and threshold 10 did (docs/monitoring.md).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,3 +200,14 @@ class Scoreboard:
                 entry["label_coverage"] = labelled / predicted if predicted else None
             out[pair] = {"model_tag": tag, "arm": arm, **entry}
         return out
+
+
+def coverage_of(counters: Iterable[tuple[Mapping[str, int], Mapping[str, int]]]) -> dict[str, Any]:
+    """Label coverage counts summed over partitions: ``counters`` gives each partition's
+    (pairs first predicted, pairs first labelled), by ``tag|arm``."""
+    predicted: Counter[str] = Counter()
+    labelled: Counter[str] = Counter()
+    for first_predicted, first_labelled in counters:
+        predicted.update(first_predicted)
+        labelled.update(first_labelled)
+    return {"predicted": dict(predicted), "labelled": dict(labelled)}

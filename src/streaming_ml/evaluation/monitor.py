@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from streaming_ml import serde
 from streaming_ml.config import Settings
 from streaming_ml.evaluation.evaluator import PARTITION_KEY
-from streaming_ml.evaluation.metrics import Scoreboard
+from streaming_ml.evaluation.metrics import Scoreboard, coverage_of
 from streaming_ml.evaluation.outcomes import Outcome
 from streaming_ml.exceptions import StackError
 
@@ -109,13 +108,11 @@ class Monitor:
             self.alerts.append(self._decode(value, None))
             del self.alerts[:-RECENT_ALERTS]
 
-    def coverage(self) -> dict[str, dict[str, int]]:
-        predicted: Counter[str] = Counter()
-        labelled: Counter[str] = Counter()
-        for state in self.partitions.values():
-            predicted.update(state.get("predicted") or {})
-            labelled.update(state.get("labelled") or {})
-        return {"predicted": dict(predicted), "labelled": dict(labelled)}
+    def coverage(self) -> dict[str, Any]:
+        return coverage_of(
+            (state.get("predicted") or {}, state.get("labelled") or {})
+            for state in self.partitions.values()
+        )
 
     def snapshot(self) -> dict[str, Any]:
         drift = {
