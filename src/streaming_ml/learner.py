@@ -60,9 +60,10 @@ def newest_online(settings: Settings) -> OnlinePriceModel:
     published = [t for t in aliases.published if t.split(":")[0] == name]
     local = [str(m.tag) for m in registry.iter_local_models(name)]
     candidates = []
+    # Published versions too, not only local ones: another machine's learner may have gone
+    # further. fetch() reads the models topic only for a version this store lacks.
     for tag in dict.fromkeys([*published, *local]):
-        stored = registry.fetch(settings, tag)
-        bento_model = bentoml.models.get(stored)
+        bento_model = bentoml.models.get(registry.fetch(settings, tag))
         if is_online(bento_model):
             candidates.append(bento_model)
     if not candidates:
@@ -175,8 +176,9 @@ class Learner:
         started = time.monotonic()
         name = self.settings.online_model_name
         tag = model.save(name, self._carried_metadata(model), source="online learner")
-        registry.publish(self.settings, tag)
-        moved = advance_aliases(self.settings, name, tag)
+        aliases = registry.read_aliases(self.settings)  # once, for both steps below
+        registry.publish(self.settings, tag, aliases)
+        moved = advance_aliases(self.settings, name, tag, aliases)
         self.stats.snapshots += 1
         self.stats.tag = tag
         self._since_snapshot = 0
@@ -198,11 +200,14 @@ class Learner:
         return {k: previous[k] for k in (FEATURES_KEY, "reference", "data") if k in previous}
 
 
-def advance_aliases(settings: Settings, name: str, tag: str) -> list[str]:
-    """Point every alias now on a version of ``name`` at ``tag``; the aliases moved."""
+def advance_aliases(
+    settings: Settings, name: str, tag: str, aliases: registry.Aliases | None = None
+) -> list[str]:
+    """Point every alias now on a version of ``name`` at ``tag``; the aliases moved.
+    ``aliases``: the registry's state if just read (publishing does not change them)."""
     from streaming_ml import lifecycle
 
-    aliases = registry.read_aliases(settings)
+    aliases = aliases if aliases is not None else registry.read_aliases(settings)
 
     def ours(current: str | None) -> bool:
         return current is not None and current != tag and current.split(":")[0] == name
