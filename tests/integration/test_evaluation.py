@@ -24,7 +24,7 @@ import numpy as np
 import psycopg2
 import pytest
 
-from streaming_ml import connect, topics
+from streaming_ml import connect, lifecycle, topics
 from streaming_ml.bridge import kafka_setup
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.data import feature_problems
@@ -35,7 +35,7 @@ from streaming_ml.load import load_listings
 from streaming_ml.stack import postgres
 from streaming_ml.stack.secrets import load_passwords
 from tests.fixtures.ports import free_port
-from tests.integration.following import experiment_running
+from tests.integration.following import experiment_running, own_registry
 from tests.integration.pipeline import (
     commit_offsets,
     dsn_of,
@@ -389,7 +389,10 @@ def alerts_of(settings: Settings) -> list[dict[str, Any]]:
 def test_normal_rows_raise_nothing_and_a_mileage_shift_raises_only_mileage_drift(
     stack_settings: Settings, prediction_service: str, trained_model_tag: str
 ) -> None:
-    settings = evaluation_settings(stack_settings, prediction_service)
+    # A registry of its own whose champion is the served model: the shared one's champion
+    # may be another test's, and a switch of reference mid-window drops the window's rows.
+    settings = own_registry(evaluation_settings(stack_settings, prediction_service))
+    lifecycle.promote(settings, trained_model_tag, force=True)
     dsn = dsn_of(settings)
     evaluator_starts_at_end(settings)
     with running_bridge(settings), running_evaluator(settings) as evaluator:
