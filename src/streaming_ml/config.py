@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     registry_port: int = 8081
     connect_port: int = 8083
+    connect_full_jit: bool = Field(
+        False,
+        description="Run Connect's JVM with C2 as well as C1 (slower start; the bench "
+        "measured no gain for the pipeline)",
+    )
+    connect_metrics_port: int = Field(
+        9404,
+        description="Connect's JMX metrics as Prometheus text: Debezium's streaming "
+        "metrics, the source task's and its producer's",
+    )
     adminer_port: int = 8080
     service_port: int = 3000
     bridge_metrics_port: int = 9400
@@ -245,6 +255,10 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.host}:{self.connect_port}"
+
+    @property
+    def connect_metrics_url(self) -> str:
+        return f"http://{self.host}:{self.connect_metrics_port}/metrics"
 
     @property
     def model_tag(self) -> str:

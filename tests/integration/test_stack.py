@@ -129,9 +129,12 @@ def test_change_event_carries_every_field(own_stack: Settings) -> None:
         assert value["__deleted"] == "false"
         assert isinstance(value["__lsn"], int) and value["__lsn"] > 0
         assert isinstance(value["__source_ts_ms"], int) and value["__source_ts_ms"] > 0
+        # When Debezium read the change from the WAL: never before the commit.
+        assert value["__ts_ms"] >= value["__source_ts_ms"]
         # Plain numbers, not Debezium's bytes-encoded decimals.
         assert isinstance(value["mpg"], float) and isinstance(value["engineSize"], float)
-        expected = {"id", *(c.name for c in LISTING_COLUMNS), "__op", "__lsn", "__source_ts_ms"}
+        columns = (c.name for c in LISTING_COLUMNS)
+        expected = {"id", *columns, "__op", "__lsn", "__source_ts_ms", "__ts_ms"}
         assert set(value) == expected | {"__deleted"}
     # The id in the payload is the one the Confluent API serves for the topic's subject.
     registry = SchemaRegistryClient({"url": settings.registry_url})

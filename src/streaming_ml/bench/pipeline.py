@@ -20,6 +20,12 @@ from psycopg2 import sql
 from rich.console import Console
 
 from streaming_ml.bench import serving
+from streaming_ml.bench.hops import (
+    ReplicationSampler,
+    change_topic_times,
+    connect_metrics,
+    hop_summary,
+)
 from streaming_ml.bench.kafka import (
     LagProbe,
     _consumer,
@@ -45,7 +51,7 @@ from streaming_ml.bench.processes import (
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.bench.stats import MIN_ACHIEVED_SHARE, RowTimes, growth_verdict, summarize
 from streaming_ml.config import Settings, settings_env
-from streaming_ml.exceptions import BenchError
+from streaming_ml.exceptions import BenchError, StreamingMLError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -395,25 +401,34 @@ class Bench:
         return {"rows": first.inserted + count, "topic_timestamp_type_before": previous}
 
     def timed_run(
-        self, rate: float, duration_s: float, label: str, commits_per_s: int = BATCHED_COMMITS_PER_S
+        self,
+        rate: float,
+        duration_s: float,
+        label: str,
+        commits_per_s: int = BATCHED_COMMITS_PER_S,
+        hops: bool = False,
     ) -> dict[str, Any]:
         """Insert at ``rate`` for ``duration_s`` from the load generator; read every row's
-        stamps back; return figures (and keep the per-row series for the plot)."""
+        stamps back; return figures (and keep the per-row series for the plot). With
+        ``hops``, also split ``commit_to_kafka`` into its hops (``bench/hops.py``)."""
         o, s = self.options, self.settings
         rows = max(1, round(rate * duration_s))
         batch = o.rows_per_commit(rate, commits_per_s)
         # Other work on the machine skews every figure: record how busy it was.
         load_before = round(os.getloadavg()[0], 2)
         pred_start = self._topic_ends(s.predictions_topic)
+        change_start = self._topic_ends(s.listings_topic) if hops else {}
         lag = LagProbe(s, self.env.bridge_group or s.consumer_group, s.listings_topic)
-        try:
+        with ExitStack() as during:
+            replication = (
+                during.enter_context(ReplicationSampler(self._superuser_dsn())) if hops else None
+            )
+            during.callback(lag.close)
             report, lag_load = self.load(
                 rows, rate, batch, f"{label}: {rows} rows at {rate:g} rows/s", lag
             )
             inserted_at = time.time() * 1000
             count, lag_drain = self.wait_predicted(report, o.drain_timeout_s, lag)
-        finally:
-            lag.close()
         drained_s = (time.time() * 1000 - inserted_at) / 1000
         topic_ts = self.prediction_topic_times(pred_start, report.first_id, report.last_id)
         times = RowTimes.from_rows(self.fetch_rows(report), topic_ts)
@@ -445,13 +460,38 @@ class Bench:
             "latency_growth": growth,
             "latency_not_growing": keeps_up,
         }
+        if replication is not None:
+            result["commit_to_kafka_hops"] = self._hops(report, change_start, replication)
         self.series[label] = {"times": times, "lag": lag_samples}
         return result
+
+    def _superuser_dsn(self) -> str:
+        """pg_stat_replication shows LSNs and lags only to privileged roles: the stack's
+        superuser when this machine has its secrets, else the app role (columns NULL)."""
+        from streaming_ml.stack import postgres
+        from streaming_ml.stack.secrets import load_passwords
+
+        s = self.settings
+        try:
+            return postgres.superuser_dsn(s, load_passwords(s.state_dir), s.database)
+        except (StreamingMLError, KeyError):
+            return self.dsn
+
+    def _hops(
+        self, report: LoadReport, change_start: Mapping[int, int], replication: ReplicationSampler
+    ) -> dict[str, Any]:
+        s = self.settings
+        times = change_topic_times(s, change_start, report.first_id, report.last_id, self.console)
+        return {
+            **hop_summary(times),
+            "pg_stat_replication": replication.summary(),
+            "connect_jmx": connect_metrics(s, s.source_connector),
+        }
 
     def latency_run(self) -> dict[str, Any]:
         o = self.options
         self.console.rule(f"[bold]latency run: {o.rate:g} rows/s for {o.duration_s:g}s")
-        return self.timed_run(o.rate, o.duration_s, "latency")
+        return self.timed_run(o.rate, o.duration_s, "latency", hops=True)
 
     def throughput_steps(self) -> tuple[list[dict[str, Any]], float | None, str]:
         """Step the rate up until the pipeline falls behind; (steps, max sustained, why)."""

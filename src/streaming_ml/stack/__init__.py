@@ -66,7 +66,10 @@ KAFKA = Component(
     kafka.NAME, ("kafka_port", "kafka_controller_port"), 120, ("kafka.log", "kafka-server.log")
 )
 REGISTRY = Component(registry.NAME, ("registry_port",), 120, ("registry.log",))
-CONNECT = Component(connect.NAME, ("connect_port",), 180, ("connect.log", "connect-worker.log"))
+CONNECT = Component(
+    connect.NAME, ("connect_port", "connect_metrics_port"), 180,
+    ("connect.log", "connect-worker.log"),
+)  # fmt: skip
 ADMINER = Component(adminer.NAME, ("adminer_port",), 20, ("adminer.log",), stop_timeout_s=5)
 
 # Start order (dependencies first); `down` walks it backwards.
@@ -150,7 +153,10 @@ def endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
             "controller_port": settings.kafka_controller_port,
         },
         registry.NAME: {"host": host, "port": settings.registry_port, "url": settings.registry_url},
-        connect.NAME: {"host": host, "port": settings.connect_port, "url": settings.connect_url},
+        connect.NAME: {
+            "host": host, "port": settings.connect_port, "url": settings.connect_url,
+            "metrics_url": settings.connect_metrics_url,
+        },
         adminer.NAME: {"host": host, "port": settings.adminer_port, "url": adminer.url(settings)},
     }  # fmt: skip
 

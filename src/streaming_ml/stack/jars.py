@@ -58,6 +58,10 @@ def registry_jar(dist_dir: Path) -> Path:
     return dist_dir / "apicurio" / REGISTRY_JAR
 
 
+def jmx_exporter_jar(dist_dir: Path) -> Path:
+    return dist_dir / "agents" / "jmx_prometheus_javaagent.jar"
+
+
 def poms_hash() -> str:
     digest = hashlib.sha256()
     for pom in POMS:
@@ -79,6 +83,7 @@ def jars_present(dist_dir: Path) -> bool:
         stamp == poms_hash()
         and any((dist_dir / "kafka").glob("kafka_2.13-*.jar"))
         and registry_jar(dist_dir).exists()
+        and jmx_exporter_jar(dist_dir).exists()
         and all((plugin_dir(dist_dir) / name).is_dir() for name in PLUGINS)
     )
 

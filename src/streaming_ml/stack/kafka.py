@@ -31,13 +31,15 @@ def data_dir(state_dir: Path) -> Path:
     return home(state_dir) / "data"
 
 
-def jvm_options(heap: str, log4j: Path, logs_dir: Path) -> list[str]:
+def jvm_options(heap: str, log4j: Path, logs_dir: Path, full_jit: bool = False) -> list[str]:
     """Shared by the broker and the Connect worker: small heap, serial GC and the C1
     compiler only. On 2 cores three JVMs starting at once spend most of their time
     compiling; C1-only brings a full `up` from ~35 s to ~10 s, and these processes are
-    not the CPU bottleneck of the pipeline (the model and the Python bridge are)."""
+    not the CPU bottleneck of the pipeline (the model and the Python bridge are).
+    ``full_jit`` keeps C2 too (``SML_CONNECT_FULL_JIT``, measured in docs/performance.md)."""
+    jit = [] if full_jit else ["-XX:TieredStopAtLevel=1"]
     return [
-        heap, "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k",
+        heap, "-Xms64m", "-XX:+UseSerialGC", *jit, "-Xss512k",
         "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
         f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={logs_dir}",
     ]  # fmt: skip
