@@ -26,6 +26,7 @@ from streaming_ml.bench.pipeline import _add_up
 from streaming_ml.bench.processes import wait_all_exit
 from streaming_ml.bench.report import (
     bridge_process_rows,
+    bridge_step_rows,
     explanation_rows,
     plot_bench,
     print_summary,
@@ -253,6 +254,10 @@ def test_summary_table_prints_both_bridge_figures_next_to_each_other() -> None:
     [
         {"bridge_rows_per_s": 4000.0, "bridge_rows_per_s_by_processes": {"1": 4000.0, "2": None}},
         {"bridge_rows_per_s": 4000.0},  # a document from before --bridges
+        {
+            "bridge_rows_per_s": 4000.0,
+            "bridge_steps_us_per_event": bridge_steps_per_event(STEP_SECONDS, 1000, 4000.0),
+        },
     ],
 )
 def test_plot_draws_the_bridge_figures_with_the_throughput_steps(
@@ -456,3 +461,36 @@ def test_summary_shows_what_explanations_cost_next_to_the_plain_figures() -> Non
     console = Console(record=True, width=200)
     print_summary({**doc, "bench": {"profile": "full"}}, console)
     assert "bridge_explained_rows_per_s (0.02x of off)" in console.export_text()
+
+
+def test_bridge_step_rows_give_each_step_then_the_total_and_the_wall_time() -> None:
+    steps = bridge_steps_per_event(STEP_SECONDS, 1000, rows_per_s=4000.0)
+    assert steps is not None
+    rows = bridge_step_rows(steps)
+    assert rows[:2] == [("collect", "2.0", "4.0 %"), ("decode", "12.5", "25.0 %")]
+    assert [step for step, _, _ in rows[2:7]] == [
+        "plan", "model_call", "encode", "produce_commit", "other",
+    ]  # fmt: skip
+    assert rows[7:] == [("total", "50.0", "100.0 %"), ("wall time of the drain", "250.0", "—")]
+    del steps["wall_us_per_event"]
+    assert bridge_step_rows(steps)[-1] == ("total", "50.0", "100.0 %")
+
+
+@pytest.mark.parametrize("steps", [None, "absent"])
+def test_summary_prints_the_bridge_steps_table_only_when_measured(steps: Any) -> None:
+    doc: dict[str, Any] = {"bench": {"profile": "quick"}, "bridge_rows_per_s": 4000.0}
+    doc["targets"] = check_targets(doc)
+    if steps != "absent":
+        doc["bridge_steps_us_per_event"] = steps
+    console = Console(record=True, width=200)
+    print_summary(doc, console)
+    assert "bridge cost per event" not in console.export_text()
+
+    doc["bridge_steps_us_per_event"] = bridge_steps_per_event(STEP_SECONDS, 1000, 4000.0)
+    console = Console(record=True, width=200)
+    print_summary(doc, console)
+    lines = console.export_text().splitlines()
+    assert any("bridge cost per event (1 bridge, 1,000 events)" in line for line in lines)
+    model_call = next(line for line in lines if "model_call" in line)
+    assert "25.0" in model_call and "50.0 %" in model_call
+    assert "250.0" in next(line for line in lines if "wall time of the drain" in line)
