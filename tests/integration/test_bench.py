@@ -109,6 +109,23 @@ def test_quick_bench_reports_throughput_and_serving_figures(
     assert two["bridge_processes"] == 2
     assert two["predictions"] == two["rows"] == doc["options"]["prefill_rows"]
 
+    # The one bridge's cost per event and step, from its exit summary: every step timed.
+    steps = doc["bridge_steps_us_per_event"]
+    assert steps == bridge["bridge_steps_us_per_event"]
+    assert steps["events"] == bridge["bridge_summary"]["events"]
+    assert list(steps["steps_us_per_event"]) == [
+        "collect", "decode", "plan", "model_call", "encode", "produce_commit", "other",
+    ]  # fmt: skip
+    for step, us in steps["steps_us_per_event"].items():
+        # A cheap step can legitimately round to 0.0 µs per event.
+        assert isinstance(us, float) and math.isfinite(us) and us >= 0, (step, us)
+    assert positive(steps["total_us_per_event"])
+    assert positive(steps["wall_us_per_event"])
+    assert math.isclose(sum(steps["share_pct"].values()), 100, abs_tol=1)
+    # Two bridges' summaries add up, step seconds included; no single wall time to compare.
+    assert two["bridge_steps_us_per_event"]["events"] == sum(two["events_per_process"])
+    assert "wall_us_per_event" not in two["bridge_steps_us_per_event"]
+
     # With explanations: the bridge round drains a part of the pre-fill, every record
     # explained; the service answers the same 500 records with their explanations.
     explained = doc["bridge_run_explained"]

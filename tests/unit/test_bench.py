@@ -1,5 +1,5 @@
-"""The bench's arithmetic: percentiles, stage split, growth verdict, targets, parsing;
-its options and CLI, and the summary and plot of the figures."""
+"""The bench's arithmetic: percentiles, stage split, the bridge's cost per step, growth
+verdict, targets, parsing; its options and CLI, and the summary and plot of the figures."""
 
 import json
 import math
@@ -26,10 +26,12 @@ from streaming_ml.bench.pipeline import _add_up
 from streaming_ml.bench.processes import wait_all_exit
 from streaming_ml.bench.report import (
     bridge_process_rows,
+    bridge_step_rows,
     explanation_rows,
     plot_bench,
     print_summary,
 )
+from streaming_ml.bench.stats import bridge_steps_per_event
 from streaming_ml.cli import app
 from streaming_ml.config import Settings
 from streaming_ml.exceptions import BenchError
@@ -74,6 +76,44 @@ def test_rows_without_topic_timestamp_leave_those_stages_unmeasured() -> None:
     summary = times.stage_summary()
     assert summary["bridge_to_topic"]["count"] == 1
     assert summary["end_to_end"]["count"] == 2
+
+
+STEP_SECONDS = {
+    "collect": 0.002, "decode": 0.0125, "plan": 0.004, "model_call": 0.025,
+    "encode": 0.005, "produce_commit": 0.0015, "other": 0.0,
+}  # fmt: skip
+
+
+def test_bridge_steps_cost_their_seconds_over_the_events_in_microseconds() -> None:
+    steps = bridge_steps_per_event(STEP_SECONDS, 1000, rows_per_s=20_000.0)
+    assert steps == {
+        "events": 1000,
+        "steps_us_per_event": {
+            "collect": 2.0, "decode": 12.5, "plan": 4.0, "model_call": 25.0,
+            "encode": 5.0, "produce_commit": 1.5, "other": 0.0,
+        },
+        "total_us_per_event": 50.0,
+        "share_pct": {
+            "collect": 4.0, "decode": 25.0, "plan": 8.0, "model_call": 50.0,
+            "encode": 10.0, "produce_commit": 3.0, "other": 0.0,
+        },
+        "wall_us_per_event": 50.0,
+    }  # fmt: skip
+    # Rounded to 0.1 µs and 0.1 %; the total from the unrounded seconds; no wall time
+    # without a rate.
+    steps = bridge_steps_per_event({"decode": 0.00001, "encode": 0.00002}, 3)
+    assert steps == {
+        "events": 3,
+        "steps_us_per_event": {"decode": 3.3, "encode": 6.7},
+        "total_us_per_event": 10.0,
+        "share_pct": {"decode": 33.3, "encode": 66.7},
+    }
+
+
+def test_bridge_steps_are_unmeasured_without_events_or_timed_steps() -> None:
+    assert bridge_steps_per_event(STEP_SECONDS, 0) is None
+    assert bridge_steps_per_event({}, 1000) is None  # a bridge from before step timing
+    assert bridge_steps_per_event(dict.fromkeys(STEP_SECONDS, 0.0), 1000) is None
 
 
 def test_growth_verdict_flags_latency_that_keeps_rising() -> None:
@@ -214,6 +254,10 @@ def test_summary_table_prints_both_bridge_figures_next_to_each_other() -> None:
     [
         {"bridge_rows_per_s": 4000.0, "bridge_rows_per_s_by_processes": {"1": 4000.0, "2": None}},
         {"bridge_rows_per_s": 4000.0},  # a document from before --bridges
+        {
+            "bridge_rows_per_s": 4000.0,
+            "bridge_steps_us_per_event": bridge_steps_per_event(STEP_SECONDS, 1000, 4000.0),
+        },
     ],
 )
 def test_plot_draws_the_bridge_figures_with_the_throughput_steps(
@@ -266,6 +310,18 @@ def test_bridge_summaries_add_up_key_by_key() -> None:
     assert _add_up(summaries) == {"events": 2000, "predicted": 1999}
 
 
+def test_bridge_summaries_add_up_their_step_seconds_step_by_step() -> None:
+    summaries = [
+        {"events": 1200, "step_seconds": {"decode": 0.5, "model_call": 1.0}},
+        {"events": 800, "step_seconds": {"decode": 0.25, "model_call": 2.0, "other": 0.125}},
+        {"events": 0},  # a bridge that got no partition (or from before step timing)
+    ]
+    assert _add_up(summaries) == {
+        "events": 2000,
+        "step_seconds": {"decode": 0.75, "model_call": 3.0, "other": 0.125},
+    }
+
+
 class _FakeBench:
     """Stands in for Bench: records the bridge-only rounds asked for."""
 
@@ -281,7 +337,10 @@ class _FakeBench:
     ) -> dict[str, Any]:
         self.rounds.append((processes, wait_for_sink, explain))
         rate = 100.0 if explain else 1000.0 * processes
-        return {"bridge_processes": processes, "explain": explain, "bridge_rows_per_s": rate}
+        return {
+            "bridge_processes": processes, "explain": explain, "bridge_rows_per_s": rate,
+            "bridge_steps_us_per_event": {"round": (processes, explain)},
+        }  # fmt: skip
 
 
 def test_bridge_only_rounds_record_one_process_under_the_old_key_and_all_by_count() -> None:
@@ -294,6 +353,7 @@ def test_bridge_only_rounds_record_one_process_under_the_old_key_and_all_by_coun
     assert doc["bridge_run"]["bridge_processes"] == 1
     assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0, "3": 3000.0}
     assert set(doc["bridge_run_by_processes"]) == {"1", "3"}
+    assert doc["bridge_steps_us_per_event"] == {"round": (1, False)}
     assert "bridge_explained_rows_per_s" not in doc
 
     bench, doc = _FakeBench(BenchOptions(bridges=1, run_explain=False)), {}
@@ -311,6 +371,9 @@ def test_the_explained_bridge_round_comes_last_and_has_figures_of_its_own() -> N
     assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0, "2": 2000.0}
     assert doc["bridge_explained_rows_per_s"] == 100.0
     assert doc["bridge_run_explained"]["explain"] is True
+    # The cost per step at top level is the plain one-bridge round's, not the explained one's.
+    assert doc["bridge_steps_us_per_event"] == {"round": (1, False)}
+    assert doc["bridge_run_explained"]["bridge_steps_us_per_event"] == {"round": (1, True)}
 
 
 def test_explained_figures_are_on_by_default_smaller_in_quick_and_checked() -> None:
@@ -398,3 +461,36 @@ def test_summary_shows_what_explanations_cost_next_to_the_plain_figures() -> Non
     console = Console(record=True, width=200)
     print_summary({**doc, "bench": {"profile": "full"}}, console)
     assert "bridge_explained_rows_per_s (0.02x of off)" in console.export_text()
+
+
+def test_bridge_step_rows_give_each_step_then_the_total_and_the_wall_time() -> None:
+    steps = bridge_steps_per_event(STEP_SECONDS, 1000, rows_per_s=4000.0)
+    assert steps is not None
+    rows = bridge_step_rows(steps)
+    assert rows[:2] == [("collect", "2.0", "4.0 %"), ("decode", "12.5", "25.0 %")]
+    assert [step for step, _, _ in rows[2:7]] == [
+        "plan", "model_call", "encode", "produce_commit", "other",
+    ]  # fmt: skip
+    assert rows[7:] == [("total", "50.0", "100.0 %"), ("wall time of the drain", "250.0", "—")]
+    del steps["wall_us_per_event"]
+    assert bridge_step_rows(steps)[-1] == ("total", "50.0", "100.0 %")
+
+
+@pytest.mark.parametrize("steps", [None, "absent"])
+def test_summary_prints_the_bridge_steps_table_only_when_measured(steps: Any) -> None:
+    doc: dict[str, Any] = {"bench": {"profile": "quick"}, "bridge_rows_per_s": 4000.0}
+    doc["targets"] = check_targets(doc)
+    if steps != "absent":
+        doc["bridge_steps_us_per_event"] = steps
+    console = Console(record=True, width=200)
+    print_summary(doc, console)
+    assert "bridge cost per event" not in console.export_text()
+
+    doc["bridge_steps_us_per_event"] = bridge_steps_per_event(STEP_SECONDS, 1000, 4000.0)
+    console = Console(record=True, width=200)
+    print_summary(doc, console)
+    lines = console.export_text().splitlines()
+    assert any("bridge cost per event (1 bridge, 1,000 events)" in line for line in lines)
+    model_call = next(line for line in lines if "model_call" in line)
+    assert "25.0" in model_call and "50.0 %" in model_call
+    assert "250.0" in next(line for line in lines if "wall time of the drain" in line)

@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from streaming_ml.bridge import loop
 from streaming_ml.bridge.changes import Change
 from streaming_ml.bridge.loop import Batch, Bridge
+from streaming_ml.bridge.metrics import STEPS, StepClock
 from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord
 from streaming_ml.bridge.pricing import (
     Pricer,
@@ -27,6 +30,7 @@ from streaming_ml.bridge.pricing import (
 from streaming_ml.bridge.records import RecordBuilder
 from streaming_ml.config import Settings
 from streaming_ml.data import FEATURES
+from tests.fixtures.clock import FakeClock
 
 TOPIC = "cars.public.car_listings"
 KAFKA_TS_MS = 1_700_000_001_000
@@ -666,3 +670,64 @@ def test_an_explaining_bridge_asks_for_them_and_caps_its_batch_at_the_explained_
     client = explaining._pricer.client
     assert (client.explain, client.predict_timeout_s) == (True, 45.0)
     assert plain._pricer.client.predict_timeout_s == 5.0
+
+
+# -- step timing --
+
+
+def spending(clock: FakeClock, ns: int, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` that moves ``clock`` on by ``ns`` each time it is called."""
+
+    def spend(*args: Any, **kwargs: Any) -> Any:
+        clock.advance(ns)
+        return call(*args, **kwargs)
+
+    return spend
+
+
+def test_each_step_is_charged_the_time_spent_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = FakeClock()
+    monkeypatch.setattr(loop, "StepClock", lambda collect_ns: StepClock(collect_ns, now=now))
+    monkeypatch.setattr(loop, "plan_actions", spending(now, 3, loop.plan_actions))
+    monkeypatch.setattr(loop, "finished_actions", spending(now, 4, loop.finished_actions))
+    service, output = FakeService(), FakeOutput()
+    bridge = bridge_with(FakeConsumer(), service, output)
+    bridge._decoder.decode = spending(now, 10, bridge._decoder.decode)  # type: ignore[method-assign]
+    service.predict = spending(now, 1_000, service.predict)  # type: ignore[method-assign]
+    bridge._records.value = spending(now, 100, bridge._records.value)  # type: ignore[method-assign]
+    output.publish = spending(now, 10_000, output.publish)  # type: ignore[method-assign]
+    bridge._update_lag = spending(now, 5, bridge._update_lag)  # type: ignore[method-assign]
+    batch = batch_of(FakeMessage(0, 3, insert(1)), FakeMessage(0, 4, insert(2)))
+    batch.collect_ns = 70
+
+    bridge._handle(batch)
+
+    expected = {
+        "collect": 70, "decode": 2 * 10, "plan": 3 + 4, "model_call": 1_000,
+        "encode": 2 * 100, "produce_commit": 10_000, "other": 5,
+    }  # fmt: skip
+    assert bridge.stats.step_ns == expected
+    assert bridge.stats.summary()["step_seconds"]["produce_commit"] == 0.00001
+    exported = bridge.metrics.registry.get_sample_value(
+        "sml_bridge_step_seconds_total", {"step": "model_call"}
+    )
+    assert exported == pytest.approx(1_000 / 1e9)
+
+
+def test_a_batch_dropped_for_backpressure_charges_no_step() -> None:
+    service = FakeService()
+    service.down = True
+    bridge = bridge_with(FakeConsumer(), service)
+    batch = batch_of(FakeMessage(0, 3, insert(1)))
+    batch.collect_ns = 70
+    bridge._handle(batch)
+    # Consumed again later: its events and their time are counted once, when published.
+    assert bridge.stats.step_ns == dict.fromkeys(STEPS, 0)
+
+
+def test_collecting_is_timed_once_an_event_is_in_hand() -> None:
+    consumer = FakeConsumer([FakeMessage(0, 5, insert(1)), FakeMessage(0, 6, insert(2))])
+    bridge = bridge_with(consumer, FakeService())
+    batch = bridge._collect(2)
+    assert len(batch.messages) == 2
+    assert batch.collect_ns > 0

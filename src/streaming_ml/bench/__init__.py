@@ -83,6 +83,7 @@ def run_bench(
         "max_sustained_rows_per_s": None,
         "bridge_rows_per_s": None,
         "bridge_rows_per_s_by_processes": None,
+        "bridge_steps_us_per_event": None,
         "predict_one_row_ms_p50": None,
         "predict_1000_rows_ms_p50": None,
         "predict_batch_500_records_ms_p50": None,
@@ -196,6 +197,7 @@ def _bridge_only_runs(bench: Bench, doc: dict[str, Any]) -> None:
         if processes == 1:
             doc["bridge_run"] = run
             doc["bridge_rows_per_s"] = run["bridge_rows_per_s"]
+            doc["bridge_steps_us_per_event"] = run.get("bridge_steps_us_per_event")
     if bench.options.run_baseline:
         run = bench.baseline_run(prefill)
         doc["baseline_run"] = run

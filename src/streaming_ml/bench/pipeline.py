@@ -49,7 +49,13 @@ from streaming_ml.bench.processes import (
     wait_all_exit,
 )
 from streaming_ml.bench.progress import Waiting
-from streaming_ml.bench.stats import MIN_ACHIEVED_SHARE, RowTimes, growth_verdict, summarize
+from streaming_ml.bench.stats import (
+    MIN_ACHIEVED_SHARE,
+    RowTimes,
+    bridge_steps_per_event,
+    growth_verdict,
+    summarize,
+)
 from streaming_ml.config import Settings, settings_env
 from streaming_ml.exceptions import BenchError, StreamingMLError
 
@@ -79,12 +85,15 @@ class Prefill:
 
 
 def _add_up(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Bridge summary lines added up key by key (the numeric keys)."""
+    """Bridge summary lines added up key by key: the numbers, and the maps of numbers
+    (``step_seconds``) entry by entry."""
     total: dict[str, Any] = {}
     for summary in summaries:
         for key, value in summary.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
+            elif isinstance(value, Mapping):
+                total[key] = _add_up([total.get(key, {}), value])
     return total
 
 
@@ -653,6 +662,14 @@ class Bench:
             "prefill_capture_wait_s": round(prefill.capture_s, 2),
             "model_call_ms": summarize([v["model_latency_ms"] for _, v in found.values()]),
         }
+        summary = run["bridge_summary"]
+        run["bridge_steps_us_per_event"] = bridge_steps_per_event(
+            summary.get("step_seconds") or {},
+            summary.get("events") or 0,
+            # Bridges side by side overlap in time: their steps add up to more than the
+            # wall time, so there is none to compare with.
+            run["bridge_rows_per_s"] if processes == 1 else None,
+        )
         if explain:
             # Proof the round measured what it claims: every record carries its explanation.
             run["explained_predictions"] = sum(

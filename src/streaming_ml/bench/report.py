@@ -138,6 +138,15 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
             for figure, shown in bridge_process_rows(doc) + explanation_rows(doc):
                 table.add_row(figure, shown, "—", "—")
     console.print(table)
+    steps = doc.get("bridge_steps_us_per_event")
+    if steps:
+        steps_table = Table(title=f"bridge cost per event (1 bridge, {steps['events']:,} events)")
+        steps_table.add_column("step")
+        steps_table.add_column("µs per event", justify="right")
+        steps_table.add_column("share", justify="right")
+        for row in bridge_step_rows(steps):
+            steps_table.add_row(*row)
+        console.print(steps_table)
     for error in doc.get("errors", []):
         console.print(f"[red]error:[/] {error}")
 
@@ -187,6 +196,21 @@ def explanation_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def bridge_step_rows(steps: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(step, µs per event, share) rows of one bridge's ``bridge_steps_us_per_event``,
+    then their total and, when measured, the drain's wall time per event to hold it
+    against."""
+    shares = steps["share_pct"]
+    rows = [
+        (step, _figure(us), f"{shares[step]:.1f} %")
+        for step, us in steps["steps_us_per_event"].items()
+    ]
+    rows.append(("total", _figure(steps["total_us_per_event"]), "100.0 %"))
+    if "wall_us_per_event" in steps:
+        rows.append(("wall time of the drain", _figure(steps["wall_us_per_event"]), "—"))
+    return rows
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and value > 0
 
@@ -204,13 +228,16 @@ def _second_bins(t_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndar
 
 
 def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) -> None:
-    """One PNG: latency over time, per-stage percentiles, throughput steps, serving."""
+    """One PNG: latency over time, per-stage percentiles, throughput steps, serving, and
+    below them the bridge's cost per event and step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10), dpi=100)
+    fig = plt.figure(figsize=(15, 13), dpi=100)
+    grid = fig.add_gridspec(3, 2, height_ratios=(1, 1, 0.5))
+    axes = [[fig.add_subplot(grid[row, col]) for col in range(2)] for row in range(2)]
     profile = doc["bench"]["profile"]
     fig.suptitle(
         f"streaming-ml bench ({profile}) — {doc['bench'].get('started_at', '')[:19]} UTC, "
@@ -337,10 +364,35 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
     else:
         _empty(ax, "serving run not measured")
 
+    _plot_bridge_steps(fig.add_subplot(grid[2, :]), doc.get("bridge_steps_us_per_event"))
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_bridge_steps(ax: Any, steps: Mapping[str, Any] | None) -> None:
+    if not steps:
+        _empty(ax, "bridge steps not measured")
+        return
+    per_step = steps["steps_us_per_event"]
+    y = np.arange(len(per_step))
+    values = list(per_step.values())
+    ax.barh(y, values, color="tab:blue")
+    for yy, step, v in zip(y, per_step, values, strict=True):
+        ax.text(v, yy, f" {v:,.1f} µs ({steps['share_pct'][step]:.0f} %)", va="center",
+                fontsize=8)  # fmt: skip
+    ax.set_yticks(y, list(per_step))
+    ax.invert_yaxis()
+    ax.set_xlabel("µs per event")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high * 1.25)  # room for the value labels
+    title = f"Bridge cost per event and step — {steps['total_us_per_event']:,.1f} µs in all"
+    if "wall_us_per_event" in steps:
+        title += f" (drain wall time {steps['wall_us_per_event']:,.1f} µs per event)"
+    ax.set_title(f"{title}, {steps['events']:,} events, one bridge")
+    ax.grid(True, axis="x", alpha=0.3)
 
 
 def _empty(ax: Any, text: str) -> None:

@@ -1,6 +1,6 @@
-"""The bench's arithmetic: percentiles, the per-row stage split, the growth verdict and
-the targets. Pure functions of measured numbers (unit-tested); nothing here talks to
-a component."""
+"""The bench's arithmetic: percentiles, the per-row stage split, the bridge's cost per
+event and step, the growth verdict and the targets. Pure functions of measured numbers
+(unit-tested); nothing here talks to a component."""
 
 from __future__ import annotations
 
@@ -104,6 +104,34 @@ class RowTimes:
 
     def stage_summary(self) -> dict[str, dict[str, float | int | None]]:
         return {name: summarize(values) for name, values in self.stages().items()}
+
+
+def bridge_steps_per_event(
+    step_seconds: Mapping[str, float], events: int, rows_per_s: float | None = None
+) -> dict[str, Any] | None:
+    """What each bridge step costs per event, from a ``--once`` summary's ``step_seconds``
+    and ``events``: µs per event of each step, their total and each step's share of it.
+
+    Given the drain's ``rows_per_s`` (one bridge), also its wall time per event, which
+    the steps should nearly add up to: a large gap means time the steps do not cover
+    (each batch's wait for its first event, the loop between batches). None when there
+    is nothing to divide (no events, or a bridge from before the steps were timed)."""
+    total = sum(step_seconds.values())
+    if events <= 0 or total <= 0:
+        return None
+    figures: dict[str, Any] = {
+        "events": events,
+        "steps_us_per_event": {
+            step: round(seconds * 1e6 / events, 1) for step, seconds in step_seconds.items()
+        },
+        "total_us_per_event": round(total * 1e6 / events, 1),
+        "share_pct": {
+            step: round(100 * seconds / total, 1) for step, seconds in step_seconds.items()
+        },
+    }
+    if rows_per_s:
+        figures["wall_us_per_event"] = round(1e6 / rows_per_s, 1)
+    return figures
 
 
 def growth_verdict(commit_ts: np.ndarray, latency_ms: np.ndarray) -> tuple[bool, dict[str, Any]]:

@@ -12,7 +12,8 @@ quix-streams' application loop, with each step a collaborator of its own:
    transaction (``output``), fenced by the consumer group's generation.
 
 ``offsets`` computes commit and rewind points, ``kafka_setup`` the topics and client
-configurations, ``metrics`` the Prometheus registry. See docs/bridge.md.
+configurations, ``metrics`` the Prometheus registry and the time of each step.
+See docs/bridge.md.
 """
 
 from streaming_ml.bridge.changes import Change, parse_change

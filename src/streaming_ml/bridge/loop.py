@@ -34,7 +34,7 @@ from streaming_ml import connectors, serde
 from streaming_ml.bridge import kafka_setup
 from streaming_ml.bridge.changes import Change, ChangeDecoder, RegistryUnavailable
 from streaming_ml.bridge.faults import KillPoint
-from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats
+from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats, StepClock
 from streaming_ml.bridge.offsets import (
     Position,
     offsets_to_commit,
@@ -59,6 +59,7 @@ class Batch:
 
     messages: list[Message]
     received_ms: list[int]
+    collect_ns: int = 0  # from the first event in hand until the batch was complete
 
     @functools.cached_property
     def positions(self) -> list[Position]:
@@ -154,11 +155,26 @@ class Bridge:
         return self.stats
 
     def _handle(self, batch: Batch) -> None:
-        """One batch: decode and plan, price, publish with its offsets."""
+        """One batch: decode and plan, price, publish with its offsets.
+
+        Each step is timed (``StepClock``): collect (in ``_collect``, from the first
+        event in hand), decode (Avro and the Debezium envelope to a Change), plan
+        (validation, features hash, actions; then settling them with the service's
+        answers), model_call (the request rows, the /predict_batch round trip with its
+        retries, the answers checked), encode (the output records built and serialised),
+        produce_commit (produce, offsets, commit) and other (the bookkeeping after the
+        commit: metrics, lag). A batch that is dropped and consumed again is counted once,
+        when it is published, with the time of that pass.
+        """
         started = time.monotonic()
+        clock = StepClock(batch.collect_ns)
         try:
-            actions = plan_actions(self._decode(batch))
+            decoded = self._decode(batch)
+            clock.lap("decode")
+            actions = plan_actions(decoded)
+            clock.lap("plan")
             priced, model_ms = self._price(batch, actions)
+            clock.lap("model_call")
             self._fault("priced")
         except RegistryUnavailable as error:
             self._pause_and_rewind(batch, "schema registry", self._registry_ready, str(error))
@@ -169,12 +185,15 @@ class Bridge:
             return
         done, rewinds = split_at_unfinished(batch.positions, priced.retry_later)
         finished = finished_actions(actions, set(done), priced.rejected)
+        clock.lap("plan")
         built = self._records.build(
             batch.messages, batch.received_ms, finished, priced.results, model_ms
         )
+        clock.lap("encode")
         if not self._publish(batch, built.records, done):
             return
-        self._account(len(done), built, model_ms, started)
+        clock.lap("produce_commit")
+        self._account(len(done), built, model_ms, started, clock)
         if rewinds:
             # Some records failed on their own this pass: let the rest go, retry them soon.
             self._seek(rewinds)
@@ -228,7 +247,9 @@ class Bridge:
         if self._kill_at is not None:
             self._kill_at.reached(point, self.stats.batches + 1)
 
-    def _account(self, events: int, built: Built, model_ms: float, started: float) -> None:
+    def _account(
+        self, events: int, built: Built, model_ms: float, started: float, clock: StepClock
+    ) -> None:
         for stage, n in built.dlq_stages.items():
             self.metrics.dlq.labels(stage).inc(n)
         self.metrics.observe_batch(events, built.counts, built.predictions)
@@ -240,9 +261,11 @@ class Bridge:
                 "explanations (issue 15)?",
                 extra={"unexplained": unexplained, "service": self.settings.prediction_url},
             )
-        batch_ms = (time.monotonic() - started) * 1000
-        self.stats.add_batch(events, built.counts, model_ms, batch_ms)
         self._update_lag()
+        clock.lap("other")
+        batch_ms = (time.monotonic() - started) * 1000
+        self.stats.add_batch(events, built.counts, model_ms, batch_ms, clock.ns)
+        self.metrics.add_step_times(clock.ns)
         logger.info("batch done", extra=self.stats.last_batch)
 
     # -- collecting --
@@ -253,6 +276,7 @@ class Bridge:
         batch = Batch([], [])
         linger = self.settings.batch_linger_ms / 1000
         deadline = time.monotonic() + 1.0
+        in_hand_ns: int | None = None
         while len(batch.messages) < limit and not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -267,12 +291,16 @@ class Bridge:
                     batch.received_ms.append(int(time.time() * 1000))
             if first and batch.messages:
                 deadline = time.monotonic() + linger
+                # Waiting for the first event is idle time, not a cost of the events.
+                in_hand_ns = time.perf_counter_ns()
         # A rebalance during consume() may have taken partitions away: not ours to handle.
         keep = [
             i for i, m in enumerate(batch.messages) if (m.topic(), m.partition()) in self.assignment
         ]
         if len(keep) < len(batch.messages):
             batch = Batch([batch.messages[i] for i in keep], [batch.received_ms[i] for i in keep])
+        if in_hand_ns is not None:
+            batch.collect_ns = time.perf_counter_ns() - in_hand_ns
         return batch
 
     def _usable(self, msg: Message) -> bool:
