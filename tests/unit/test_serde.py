@@ -1,4 +1,5 @@
-"""The prediction Avro schema follows data.PREDICTION_FIELDS and round-trips."""
+"""The prediction Avro schema follows data.PREDICTION_FIELDS and round-trips; the framed
+codec writes and reads the library's bytes."""
 
 from __future__ import annotations
 
@@ -7,9 +8,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import fastavro
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
 from streaming_ml.data import ADDED_PREDICTION_FIELDS, EXPLANATION_FIELDS, PREDICTION_FIELDS
-from streaming_ml.serde import prediction_key_schema, prediction_value_schema
+from streaming_ml.serde import (
+    FramedAvroReader,
+    FramedAvroWriter,
+    prediction_key_schema,
+    prediction_serializers,
+    prediction_value_schema,
+)
 
 
 def test_value_schema_has_every_prediction_field_in_order() -> None:
@@ -95,3 +107,76 @@ def test_records_before_explanations_decode_and_new_ones_decode_with_the_old_sch
         "top3_amount": 20.0,
     }  # fmt: skip
     assert round_trip(explained, new, old) == before
+
+
+# -- the framed codec: fastavro's bytes, the library's registration and framing --
+
+VALUE = {
+    "listing_id": 7, "predicted_price": 12_345.5, "model_tag": "ford_price:é☃",
+    "features_hash": "ab" * 8, "source_lsn": None, "source_ts_ms": 1, "kafka_ts_ms": 2,
+    "bridge_received_ts_ms": 3, "predicted_ts_ms": 4, "model_latency_ms": 0.5,
+    "end_to_end_ms": 3.0, "model_name": "ford_price", "model_version": "é☃",
+    "arm": "champion", "base_price": None, "top1_feature": None, "top1_amount": None,
+    "top2_feature": None, "top2_amount": None, "top3_feature": None, "top3_amount": None,
+}  # fmt: skip
+
+
+def mock_registry() -> SchemaRegistryClient:
+    return SchemaRegistryClient.new_client({"url": "mock://serde-test"})
+
+
+def library_serializers(
+    client: SchemaRegistryClient,
+) -> tuple[AvroSerializer, AvroSerializer, SerializationContext, SerializationContext]:
+    key, value = prediction_serializers(client)
+    return (
+        key, value,
+        SerializationContext("preds", MessageField.KEY),
+        SerializationContext("preds", MessageField.VALUE),
+    )  # fmt: skip
+
+
+def test_framed_writer_writes_the_library_serializers_bytes() -> None:
+    client = mock_registry()
+    key_ser, value_ser, key_ctx, value_ctx = library_serializers(client)
+    write_key = FramedAvroWriter(key_ser, key_ctx, prediction_key_schema())
+    write_value = FramedAvroWriter(value_ser, value_ctx, prediction_value_schema())
+    records = [VALUE, {**VALUE, "listing_id": 2**40, "source_lsn": 99, "predicted_price": -0.0}]
+    # The first call registers through the library; every later one is fastavro's.
+    for record in [*records, *records]:
+        assert write_key({"listing_id": record["listing_id"]}) == key_ser(
+            {"listing_id": record["listing_id"]}, key_ctx
+        )
+        assert write_value(record) == value_ser(record, value_ctx)
+
+
+def test_framed_reader_reads_what_the_library_wrote() -> None:
+    client = mock_registry()
+    key_ser, value_ser, key_ctx, value_ctx = library_serializers(client)
+    read = FramedAvroReader(client)
+    library = AvroDeserializer(client)
+    framed = value_ser(VALUE, value_ctx)
+    assert read(framed, None) == library(framed, value_ctx) == VALUE
+    assert read(key_ser({"listing_id": 3}, key_ctx)) == {"listing_id": 3}
+    assert read(None) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00\x00\x00", b"\x01\x00\x00\x00\x01\x02", b'{"json": true}'],
+    ids=["empty", "short", "magic byte 1", "json"],
+)
+def test_framed_reader_refuses_bytes_that_are_not_framed_avro(data: bytes) -> None:
+    with pytest.raises(SerializationError, match="not registry-framed Avro"):
+        FramedAvroReader(mock_registry())(data)
+
+
+def test_framed_reader_fails_on_a_truncated_body_and_an_unknown_id() -> None:
+    client = mock_registry()
+    _, value_ser, _, value_ctx = library_serializers(client)
+    framed = value_ser(VALUE, value_ctx)
+    with pytest.raises(Exception):  # noqa: B017 - fastavro's EOF error, whatever its type
+        FramedAvroReader(client)(framed[:12])
+    unknown = b"\x00" + (12345).to_bytes(4, "big") + framed[5:]
+    with pytest.raises(SchemaRegistryError):
+        FramedAvroReader(client)(unknown)

@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from streaming_ml import serde
 from streaming_ml.bridge.changes import parse_change
@@ -39,7 +40,8 @@ def drain_per_event(
     """Read ``rows`` change events from ``start`` (partition -> offset), price each with
     one ``POST /predict`` and produce the answer to ``out_topic`` as it comes; the time
     from the first event read to the last prediction acknowledged."""
-    decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
+    # The library's own deserializer, as the tutorial's consumer used it.
+    decode = AvroDeserializer(serde.registry_client(settings.registry_url))
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,

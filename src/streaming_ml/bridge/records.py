@@ -55,12 +55,22 @@ class RecordBuilder:
         self.dlq_topic = dlq_topic
         self.shadow_topic = shadow_topic
         self.registry_url = registry_url
-        self._key_ser, self._value_ser = serde.prediction_serializers(registry)
-        self._key_ctx = SerializationContext(predictions_topic, MessageField.KEY)
-        self._value_ctx = SerializationContext(predictions_topic, MessageField.VALUE)
+        key_ser, value_ser = serde.prediction_serializers(registry)
+        key_schema, value_schema = serde.prediction_key_schema(), serde.prediction_value_schema()
+
+        def writers(topic: str) -> tuple[serde.FramedAvroWriter, serde.FramedAvroWriter]:
+            return (
+                serde.FramedAvroWriter(
+                    key_ser, SerializationContext(topic, MessageField.KEY), key_schema
+                ),
+                serde.FramedAvroWriter(
+                    value_ser, SerializationContext(topic, MessageField.VALUE), value_schema
+                ),
+            )
+
+        self._key_write, self._value_write = writers(predictions_topic)
         # Shadow predictions: same schemas, their own topic (subjects <topic>-key/-value).
-        self._shadow_key_ctx = SerializationContext(shadow_topic or "", MessageField.KEY)
-        self._shadow_value_ctx = SerializationContext(shadow_topic or "", MessageField.VALUE)
+        self._shadow_key_write, self._shadow_value_write = writers(shadow_topic or "")
 
     def register_schemas(self) -> None:
         """Register the prediction schemas now, so a registry problem shows at start-up
@@ -75,8 +85,8 @@ class RecordBuilder:
             self.key(0)
             self.value(sample)
             if self.shadow_topic:
-                self._key_ser({serde.KEY_FIELD: 0}, self._shadow_key_ctx)
-                self._value_ser(sample, self._shadow_value_ctx)
+                self._shadow_key_write({serde.KEY_FIELD: 0})
+                self._shadow_value_write(sample)
         except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
             raise BridgeError(
                 f"cannot register the prediction schemas in {self.registry_url}: {error}. "
@@ -84,10 +94,10 @@ class RecordBuilder:
             ) from error
 
     def key(self, listing_id: int | None) -> bytes:
-        return self._key_ser({serde.KEY_FIELD: listing_id}, self._key_ctx)
+        return self._key_write({serde.KEY_FIELD: listing_id})
 
     def value(self, record: dict[str, Any]) -> bytes:
-        return self._value_ser(record, self._value_ctx)
+        return self._value_write(record)
 
     def dlq(self, msg: Message, reason: str) -> OutRecord:
         """The original bytes with the reason; falls back to the headers alone."""
@@ -119,8 +129,8 @@ class RecordBuilder:
         assert self.shadow_topic is not None
         return OutRecord(
             self.shadow_topic,
-            self._key_ser({serde.KEY_FIELD: action.listing_id}, self._shadow_key_ctx),
-            self._value_ser(value, self._shadow_value_ctx),
+            self._shadow_key_write({serde.KEY_FIELD: action.listing_id}),
+            self._shadow_value_write(value),
             partition=partition,
         )
 
@@ -156,9 +166,7 @@ class RecordBuilder:
                 )
                 if self.shadow_topic:
                     # A listing gone (or unpriceable now) has no shadow price either.
-                    shadow_key = self._key_ser(
-                        {serde.KEY_FIELD: action.listing_id}, self._shadow_key_ctx
-                    )
+                    shadow_key = self._shadow_key_write({serde.KEY_FIELD: action.listing_id})
                     out.records.append(
                         OutRecord(self.shadow_topic, shadow_key, None, partition=partition)
                     )
