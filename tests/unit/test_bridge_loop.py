@@ -231,7 +231,7 @@ class FakeService:
         return self.is_ready
 
 
-def serialize(obj: dict[str, Any], _ctx: Any) -> bytes:
+def serialize(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True).encode()
 
 
@@ -270,7 +270,8 @@ def bridge_with(
         settings.dlq_topic,
         settings.shadow_topic if shadow else None,
     )
-    records._key_ser = records._value_ser = serialize  # type: ignore[assignment]
+    for writer in ("_key_write", "_value_write", "_shadow_key_write", "_shadow_value_write"):
+        setattr(records, writer, serialize)
     bridge._records = records
     bridge._on_assign(consumer, [TopicPartition(TOPIC, p) for p in partitions])  # type: ignore[arg-type]
     return bridge
