@@ -524,10 +524,11 @@ def bench(
     explained_rows: int | None = typer.Option(
         None, help="Bridge-only round with explanations: events drained (default 5000)"
     ),
-    baseline: bool = typer.Option(
-        False,
-        "--baseline",
-        help="Also run the reference design (one POST /predict per event) and report the ratio",
+    baseline: bool | None = typer.Option(
+        None,
+        "--baseline/--skip-baseline",
+        help="Also run the reference design (one POST /predict per event) and report the "
+        "ratio (default: on in the full profile, off with --quick)",
     ),
     out: Path | None = typer.Option(None, help="Write the JSON figures here (default: stdout)"),
     plot: Path | None = typer.Option(None, help="Write a PNG plot here"),
@@ -560,7 +561,7 @@ def bench(
             run_latency=not skip_latency,
             run_throughput=not skip_throughput,
             run_explain=not skip_explain,
-            run_baseline=baseline,
+            run_baseline=options.run_baseline if baseline is None else baseline,
         )
         doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))
     except StreamingMLError as error:

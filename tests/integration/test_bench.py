@@ -145,9 +145,30 @@ def test_quick_bench_reports_throughput_and_serving_figures(
     assert serving["concurrent_one_row"]["errors"] == 0
     assert positive(serving["concurrent_one_row"]["requests_per_s"])
 
+    # commit_to_kafka hop by hop: every latency-run row's change record carries Debezium's
+    # read time, and the two hops add up to the stage, row by row (so their means do too).
+    hops = doc["commit_to_kafka_hops"]
+    assert hops["rows"] == doc["latency_run"]["rows_measured"]
+    stage_mean = doc["stages"]["commit_to_kafka"]["mean"]
+    hop_means = [
+        hops["hops_ms"][name]["mean"] for name in ("commit_to_debezium", "debezium_to_kafka")
+    ]
+    assert math.isclose(sum(hop_means), stage_mean, abs_tol=0.01), (hop_means, stage_mean)
+    assert all(hops["hops_ms"][name]["min"] >= 0 for name in hops["hops_ms"])
+    # Postgres' and Connect's own views of the same run.
+    assert hops["pg_stat_replication"]["samples"] > 0
+    assert "error" not in hops["pg_stat_replication"]
+    assert hops["pg_stat_replication"]["unsent_wal_bytes"]["count"] > 0
+    jmx = hops["connect_jmx"]["figures"]
+    assert positive(jmx["kafka_connect_source_task_metrics_poll_batch_avg_time_ms"])
+    assert jmx["kafka_producer_producer_metrics_request_latency_avg"] is not None
+
     assert doc["machine"]["cpu_count"] >= 1
     assert doc["versions"]["python_libraries"]["bentoml"]
-    assert set(doc["targets"]) >= {"latency_ms.p50", "bridge_rows_per_s"}
+    assert set(doc["targets"]) >= {
+        "latency_ms.p50", "latency_ms.p99", "max_sustained_rows_per_s", "bridge_rows_per_s",
+        "predict_one_row_ms_p50", "predict_1000_rows_ms_p50",
+    }  # fmt: skip
 
 
 def test_quick_bench_stops_what_it_started_and_plots(

@@ -3,6 +3,7 @@ verdict, targets, parsing; its options and CLI, and the summary and plot of the 
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -128,16 +129,19 @@ def test_growth_verdict_flags_latency_that_keeps_rising() -> None:
 def test_check_targets_compares_each_figure() -> None:
     doc = {
         "rate_rows_per_s": 1000.0,
-        "latency_ms": {"p50": 120.0, "p99": 700.0},
-        "max_sustained_rows_per_s": 6000.0,
+        "latency_ms": {"p50": 49.0, "p99": 201.0},
+        "max_sustained_rows_per_s": 10_000.0,
         "bridge_rows_per_s": None,
-        "predict_one_row_ms_p50": 3.2,
+        "predict_one_row_ms_p50": 2.1,
+        "predict_1000_rows_ms_p50": 10.0,
     }
     result = check_targets(doc)
     assert result["latency_ms.p50"]["met"] is True
     assert result["latency_ms.p99"]["met"] is False
     assert result["max_sustained_rows_per_s"]["met"] is True
     assert result["bridge_rows_per_s"]["met"] is None
+    assert result["predict_one_row_ms_p50"]["met"] is False
+    assert result["predict_1000_rows_ms_p50"] == {"target": "<= 10", "measured": 10.0, "met": True}
     assert "note" not in result["latency_ms.p50"]
     assert "note" in check_targets({**doc, "rate_rows_per_s": 500.0})["latency_ms.p50"]
 
@@ -342,9 +346,29 @@ class _FakeBench:
             "bridge_steps_us_per_event": {"round": (processes, explain)},
         }  # fmt: skip
 
+    def baseline_run(self, prefill: str) -> dict[str, Any]:
+        self.rounds.append((0, False, False))
+        return {"baseline_rows_per_s": 80.0}
+
+
+def test_the_baseline_drains_after_the_bridges_and_gives_the_ratio() -> None:
+    bench = _FakeBench(BenchOptions(bridges=1, run_explain=False))
+    doc: dict[str, Any] = {}
+    _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
+    # The sink catches up before the baseline too, so it does not share the CPU with it.
+    assert bench.rounds == [(1, True, False), (0, False, False)]
+    assert doc["baseline_rows_per_s"] == 80.0
+    assert doc["bridge_vs_baseline_rows_per_s"] == 12.5
+    # The quick profile leaves the baseline out (it is the full profile's).
+    quick = _FakeBench(replace(BenchOptions.quick(), run_explain=False))
+    quick_doc: dict[str, Any] = {}
+    _bridge_only_runs(quick, quick_doc)  # type: ignore[arg-type]
+    assert quick.rounds == [(1, True, False), (2, False, False)]
+    assert "baseline_rows_per_s" not in quick_doc
+
 
 def test_bridge_only_rounds_record_one_process_under_the_old_key_and_all_by_count() -> None:
-    bench = _FakeBench(BenchOptions(bridges=3, run_explain=False))
+    bench = _FakeBench(BenchOptions(bridges=3, run_explain=False, run_baseline=False))
     doc: dict[str, Any] = {}
     _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
     # The sink catches up between rounds, not after the last.
@@ -356,14 +380,14 @@ def test_bridge_only_rounds_record_one_process_under_the_old_key_and_all_by_coun
     assert doc["bridge_steps_us_per_event"] == {"round": (1, False)}
     assert "bridge_explained_rows_per_s" not in doc
 
-    bench, doc = _FakeBench(BenchOptions(bridges=1, run_explain=False)), {}
+    bench, doc = _FakeBench(BenchOptions(bridges=1, run_explain=False, run_baseline=False)), {}
     _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
     assert bench.rounds == [(1, False, False)]
     assert doc["bridge_rows_per_s_by_processes"] == {"1": 1000.0}
 
 
 def test_the_explained_bridge_round_comes_last_and_has_figures_of_its_own() -> None:
-    bench, doc = _FakeBench(BenchOptions(bridges=2)), {}
+    bench, doc = _FakeBench(BenchOptions(bridges=2, run_baseline=False)), {}
     _bridge_only_runs(bench, doc)  # type: ignore[arg-type]
     # The plain rounds keep their keys; the sink catches up before the explained round.
     assert bench.rounds == [(1, True, False), (2, True, False), (1, False, True)]

@@ -80,6 +80,7 @@ def run_bench(
         "rate_rows_per_s": options.rate if options.run_latency else None,
         "latency_ms": None,
         "stages": None,
+        "commit_to_kafka_hops": None,
         "max_sustained_rows_per_s": None,
         "bridge_rows_per_s": None,
         "bridge_rows_per_s_by_processes": None,
@@ -156,6 +157,7 @@ def _run_all(bench: Bench, doc: dict[str, Any]) -> None:
             doc["latency_run"] = run
             doc["latency_ms"] = {k: run["latency_ms"][k] for k in ("p50", "p95", "p99", "max")}
             doc["stages"] = run["stages"]
+            doc["commit_to_kafka_hops"] = run.get("commit_to_kafka_hops")
         except StreamingMLError as error:
             doc["errors"].append(f"latency run: {error}")
             return
@@ -186,7 +188,8 @@ def _bridge_only_runs(bench: Bench, doc: dict[str, Any]) -> None:
     doc["bridge_run_by_processes"] = runs
     doc["bridge_rows_per_s_by_processes"] = rates
     for i, (processes, explain) in enumerate(rounds):
-        wait_for_sink = i + 1 < len(rounds)
+        # The sink catches up before the next round, the baseline's included.
+        wait_for_sink = i + 1 < len(rounds) or bench.options.run_baseline
         run = bench.bridge_only_run(prefill, processes, wait_for_sink, explain=explain)
         if explain:
             doc["bridge_run_explained"] = run

@@ -52,9 +52,9 @@ class BenchOptions:
     run_latency: bool = True
     run_throughput: bool = True
     run_explain: bool = True
-    # The reference design beside us (``bench/baseline.py``): one /predict per event. Off
-    # unless asked: at a few ms per event it drains only ``baseline_rows`` of the pre-fill.
-    run_baseline: bool = False
+    # The reference design beside us (``bench/baseline.py``): one /predict per event. At a
+    # few ms per event it drains only ``baseline_rows`` of the pre-fill (off in ``quick``).
+    run_baseline: bool = True
     baseline_rows: int = 5_000
     seed: int = 5_000
 
@@ -65,7 +65,7 @@ class BenchOptions:
             step_duration_s=3.0, prefill_rows=2_000, one_row_requests=100,
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
             concurrent_max_s=2.0, drain_timeout_s=60.0, explained_requests=3,
-            explained_bridge_rows=500, baseline_rows=500,
+            explained_bridge_rows=500, baseline_rows=500, run_baseline=False,
         )  # fmt: skip
 
     @property

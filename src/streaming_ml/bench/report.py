@@ -16,6 +16,7 @@ import numpy as np
 import requests
 from rich.console import Console
 
+from streaming_ml.bench.hops import HOPS
 from streaming_ml.bench.stats import STAGES, RowTimes
 from streaming_ml.config import Settings
 
@@ -147,8 +148,36 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
         for row in bridge_step_rows(steps):
             steps_table.add_row(*row)
         console.print(steps_table)
+    hops = doc.get("commit_to_kafka_hops")
+    if hops and hops.get("rows"):
+        hops_table = Table(title=f"commit_to_kafka, hop by hop ({hops['rows']:,} rows)")
+        hops_table.add_column("hop")
+        for column in ("p50 ms", "mean ms", "p99 ms", "share of mean"):
+            hops_table.add_column(column, justify="right")
+        for row in hop_rows(hops):
+            hops_table.add_row(*row)
+        console.print(hops_table)
+    ratio = doc.get("bridge_vs_baseline_rows_per_s")
+    if ratio is not None:
+        console.print(
+            f"baseline (one POST /predict per event): {_figure(doc.get('baseline_rows_per_s'))} "
+            f"rows/s; the bridge does {ratio:g}x that"
+        )
     for error in doc.get("errors", []):
         console.print(f"[red]error:[/] {error}")
+
+
+def hop_rows(hops: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(hop, p50, mean, p99, share) rows of ``commit_to_kafka_hops``."""
+    rows = []
+    for name, _ in HOPS:
+        figures = hops["hops_ms"][name]
+        share = hops["share_of_mean"].get(name)
+        rows.append((
+            name, _figure(figures["p50"]), _figure(figures["mean"]), _figure(figures["p99"]),
+            f"{share:.0%}" if isinstance(share, int | float) else "—",
+        ))  # fmt: skip
+    return rows
 
 
 def _figure(value: Any) -> str:
@@ -235,8 +264,8 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(15, 13), dpi=100)
-    grid = fig.add_gridspec(3, 2, height_ratios=(1, 1, 0.5))
+    fig = plt.figure(figsize=(15, 17), dpi=100)
+    grid = fig.add_gridspec(4, 2, height_ratios=(1, 1, 0.55, 0.55))
     axes = [[fig.add_subplot(grid[row, col]) for col in range(2)] for row in range(2)]
     profile = doc["bench"]["profile"]
     fig.suptitle(
@@ -364,7 +393,10 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
     else:
         _empty(ax, "serving run not measured")
 
-    _plot_bridge_steps(fig.add_subplot(grid[2, :]), doc.get("bridge_steps_us_per_event"))
+    _plot_bridge_steps(fig.add_subplot(grid[2, 0]), doc.get("bridge_steps_us_per_event"))
+    _plot_hops(fig.add_subplot(grid[2, 1]), doc.get("commit_to_kafka_hops"))
+    _plot_targets(fig.add_subplot(grid[3, 0]), doc.get("targets") or {})
+    _plot_baseline(fig.add_subplot(grid[3, 1]), doc)
 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -393,6 +425,75 @@ def _plot_bridge_steps(ax: Any, steps: Mapping[str, Any] | None) -> None:
         title += f" (drain wall time {steps['wall_us_per_event']:,.1f} µs per event)"
     ax.set_title(f"{title}, {steps['events']:,} events, one bridge")
     ax.grid(True, axis="x", alpha=0.3)
+
+
+def _plot_hops(ax: Any, hops: Mapping[str, Any] | None) -> None:
+    if not hops or not hops.get("rows"):
+        _empty(ax, "commit_to_kafka hops not measured")
+        return
+    names = [name for name, _ in HOPS]
+    y = np.arange(len(names))
+    for offset, (key, colour) in zip(
+        (-0.27, 0.0, 0.27), (("p50", "tab:green"), ("mean", "tab:blue"), ("p99", "tab:red")),
+        strict=True,
+    ):  # fmt: skip
+        values = [hops["hops_ms"][n][key] or 0.0 for n in names]
+        ax.barh(y + offset, values, height=0.25, color=colour, label=key)
+        for yy, v in zip(y + offset, values, strict=True):
+            ax.text(v, yy, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(y, ["commit → Debezium read", "Debezium read → broker"])
+    ax.invert_yaxis()
+    ax.set_xlabel("ms")
+    jmx = (hops.get("connect_jmx") or {}).get("figures") or {}
+    poll = jmx.get("kafka_connect_source_task_metrics_poll_batch_avg_time_ms")
+    queue = jmx.get("kafka_producer_producer_metrics_record_queue_time_avg")
+    detail = f"; JMX: poll {poll:.1f} ms, producer queue {queue:.1f} ms" if poll and queue else ""
+    ax.set_title(f"commit_to_kafka hop by hop ({hops['rows']:,} rows){detail}")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high * 1.2)
+    ax.legend(loc="lower right")
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def _plot_targets(ax: Any, targets: Mapping[str, Mapping[str, Any]]) -> None:
+    if not targets:
+        _empty(ax, "no targets")
+        return
+    rows = [
+        [key, _figure(entry["measured"]), entry["target"],
+         {True: "yes", False: "no", None: "—"}[entry["met"]]]
+        for key, entry in targets.items()
+    ]  # fmt: skip
+    table = ax.table(
+        cellText=rows, colLabels=["figure", "measured", "target", "met"], loc="center",
+        cellLoc="left", colWidths=[0.5, 0.18, 0.18, 0.1],
+    )  # fmt: skip
+    table.scale(1, 1.5)
+    for (row, col), cell in table.get_celld().items():
+        if row > 0 and col == 3:
+            cell.set_facecolor({"yes": "#c8e6c9", "no": "#ffcdd2"}.get(rows[row - 1][3], "white"))
+    ax.set_axis_off()
+    ax.set_title("Targets (issue 14)")
+
+
+def _plot_baseline(ax: Any, doc: Mapping[str, Any]) -> None:
+    ours, theirs = doc.get("bridge_rows_per_s"), doc.get("baseline_rows_per_s")
+    if not ours or not theirs:
+        _empty(ax, "baseline not measured (bench --baseline)")
+        return
+    labels = ["baseline: one POST /predict per event", "bridge: micro-batches, transactions"]
+    values = [theirs, ours]
+    ax.barh([0, 1], values, color=["tab:gray", "tab:purple"])
+    for yy, v in zip((0, 1), values, strict=True):
+        ax.text(v, yy, f" {v:,.0f} rows/s", va="center", fontsize=9)
+    ax.set_yticks([0, 1], labels)
+    ax.set_xscale("log")
+    ax.set_xlabel("rows/s drained from the change topic (log scale)")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high * 3)
+    ratio = doc.get("bridge_vs_baseline_rows_per_s")
+    ax.set_title(f"The bridge against the reference design: {ratio:g}x" if ratio else "Baseline")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
 
 
 def _empty(ax: Any, text: str) -> None:
