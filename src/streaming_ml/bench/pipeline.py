@@ -20,6 +20,7 @@ from psycopg2 import sql
 from rich.console import Console
 
 from streaming_ml.bench import serving
+from streaming_ml.bench.cpu import CpuSampler, cpu_note
 from streaming_ml.bench.hops import (
     ReplicationSampler,
     change_topic_times,
@@ -429,6 +430,7 @@ class Bench:
         change_start = self._topic_ends(s.listings_topic) if hops else {}
         lag = LagProbe(s, self.env.bridge_group or s.consumer_group, s.listings_topic)
         with ExitStack() as during:
+            cpu = during.enter_context(CpuSampler())
             replication = (
                 during.enter_context(ReplicationSampler(self._superuser_dsn())) if hops else None
             )
@@ -468,6 +470,7 @@ class Bench:
             "stages": times.stage_summary(),
             "latency_growth": growth,
             "latency_not_growing": keeps_up,
+            "cpu": cpu.summary(),
         }
         if replication is not None:
             result["commit_to_kafka_hops"] = self._hops(report, change_start, replication)
@@ -529,7 +532,7 @@ class Bench:
                 why = (
                     f"fell behind at {rate:g} rows/s: rows were committed at {commit_rate:.0f} "
                     f"rows/s but written back at only {output_rate:.0f} rows/s "
-                    f"(max lag {step['max_consumer_lag']})"
+                    f"(max lag {step['max_consumer_lag']}); {cpu_note(step['cpu'])}"
                 )
                 break
             if not step["latency_not_growing"]:
@@ -537,7 +540,7 @@ class Bench:
                 why = (
                     f"fell behind at {rate:g} rows/s: p95 latency grew from "
                     f"{g['first_third_p95_ms']:.0f} ms to {g['last_third_p95_ms']:.0f} ms "
-                    f"within the step (max lag {step['max_consumer_lag']})"
+                    f"within the step (max lag {step['max_consumer_lag']}); {cpu_note(step['cpu'])}"
                 )
                 break
             if not generator_ok:

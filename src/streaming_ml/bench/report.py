@@ -420,10 +420,11 @@ def _plot_bridge_steps(ax: Any, steps: Mapping[str, Any] | None) -> None:
     ax.set_xlabel("µs per event")
     low, high = ax.get_xlim()
     ax.set_xlim(low, high * 1.25)  # room for the value labels
-    title = f"Bridge cost per event and step — {steps['total_us_per_event']:,.1f} µs in all"
+    title = f"Bridge cost per event and step ({steps['events']:,} events, one bridge)\n"
+    title += f"{steps['total_us_per_event']:,.1f} µs in all"
     if "wall_us_per_event" in steps:
-        title += f" (drain wall time {steps['wall_us_per_event']:,.1f} µs per event)"
-    ax.set_title(f"{title}, {steps['events']:,} events, one bridge")
+        title += f"; drain wall time {steps['wall_us_per_event']:,.1f} µs per event"
+    ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
 
 
@@ -447,11 +448,16 @@ def _plot_hops(ax: Any, hops: Mapping[str, Any] | None) -> None:
     jmx = (hops.get("connect_jmx") or {}).get("figures") or {}
     poll = jmx.get("kafka_connect_source_task_metrics_poll_batch_avg_time_ms")
     queue = jmx.get("kafka_producer_producer_metrics_record_queue_time_avg")
-    detail = f"; JMX: poll {poll:.1f} ms, producer queue {queue:.1f} ms" if poll and queue else ""
-    ax.set_title(f"commit_to_kafka hop by hop ({hops['rows']:,} rows){detail}")
+    detail = (
+        f"\nConnect JMX: {poll:.1f} ms per poll of Debezium's queue, "
+        f"{queue:.1f} ms in the producer's queue"
+        if poll is not None and queue is not None
+        else ""
+    )
+    ax.set_title(f"commit_to_kafka hop by hop ({hops['rows']:,} rows){detail}", fontsize=10)
     low, high = ax.get_xlim()
-    ax.set_xlim(low, high * 1.2)
-    ax.legend(loc="lower right")
+    ax.set_xlim(low, high * 1.45)  # room for the value labels and the legend
+    ax.legend(loc="upper right")
     ax.grid(True, axis="x", alpha=0.3)
 
 
