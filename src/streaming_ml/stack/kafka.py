@@ -35,8 +35,9 @@ def jvm_options(heap: str, log4j: Path, logs_dir: Path, full_jit: bool = False) 
     """Shared by the broker and the Connect worker: small heap, serial GC and the C1
     compiler only. On 2 cores three JVMs starting at once spend most of their time
     compiling; C1-only brings a full `up` from ~35 s to ~10 s, and these processes are
-    not the CPU bottleneck of the pipeline (the model and the Python bridge are).
-    ``full_jit`` keeps C2 too (``SML_CONNECT_FULL_JIT``, measured in docs/performance.md)."""
+    not the CPU bottleneck of the pipeline. Connect is, at high rates (Debezium's capture
+    and the JDBC sink): it runs with ``full_jit`` (C2 too, ``SML_CONNECT_FULL_JIT``), which
+    cut its CPU by a third at 4,000-6,000 rows/s (docs/performance.md)."""
     jit = [] if full_jit else ["-XX:TieredStopAtLevel=1"]
     return [
         heap, "-Xms64m", "-XX:+UseSerialGC", *jit, "-Xss512k",
