@@ -510,6 +510,9 @@ def bench(
     bridges: int | None = typer.Option(
         None, help="Bridge-only run: rows/s of 1 and of this many bridges in one group (default 2)"
     ),
+    stream_bridges: int | None = typer.Option(
+        None, help="Bridges (one group) for the latency run and throughput steps (default 1)"
+    ),
     concurrency: int | None = typer.Option(None, help="Client threads for /predict req/s"),
     skip_serving: bool = typer.Option(False, "--skip-serving", help="No /predict run"),
     skip_latency: bool = typer.Option(False, "--skip-latency", help="No latency run"),
@@ -544,6 +547,7 @@ def bench(
         "rate": rate, "duration_s": duration, "batch_rows": batch,
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
         "bridges": bridges, "concurrency": concurrency, "explained_bridge_rows": explained_rows,
+        "stream_bridges": stream_bridges,
     }  # fmt: skip
     if steps is not None:
         # Only the --steps parse may turn a ValueError into this message: one raised

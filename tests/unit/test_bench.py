@@ -177,6 +177,8 @@ def test_options_reject_nonsense() -> None:
         BenchOptions(insert_mode="bulk").check()  # type: ignore[arg-type]
     with pytest.raises(BenchError, match="--bridges must be at least 1, got 0"):
         BenchOptions(bridges=0).check()
+    with pytest.raises(BenchError, match="--stream-bridges must be at least 1, got 0"):
+        BenchOptions(stream_bridges=0).check()
     BenchOptions.quick().check()
 
 

@@ -37,6 +37,7 @@ class BenchOptions:
     step_duration_s: float = 15.0
     prefill_rows: int = 50_000
     bridges: int = 2  # bridge-only run: also time this many bridges in one group (1: only one)
+    stream_bridges: int = 1  # bridges in the group of the latency run and throughput steps
     one_row_requests: int = 200
     thousand_row_requests: int = 50
     concurrency: int = 8
@@ -106,6 +107,8 @@ class BenchOptions:
             problems.append("--prefill-rows and --step-duration must be positive")
         if self.bridges < 1:
             problems.append(f"--bridges must be at least 1, got {self.bridges}")
+        if self.stream_bridges < 1:
+            problems.append(f"--stream-bridges must be at least 1, got {self.stream_bridges}")
         if self.concurrency < 1:
             problems.append(f"--concurrency must be at least 1, got {self.concurrency}")
         if self.explained_requests < 1 or self.explained_bridge_rows < 1:

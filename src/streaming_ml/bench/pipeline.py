@@ -113,7 +113,7 @@ class Bench:
         self.child_env = {**os.environ, **settings_env(settings)}
         self.log_dir = settings.state_dir / "logs"
         self.dsn = ""
-        self.bridge: BridgeProcess | None = None
+        self.bridges: list[BridgeProcess] = []  # the bench's stream bridges, one group
         self.series: dict[str, Any] = {}
         self._seed = options.seed
 
@@ -196,8 +196,8 @@ class Bench:
         self.env.startup_s["service"] = round(time.monotonic() - began, 1)
 
     def _start_bridge(self, cleanup: ExitStack) -> None:
-        """A bridge in a fresh consumer group that starts at the change topic's end, so
-        a backlog left by earlier runs is not measured."""
+        """``--stream-bridges`` bridges in a fresh consumer group that starts at the change
+        topic's end, so a backlog left by earlier runs is not measured."""
         s = self.settings
         group = f"sml-bench-{uuid.uuid4().hex[:8]}"
         consumer = _consumer(s)
@@ -208,18 +208,24 @@ class Bench:
         if ends is not None:
             commit_offsets(s, group, s.listings_topic, ends)
         began = time.monotonic()
-        self.bridge = BridgeProcess(s, self.child_env, group, self.log_dir)
-        self.bridge.start()
+        count = self.options.stream_bridges
+        names = [group] if count == 1 else [f"{group}-{i + 1}" for i in range(count)]
+        self.bridges = [
+            BridgeProcess(s, self.child_env, group, self.log_dir, name=n) for n in names
+        ]
         cleanup.callback(self._stop_bridge)
-        self.bridge.wait_ready(self.console)
-        self.env.started.append("bridge")
+        for bridge in self.bridges:
+            bridge.start()
+        for bridge in self.bridges:
+            bridge.wait_ready(self.console)
+        self.env.started.append("bridge" if count == 1 else f"{count} bridges")
         self.env.bridge_group = group
         self.env.startup_s["bridge"] = round(time.monotonic() - began, 1)
 
     def _stop_bridge(self) -> None:
-        if self.bridge is not None:
-            self.bridge.stop()
-            self.bridge = None
+        for bridge in self.bridges:
+            bridge.stop()
+        self.bridges = []
 
     # -- load generation and read-back --
 
@@ -336,7 +342,8 @@ class Bench:
                 states.append(f"{name}: {body.get('connector', {}).get('state')} tasks [{tasks}]")
             except (requests.RequestException, ValueError):
                 states.append(f"{name}: status not available")
-        where = self.bridge.log_path if self.bridge else "the running bridge's log"
+        logs = ", ".join(str(b.log_path) for b in self.bridges)
+        where = logs or "the running bridge's log"
         return (
             f"connectors: {'; '.join(states)}. Check {where}, `streaming-ml stack logs connect` "
             f"and the DLQ topic {s.dlq_topic}"
