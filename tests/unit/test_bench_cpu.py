@@ -7,7 +7,12 @@ import sys
 
 from streaming_ml.bench.cpu import CpuSampler, cpu_note
 
-BUSY = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"
+# Busy for 0.6 s of CPU, then idle long enough for a sample to see it all before it exits
+# (the CPU a process uses after its last sample is not counted).
+BUSY = (
+    "import time\nend = time.process_time() + 0.6\n"
+    "while time.process_time() < end: pass\ntime.sleep(0.3)"
+)
 
 
 def test_a_bridge_that_starts_and_ends_within_the_run_is_counted() -> None:

@@ -661,3 +661,20 @@ def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> No
     before = env_file.read_text()
     assert init(env_file, state_dir) == []
     assert env_file.read_text() == before
+
+
+def test_connect_serves_its_jmx_metrics_as_the_local_worker_does() -> None:
+    main = services(MAIN)
+    opts = environment(main["connect"])["KAFKA_OPTS"]
+    agent = re.fullmatch(r"-javaagent:(\S+\.jar)=0\.0\.0\.0:(\d+):(\S+\.yaml)", opts)
+    assert agent, opts
+    jar, port, config = agent.group(1), int(agent.group(2)), agent.group(3)
+    # The port the bench and the docs read, published like every port of the pod.
+    assert port == Settings().connect_metrics_port
+    assert ("127.0.0.1", port, port) in published(main[POD_OWNER])
+    # The image holds the agent where KAFKA_OPTS says, and the local stack's config file.
+    dockerfile = (REPO_ROOT / main["connect"]["build"]["dockerfile"]).read_text()
+    assert f"/out/agents/jmx_prometheus_javaagent.jar {Path(jar).parent}/" in dockerfile
+    assert f"COPY --chown=kafka:kafka stack/jmx-exporter.yaml {Path(config).parent}/" in dockerfile
+    assert REPO_ROOT / "stack" / Path(config).name == connect_worker.JMX_EXPORTER_CONFIG
+    assert "dependency:copy@copy-agents" in dockerfile

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from streaming_ml.config import Settings
+from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.stack import process
 from streaming_ml.stack.jars import java_binary, jmx_exporter_jar, kafka_classpath, plugin_dir
 from streaming_ml.stack.kafka import jvm_options, log4j_config
@@ -87,21 +87,8 @@ def worker_properties(settings: Settings, dist_dir: Path) -> str:
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
-# The MBeans worth reading while the stream runs (the rest of the JVM's are noise):
-# Debezium's streaming and snapshot metrics, each task's poll and error figures, and the
-# producers' queue time and request latency -- the hops between the WAL and the broker.
-JMX_EXPORTER_CONFIG = """\
-lowercaseOutputName: true
-lowercaseOutputLabelNames: true
-includeObjectNames:
-  - "debezium.postgres:*"
-  - "kafka.connect:type=source-task-metrics,*"
-  - "kafka.connect:type=sink-task-metrics,*"
-  - "kafka.connect:type=task-error-metrics,*"
-  - "kafka.connect:type=connector-task-metrics,*"
-  - "kafka.producer:type=producer-metrics,*"
-  - "java.lang:type=Compilation"
-"""
+# Which MBeans the exporter serves: one file for the local stack and the compose image.
+JMX_EXPORTER_CONFIG = REPO_ROOT / "stack" / "jmx-exporter.yaml"
 
 
 def worker_env(passwords: Passwords) -> dict[str, str]:
@@ -120,13 +107,11 @@ def start(
     props.write_text(worker_properties(settings, dist_dir))
     log4j = base / "log4j2.xml"
     log4j.write_text(log4j_config(settings.state_dir / "logs" / "connect-worker.log"))
-    exporter = base / "jmx-exporter.yaml"
-    exporter.write_text(JMX_EXPORTER_CONFIG)
     agent = f"{jmx_exporter_jar(dist_dir)}={settings.host}:{settings.connect_metrics_port}"
     argv = [
         str(java_binary()),
         *jvm_options(HEAP, log4j, settings.state_dir / "logs", settings.connect_full_jit),
-        f"-javaagent:{agent}:{exporter}",
+        f"-javaagent:{agent}:{JMX_EXPORTER_CONFIG}",
         "-cp", kafka_classpath(dist_dir), "org.apache.kafka.connect.cli.ConnectDistributed",
         str(props),
     ]  # fmt: skip
