@@ -262,6 +262,8 @@ def down(settings: Settings, purge: bool = False) -> None:
     for component in reversed(COMPONENTS):
         with console.status(f"[bold]{component.name}[/]: stopping"):
             stopped = _stop(state, component)
+            if stopped:
+                _wait_ports_released(settings, component)
         if stopped:
             stopped_any = True
             console.print(f"[yellow]{component.name}[/]: stopped")
@@ -279,9 +281,27 @@ def stop_component(settings: Settings, name: str) -> bool:
         raise StackError(f"unknown component {name!r}; use one of {', '.join(BY_NAME)}")
     with console.status(f"[bold]{name}[/]: stopping"):
         stopped = _stop(settings.state_dir, BY_NAME[name])
+        if stopped:
+            _wait_ports_released(settings, BY_NAME[name])
     if stopped:
         console.print(f"[yellow]{name}[/]: stopped")
     return stopped
+
+
+def _wait_ports_released(settings: Settings, component: Component, timeout_s: float = 10.0) -> None:
+    """Until the stopped component's ports can be bound again, for at most ``timeout_s``.
+
+    The process group can be gone a moment before the kernel lets go of a listening port
+    (seen with Connect's metrics port right after a stop), and ``up`` refuses a busy port,
+    so a restart straight after a stop could fail. A port still busy after the timeout is
+    left for ``up`` to report.
+    """
+    deadline = time.monotonic() + timeout_s
+    ports = [_port(settings, field) for field in component.ports]
+    while time.monotonic() < deadline:
+        if all(process.port_free(settings.host, port) for port in ports):
+            return
+        time.sleep(0.1)
 
 
 def restart_component(settings: Settings, name: str) -> None:
