@@ -27,6 +27,7 @@ from rich.console import Console
 from streaming_ml.bench.kafka import read_topic
 from streaming_ml.bench.stats import summarize
 from streaming_ml.config import Settings
+from streaming_ml.stack import postgres
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ FROM pg_stat_replication r
 JOIN pg_replication_slots s ON s.active_pid = r.pid
 WHERE s.slot_name = %s
 """
-SLOT_NAME = "car_listings_slot"
 # Connect's JMX figures worth reporting, by exporter name (lower-cased MBean + attribute).
 CONNECT_METRICS: tuple[tuple[str, str], ...] = (
     ("kafka_connect_source_task_metrics_poll_batch_avg_time_ms",
@@ -120,7 +120,7 @@ class ReplicationSampler:
     """Samples the connector's walsender in ``pg_stat_replication`` every ``interval_s``
     on a thread of its own while a run inserts (a context manager)."""
 
-    def __init__(self, dsn: str, interval_s: float = 0.1, slot: str = SLOT_NAME) -> None:
+    def __init__(self, dsn: str, interval_s: float = 0.1, slot: str = postgres.SLOT) -> None:
         self._dsn = dsn
         self._interval_s = interval_s
         self._slot = slot
