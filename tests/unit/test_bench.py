@@ -23,12 +23,14 @@ from streaming_ml.bench import (
     settings_env,
     summarize,
 )
+from streaming_ml.bench.hops import hop_summary
 from streaming_ml.bench.pipeline import _add_up
 from streaming_ml.bench.processes import wait_all_exit
 from streaming_ml.bench.report import (
     bridge_process_rows,
     bridge_step_rows,
     explanation_rows,
+    hop_rows,
     plot_bench,
     print_summary,
 )
@@ -144,6 +146,44 @@ def test_check_targets_compares_each_figure() -> None:
     assert result["predict_1000_rows_ms_p50"] == {"target": "<= 10", "measured": 10.0, "met": True}
     assert "note" not in result["latency_ms.p50"]
     assert "note" in check_targets({**doc, "rate_rows_per_s": 500.0})["latency_ms.p50"]
+
+
+# Two rows: committed at 0 and 10 ms, read by Debezium 4 and 15 ms in, appended at 12 and 30.
+HOPS_DOC = {
+    **hop_summary({1: (0.0, 4.0, 12.0), 2: (10.0, 15.0, 30.0)}),
+    "connect_jmx": {
+        "figures": {
+            "kafka_connect_source_task_metrics_poll_batch_avg_time_ms": 11.0,
+            "kafka_producer_producer_metrics_record_queue_time_avg": 0.8,
+        }
+    },
+}
+
+
+def test_hops_split_commit_to_kafka_row_by_row() -> None:
+    hops = HOPS_DOC["hops_ms"]
+    assert HOPS_DOC["rows"] == 2
+    assert (hops["commit_to_debezium"]["min"], hops["commit_to_debezium"]["max"]) == (4.0, 5.0)
+    assert (hops["debezium_to_kafka"]["min"], hops["debezium_to_kafka"]["max"]) == (8.0, 15.0)
+    # Means 4.5 and 11.5 of a 16 ms stage mean.
+    assert HOPS_DOC["share_of_mean"] == {"commit_to_debezium": 0.281, "debezium_to_kafka": 0.719}
+    assert hop_summary({}) == {"rows": 0}
+    assert hop_rows(HOPS_DOC) == [
+        ("commit_to_debezium", "4.5", "4.5", "5.0", "28%"),
+        ("debezium_to_kafka", "11.5", "11.5", "14.9", "72%"),
+    ]
+
+
+def test_summary_shows_the_hops_and_the_baseline_ratio() -> None:
+    console = Console(record=True, width=140)
+    doc = {
+        "bench": {"profile": "full"}, "targets": {}, "commit_to_kafka_hops": HOPS_DOC,
+        "baseline_rows_per_s": 300.0, "bridge_vs_baseline_rows_per_s": 22.5,
+    }  # fmt: skip
+    print_summary(doc, console)
+    text = console.export_text()
+    assert "commit_to_kafka, hop by hop (2 rows)" in text
+    assert "baseline (one POST /predict per event): 300.0 rows/s; the bridge does 22.5x" in text
 
 
 def test_parse_load_output_reads_the_summary_line() -> None:
@@ -263,6 +303,13 @@ def test_summary_table_prints_both_bridge_figures_next_to_each_other() -> None:
         {
             "bridge_rows_per_s": 4000.0,
             "bridge_steps_us_per_event": bridge_steps_per_event(STEP_SECONDS, 1000, 4000.0),
+        },
+        {  # round two's rows: the hops, the targets and the baseline beside the bridge
+            "bridge_rows_per_s": 4000.0,
+            "baseline_rows_per_s": 200.0,
+            "bridge_vs_baseline_rows_per_s": 20.0,
+            "commit_to_kafka_hops": HOPS_DOC,
+            "targets": check_targets({"bridge_rows_per_s": 4000.0}),
         },
     ],
 )
