@@ -56,7 +56,7 @@ def parse_change(
         op = str(value["op"])
         ts = source.get("ts_ms", value.get("ts_ms"))
         lsn = source.get("lsn")
-        row = after if op != "d" else None
+        row = dict(after) if op != "d" and after is not None else None
         listing_id = listing_id_of(key, after or before)
     else:
         deleted = str(value.get("__deleted", "false")).lower() == "true"
@@ -68,7 +68,7 @@ def parse_change(
     return Change(
         op=op,
         listing_id=listing_id,
-        row=dict(row) if row is not None else None,
+        row=row,
         source_ts_ms=int(ts) if ts is not None else None,
         lsn=int(lsn) if lsn is not None else None,
         unchanged=unchanged if op == "u" else frozenset(),
