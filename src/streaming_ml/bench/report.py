@@ -308,18 +308,11 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
     stages = doc.get("stages")
     if stages:
         names = [name for name, _ in STAGES if stages.get(name, {}).get("count")]
-        y = np.arange(len(names))
-        for offset, (q, colour) in zip(
-            (-0.27, 0.0, 0.27),
-            ((50, "tab:green"), (95, "tab:orange"), (99, "tab:red")),
-            strict=True,
-        ):
-            values = [max(stages[n][f"p{q}"] or 0.0, 0.01) for n in names]
-            ax.barh(y + offset, values, height=0.25, color=colour, label=f"p{q}")
-            for yy, v in zip(y + offset, values, strict=True):
-                ax.text(v, yy, f" {v:.1f}", va="center", fontsize=7)
-        ax.set_yticks(y, names)
-        ax.invert_yaxis()
+        # Floored at 0.01 ms: the axis is logarithmic.
+        _grouped_barh(
+            ax, names, {n: stages[n] for n in names},
+            (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")), floor=0.01,
+        )  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("ms (log scale)")
         ax.set_title("Latency per stage (latency run)")
@@ -428,22 +421,35 @@ def _plot_bridge_steps(ax: Any, steps: Mapping[str, Any] | None) -> None:
     ax.grid(True, axis="x", alpha=0.3)
 
 
+def _grouped_barh(
+    ax: Any,
+    names: list[str],
+    figures: Mapping[str, Mapping[str, Any]],
+    series: tuple[tuple[str, str], ...],
+    floor: float = 0.0,
+) -> None:
+    """One row per name, a labelled bar per (figure key, colour) of ``series``."""
+    y = np.arange(len(names))
+    offsets = (np.arange(len(series)) - (len(series) - 1) / 2) * 0.27
+    for offset, (key, colour) in zip(offsets, series, strict=True):
+        values = [max(figures[n][key] or 0.0, floor) for n in names]
+        ax.barh(y + offset, values, height=0.25, color=colour, label=key)
+        for yy, v in zip(y + offset, values, strict=True):
+            ax.text(v, yy, f" {v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+
+
 def _plot_hops(ax: Any, hops: Mapping[str, Any] | None) -> None:
     if not hops or not hops.get("rows"):
         _empty(ax, "commit_to_kafka hops not measured")
         return
-    names = [name for name, _ in HOPS]
-    y = np.arange(len(names))
-    for offset, (key, colour) in zip(
-        (-0.27, 0.0, 0.27), (("p50", "tab:green"), ("mean", "tab:blue"), ("p99", "tab:red")),
-        strict=True,
-    ):  # fmt: skip
-        values = [hops["hops_ms"][n][key] or 0.0 for n in names]
-        ax.barh(y + offset, values, height=0.25, color=colour, label=key)
-        for yy, v in zip(y + offset, values, strict=True):
-            ax.text(v, yy, f" {v:.1f}", va="center", fontsize=8)
-    ax.set_yticks(y, ["commit → Debezium read", "Debezium read → broker"])
-    ax.invert_yaxis()
+    labels = {"commit_to_debezium": "commit → Debezium read",
+              "debezium_to_kafka": "Debezium read → broker"}  # fmt: skip
+    _grouped_barh(
+        ax, list(labels.values()), {labels[n]: hops["hops_ms"][n] for n in labels},
+        (("p50", "tab:green"), ("mean", "tab:blue"), ("p99", "tab:red")),
+    )  # fmt: skip
     ax.set_xlabel("ms")
     jmx = (hops.get("connect_jmx") or {}).get("figures") or {}
     poll = jmx.get("kafka_connect_source_task_metrics_poll_batch_avg_time_ms")
