@@ -13,20 +13,19 @@ import bentoml
 from bentoml.validators import ContentType
 
 from streaming_ml.config import Settings
-from streaming_ml.lineup import initial_lineup
-from streaming_ml.logging import configure_package_logging
-from streaming_ml.model import check_servable, get_bento_model
-from streaming_ml.serving import (
-    ArmMetrics,
+from streaming_ml.log import configure_package_logging
+from streaming_ml.models.store import check_servable, get_bento_model
+from streaming_ml.service.api import (
     BatchPrediction,
     ExplainedPrice,
     ExplainRequest,
     ListingExplanation,
     PredictBatchRequest,
-    Predictor,
     PredictRequest,
-    RequestGuard,
 )
+from streaming_ml.service.guard import RequestGuard
+from streaming_ml.service.lineup import initial_lineup
+from streaming_ml.service.predictor import ArmMetrics, Predictor
 
 # service.py is an entry point: the only place the service reads the environment.
 SETTINGS = Settings()

@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 
 from streaming_ml.config import REPO_ROOT
-from streaming_ml.data import FEATURES, generate_listings, load_listings_csv
+from streaming_ml.datasets.csv import load_listings_csv
+from streaming_ml.datasets.synthetic import generate_listings
 from streaming_ml.evaluation.drift import DriftWindow, reference_of
-from streaming_ml.logging import configure_logging
+from streaming_ml.log import configure_logging
+from streaming_ml.schema.listing import FEATURES
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "ford_train.csv"
 

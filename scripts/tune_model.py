@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from streaming_ml.data import load_listings_csv
-from streaming_ml.logging import configure_logging
-from streaming_ml.train import TrainParams, cross_validate
+from streaming_ml.datasets.csv import load_listings_csv
+from streaming_ml.log import configure_logging
+from streaming_ml.models.train import TrainParams, cross_validate
 
 BASE = TrainParams(n_estimators=4000, min_child_weight=3, reg_lambda=3)
 # Small, deliberate grid: tree depth and learning rate matter most here, then leaf

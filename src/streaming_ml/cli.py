@@ -13,8 +13,8 @@ from pathlib import Path
 import typer
 
 from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, REPO_ROOT, Settings
-from streaming_ml.exceptions import ConfigError, StreamingMLError
-from streaming_ml.logging import configure_logging
+from streaming_ml.errors import ConfigError, StreamingMLError
+from streaming_ml.log import configure_logging
 
 app = typer.Typer(
     help="CDC-driven model serving: Postgres -> Debezium -> Kafka -> BentoML -> Kafka -> Postgres.",
@@ -72,7 +72,7 @@ def train(
     """Train the XGBoost price model (or, with --online, warm up an online model) and save
     it to the BentoML model store."""
     settings = _settings()
-    from streaming_ml.train import train_model, train_online_model
+    from streaming_ml.models.train import train_model, train_online_model
 
     try:
         if online:
@@ -114,20 +114,20 @@ def evaluate(
     if prequential:
         from rich.console import Console
 
-        from streaming_ml import online_report
+        from streaming_ml.models import prequential
 
         try:
-            report = online_report.run_prequential(data, candidate, rows, scenario, plot)
+            report = prequential.run_prequential(data, candidate, rows, scenario, plot)
         except StreamingMLError as error:
             _fail(error)
         if as_json:
             typer.echo(json.dumps(report))
         else:
-            Console().print(online_report.render(report))
+            Console().print(prequential.render(report))
         return
     if data is None:
         _fail(ConfigError("--data CSV is required (or use --prequential)"))
-    from streaming_ml.train import evaluate_model
+    from streaming_ml.models.train import evaluate_model
 
     try:
         metrics = evaluate_model(data_path=data, model_tag=model or settings.model_tag)
@@ -147,7 +147,7 @@ def serve(
 ) -> None:
     """Serve the price model over HTTP (BentoML) in the foreground until Ctrl-C."""
     settings = _settings()
-    from streaming_ml.serving import serve_forever
+    from streaming_ml.service.launcher import serve_forever
 
     # An explicit --model pins it; otherwise the registry's champion is served.
     follow = model is None and settings.model_follow
@@ -308,7 +308,7 @@ def learn(
     """Learn the online model (SML_ONLINE_MODEL_NAME) from every served outcome; snapshot it
     every SML_ONLINE_SNAPSHOT_LABELS labels and move its aliases to the snapshot."""
     settings = _settings()
-    from streaming_ml.learner import run_learner
+    from streaming_ml.models.learner import run_learner
 
     try:
         stats = run_learner(settings, timeout=timeout)
@@ -363,11 +363,11 @@ def dashboard(
 def connectors_apply() -> None:
     """Create the topics (SML_PARTITIONS) and apply both connectors; wait until they run."""
     settings = _settings()
-    from streaming_ml import connectors
+    from streaming_ml.connect import commands
 
     try:
-        connectors.apply(settings)
-        typer.echo(json.dumps(connectors.status(settings), indent=2))
+        commands.apply(settings)
+        typer.echo(json.dumps(commands.status(settings), indent=2))
     except StreamingMLError as error:
         _fail(error)
 
@@ -376,10 +376,10 @@ def connectors_apply() -> None:
 def connectors_status() -> None:
     """Print each connector's and task's state as JSON; exit 1 if one is not RUNNING."""
     settings = _settings()
-    from streaming_ml import connectors
+    from streaming_ml.connect import commands
 
     try:
-        summary = connectors.status(settings)
+        summary = commands.status(settings)
     except StreamingMLError as error:
         _fail(error)
     typer.echo(json.dumps(summary, indent=2))
@@ -402,10 +402,10 @@ def connectors_watch(
     """Restart FAILED connector parts until Ctrl-C (run one of these, not one per bridge);
     /metrics has the restarts and the replication slot's health."""
     settings = _settings()
-    from streaming_ml import connectors
+    from streaming_ml.connect import commands
 
     try:
-        connectors.watch(
+        commands.watch(
             settings,
             interval or settings.connector_check_interval_s or 15.0,
             metrics_port or settings.watchdog_metrics_port,
@@ -432,7 +432,7 @@ def load(
 ) -> None:
     """Insert synthetic listings into car_listings; print how many and their id range."""
     settings = _settings()
-    from streaming_ml.load import load_listings
+    from streaming_ml.datasets.load import load_listings
     from streaming_ml.stack import postgres_dsn
 
     try:
@@ -461,7 +461,7 @@ def explain(
     settings = _settings()
     from rich.console import Console
 
-    from streaming_ml.explain import gather, render
+    from streaming_ml.service.explain import gather, render
     from streaming_ml.stack import postgres_dsn
 
     tables = {
@@ -595,7 +595,7 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="One JSON arra
     from rich.console import Console
     from rich.table import Table
 
-    from streaming_ml.lifecycle import model_rows
+    from streaming_ml.models.lifecycle import model_rows
 
     rows, _aliases, problem = model_rows(settings)
     if as_json:
@@ -622,7 +622,7 @@ def model_describe(
 ) -> None:
     """A model's metadata, offline metrics, aliases and registry events (JSON)."""
     settings = _settings()
-    from streaming_ml.lifecycle import describe
+    from streaming_ml.models.lifecycle import describe
 
     try:
         typer.echo(json.dumps(describe(settings, tag), indent=2, default=str))
@@ -637,7 +637,7 @@ def model_promote(
 ) -> None:
     """Make a model the champion: every service replica swaps to it within seconds."""
     settings = _settings()
-    from streaming_ml.lifecycle import promote
+    from streaming_ml.models.lifecycle import promote
 
     try:
         new, previous = promote(settings, tag, force)
@@ -650,7 +650,7 @@ def model_promote(
 def model_rollback() -> None:
     """Bring the previous champion back on every replica."""
     settings = _settings()
-    from streaming_ml.lifecycle import rollback
+    from streaming_ml.models.lifecycle import rollback
 
     try:
         restored, retired = rollback(settings)
@@ -671,7 +671,7 @@ def experiment_start(
 ) -> None:
     """Start an A/B split and/or a shadow model (replaces a running experiment)."""
     settings = _settings()
-    from streaming_ml.lifecycle import start_experiment
+    from streaming_ml.models.lifecycle import start_experiment
 
     try:
         event = start_experiment(settings, challenger, split, shadow)
@@ -687,7 +687,7 @@ def experiment_start(
 def experiment_status() -> None:
     """The champion and the running experiment (JSON)."""
     settings = _settings()
-    from streaming_ml import registry
+    from streaming_ml.models import registry
 
     try:
         aliases = registry.read_aliases(settings)
@@ -710,7 +710,7 @@ def experiment_status() -> None:
 def experiment_stop() -> None:
     """Stop the experiment: every listing goes back to the champion."""
     settings = _settings()
-    from streaming_ml.lifecycle import stop_experiment
+    from streaming_ml.models.lifecycle import stop_experiment
 
     try:
         stopped = stop_experiment(settings)
@@ -728,7 +728,7 @@ def compose_init(
 ) -> None:
     """Generate the compose stack's database passwords (once; existing values are kept)."""
     _settings()
-    from streaming_ml.compose import init
+    from streaming_ml.stack.compose import init
 
     added = init(env_file, state_dir)
     if added:

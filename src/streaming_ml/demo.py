@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, Settings
-from streaming_ml.data import feature_problems
-from streaming_ml.exceptions import ModelNotFoundError, StreamingMLError
+from streaming_ml.errors import ModelNotFoundError, StreamingMLError
+from streaming_ml.schema.listing import feature_problems
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ ASSIGNMENT_TIMEOUT_S = 60.0
 def ensure_model(settings: Settings, console: Console) -> str:
     """The tag of the newest ``ford_price`` model, training one on synthetic data if
     the model store has none (a fresh clone)."""
-    from streaming_ml.model import PriceModel, get_bento_model
+    from streaming_ml.models.booster import PriceModel
+    from streaming_ml.models.store import get_bento_model
 
     try:
         latest = get_bento_model(f"{settings.model_name}:latest")
@@ -45,7 +46,7 @@ def ensure_model(settings: Settings, console: Console) -> str:
         f"[bold]No usable {settings.model_name} model ({reason.split(';')[0]}): "
         "training one on synthetic data…"
     )
-    from streaming_ml.train import train_model
+    from streaming_ml.models.train import train_model
 
     result = train_model(
         model_name=settings.model_name,
@@ -95,13 +96,14 @@ def results_table(
 
 def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
-    from streaming_ml import connectors, stack
+    from streaming_ml import stack
     from streaming_ml.bridge import Bridge
+    from streaming_ml.connect import commands
     from streaming_ml.dashboard import DashboardServer
+    from streaming_ml.datasets.load import connect, load_listings, read_listings
+    from streaming_ml.datasets.predictions import wait_for_predictions
     from streaming_ml.evaluation.evaluator import Evaluator
-    from streaming_ml.load import connect, load_listings, read_listings
-    from streaming_ml.serving import ServiceProcess
-    from streaming_ml.sinks import wait_for_predictions
+    from streaming_ml.service.launcher import ServiceProcess
     from streaming_ml.stack.secrets import APP_ROLE, secrets_path
 
     console = Console()
@@ -124,7 +126,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         dsn = stack.postgres_dsn(settings)
 
         console.print("[bold]4/5[/] applying the connectors, starting the bridge…")
-        connectors.apply(live)
+        commands.apply(live)
         bridge = Bridge(live, watch_connectors=True)
         failure: list[BaseException] = []
         thread = _in_thread("bridge", bridge.run, bridge.ready, failure)

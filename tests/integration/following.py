@@ -10,9 +10,9 @@ from typing import Any
 
 import requests
 
-from streaming_ml import lifecycle
 from streaming_ml.config import Settings
-from streaming_ml.serving import ServiceProcess
+from streaming_ml.models import lifecycle
+from streaming_ml.service.launcher import ServiceProcess
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import pipeline_settings, unique, wait_until
 

@@ -24,13 +24,14 @@ from confluent_kafka import Consumer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from rich.console import Console
 
-from streaming_ml import serde, sinks
 from streaming_ml.bench.kafka import commit_offsets, high_watermarks
 from streaming_ml.bench.kafka import read_topic as bench_read_topic
 from streaming_ml.bridge import Bridge
 from streaming_ml.bridge.plan import features_hash
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.data import FEATURES
+from streaming_ml.datasets import predictions
+from streaming_ml.schema import avro
+from streaming_ml.schema.listing import FEATURES
 from tests.fixtures.ports import free_port
 
 PRICED_WITHIN_S = 240.0
@@ -201,7 +202,7 @@ def execute(dsn: str, sql: str, params: Any = None) -> None:
 
 def predictions_for(dsn: str, table: str, ids: list[int]) -> dict[int, dict[str, Any]]:
     with psycopg2.connect(dsn) as conn:
-        rows = sinks.read_predictions(conn, table, ids)
+        rows = predictions.read_predictions(conn, table, ids)
     conn.close()
     return rows
 
@@ -244,8 +245,8 @@ def where_stuck(settings: Settings, dsn: str, ids: list[int]) -> str:
     """Where the listings without a current prediction row are: on the change topic, on
     the predictions topic, and what the connectors and consumer groups say. A timed-out
     fault test reports this, so a CI failure names the stuck hop."""
-    from streaming_ml import connectors
     from streaming_ml.bench.kafka import LagProbe
+    from streaming_ml.connect import commands
 
     rows = listings(dsn, settings.listings_table, ids)
     predictions = predictions_for(dsn, settings.predictions_table, ids)
@@ -281,7 +282,7 @@ def where_stuck(settings: Settings, dsn: str, ids: list[int]) -> str:
         finally:
             probe.close()
     try:
-        parts.append(f"connectors: {connectors.status(settings)}")
+        parts.append(f"connectors: {commands.status(settings)}")
     except Exception as error:
         parts.append(f"connectors unknown: {error}")
     return "; ".join(parts)
@@ -291,7 +292,7 @@ def wait_for_predictions(
     dsn: str, table: str, ids: list[int], timeout_s: float = PRICED_WITHIN_S
 ) -> dict[int, dict[str, Any]]:
     """Every id's prediction row, or an AssertionError saying how many are missing."""
-    found = sinks.wait_for_predictions(dsn, table, ids, timeout_s)
+    found = predictions.wait_for_predictions(dsn, table, ids, timeout_s)
     missing = set(ids) - found.keys()
     assert not missing, (
         f"timed out after {timeout_s:.0f}s waiting for {len(set(ids))} predictions: "
@@ -341,7 +342,7 @@ def read_topic(
 ) -> list[TopicRecord]:
     """Every committed record of ``topic`` from the beginning to its current end (with
     ``committed_only=False``, those of open and aborted transactions too)."""
-    decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
+    decode = avro.writer_schema_deserializer(avro.registry_client(settings.registry_url))
     key_ctx = SerializationContext(topic, MessageField.KEY)
     value_ctx = SerializationContext(topic, MessageField.VALUE)
     records: list[TopicRecord] = []

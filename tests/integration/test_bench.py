@@ -197,10 +197,10 @@ def test_the_baseline_consumer_prices_each_event_with_the_service(
     produced as it comes; every event priced, at the service's own price."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer
 
-    from streaming_ml import topics
     from streaming_ml.bench.baseline import drain_per_event
     from streaming_ml.bench.kafka import high_watermarks
-    from streaming_ml.load import load_listings
+    from streaming_ml.datasets.load import load_listings
+    from streaming_ml.kafka import replay
     from tests.integration.pipeline import direct_prices, dsn_of, listings, unique
 
     settings = stack_settings.model_copy(update={"service_url": prediction_service})
@@ -228,7 +228,7 @@ def test_the_baseline_consumer_prices_each_event_with_the_service(
             value = json.loads(msg.value())
             produced[int(value["listing_id"])] = float(value["predicted_price"])
 
-        topics.read_until_end(reader, out, {p: OFFSET_BEGINNING for p in partitions}, keep, 60)
+        replay.read_until_end(reader, out, {p: OFFSET_BEGINNING for p in partitions}, keep, 60)
     finally:
         reader.close()
     rows = listings(dsn_of(settings), settings.listings_table, ids)

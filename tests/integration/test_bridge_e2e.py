@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from streaming_ml.config import Settings
-from streaming_ml.load import load_listings
-from streaming_ml.serving import ServiceProcess
+from streaming_ml.datasets.load import load_listings
+from streaming_ml.service.launcher import ServiceProcess
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import (
     assert_prices_match_service,
@@ -79,7 +79,7 @@ def test_invalid_rows_go_to_the_dlq_with_reasons(
             dsn, 120, seed=103, invalid=10, batch=7, table=settings.listings_table
         )
         rows = listings(dsn, settings.listings_table, loaded.ids)
-        from streaming_ml.data import feature_problems
+        from streaming_ml.schema.listing import feature_problems
 
         invalid = {i for i, row in rows.items() if feature_problems(row)}
         assert len(invalid) == 10
@@ -108,8 +108,9 @@ def test_a_row_too_large_for_kafka_is_dead_lettered_and_the_stream_goes_on(
 ) -> None:
     # A 2 MB model name would make the change event larger than Kafka accepts and fail the
     # Debezium task on every restart while WAL piles up; it is cut at capture instead.
-    from streaming_ml.data import MAX_CATEGORY_CHARS, generate_listing_records
-    from streaming_ml.load import insert_records
+    from streaming_ml.datasets.load import insert_records
+    from streaming_ml.datasets.synthetic import generate_listing_records
+    from streaming_ml.schema.listing import MAX_CATEGORY_CHARS
 
     settings = pipeline_settings(stack_settings, prediction_service)
     dsn = dsn_of(settings)
@@ -256,7 +257,7 @@ def test_service_rejection_is_narrowed_to_the_offending_records(prediction_servi
     the batch is bisected and only the records it rejects are dead-lettered."""
     from streaming_ml.bridge.plan import service_records
     from streaming_ml.bridge.pricing import PredictionClient, Pricer
-    from streaming_ml.data import generate_listing_records
+    from streaming_ml.datasets.synthetic import generate_listing_records
 
     rows = generate_listing_records(9, seed=107)
     rows[2] = {**rows[2], "mileage": -1}

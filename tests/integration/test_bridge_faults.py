@@ -14,9 +14,9 @@ import pytest
 
 from streaming_ml.bench.kafka import LagProbe
 from streaming_ml.config import Settings
-from streaming_ml.data import generate_listing_records
-from streaming_ml.load import insert_records, load_listings
-from streaming_ml.serving import ServiceProcess
+from streaming_ml.datasets.load import insert_records, load_listings
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.service.launcher import ServiceProcess
 from streaming_ml.stack import stop_component, up
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import (

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.stack import postgres, process, secrets
+from streaming_ml.stack import detached, postgres, secrets
 from tests.fixtures.stack import private_stack_settings
 
 pytestmark = pytest.mark.integration
@@ -48,12 +48,12 @@ def bare_postgres() -> Iterator[tuple[Settings, str]]:
     try:
         postgres.initdb(settings, passwords, run_as)
         pid = postgres.start(settings, run_as)
-        process.wait_until(
+        detached.wait_until(
             "postgres", "connections", lambda: postgres.ready(settings), timeout=60, pid=pid
         )
         yield settings, passwords[secrets.SUPERUSER]
     finally:
-        process.stop(settings.state_dir, postgres.NAME)
+        detached.stop(settings.state_dir, postgres.NAME)
         shutil.rmtree(settings.state_dir, ignore_errors=True)
 
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from streaming_ml import connect
 from streaming_ml.config import Settings
-from streaming_ml.load import load_listings
+from streaming_ml.connect import client
+from streaming_ml.datasets.load import load_listings
 from streaming_ml.stack import stop_component, up
 from tests.integration.pipeline import (
     dsn_of,
@@ -34,7 +34,7 @@ def connector_states(settings: Settings) -> dict[str, list[str]]:
     """State of each connector instance followed by its tasks' states."""
     states: dict[str, list[str]] = {}
     for name in settings.connector_names:
-        status = connect.connector_status(settings.connect_url, name)
+        status = client.connector_status(settings.connect_url, name)
         assert status is not None, f"connector {name} is not registered"
         states[name] = [status["connector"]["state"]] + [t["state"] for t in status["tasks"]]
     return states
@@ -58,9 +58,9 @@ def heal(settings: Settings, timeout_s: float = 90) -> None:
             return True
         for name in settings.connector_names:
             if time.monotonic() < deadline - 5:
-                status = connect.connector_status(settings.connect_url, name)
-                if status is not None and connect.failed_parts(status):
-                    connect.restart_failed(settings.connect_url, name)
+                status = client.connector_status(settings.connect_url, name)
+                if status is not None and client.failed_parts(status):
+                    client.restart_failed(settings.connect_url, name)
         return False
 
     wait_until(healed, timeout_s, "both connectors RUNNING again", interval_s=2)

@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from streaming_ml import lifecycle
 from streaming_ml.config import Settings
 from streaming_ml.dashboard import DashboardServer
-from streaming_ml.data import FEATURES, feature_problems
-from streaming_ml.load import load_listings
+from streaming_ml.datasets.load import load_listings
+from streaming_ml.models import lifecycle
+from streaming_ml.schema.listing import FEATURES, feature_problems
 from tests.fixtures.ports import free_port
 from tests.integration.following import champion_is, following_service, own_registry
 from tests.integration.pipeline import (

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming_ml import processes
 from streaming_ml.config import Settings
+from streaming_ml.system import processes
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
 from tests.integration.pipeline import settings_env

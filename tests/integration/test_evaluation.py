@@ -24,14 +24,16 @@ import numpy as np
 import psycopg2
 import pytest
 
-from streaming_ml import connect, lifecycle, topics
-from streaming_ml.bridge import kafka_setup
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.data import feature_problems
+from streaming_ml.connect import client
+from streaming_ml.datasets.load import load_listings
 from streaming_ml.evaluation import monitor
 from streaming_ml.evaluation.evaluator import Evaluator
 from streaming_ml.evaluation.outcomes import pair_key
-from streaming_ml.load import load_listings
+from streaming_ml.kafka import replay
+from streaming_ml.kafka import topics as topics_mod
+from streaming_ml.models import lifecycle
+from streaming_ml.schema.listing import feature_problems
 from streaming_ml.stack import postgres
 from streaming_ml.stack.secrets import load_passwords
 from tests.fixtures.ports import free_port
@@ -86,8 +88,8 @@ def with_outcomes_table(settings: Settings) -> Settings:
     finally:
         conn.close()
     # Topics before the sink: a sink subscribing first would auto-create one partition.
-    kafka_setup.ensure_topics(own)
-    connect.register_connector(own, own.outcomes_sink_connector)
+    topics_mod.ensure_topics(own)
+    client.register_connector(own, own.outcomes_sink_connector)
     return own
 
 
@@ -117,9 +119,9 @@ def read_outcomes(settings: Settings) -> list[dict[str, Any]]:
     """Every committed outcome record on the settings' outcomes topic."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer
 
-    from streaming_ml import serde
+    from streaming_ml.schema import avro
 
-    decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
+    decode = avro.writer_schema_deserializer(avro.registry_client(settings.registry_url))
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -132,7 +134,7 @@ def read_outcomes(settings: Settings) -> list[dict[str, Any]]:
     try:
         metadata = consumer.list_topics(settings.outcomes_topic, timeout=10)
         start = {p: OFFSET_BEGINNING for p in metadata.topics[settings.outcomes_topic].partitions}
-        _count, complete = topics.read_until_end(
+        _count, complete = replay.read_until_end(
             consumer, settings.outcomes_topic, start,
             lambda msg: found.append(decode(msg.value(), None)), 60,
         )  # fmt: skip
@@ -315,7 +317,7 @@ def test_late_labels_give_one_outcome_each_even_across_a_sigkill_of_the_evaluato
 @pytest.fixture(scope="module")
 def other_model_tags() -> list[str]:
     """Two more small real models (other seeds and depths): a challenger and a shadow."""
-    from streaming_ml.train import TrainParams, train_model
+    from streaming_ml.models.train import TrainParams, train_model
 
     tags = []
     for seed, depth in ((21, 4), (22, 3)):

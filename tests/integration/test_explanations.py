@@ -18,13 +18,16 @@ from typing import Any
 import pytest
 import requests
 
-from streaming_ml import lifecycle, serde
 from streaming_ml.bridge.plan import explanation_fields
 from streaming_ml.config import Settings
-from streaming_ml.data import EXPLANATION_FIELDS, FEATURES, generate_listing_records
-from streaming_ml.load import load_listings
-from streaming_ml.model import load_price_model
-from streaming_ml.serving import EXAMPLE_LISTING
+from streaming_ml.datasets.load import load_listings
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.models import lifecycle
+from streaming_ml.models.loader import load_price_model
+from streaming_ml.schema import avro
+from streaming_ml.schema.fields import EXPLANATION_FIELDS
+from streaming_ml.schema.listing import FEATURES
+from streaming_ml.service.api import EXAMPLE_LISTING
 from tests.fixtures.ports import free_port
 from tests.integration.following import (
     champion_is,
@@ -291,7 +294,7 @@ def test_the_registry_accepts_the_explained_schema_as_a_compatible_evolution(
     explanations, the registry accepts the new one (readers of either version read
     records of the other); a field without a default, as a control, is refused."""
     registry, subject = stack_settings.registry_url, f"{unique('explained')}-value"
-    new = serde.prediction_value_schema()
+    new = avro.prediction_value_schema()
     old = {**new, "fields": [f for f in new["fields"] if f["name"] not in EXPLANATION_COLUMNS]}
     strict = {**new, "fields": [*new["fields"], {"name": "required_now", "type": "double"}]}
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from streaming_ml import connectors
 from streaming_ml.config import Settings
-from streaming_ml.load import load_listings
+from streaming_ml.connect import commands
+from streaming_ml.datasets.load import load_listings
 from streaming_ml.stack import down, kafka, status, up
 from tests.fixtures.stack import private_stack_settings
 from tests.integration.pipeline import (
@@ -69,7 +69,7 @@ def small_disk_stack() -> Iterator[Settings]:
         pytest.skip(cannot)
     try:
         up(settings)
-        connectors.apply(settings)
+        commands.apply(settings)
         yield settings
     finally:
         down(settings)

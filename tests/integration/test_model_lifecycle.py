@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import requests
 
-from streaming_ml import lifecycle, registry
 from streaming_ml.config import Settings
-from streaming_ml.data import FEATURES
-from streaming_ml.exceptions import RegistryError
-from streaming_ml.load import load_listings
-from streaming_ml.model import load_price_model
-from streaming_ml.serving import ServiceProcess
+from streaming_ml.datasets.load import load_listings
+from streaming_ml.errors import RegistryError
+from streaming_ml.models import lifecycle, registry
+from streaming_ml.models.loader import load_price_model
+from streaming_ml.schema.listing import FEATURES
+from streaming_ml.service.launcher import ServiceProcess
 from tests.fixtures.model import corrupt_copy
 from tests.integration.following import (
     champion_is,

@@ -16,11 +16,11 @@ import bentoml
 import pytest
 import requests
 
-from streaming_ml import lifecycle, registry
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.data import generate_listing_records
-from streaming_ml.load import load_listings
-from streaming_ml.train import train_online_model
+from streaming_ml.datasets.load import load_listings
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.models import lifecycle, registry
+from streaming_ml.models.train import train_online_model
 from tests.integration.following import experiment_running
 from tests.integration.pipeline import (
     dsn_of,

@@ -15,10 +15,11 @@ import requests
 import yaml
 
 from streaming_ml.config import REPO_ROOT
-from streaming_ml.data import FEATURES, max_year
-from streaming_ml.exceptions import ServiceUnavailableError
-from streaming_ml.processes import port_free
-from streaming_ml.serving import EXAMPLE_INPUT, EXAMPLE_LISTING, EXAMPLE_RECORDS, ServiceProcess
+from streaming_ml.errors import ServiceUnavailableError
+from streaming_ml.schema.listing import FEATURES, max_year
+from streaming_ml.service.api import EXAMPLE_INPUT, EXAMPLE_LISTING, EXAMPLE_RECORDS
+from streaming_ml.service.launcher import ServiceProcess
+from streaming_ml.system.processes import port_free
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def problems_named(response: requests.Response) -> set[str]:
 def test_reference_body_returns_the_models_prices(
     prediction_service: str, trained_model_tag: str
 ) -> None:
-    from streaming_ml.model import load_price_model
+    from streaming_ml.models.loader import load_price_model
 
     got = prices(prediction_service, EXAMPLE_INPUT)
 
@@ -70,7 +71,7 @@ def test_the_readme_curl_answer_is_byte_for_byte_a_plain_list_of_prices(
 ) -> None:
     """Explanations are off unless asked: the reference answer stays exactly what it was
     (the model's prices as a JSON array, nothing else), whatever the model."""
-    from streaming_ml.model import load_price_model
+    from streaming_ml.models.loader import load_price_model
 
     body = readme_curl_body()
     columns = json.loads(body)
@@ -155,7 +156,7 @@ def explanation_total(explanation: dict[str, Any]) -> float:
 def test_explained_batch_prices_are_the_same_prices_and_add_up_for_random_listings(
     prediction_service: str,
 ) -> None:
-    from streaming_ml.data import generate_listing_records
+    from streaming_ml.datasets.synthetic import generate_listing_records
 
     records = generate_listing_records(300, seed=1501)
     plain = post(f"{prediction_service}/predict_batch", {"records": records}).json()
@@ -211,7 +212,7 @@ def test_a_pair_differing_only_in_mileage_puts_the_difference_on_mileage(
     share contributes exactly nothing, and mileage carries the whole price difference."""
     import random
 
-    from streaming_ml.data import generate_listing_records
+    from streaming_ml.datasets.synthetic import generate_listing_records
 
     rng = random.Random(1502)
     for listing in generate_listing_records(20, seed=1502):
@@ -234,7 +235,7 @@ def test_a_pair_differing_only_in_mileage_puts_the_difference_on_mileage(
 def test_explaining_against_a_reference_adds_up_whatever_differs(
     prediction_service: str,
 ) -> None:
-    from streaming_ml.data import generate_listing_records
+    from streaming_ml.datasets.synthetic import generate_listing_records
 
     listings = generate_listing_records(10, seed=1503)
     for listing, reference in zip(listings[::2], listings[1::2], strict=True):

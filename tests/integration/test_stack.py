@@ -26,12 +26,16 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaming_ml import connect, processes, serde, stack
+from streaming_ml import stack
 from streaming_ml.config import Settings
-from streaming_ml.data import EXPLANATION_FIELDS, FEATURES, LISTING_COLUMNS, PREDICTION_FIELDS
-from streaming_ml.exceptions import StackError
-from streaming_ml.stack import postgres, process
+from streaming_ml.connect import client
+from streaming_ml.errors import StackError
+from streaming_ml.schema import avro
+from streaming_ml.schema.fields import EXPLANATION_FIELDS, PREDICTION_FIELDS
+from streaming_ml.schema.listing import FEATURES, LISTING_COLUMNS
+from streaming_ml.stack import detached, postgres
 from streaming_ml.stack.secrets import load_passwords
+from streaming_ml.system import processes
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
 from tests.integration.pipeline import wait_until
 
@@ -113,7 +117,7 @@ def has_listing(*listing_ids: int) -> Callable[[list[dict[str, Any]]], bool]:
 def test_change_event_carries_every_field(own_stack: Settings) -> None:
     settings = own_stack
     snap_id = insert_listing(settings, LISTING)
-    status = connect.register_connector(settings, settings.source_connector)
+    status = client.register_connector(settings, settings.source_connector)
     assert status["connector"]["state"] == "RUNNING"
     live_row = {**LISTING, "model": "Kuga", "fuelType": "Diesel", "mpg": 47.1, "engineSize": 2.0}
     live_id = insert_listing(settings, live_row)
@@ -174,8 +178,8 @@ def _prediction(listing_id: int, price: float) -> dict[str, Any]:
 def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> None:
     settings = own_stack
     _diverge_content_and_global_ids(settings.registry_port)
-    registry = serde.registry_client(settings.registry_url)
-    key_ser, value_ser = serde.prediction_serializers(registry)
+    registry = avro.registry_client(settings.registry_url)
+    key_ser, value_ser = avro.prediction_serializers(registry)
     topic = settings.predictions_topic
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
 
@@ -200,7 +204,7 @@ def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> No
     ).json()
     assert artifact["contentId"] != artifact["globalId"]
 
-    connect.register_connector(settings, settings.sink_connector)
+    client.register_connector(settings, settings.sink_connector)
 
     def rows() -> dict[int, tuple[Any, ...]]:
         with psycopg2.connect(stack.postgres_dsn(settings)) as conn, conn.cursor() as cur:
@@ -213,7 +217,7 @@ def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> No
 
     def upserted() -> bool:
         # A sink task that cannot resolve the schema ids fails: report its trace at once.
-        status = connect.connector_status(settings.connect_url, settings.sink_connector)
+        status = client.connector_status(settings.connect_url, settings.sink_connector)
         failed = [t for t in (status or {}).get("tasks", []) if t["state"] == "FAILED"]
         if failed:
             pytest.fail(f"sink task failed: {failed[0].get('trace', '')[:2000]}")
@@ -235,7 +239,7 @@ def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> No
 def test_connect_refuses_a_connector_that_overrides_its_kafka_clients(own_stack: Settings) -> None:
     # The REST API is unauthenticated: a connector config must not be able to point its
     # Kafka clients elsewhere (connector.client.config.override.policy=None).
-    sink = connect.load_connector(own_stack.sink_connector, own_stack)
+    sink = client.load_connector(own_stack.sink_connector, own_stack)
     rogue = {**sink, "consumer.override.bootstrap.servers": "127.0.0.1:1"}
     url = own_stack.connect_url
     answer = requests.put(f"{url}/connectors/rogue/config", json=rogue, timeout=30)
@@ -291,7 +295,7 @@ def _replication_slot(settings: Settings) -> tuple[str, str] | None:
 
 def test_restart_keeps_offsets_slot_and_schemas(own_stack: Settings) -> None:
     settings = own_stack
-    connect.ensure_connectors(settings)
+    client.ensure_connectors(settings)
     before_id = insert_listing(settings, {**LISTING, "model": "Puma"})
     read_change_events(settings, has_listing(before_id))
     registry = SchemaRegistryClient({"url": settings.registry_url})
@@ -305,7 +309,7 @@ def test_restart_keeps_offsets_slot_and_schemas(own_stack: Settings) -> None:
         assert not processes.port_open(settings.host, getattr(settings, field)), field
 
     stack.up(settings)
-    statuses = connect.ensure_connectors(settings)
+    statuses = client.ensure_connectors(settings)
     assert all(s["connector"]["state"] == "RUNNING" for s in statuses.values())
     assert _replication_slot(settings) == (postgres.SLOT, "pgoutput")
     subjects_after = {s: registry.get_latest_version(s).schema_id for s in registry.get_subjects()}
@@ -348,11 +352,11 @@ def test_connectors_command_applies_topics_and_connectors_and_reports_them(
     for topic in (own_stack.listings_topic, own_stack.dlq_topic):
         assert len(topics.topics[topic].partitions) == own_stack.partitions == 3
     # Without the sink connector, status says so and fails.
-    connect._request("DELETE", f"{own_stack.connect_url}/connectors/{own_stack.sink_connector}")
+    client._request("DELETE", f"{own_stack.connect_url}/connectors/{own_stack.sink_connector}")
     try:
         wait_until(
             lambda: (
-                connect.connector_status(own_stack.connect_url, own_stack.sink_connector) is None
+                client.connector_status(own_stack.connect_url, own_stack.sink_connector) is None
             ),
             30,
             "the sink connector to be deleted",
@@ -425,7 +429,7 @@ def test_connectors_watch_exports_the_slot_health_and_flags_it_before_the_cap(
     from tests.fixtures.ports import free_port
 
     settings = own_stack
-    connect.ensure_connectors(settings)  # the source connector creates the slot
+    client.ensure_connectors(settings)  # the source connector creates the slot
     port = free_port()
     log = settings.state_dir / "logs" / "watch-test.log"
     cli = Path(sys.executable).parent / "streaming-ml"
@@ -488,7 +492,7 @@ def test_connectors_watch_exports_the_slot_health_and_flags_it_before_the_cap(
         watcher.terminate()
         watcher.wait(timeout=30)
     assert watcher.returncode == 0, log.read_text()[-2000:]
-    statuses = connect.ensure_connectors(settings)
+    statuses = client.ensure_connectors(settings)
     assert statuses[settings.source_connector]["connector"]["state"] == "RUNNING"
     assert (
         postgres.slot_health(settings, load_passwords(settings.state_dir))["wal_status"]
@@ -510,7 +514,7 @@ def test_components_started_by_root_run_as_unprivileged_users(own_stack: Setting
     if os.geteuid() != 0:
         pytest.skip("started by a normal user every component already runs as that user")
     expected = {
-        name: process.COMPONENT_USER for name in ("kafka", "registry", "connect", "adminer")
+        name: detached.COMPONENT_USER for name in ("kafka", "registry", "connect", "adminer")
     }
     expected["postgres"] = "postgres"
     for name, info in stack.status(own_stack).items():
@@ -519,7 +523,7 @@ def test_components_started_by_root_run_as_unprivileged_users(own_stack: Setting
         for pid in tree:
             assert _uids(pid) == {pwd.getpwnam(expected[name]).pw_uid}, (name, pid)
     # What they write belongs to them: nothing under Kafka's log dir is root's.
-    component_uid = pwd.getpwnam(process.COMPONENT_USER).pw_uid
+    component_uid = pwd.getpwnam(detached.COMPONENT_USER).pw_uid
     data = own_stack.state_dir / "kafka" / "data"
     owners = {path.stat().st_uid for path in [data, *data.rglob("*")]}
     assert owners == {component_uid}, owners

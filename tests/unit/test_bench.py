@@ -23,9 +23,9 @@ from streaming_ml.bench import (
     settings_env,
     summarize,
 )
+from streaming_ml.bench.children import wait_all_exit
 from streaming_ml.bench.hops import hop_summary
 from streaming_ml.bench.pipeline import _add_up
-from streaming_ml.bench.processes import wait_all_exit
 from streaming_ml.bench.report import (
     bridge_process_rows,
     bridge_step_rows,
@@ -37,7 +37,7 @@ from streaming_ml.bench.report import (
 from streaming_ml.bench.stats import bridge_steps_per_event
 from streaming_ml.cli import app
 from streaming_ml.config import Settings
-from streaming_ml.exceptions import BenchError
+from streaming_ml.errors import BenchError
 
 
 def test_summarize_percentiles_of_known_values() -> None:

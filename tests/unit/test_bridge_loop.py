@@ -17,10 +17,8 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streaming_ml.bridge import loop
-from streaming_ml.bridge.changes import Change
 from streaming_ml.bridge.loop import Batch, Bridge
 from streaming_ml.bridge.metrics import STEPS, StepClock
-from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord
 from streaming_ml.bridge.pricing import (
     Pricer,
     ServiceFailed,
@@ -29,7 +27,9 @@ from streaming_ml.bridge.pricing import (
 )
 from streaming_ml.bridge.records import RecordBuilder
 from streaming_ml.config import Settings
-from streaming_ml.data import FEATURES
+from streaming_ml.kafka.changes import Change
+from streaming_ml.kafka.output import OutputAborted, OutputFatal, OutRecord
+from streaming_ml.schema.listing import FEATURES
 from tests.fixtures.clock import FakeClock
 
 TOPIC = "cars.public.car_listings"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
+from streaming_ml.kafka.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
 
 PREDICTIONS = "car_price_predictions"
 DLQ = "car_listings.dlq"
@@ -181,7 +181,7 @@ def test_fault_hook_runs_after_every_record_is_acknowledged_and_before_the_offse
 
 def test_kill_point_parses_point_and_batch_and_refuses_anything_else() -> None:
     from streaming_ml.bridge.faults import KillPoint
-    from streaming_ml.exceptions import ConfigError
+    from streaming_ml.errors import ConfigError
 
     assert KillPoint.parse(None) is None and KillPoint.parse("") is None
     assert KillPoint.parse("produced:3") == KillPoint("produced", 3)

@@ -6,8 +6,6 @@ from typing import Any
 
 import pytest
 
-from streaming_ml.bridge.changes import Change, parse_change, unchanged_columns
-from streaming_ml.bridge.offsets import offsets_to_commit, rewind_points, split_at_unfinished
 from streaming_ml.bridge.plan import (
     Action,
     dlq_headers,
@@ -19,13 +17,11 @@ from streaming_ml.bridge.plan import (
     service_records,
     shadow_result,
 )
-from streaming_ml.data import (
-    EXPLANATION_FIELDS,
-    FEATURES,
-    PREDICTION_FIELDS,
-    feature_problems,
-    generate_listing_records,
-)
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.kafka.changes import Change, parse_change, unchanged_columns
+from streaming_ml.kafka.offsets import offsets_to_commit, rewind_points, split_at_unfinished
+from streaming_ml.schema.fields import EXPLANATION_FIELDS, PREDICTION_FIELDS
+from streaming_ml.schema.listing import FEATURES, feature_problems
 
 ROW: dict[str, Any] = {
     "model": "Fiesta", "year": 2017, "price": 9000, "transmission": "Manual",
@@ -309,7 +305,7 @@ def test_registry_outage_is_retried_but_bad_bytes_are_dead_lettered() -> None:
     from confluent_kafka.schema_registry.error import SchemaRegistryError
     from confluent_kafka.serialization import SerializationError
 
-    from streaming_ml.bridge.changes import registry_unavailable
+    from streaming_ml.kafka.changes import registry_unavailable
 
     assert registry_unavailable(httpx.ConnectError("connection refused"))
     assert registry_unavailable(SchemaRegistryError(503, 50301, "unavailable"))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from streaming_ml.bridge import kafka_setup
 from streaming_ml.config import Settings
-from streaming_ml.connectors import PartitionZeroWatchdog
+from streaming_ml.connect.watchdog import PartitionZeroWatchdog
+from streaming_ml.kafka import clients
 
 TOPIC = "cars.public.car_listings"
 
 
 def test_replicas_share_a_group_with_cooperative_assignment_and_read_committed() -> None:
-    config = kafka_setup.consumer_config(Settings(), "g")
+    config = clients.consumer_config(Settings(), "g")
     assert config["group.id"] == "g"
     assert config["partition.assignment.strategy"] == "cooperative-sticky"
     assert config["isolation.level"] == "read_committed"
@@ -20,15 +20,15 @@ def test_replicas_share_a_group_with_cooperative_assignment_and_read_committed()
 
 def test_static_member_gets_a_stable_transactional_id_others_a_unique_one() -> None:
     static = Settings(bridge_instance_id="bridge-a")
-    assert kafka_setup.consumer_config(static, "g")["group.instance.id"] == "bridge-a"
-    assert kafka_setup.transactional_id(static, "g") == "g-bridge-a"
-    assert kafka_setup.transactional_id(static, "g") == kafka_setup.transactional_id(static, "g")
+    assert clients.consumer_config(static, "g")["group.instance.id"] == "bridge-a"
+    assert clients.transactional_id(static, "g") == "g-bridge-a"
+    assert clients.transactional_id(static, "g") == clients.transactional_id(static, "g")
     plain = Settings()
-    assert kafka_setup.transactional_id(plain, "g") != kafka_setup.transactional_id(plain, "g")
+    assert clients.transactional_id(plain, "g") != clients.transactional_id(plain, "g")
 
 
 def test_transaction_timeout_bounds_message_timeout() -> None:
-    config = kafka_setup.producer_config(Settings(transaction_timeout_s=7), "g")
+    config = clients.producer_config(Settings(transaction_timeout_s=7), "g")
     assert config["transaction.timeout.ms"] == config["message.timeout.ms"] == 7000
 
 

@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from streaming_ml import connect
-from streaming_ml.compose import ENV_OF_ROLE
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.stack import connect as connect_worker
-from streaming_ml.stack import kafka, postgres, secrets
+from streaming_ml.connect import client
+from streaming_ml.stack import connect_worker, kafka, postgres, secrets
+from streaming_ml.stack.compose import ENV_OF_ROLE
 
 MAIN = "docker-compose.yml"
 DEV = "docker-compose-dev.yml"
@@ -545,7 +544,7 @@ def test_connector_configs_work_unchanged_in_the_pod(name: str) -> None:
     address is one the Connect container reaches and every secret is in its environment."""
     main = services(MAIN)
     settings = pod_settings()
-    config = connect.load_connector(name, settings)
+    config = client.load_connector(name, settings)
     worker_env = environment(main["connect"])
     for value in config.values():
         for provider, key in re.findall(r"\$\{(\w+):([^}]*)\}", value):
@@ -567,8 +566,8 @@ def test_connector_configs_work_unchanged_in_the_pod(name: str) -> None:
 
 def test_connector_names_topics_and_tables_follow_the_settings() -> None:
     defaults = Settings()
-    source = connect.load_connector(defaults.source_connector, pod_settings())
-    sink = connect.load_connector(defaults.sink_connector, pod_settings())
+    source = client.load_connector(defaults.source_connector, pod_settings())
+    sink = client.load_connector(defaults.sink_connector, pod_settings())
     assert source["topic.prefix"] == defaults.topic_prefix
     assert source["table.include.list"] == f"public.{defaults.listings_table}"
     assert source["database.dbname"] == defaults.database
@@ -629,7 +628,7 @@ def test_runtime_image_has_the_layout_the_code_expects() -> None:
         if not word.startswith("--")
     }
     needed = {
-        str(connect.CONNECTORS_DIR.relative_to(REPO_ROOT)),  # debezium/, read by the bridge
+        str(client.CONNECTORS_DIR.relative_to(REPO_ROOT)),  # debezium/, read by the bridge
         "service.py",
         "src",
         "pyproject.toml",
@@ -642,7 +641,7 @@ def test_runtime_image_has_the_layout_the_code_expects() -> None:
 
 
 def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> None:
-    from streaming_ml.compose import init, read_env_file
+    from streaming_ml.stack.compose import init, read_env_file
 
     env_file, state_dir = tmp_path / ".env", tmp_path / "state"
     env_file.write_text("SML_PG_APP_PASSWORD=chosen-by-me\nSML_SERVICE_PORT=3001\n")

@@ -1,6 +1,6 @@
 """Reading Connect's status answers: which parts FAILED and why."""
 
-from streaming_ml.connect import failed_parts, trace_summary
+from streaming_ml.connect.client import failed_parts, trace_summary
 
 TRACE = """org.apache.kafka.connect.errors.ConnectException: Tolerance exceeded in error handler
 \tat org.apache.kafka.connect.runtime.errors.RetryWithToleranceOperator.execAndHandleError

@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from streaming_ml import contributions
-from streaming_ml.data import FEATURES, generate_listing_records
-from streaming_ml.features import FEATURE_OF_INPUT, INPUT_NAMES, RELATIVE_MPG
-from streaming_ml.model import load_price_model
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.models import contributions
+from streaming_ml.models.features import FEATURE_OF_INPUT, INPUT_NAMES, RELATIVE_MPG
+from streaming_ml.models.loader import load_price_model
+from streaming_ml.schema.listing import FEATURES
 
 PENNY_MILLIONTH = 1e-6  # pounds: how exactly a decomposition must add up
 

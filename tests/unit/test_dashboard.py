@@ -26,8 +26,8 @@ from streaming_ml.dashboard import journey, scrape, server
 from streaming_ml.dashboard.app import STATIC, create_app, finite
 from streaming_ml.dashboard.latency import LatencySampler, reservoir
 from streaming_ml.dashboard.series import History, OffsetRate, Rate
-from streaming_ml.data import FEATURES
-from streaming_ml.exceptions import ServiceUnavailableError, StackError
+from streaming_ml.errors import ServiceUnavailableError, StackError
+from streaming_ml.schema.listing import FEATURES
 from tests.fixtures.explain import arm_explanation as fake_arm_explanation
 
 METRICS = """\
@@ -293,7 +293,7 @@ def test_journey_asks_the_settings_service_and_says_why_when_it_cannot(
             raise answer
         return answer
 
-    monkeypatch.setattr("streaming_ml.explain.requests.post", post)
+    monkeypatch.setattr("streaming_ml.service.explain.requests.post", post)
     explain = server.service_explainer(
         Settings(service_url="http://127.0.0.1:3999/", request_timeout_s=2.5)
     )

@@ -7,21 +7,21 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from streaming_ml import data
-from streaming_ml.data import (
-    COLUMNS_BY_NAME,
+from streaming_ml.datasets.csv import data_fingerprint, listing_records, load_listings_csv
+from streaming_ml.datasets.synthetic import (
     CORRUPTION_KINDS,
+    generate_listing_records,
+    generate_listings,
+)
+from streaming_ml.errors import DataError
+from streaming_ml.schema import listing
+from streaming_ml.schema.listing import (
+    COLUMNS_BY_NAME,
     FEATURES,
     LISTING_COLUMNS,
     check_value,
-    data_fingerprint,
     feature_problems,
-    generate_listing_records,
-    generate_listings,
-    listing_records,
-    load_listings_csv,
 )
-from streaming_ml.exceptions import DataError
 
 TODAY = dt.date(2026, 6, 1)
 VALID = {
@@ -70,7 +70,11 @@ def test_unknown_engine_size_is_valid(unknown):
 
 def test_the_service_accepts_unknown_engine_sizes_too():
     """The service's vectorised bounds check (from 32 rows) agrees with check_value."""
-    from streaming_ml.serving import InvalidRequestError, validate_columns, validate_records
+    from streaming_ml.service.validation import (
+        InvalidRequestError,
+        validate_columns,
+        validate_records,
+    )
 
     records = [{name: r[name] for name in FEATURES} for r in generate_listing_records(40, seed=1)]
     for row, unknown in ((3, 0), (5, None), (7, 0.0)):
@@ -234,7 +238,7 @@ def test_generator_is_realistic():
     counts = frame["model"].value_counts()
     assert counts.index[0] == "Fiesta" and counts.index[1] == "Focus"
     assert frame["transmission"].value_counts().index[0] == "Manual"
-    assert set(frame["fuelType"]) <= set(data.FUEL_TYPES)
+    assert set(frame["fuelType"]) <= set(listing.FUEL_TYPES)
     by_year = frame.groupby("year")["price"].mean()
     assert by_year[2019] > by_year[2017] > by_year[2015]
     by_age = frame.groupby("year")["mileage"].median()

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from streaming_ml.bridge.plan import features_hash
-from streaming_ml.data import FEATURES, Shift, generate_listing_records, generate_listings
+from streaming_ml.datasets.load import PRICE_SHIFT, SCENARIOS, LateLabels, scenario_records
+from streaming_ml.datasets.synthetic import Shift, generate_listing_records, generate_listings
+from streaming_ml.errors import DataError
 from streaming_ml.evaluation import outcomes as joins
+from streaming_ml.evaluation.accuracy import Scoreboard
 from streaming_ml.evaluation.drift import DriftWindow, psi, reference_of
-from streaming_ml.evaluation.metrics import Scoreboard
-from streaming_ml.exceptions import DataError
-from streaming_ml.load import PRICE_SHIFT, SCENARIOS, LateLabels, scenario_records
+from streaming_ml.schema.listing import FEATURES
 
 ROW = generate_listing_records(1, seed=3)[0]
 

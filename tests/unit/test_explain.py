@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from streaming_ml.exceptions import ServiceUnavailableError
-from streaming_ml.explain import BAR_WIDTH, ExplainedListing, render, request_explanation
+from streaming_ml.errors import ServiceUnavailableError
+from streaming_ml.service.explain import BAR_WIDTH, ExplainedListing, render, request_explanation
 from tests.fixtures.explain import arm_explanation
 from tests.fixtures.ports import free_port
 

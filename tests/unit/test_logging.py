@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streaming_ml.logging import configure_logging
+from streaming_ml.log import configure_logging
 
 
 @pytest.fixture

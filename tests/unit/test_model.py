@@ -12,23 +12,26 @@ import pandas as pd
 import pytest
 
 from streaming_ml.config import Settings
-from streaming_ml.data import FEATURES, feature_problems, generate_listings
-from streaming_ml.exceptions import ConfigError, DataError, ModelNotFoundError
-from streaming_ml.features import (
+from streaming_ml.datasets.synthetic import generate_listings
+from streaming_ml.errors import ConfigError, DataError, ModelNotFoundError
+from streaming_ml.models.booster import BOOSTER_FILE
+from streaming_ml.models.features import (
     INPUT_NAMES,
     RELATIVE_MPG,
     FeatureEncoder,
     FeatureSpec,
     fit_feature_spec,
 )
-from streaming_ml.model import BOOSTER_FILE, get_bento_model, load_price_model
-from streaming_ml.train import (
+from streaming_ml.models.loader import load_price_model
+from streaming_ml.models.store import get_bento_model
+from streaming_ml.models.train import (
     CV_SEED,
     TrainParams,
     evaluate_model,
     regression_metrics,
     train_model,
 )
+from streaming_ml.schema.listing import FEATURES, feature_problems
 from tests.fixtures.model import FIXTURE_ROWS, FIXTURE_SEED
 
 REFERENCE_BODY = {

@@ -7,16 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from streaming_ml.data import FEATURES, generate_listing_records, generate_listings
-from streaming_ml.features import fit_feature_spec
-from streaming_ml.model import FEATURES_KEY, from_bento_model, get_bento_model
-from streaming_ml.online import (
-    OnlinePriceModel,
-    ShiftStudy,
-    features_of,
-    prequential,
-    typical_listing,
-)
+from streaming_ml.datasets.synthetic import generate_listing_records, generate_listings
+from streaming_ml.models.features import fit_feature_spec
+from streaming_ml.models.loader import from_bento_model
+from streaming_ml.models.online import OnlinePriceModel, features_of, typical_listing
+from streaming_ml.models.store import FEATURES_KEY, get_bento_model
+from streaming_ml.models.study import ShiftStudy, prequential
+from streaming_ml.schema.listing import FEATURES
 
 ROWS = generate_listing_records(600, seed=5)
 
@@ -86,7 +83,7 @@ def test_recovery_counts_labels_until_the_error_is_back_for_good() -> None:
 
 
 def test_the_residual_candidate_corrects_its_base_and_travels_with_it() -> None:
-    from streaming_ml.online import warmed_up
+    from streaming_ml.models.online import warmed_up
 
     model = warmed_up("residual", ROWS[:400])
     # Close to its base on rows like those it learnt...

@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from streaming_ml.features import INPUT_NAMES
-from streaming_ml.lineup import (
+from streaming_ml.models.features import INPUT_NAMES
+from streaming_ml.models.registry import ModelEvent, ModelSummary, fold, gate, schema_problem
+from streaming_ml.service.api import EXAMPLE_RECORDS
+from streaming_ml.service.lineup import (
     BUCKETS,
     Lineup,
     RefusedModel,
@@ -18,8 +20,7 @@ from streaming_ml.lineup import (
     bucket_of,
     canary_problem,
 )
-from streaming_ml.registry import ModelEvent, ModelSummary, fold, gate, schema_problem
-from streaming_ml.serving import EXAMPLE_RECORDS, Predictor
+from streaming_ml.service.predictor import Predictor
 
 
 def promoted(tag: str) -> ModelEvent:
@@ -169,7 +170,7 @@ def follower_with(loads: dict[str, ServedModel | str], current: Lineup) -> Regis
         return outcome
 
     from streaming_ml.config import Settings
-    from streaming_ml.registry import Aliases
+    from streaming_ml.models.registry import Aliases
 
     follower = RegistryFollower(Settings(), current, load=load)
     follower._aliases = Aliases()

@@ -14,13 +14,17 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
-from streaming_ml.data import ADDED_PREDICTION_FIELDS, EXPLANATION_FIELDS, PREDICTION_FIELDS
-from streaming_ml.serde import (
+from streaming_ml.schema.avro import (
     FramedAvroReader,
     FramedAvroWriter,
     prediction_key_schema,
     prediction_serializers,
     prediction_value_schema,
+)
+from streaming_ml.schema.fields import (
+    ADDED_PREDICTION_FIELDS,
+    EXPLANATION_FIELDS,
+    PREDICTION_FIELDS,
 )
 
 

@@ -8,16 +8,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from streaming_ml.data import COLUMNS_BY_NAME, FEATURE_COLUMNS, FEATURES, check_value
-from streaming_ml.serving import (
+from streaming_ml.schema.listing import COLUMNS_BY_NAME, FEATURE_COLUMNS, FEATURES, check_value
+from streaming_ml.service.api import (
     EXAMPLE_INPUT,
     EXAMPLE_RECORDS,
-    InvalidRequestError,
     PredictBatchRequest,
     PredictRequest,
     Problem,
-    column_problems,
     duplicate_keys,
+)
+from streaming_ml.service.validation import (
+    InvalidRequestError,
+    column_problems,
     validate_columns,
     validate_records,
 )
@@ -128,7 +130,7 @@ def test_request_schema_documents_every_feature_with_an_example() -> None:
 
 
 def test_model_info_names_the_training_file_but_never_its_path() -> None:
-    from streaming_ml.serving import without_paths
+    from streaming_ml.service.predictor import without_paths
 
     metadata = {
         "source": "csv", "path": "/home/someone/secret/ford_train.csv",
@@ -148,7 +150,8 @@ def test_model_info_names_the_training_file_but_never_its_path() -> None:
 @pytest.fixture(scope="module")
 def two_models(trained_model_tag: str) -> tuple[Any, Any]:
     """The fixture model and a cut of its first 40 trees: two models that price apart."""
-    from streaming_ml.model import PriceModel, load_price_model
+    from streaming_ml.models.booster import PriceModel
+    from streaming_ml.models.loader import load_price_model
 
     full = load_price_model(trained_model_tag)
     cut = PriceModel(full.booster[:40], full.spec, tag="ford_price:cut")
@@ -156,7 +159,7 @@ def two_models(trained_model_tag: str) -> tuple[Any, Any]:
 
 
 def lineup_of(*models: Any, split: float = 50.0) -> Any:
-    from streaming_ml.lineup import Lineup, ServedModel
+    from streaming_ml.service.lineup import Lineup, ServedModel
 
     served = [ServedModel(m, {"tag": m.tag}) for m in models]
     return Lineup(served[0], served[1], split, served[2] if len(served) > 2 else None)
@@ -170,8 +173,8 @@ def adds_up(price: float, explanation: dict[str, Any]) -> bool:
 def test_explained_batch_keeps_every_price_and_each_arm_explains_with_its_model(
     two_models: tuple[Any, Any],
 ) -> None:
-    from streaming_ml.data import generate_listing_records
-    from streaming_ml.serving import Predictor
+    from streaming_ml.datasets.synthetic import generate_listing_records
+    from streaming_ml.service.predictor import Predictor
 
     full, cut = two_models
     predictor = Predictor(lineup_of(full, cut, full))  # the shadow is the full model
@@ -198,7 +201,7 @@ def test_explained_batch_keeps_every_price_and_each_arm_explains_with_its_model(
 def test_explained_columns_are_the_champions_prices_with_their_explanations(
     two_models: tuple[Any, Any],
 ) -> None:
-    from streaming_ml.serving import Predictor
+    from streaming_ml.service.predictor import Predictor
 
     predictor = Predictor(lineup_of(*two_models))
     prices = predictor.predict_columns(PredictRequest.model_validate(EXAMPLE_INPUT))
@@ -214,7 +217,8 @@ def test_explained_columns_are_the_champions_prices_with_their_explanations(
 def test_explain_lists_every_feature_largest_first_for_the_arm_and_the_shadow(
     two_models: tuple[Any, Any],
 ) -> None:
-    from streaming_ml.serving import EXAMPLE_LISTING, ExplainRequest, Predictor
+    from streaming_ml.service.api import EXAMPLE_LISTING, ExplainRequest
+    from streaming_ml.service.predictor import Predictor
 
     full, cut = two_models
     lineup = lineup_of(full, cut, cut, split=100.0)  # every listing with an id: challenger
@@ -240,7 +244,8 @@ def test_explain_lists_every_feature_largest_first_for_the_arm_and_the_shadow(
 def test_explain_against_a_reference_gives_shared_features_nothing(
     two_models: tuple[Any, Any],
 ) -> None:
-    from streaming_ml.serving import EXAMPLE_LISTING, ExplainRequest, Predictor
+    from streaming_ml.service.api import EXAMPLE_LISTING, ExplainRequest
+    from streaming_ml.service.predictor import Predictor
 
     full, _cut = two_models
     reference = dict(EXAMPLE_LISTING, mileage=EXAMPLE_LISTING["mileage"] + 30_000)
@@ -260,7 +265,8 @@ def test_explain_against_a_reference_gives_shared_features_nothing(
 def test_explain_names_the_bad_fields_of_listing_and_reference(
     two_models: tuple[Any, Any],
 ) -> None:
-    from streaming_ml.serving import EXAMPLE_LISTING, ExplainRequest, Predictor
+    from streaming_ml.service.api import EXAMPLE_LISTING, ExplainRequest
+    from streaming_ml.service.predictor import Predictor
 
     request = ExplainRequest(
         listing=dict(EXAMPLE_LISTING, mileage=-1), reference=dict(EXAMPLE_LISTING, year=None)
@@ -277,7 +283,7 @@ def test_explain_names_the_bad_fields_of_listing_and_reference(
 def test_explained_rows_have_their_own_limit(two_models: tuple[Any, Any]) -> None:
     import anyio
 
-    from streaming_ml.serving import Predictor
+    from streaming_ml.service.predictor import Predictor
 
     predictor = Predictor(lineup_of(*two_models), max_rows=10, max_explained_rows=2)
     records = EXAMPLE_RECORDS * 2

@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from streaming_ml import connect, data, processes, stack
-from streaming_ml.bridge.changes import UNCHANGED_HEADER
+from streaming_ml import stack
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.exceptions import ConfigError, StackError
-from streaming_ml.stack import connect as connect_worker
-from streaming_ml.stack import jars, kafka, postgres, process, secrets, up
+from streaming_ml.connect import client
+from streaming_ml.errors import ConfigError, StackError
+from streaming_ml.kafka.changes import UNCHANGED_HEADER
+from streaming_ml.schema import ddl
+from streaming_ml.stack import connect_worker, detached, jars, kafka, postgres, secrets, up
+from streaming_ml.system import processes
 from tests.fixtures.ports import free_port
 from tests.fixtures.stack import private_stack_settings
 
@@ -29,8 +31,8 @@ SINK = "car-price-predictions-sink"
 def test_schema_sql_file_matches_the_generator() -> None:
     text = (REPO_ROOT / "postgres" / postgres.SCHEMA_SQL).read_text()
     assert text == postgres.schema_sql()
-    assert data.listings_ddl() in text
-    assert data.predictions_ddl() in text
+    assert ddl.listings_ddl() in text
+    assert ddl.predictions_ddl() in text
 
 
 def test_init_sql_creates_least_privilege_roles_and_publication() -> None:
@@ -56,7 +58,7 @@ def _settings() -> Settings:
 
 @pytest.mark.parametrize("name", [SOURCE, SINK])
 def test_connector_configs_render_without_secrets(name: str) -> None:
-    config = connect.load_connector(name, _settings())
+    config = client.load_connector(name, _settings())
     text = json.dumps(config)
     assert "{{" not in text and "}}" not in text
     password = config.get("database.password") or config.get("connection.password")
@@ -74,7 +76,7 @@ def test_connector_configs_render_without_secrets(name: str) -> None:
 
 
 def test_source_connector_settings() -> None:
-    config = connect.load_connector(SOURCE, _settings())
+    config = client.load_connector(SOURCE, _settings())
     assert config["plugin.name"] == "pgoutput"
     assert config["database.hostname"] == "127.0.0.1"
     assert config["database.port"] == "15432"
@@ -96,7 +98,7 @@ def test_source_connector_settings() -> None:
     # A huge text value would make the change event too large for Kafka and fail the task
     # forever: text columns are cut at capture to one character over the rule's limit, so
     # the bridge still refuses the row, with its reason.
-    from streaming_ml.data import LISTING_COLUMNS, MAX_CATEGORY_CHARS
+    from streaming_ml.schema.listing import LISTING_COLUMNS, MAX_CATEGORY_CHARS
 
     texts = [c.name for c in LISTING_COLUMNS if c.kind == "category"]
     truncate = config[f"column.truncate.to.{MAX_CATEGORY_CHARS + 1}.chars"]
@@ -104,7 +106,7 @@ def test_source_connector_settings() -> None:
 
 
 def test_sink_connector_settings() -> None:
-    config = connect.load_connector(SINK, _settings())
+    config = client.load_connector(SINK, _settings())
     assert config["topics"] == "car_price_predictions"
     assert config["connection.url"] == "jdbc:postgresql://127.0.0.1:15432/cars"
     assert config["connection.username"] == secrets.SINK_ROLE
@@ -117,11 +119,11 @@ def test_sink_connector_settings() -> None:
 
 def test_render_rejects_unknown_placeholder() -> None:
     with pytest.raises(ConfigError, match="no_such_value"):
-        connect.render_connector({"x": "{{no_such_value}}"}, {"known": "1"})
+        client.render_connector({"x": "{{no_such_value}}"}, {"known": "1"})
 
 
 def test_render_keeps_connect_config_provider_references() -> None:
-    rendered = connect.render_connector({"p": "${env:X}", "h": "{{host}}"}, {"host": "db"})
+    rendered = client.render_connector({"p": "${env:X}", "h": "{{host}}"}, {"host": "db"})
     assert rendered == {"p": "${env:X}", "h": "db"}
 
 
@@ -151,7 +153,7 @@ def test_connect_resolves_only_the_two_passwords_and_no_client_overrides(tmp_pat
         assert not allowed.match(other), other
     assert lines["connector.client.config.override.policy"] == "None"
     # Every ${env:...} the connectors use is allowed.
-    for path in connect.CONNECTORS_DIR.glob("*.json"):
+    for path in client.CONNECTORS_DIR.glob("*.json"):
         for name in re.findall(r"\$\{env:([A-Z_]+)\}", path.read_text()):
             assert allowed.match(name), (path.name, name)
 
@@ -221,19 +223,19 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    pid = process.start("sleeper", [sys.executable, "-c", script], state_dir=tmp_path)
-    log = process.log_path(tmp_path, "sleeper")
-    process.wait_until(
+    pid = detached.start("sleeper", [sys.executable, "-c", script], state_dir=tmp_path)
+    log = detached.log_path(tmp_path, "sleeper")
+    detached.wait_until(
         "sleeper", "child pid in the log", lambda: log.read_text().strip()[-1:].isdigit(),
         timeout=20, pid=pid, log=log,
     )  # fmt: skip
     child = int(log.read_text().split()[-1])
-    assert process.running_pid(tmp_path, "sleeper") == pid
-    assert process.stop(tmp_path, "sleeper", timeout=1.0)
+    assert detached.running_pid(tmp_path, "sleeper") == pid
+    assert detached.stop(tmp_path, "sleeper", timeout=1.0)
     for gone in (pid, child):
         assert not Path(f"/proc/{gone}").exists() or _is_zombie(gone)
-    assert process.running_pid(tmp_path, "sleeper") is None
-    assert not process.stop(tmp_path, "sleeper")
+    assert detached.running_pid(tmp_path, "sleeper") is None
+    assert not detached.stop(tmp_path, "sleeper")
 
 
 def _is_zombie(pid: int) -> bool:

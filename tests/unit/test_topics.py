@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from streaming_ml.topics import read_until_end
+from streaming_ml.kafka.replay import read_until_end
 
 
 class Event:

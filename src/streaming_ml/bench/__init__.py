@@ -36,9 +36,9 @@ from typing import Any
 
 from rich.console import Console
 
+from streaming_ml.bench.children import parse_load_output
 from streaming_ml.bench.options import BenchOptions
 from streaming_ml.bench.pipeline import Bench
-from streaming_ml.bench.processes import parse_load_output
 from streaming_ml.bench.report import (
     component_versions,
     machine_facts,
@@ -48,7 +48,7 @@ from streaming_ml.bench.report import (
 )
 from streaming_ml.bench.stats import RowTimes, check_targets, growth_verdict, summarize
 from streaming_ml.config import Settings, settings_env
-from streaming_ml.exceptions import BenchError, StreamingMLError
+from streaming_ml.errors import BenchError, StreamingMLError
 
 
 def run_bench(

@@ -18,11 +18,11 @@ import requests
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
-from streaming_ml import serde
-from streaming_ml.bridge.changes import parse_change
 from streaming_ml.config import Settings
-from streaming_ml.data import FEATURES
-from streaming_ml.exceptions import BenchError
+from streaming_ml.errors import BenchError
+from streaming_ml.kafka.changes import parse_change
+from streaming_ml.schema import avro
+from streaming_ml.schema.listing import FEATURES
 
 
 def predict_body(row: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -41,7 +41,7 @@ def drain_per_event(
     one ``POST /predict`` and produce the answer to ``out_topic`` as it comes; the time
     from the first event read to the last prediction acknowledged."""
     # The library's own deserializer, as the tutorial's consumer used it.
-    decode = AvroDeserializer(serde.registry_client(settings.registry_url))
+    decode = AvroDeserializer(avro.registry_client(settings.registry_url))
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,

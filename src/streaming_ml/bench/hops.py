@@ -73,9 +73,9 @@ def change_topic_times(
     record, for ids in [first_id, last_id], read from ``start`` to the end."""
     from confluent_kafka.serialization import MessageField, SerializationContext
 
-    from streaming_ml import serde
+    from streaming_ml.schema import avro
 
-    decode = serde.writer_schema_deserializer(serde.registry_client(settings.registry_url))
+    decode = avro.writer_schema_deserializer(avro.registry_client(settings.registry_url))
     value_ctx = SerializationContext(settings.listings_topic, MessageField.VALUE)
     found: dict[int, tuple[float, float, float]] = {}
 

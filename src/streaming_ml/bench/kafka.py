@@ -12,7 +12,7 @@ from rich.console import Console
 
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.config import Settings
-from streaming_ml.exceptions import BenchError
+from streaming_ml.errors import BenchError
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def read_topic(
     records of open and aborted transactions."""
     from confluent_kafka import OFFSET_BEGINNING
 
-    from streaming_ml.topics import read_until_end
+    from streaming_ml.kafka.replay import read_until_end
 
     isolation = "read_committed" if committed_only else "read_uncommitted"
     consumer = _consumer(settings, **{"enable.partition.eof": True, "isolation.level": isolation})

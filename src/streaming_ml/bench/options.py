@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from streaming_ml.exceptions import BenchError
+from streaming_ml.errors import BenchError
 
 InsertMode = Literal["batched", "single"]
 

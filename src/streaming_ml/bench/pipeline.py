@@ -20,6 +20,14 @@ from psycopg2 import sql
 from rich.console import Console
 
 from streaming_ml.bench import serving
+from streaming_ml.bench.children import (
+    BridgeProcess,
+    LoadReport,
+    _cli,
+    _http_ok,
+    parse_load_output,
+    wait_all_exit,
+)
 from streaming_ml.bench.cpu import CpuSampler, cpu_note
 from streaming_ml.bench.hops import (
     ReplicationSampler,
@@ -41,14 +49,6 @@ from streaming_ml.bench.options import (
     STEP_COMMITS_PER_S,
     BenchOptions,
 )
-from streaming_ml.bench.processes import (
-    BridgeProcess,
-    LoadReport,
-    _cli,
-    _http_ok,
-    parse_load_output,
-    wait_all_exit,
-)
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.bench.stats import (
     MIN_ACHIEVED_SHARE,
@@ -58,7 +58,7 @@ from streaming_ml.bench.stats import (
     summarize,
 )
 from streaming_ml.config import Settings, settings_env
-from streaming_ml.exceptions import BenchError, StreamingMLError
+from streaming_ml.errors import BenchError, StreamingMLError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -153,10 +153,10 @@ class Bench:
         else:
             self._start_service(cleanup)
 
-        from streaming_ml import connectors
+        from streaming_ml.connect import commands
 
         with Waiting(self.console, "creating topics, registering connectors", 120.0):
-            connectors.apply(s)
+            commands.apply(s)
 
         metrics_url = f"http://{s.host}:{s.bridge_metrics_port}/metrics"
         if _http_ok(metrics_url):
@@ -178,7 +178,7 @@ class Bench:
 
     def _start_service(self, cleanup: ExitStack) -> None:
         from streaming_ml.demo import ensure_model
-        from streaming_ml.serving import ServiceProcess
+        from streaming_ml.service.launcher import ServiceProcess
 
         s = self.settings
         tag = ensure_model(s, self.console)
@@ -375,10 +375,10 @@ class Bench:
         ``values``, (timestamp, decoded value)) for ids in [first_id, last_id]."""
         from confluent_kafka.serialization import MessageField, SerializationContext
 
-        from streaming_ml import serde
+        from streaming_ml.schema import avro
 
         s = self.settings
-        decode = serde.writer_schema_deserializer(serde.registry_client(s.registry_url))
+        decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
         key_ctx = SerializationContext(s.predictions_topic, MessageField.KEY)
         value_ctx = SerializationContext(s.predictions_topic, MessageField.VALUE)
         found: dict[int, Any] = {}

@@ -16,10 +16,10 @@ configurations, ``metrics`` the Prometheus registry and the time of each step.
 See docs/bridge.md.
 """
 
-from streaming_ml.bridge.changes import Change, parse_change
 from streaming_ml.bridge.loop import Bridge, run_bridge
 from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats
 from streaming_ml.bridge.plan import Action, features_hash, plan_actions, prediction_record
+from streaming_ml.kafka.changes import Change, parse_change
 
 __all__ = [
     "Action",

@@ -16,7 +16,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from streaming_ml.exceptions import ConfigError
+from streaming_ml.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -30,25 +30,26 @@ from confluent_kafka import (
 )
 from prometheus_client import start_http_server
 
-from streaming_ml import connectors, serde
-from streaming_ml.bridge import kafka_setup
-from streaming_ml.bridge.changes import Change, ChangeDecoder, RegistryUnavailable
 from streaming_ml.bridge.faults import KillPoint
 from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats, StepClock
-from streaming_ml.bridge.offsets import (
-    Position,
-    offsets_to_commit,
-    rewind_points,
-    split_at_unfinished,
-)
-from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
 from streaming_ml.bridge.pausing import Pausing
 from streaming_ml.bridge.plan import Action, finished_actions, plan_actions, service_records
 from streaming_ml.bridge.pricing import Backpressure, PredictionClient, Priced, Pricer
 from streaming_ml.bridge.records import Built, RecordBuilder
 from streaming_ml.config import Settings
-from streaming_ml.exceptions import BridgeError
-from streaming_ml.processes import stop_on_signals
+from streaming_ml.connect import commands, watchdog
+from streaming_ml.errors import BridgeError
+from streaming_ml.kafka import clients, topics
+from streaming_ml.kafka.changes import Change, ChangeDecoder, RegistryUnavailable
+from streaming_ml.kafka.offsets import (
+    Position,
+    offsets_to_commit,
+    rewind_points,
+    split_at_unfinished,
+)
+from streaming_ml.kafka.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
+from streaming_ml.schema import avro
+from streaming_ml.system.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Bridge:
         self.assigned = threading.Event()  # set once the group gave us partitions
         # With watch_connectors, restart FAILED connectors while owning partition 0.
         self._watchdog = (
-            connectors.partition_zero_watchdog(settings, self.metrics.connector_restarts)
+            watchdog.partition_zero_watchdog(settings, self.metrics.connector_restarts)
             if watch_connectors
             else None
         )
@@ -421,17 +422,17 @@ class Bridge:
         stack.callback(self._log_stopped)
         if self._watchdog is not None:
             stack.callback(self._watchdog.stop)
-        counts = kafka_setup.ensure_topics(s)
-        self._registry = serde.registry_client(s.registry_url)
+        counts = topics.ensure_topics(s)
+        self._registry = avro.registry_client(s.registry_url)
         self._decoder = ChangeDecoder(self._registry)
         self._records = RecordBuilder(
             self._registry, s.registry_url, s.predictions_topic, s.dlq_topic, s.shadow_topic,
-            copartition=kafka_setup.copartitioned(s, counts),
+            copartition=topics.copartitioned(s, counts),
         )  # fmt: skip
         self._records.register_schemas()
-        self._consumer = Consumer(kafka_setup.consumer_config(s, self.group_id))
+        self._consumer = Consumer(clients.consumer_config(s, self.group_id))
         stack.callback(self._close_consumer)
-        self._producer_config = kafka_setup.producer_config(s, self.group_id)
+        self._producer_config = clients.producer_config(s, self.group_id)
         self._output_or_fail()
         stack.callback(self._close_output)
         stack.callback(lambda: self._pricer.client.close())
@@ -531,7 +532,7 @@ def run_bridge(
     them while this replica owns partition 0 of the change topic.
     """
     if apply_connectors:
-        connectors.apply(settings)
+        commands.apply(settings)
     bridge = Bridge(settings, group_id=group_id, watch_connectors=apply_connectors)
     if install_signal_handlers:
         stop_on_signals(bridge.stop, "finishing the batch in hand")

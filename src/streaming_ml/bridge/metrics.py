@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streaming_ml.connectors import restarts_counter
+from streaming_ml.connect.watchdog import restarts_counter
 
 # A batch's steps, in the order it goes through them (see ``loop.Bridge._handle``).
 Step = Literal["collect", "decode", "plan", "model_call", "encode", "produce_commit", "other"]

@@ -12,16 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from streaming_ml.bridge.changes import Change
-from streaming_ml.contributions import largest_first
-from streaming_ml.data import (
-    COLUMNS_BY_NAME,
-    EXPLANATION_FIELDS,
-    FEATURES,
-    LISTING_ID_KEY,
-    TOP_CONTRIBUTIONS,
-    feature_problems,
-)
+from streaming_ml.kafka.changes import Change
+from streaming_ml.models.contributions import largest_first
+from streaming_ml.schema.fields import EXPLANATION_FIELDS, LISTING_ID_KEY, TOP_CONTRIBUTIONS
+from streaming_ml.schema.listing import COLUMNS_BY_NAME, FEATURES, feature_problems
 
 # Debezium op codes: create, update, delete, read (snapshot).
 PRICED_OPS = frozenset({"c", "u", "r"})

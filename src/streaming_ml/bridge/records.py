@@ -15,8 +15,6 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
-from streaming_ml import serde
-from streaming_ml.bridge.output import OutRecord
 from streaming_ml.bridge.plan import (
     Action,
     dlq_headers,
@@ -24,8 +22,10 @@ from streaming_ml.bridge.plan import (
     prediction_record,
     shadow_result,
 )
-from streaming_ml.data import PREDICTION_FIELDS
-from streaming_ml.exceptions import BridgeError
+from streaming_ml.errors import BridgeError
+from streaming_ml.kafka.output import OutRecord
+from streaming_ml.schema import avro
+from streaming_ml.schema.fields import PREDICTION_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,15 @@ class RecordBuilder:
         self.dlq_topic = dlq_topic
         self.shadow_topic = shadow_topic
         self.registry_url = registry_url
-        key_ser, value_ser = serde.prediction_serializers(registry)
-        key_schema, value_schema = serde.prediction_key_schema(), serde.prediction_value_schema()
+        key_ser, value_ser = avro.prediction_serializers(registry)
+        key_schema, value_schema = avro.prediction_key_schema(), avro.prediction_value_schema()
 
-        def writers(topic: str) -> tuple[serde.FramedAvroWriter, serde.FramedAvroWriter]:
+        def writers(topic: str) -> tuple[avro.FramedAvroWriter, avro.FramedAvroWriter]:
             return (
-                serde.FramedAvroWriter(
+                avro.FramedAvroWriter(
                     key_ser, SerializationContext(topic, MessageField.KEY), key_schema
                 ),
-                serde.FramedAvroWriter(
+                avro.FramedAvroWriter(
                     value_ser, SerializationContext(topic, MessageField.VALUE), value_schema
                 ),
             )
@@ -85,7 +85,7 @@ class RecordBuilder:
             self.key(0)
             self.value(sample)
             if self.shadow_topic:
-                self._shadow_key_write({serde.KEY_FIELD: 0})
+                self._shadow_key_write({avro.KEY_FIELD: 0})
                 self._shadow_value_write(sample)
         except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
             raise BridgeError(
@@ -94,7 +94,7 @@ class RecordBuilder:
             ) from error
 
     def key(self, listing_id: int | None) -> bytes:
-        return self._key_write({serde.KEY_FIELD: listing_id})
+        return self._key_write({avro.KEY_FIELD: listing_id})
 
     def value(self, record: dict[str, Any]) -> bytes:
         return self._value_write(record)
@@ -129,7 +129,7 @@ class RecordBuilder:
         assert self.shadow_topic is not None
         return OutRecord(
             self.shadow_topic,
-            self._shadow_key_write({serde.KEY_FIELD: action.listing_id}),
+            self._shadow_key_write({avro.KEY_FIELD: action.listing_id}),
             self._shadow_value_write(value),
             partition=partition,
         )
@@ -166,7 +166,7 @@ class RecordBuilder:
                 )
                 if self.shadow_topic:
                     # A listing gone (or unpriceable now) has no shadow price either.
-                    shadow_key = self._shadow_key_write({serde.KEY_FIELD: action.listing_id})
+                    shadow_key = self._shadow_key_write({avro.KEY_FIELD: action.listing_id})
                     out.records.append(
                         OutRecord(self.shadow_topic, shadow_key, None, partition=partition)
                     )

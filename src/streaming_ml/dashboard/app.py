@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from streaming_ml.dashboard.collector import Collector
-from streaming_ml.exceptions import StreamingMLError
+from streaming_ml.errors import StreamingMLError
 
 STATIC = Path(__file__).parent / "static"
 # How often an open event stream looks for a new round (a round is 1 s or less).

@@ -32,14 +32,16 @@ from typing import Any
 import psycopg2
 import requests
 
-from streaming_ml import connect, connectors, registry, serde
 from streaming_ml.config import Settings
+from streaming_ml.connect import client, commands
 from streaming_ml.dashboard import scrape
 from streaming_ml.dashboard.groups import GroupView
 from streaming_ml.dashboard.latency import LatencySampler
 from streaming_ml.dashboard.series import History, OffsetRate, Rates
 from streaming_ml.dashboard.tail import TopicTail
-from streaming_ml.exceptions import StackError, StreamingMLError
+from streaming_ml.errors import StackError, StreamingMLError
+from streaming_ml.models import registry
+from streaming_ml.schema import avro
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class Collector:
         self._predictions = TopicTail(s.kafka_bootstrap, s.predictions_topic, "end")
         self._dlq = TopicTail(s.kafka_bootstrap, s.dlq_topic, DLQ_RECENT)
         self._events = TopicTail(s.kafka_bootstrap, s.model_events_topic, "beginning")
-        self._decoder = serde.writer_schema_deserializer(serde.registry_client(s.registry_url))
+        self._decoder = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
         self._latency = LatencySampler(
             lambda value: self._decoder(value, None), s.predictions_table
         )
@@ -204,9 +206,9 @@ class Collector:
         }
 
     def _connectors(self) -> None:
-        answers = connect.all_statuses(self.settings.connect_url, timeout_s=HTTP_TIMEOUT_S)
+        answers = client.all_statuses(self.settings.connect_url, timeout_s=HTTP_TIMEOUT_S)
         self._parts["connect"] = {
-            name: connectors.summarise(answers.get(name)) for name in self.settings.connector_names
+            name: commands.summarise(answers.get(name)) for name in self.settings.connector_names
         }
 
     def _bridges(self, now: float) -> None:

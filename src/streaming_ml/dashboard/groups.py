@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from streaming_ml.exceptions import StackError
+from streaming_ml.errors import StackError
 
 # Short: a round of the dashboard must not hang on a broker that is away.
 REQUEST_TIMEOUT_S = 3.0

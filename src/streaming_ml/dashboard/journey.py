@@ -20,11 +20,11 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from streaming_ml.contributions import whole_pounds
-from streaming_ml.data import FEATURES, TARGET, feature_problems
-from streaming_ml.exceptions import StreamingMLError
-from streaming_ml.load import read_listings
-from streaming_ml.sinks import read_predictions
+from streaming_ml.datasets.load import read_listings
+from streaming_ml.datasets.predictions import read_predictions
+from streaming_ml.errors import StreamingMLError
+from streaming_ml.models.contributions import whole_pounds
+from streaming_ml.schema.listing import FEATURES, TARGET, feature_problems
 
 # (field of a prediction row, what happened then), in pipeline order.
 STAGE_FIELDS: tuple[tuple[str, str], ...] = (

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from streaming_ml.exceptions import StackError
+from streaming_ml.errors import StackError
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]

@@ -16,7 +16,7 @@ from streaming_ml.config import Settings
 from streaming_ml.dashboard import journey
 from streaming_ml.dashboard.app import create_app
 from streaming_ml.dashboard.collector import Collector
-from streaming_ml.exceptions import StackError
+from streaming_ml.errors import StackError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def service_explainer(settings: Settings) -> journey.Explainer:
     """The journey's question to the service the collector reads (``SML_SERVICE_URL``),
     with the CLI's timeout: an explanation costs a few ms per model. ``/explain`` is a
     POST but changes nothing, so the dashboard stays read-only."""
-    from streaming_ml.explain import explain_listing
+    from streaming_ml.service.explain import explain_listing
 
     def explain(listing_id: int, listing: Mapping[str, Any]) -> dict[str, Any]:
         return explain_listing(
@@ -51,7 +51,7 @@ def listing_lookup(settings: Settings) -> Callable[[int], dict[str, Any]]:
     explain = service_explainer(settings)
 
     def lookup(listing_id: int) -> dict[str, Any]:
-        from streaming_ml.load import connect
+        from streaming_ml.datasets.load import connect
         from streaming_ml.stack import postgres_dsn
 
         try:

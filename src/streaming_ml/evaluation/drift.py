@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from streaming_ml.data import CATEGORICAL_FEATURES, FEATURES
+from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES
 
 DECILES = np.linspace(0.1, 0.9, 9)
 EPSILON = 1e-4

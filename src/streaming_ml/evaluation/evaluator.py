@@ -35,31 +35,31 @@ from confluent_kafka import (
 )
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaming_ml import serde, topics
-from streaming_ml.bridge import kafka_setup
-from streaming_ml.bridge.changes import (
+from streaming_ml.bridge.plan import ALL_FEATURES
+from streaming_ml.config import Settings
+from streaming_ml.errors import BridgeError
+from streaming_ml.evaluation import outcomes as joins
+from streaming_ml.evaluation.accuracy import Degraded, Scoreboard, coverage_of
+from streaming_ml.evaluation.drift import PREDICTION, DriftWindow, WindowResult
+from streaming_ml.evaluation.metrics import EvaluatorMetrics
+from streaming_ml.kafka import clients, replay
+from streaming_ml.kafka import topics as topics_mod
+from streaming_ml.kafka.changes import (
     Change,
     ChangeDecoder,
     RegistryUnavailable,
     registry_unavailable,
 )
-from streaming_ml.bridge.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
-from streaming_ml.bridge.plan import ALL_FEATURES
-from streaming_ml.config import Settings
-from streaming_ml.data import (
+from streaming_ml.kafka.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
+from streaming_ml.schema import avro
+from streaming_ml.schema.fields import (
     ALERT_FIELDS,
     ALERT_KEY_FIELDS,
-    FEATURES,
     OUTCOME_FIELDS,
     OUTCOME_KEY_FIELDS,
-    feature_problems,
 )
-from streaming_ml.evaluation import outcomes as joins
-from streaming_ml.evaluation.drift import PREDICTION, DriftWindow, WindowResult
-from streaming_ml.evaluation.metrics import Degraded, Scoreboard, coverage_of
-from streaming_ml.evaluation.prometheus import EvaluatorMetrics
-from streaming_ml.exceptions import BridgeError
-from streaming_ml.processes import stop_on_signals
+from streaming_ml.schema.listing import FEATURES, feature_problems
+from streaming_ml.system.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Evaluator:
         s = self.settings
         # Compaction keeps each listing's last state; the lag leaves recent records alone.
         changelog = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
-        counts = kafka_setup.ensure_topics(s, {s.evaluator_state_topic: changelog})
+        counts = topics_mod.ensure_topics(s, {s.evaluator_state_topic: changelog})
         wanted = [*self._inputs, s.outcomes_topic, s.alerts_topic, s.evaluator_state_topic]
         sizes = {topic: counts.get(topic) for topic in wanted}
         if len(set(sizes.values())) != 1:
@@ -168,18 +168,18 @@ class Evaluator:
         s = self.settings
         self._ensure_topics()
         self._champion = self._registry_champion()
-        registry = serde.registry_client(s.registry_url)
+        registry = avro.registry_client(s.registry_url)
         self._changes = ChangeDecoder(registry)
-        self._decode = serde.writer_schema_deserializer(registry)
-        self._outcome_ser = serde.table_serializers(
+        self._decode = avro.writer_schema_deserializer(registry)
+        self._outcome_ser = avro.table_serializers(
             registry, "CarPriceOutcome", "A prediction judged against the listing's price",
             OUTCOME_FIELDS, OUTCOME_KEY_FIELDS,
         )  # fmt: skip
-        self._alert_ser = serde.table_serializers(
+        self._alert_ser = avro.table_serializers(
             registry, "CarPriceAlert", "Drift or degradation alert", ALERT_FIELDS, ALERT_KEY_FIELDS
         )
         config = {
-            **kafka_setup.consumer_config(s, self.group_id),
+            **clients.consumer_config(s, self.group_id),
             "client.id": "streaming-ml-evaluator",
             # Range hands one member the same partition number of every input topic.
             "partition.assignment.strategy": "range",
@@ -200,7 +200,7 @@ class Evaluator:
     def _registry_champion(self) -> str | None:
         """The registry's champion, so drift is measured from the first row; without a
         registry (a pinned service) it is learnt from the first champion prediction."""
-        from streaming_ml import registry
+        from streaming_ml.models import registry
 
         try:
             return registry.read_aliases(self.settings, timeout_s=10).champion
@@ -211,7 +211,7 @@ class Evaluator:
     def _new_output(self) -> TransactionalOutput:
         assert self._consumer is not None
         config = {
-            **kafka_setup.producer_config(self.settings, self.group_id),
+            **clients.producer_config(self.settings, self.group_id),
             "client.id": "streaming-ml-evaluator",
         }
         return TransactionalOutput(
@@ -257,7 +257,7 @@ class Evaluator:
             return
         reader = self._reader()
         try:
-            _count, complete = topics.read_until_end(
+            _count, complete = replay.read_until_end(
                 reader, topic, start, on_message, RESTORE_TIMEOUT_S
             )
         finally:
@@ -395,7 +395,7 @@ class Evaluator:
                 transition = self._on_change(state, item, now, alerts) if item else None
             else:
                 key = self._decode(msg.key(), None) if msg.key() else None
-                listing_id = int(key[serde.KEY_FIELD]) if key else None
+                listing_id = int(key[avro.KEY_FIELD]) if key else None
                 transition = self._on_prediction(state, listing_id, item, now, alerts)
             if transition is not None:
                 found.extend((state.partition, o) for o in transition.outcomes)
@@ -502,12 +502,12 @@ class Evaluator:
         """The champion's training reference (``metadata["reference"]``), or None for a
         model trained before references were stored (drift is then not measured)."""
         if tag not in self._references:
-            from streaming_ml import model, registry
+            from streaming_ml.models import registry, store
 
             reference = None
             try:
                 stored = registry.fetch(self.settings, tag)
-                reference = model.get_bento_model(stored).info.metadata.get("reference")
+                reference = store.get_bento_model(stored).info.metadata.get("reference")
             except Exception as error:
                 logger.warning(
                     "no drift reference for the champion",

@@ -16,12 +16,12 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from streaming_ml import serde
 from streaming_ml.config import Settings
+from streaming_ml.errors import StackError
+from streaming_ml.evaluation.accuracy import Scoreboard, coverage_of
 from streaming_ml.evaluation.evaluator import PARTITION_KEY
-from streaming_ml.evaluation.metrics import Scoreboard, coverage_of
 from streaming_ml.evaluation.outcomes import Outcome
-from streaming_ml.exceptions import StackError
+from streaming_ml.schema import avro
 
 RECENT_ALERTS = 20
 
@@ -38,7 +38,7 @@ class Monitor:
         self.partitions: dict[int, dict[str, Any]] = {}
         self.alerts: list[dict[str, Any]] = []
         self.alert_count = 0
-        self._decode = serde.writer_schema_deserializer(serde.registry_client(s.registry_url))
+        self._decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
         self._consumer = Consumer(
             {
                 "bootstrap.servers": s.kafka_bootstrap,

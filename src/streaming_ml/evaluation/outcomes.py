@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaming_ml.bridge.plan import features_hash
-from streaming_ml.data import FEATURES, TARGET, feature_problems
+from streaming_ml.schema.listing import FEATURES, TARGET, feature_problems
 
 
 @dataclass

@@ -24,9 +24,17 @@ from typing import Any
 import psycopg2
 
 from streaming_ml.config import Settings
-from streaming_ml.exceptions import StackError
-from streaming_ml.stack import adminer, connect, jars, kafka, postgres, process, registry
-from streaming_ml.stack.process import console
+from streaming_ml.errors import StackError
+from streaming_ml.stack import (
+    adminer,
+    connect_worker,
+    detached,
+    jars,
+    kafka,
+    postgres,
+    schema_registry,
+)
+from streaming_ml.stack.detached import console
 from streaming_ml.stack.secrets import ensure_passwords, load_passwords
 
 logger = logging.getLogger(__name__)
@@ -65,9 +73,9 @@ POSTGRES = Component(
 KAFKA = Component(
     kafka.NAME, ("kafka_port", "kafka_controller_port"), 120, ("kafka.log", "kafka-server.log")
 )
-REGISTRY = Component(registry.NAME, ("registry_port",), 120, ("registry.log",))
+REGISTRY = Component(schema_registry.NAME, ("registry_port",), 120, ("registry.log",))
 CONNECT = Component(
-    connect.NAME, ("connect_port", "connect_metrics_port"), 180,
+    connect_worker.NAME, ("connect_port", "connect_metrics_port"), 180,
     ("connect.log", "connect-worker.log"),
 )  # fmt: skip
 ADMINER = Component(adminer.NAME, ("adminer_port",), 20, ("adminer.log",), stop_timeout_s=5)
@@ -152,8 +160,10 @@ def endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
             "host": host, "port": settings.kafka_port, "url": settings.kafka_bootstrap,
             "controller_port": settings.kafka_controller_port,
         },
-        registry.NAME: {"host": host, "port": settings.registry_port, "url": settings.registry_url},
-        connect.NAME: {
+        schema_registry.NAME: {
+            "host": host, "port": settings.registry_port, "url": settings.registry_url,
+        },
+        connect_worker.NAME: {
             "host": host, "port": settings.connect_port, "url": settings.connect_url,
             "metrics_url": settings.connect_metrics_url,
         },
@@ -167,7 +177,7 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     Returns the endpoints. On failure, whatever this call started is stopped again.
     """
     state = settings.state_dir
-    running = {c.name for c in COMPONENTS if process.running_pid(state, c.name) is not None}
+    running = {c.name for c in COMPONENTS if detached.running_pid(state, c.name) is not None}
     to_start = [c for c in COMPONENTS if c.name not in running]
     if not to_start:
         console.print("[green]stack[/]: everything is already running")
@@ -176,7 +186,7 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     # Check every port first, so a conflict fails before anything is installed or started.
     for component in to_start:
         for field in component.ports:
-            process.require_free_port(
+            detached.require_free_port(
                 component.name, settings.host, _port(settings, field), f"SML_{field.upper()}"
             )
     install(settings)
@@ -186,11 +196,11 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     run_as = postgres.server_user()
     # Started by root, the other components run as an unprivileged user of their own; it
     # owns the logs dir (the JVMs write their own log files there) and Kafka's log dir.
-    components_as = process.component_user()
+    components_as = detached.component_user()
     if components_as:
         state.chmod(state.stat().st_mode | 0o011)
-        process.check_traversable(state, components_as, "stack")
-        process.own_tree(state / "logs", components_as)
+        detached.check_traversable(state, components_as, "stack")
+        detached.own_tree(state / "logs", components_as)
     for name in sorted(running):
         console.print(f"[green]{name}[/]: already running")
 
@@ -205,7 +215,7 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
         return pid
 
     def wait(component: Component, pid: int | None, what: str, check: Callable[[], bool]) -> None:
-        waited = process.wait_until(
+        waited = detached.wait_until(
             component.name, what, check, timeout=component.timeout_s, pid=pid,
             log=state / "logs" / component.logs[-1],
         )  # fmt: skip
@@ -225,17 +235,21 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
         wait(POSTGRES, pg_pid, "connections (pg_isready)", lambda: postgres.ready(settings))
         postgres.apply_init_sql(settings, passwords)
         registry_pid = launch(
-            REGISTRY, lambda: registry.start(settings, settings.dist_dir, passwords, components_as)
+            REGISTRY,
+            lambda: schema_registry.start(settings, settings.dist_dir, passwords, components_as),
         )
         wait(KAFKA, kafka_pid, "broker metadata", lambda: kafka.ready(settings))
         connect_pid = launch(
             CONNECT,
-            lambda: connect.start(settings, settings.dist_dir, passwords, components_as),
+            lambda: connect_worker.start(settings, settings.dist_dir, passwords, components_as),
         )
         wait(
-            REGISTRY, registry_pid, "/health/ready + ccompat API", lambda: registry.ready(settings)
+            REGISTRY,
+            registry_pid,
+            "/health/ready + ccompat API",
+            lambda: schema_registry.ready(settings),
         )
-        wait(CONNECT, connect_pid, "REST API + plugins", lambda: connect.ready(settings))
+        wait(CONNECT, connect_pid, "REST API + plugins", lambda: connect_worker.ready(settings))
         wait(ADMINER, adminer_pid, "HTTP", lambda: adminer.ready(settings))
     except BaseException:
         # Nothing half-started: stop what this call started, newest first.
@@ -299,7 +313,7 @@ def _wait_ports_released(settings: Settings, component: Component, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     ports = [_port(settings, field) for field in component.ports]
     while time.monotonic() < deadline:
-        if all(process.port_free(settings.host, port) for port in ports):
+        if all(detached.port_free(settings.host, port) for port in ports):
             return
         time.sleep(0.1)
 
@@ -312,7 +326,7 @@ def restart_component(settings: Settings, name: str) -> None:
 
 
 def _stop(state: Path, component: Component) -> bool:
-    return process.stop(
+    return detached.stop(
         state, component.name, timeout=component.stop_timeout_s, sig=component.stop_signal
     )
 
@@ -337,7 +351,7 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each component's state (running/stopped), pid and endpoint."""
     result: dict[str, dict[str, Any]] = {}
     for name, endpoint in endpoints(settings).items():
-        pid = process.running_pid(settings.state_dir, name)
+        pid = detached.running_pid(settings.state_dir, name)
         result[name] = {"state": "running" if pid else "stopped", "pid": pid, **endpoint}
     if result[postgres.NAME]["state"] == "running":
         try:
@@ -378,7 +392,7 @@ def print_logs(settings: Settings, component: str | None = None, lines: int = 50
             if not path.exists():
                 continue
             print(f"==> {path} <==")
-            print(process.tail_lines(path, lines))
+            print(detached.tail_lines(path, lines))
 
 
 def postgres_dsn(settings: Settings, role: str = "app") -> str:
@@ -390,6 +404,6 @@ def postgres_dsn(settings: Settings, role: str = "app") -> str:
 
 def psql(settings: Settings, command: str | None = None, role: str = "app") -> int:
     """Run psql on the stack's database (interactive when ``command`` is None)."""
-    if process.running_pid(settings.state_dir, postgres.NAME) is None:
+    if detached.running_pid(settings.state_dir, postgres.NAME) is None:
         raise StackError("postgres is not running. Start the stack with `streaming-ml stack up`.")
     return postgres.psql(settings, load_passwords(settings.state_dir), command, role)

@@ -13,8 +13,8 @@ from pathlib import Path
 import requests
 
 from streaming_ml.config import Settings
-from streaming_ml.exceptions import StackError
-from streaming_ml.stack import process
+from streaming_ml.errors import StackError
+from streaming_ml.stack import detached
 
 NAME = "adminer"
 DOCROOT = Path("/usr/share/adminer/adminer")
@@ -28,7 +28,7 @@ def installed() -> bool:
     return shutil.which("php") is not None and (DOCROOT / "index.php").exists()
 
 
-def start(settings: Settings, run_as: process.RunAs | None = None) -> int:
+def start(settings: Settings, run_as: detached.RunAs | None = None) -> int:
     php = shutil.which("php")
     if php is None or not installed():
         raise StackError(
@@ -40,7 +40,7 @@ def start(settings: Settings, run_as: process.RunAs | None = None) -> int:
         argv.append(str(SINGLE_FILE))  # router script: every request runs the single file
     # PHP_CLI_SERVER_WORKERS > 1 keeps the UI responsive while a slow query runs.
     env = {"PHP_CLI_SERVER_WORKERS": "2"}
-    return process.start(
+    return detached.start(
         NAME, argv, state_dir=settings.state_dir, env=env, cwd=DOCROOT, run_as=run_as
     )
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from streaming_ml.config import REPO_ROOT
-from streaming_ml.exceptions import StackError
-from streaming_ml.stack.process import console
+from streaming_ml.errors import StackError
+from streaming_ml.stack.detached import console
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from streaming_ml.config import Settings
-from streaming_ml.exceptions import StackError
-from streaming_ml.stack import process
+from streaming_ml.errors import StackError
+from streaming_ml.stack import detached
 from streaming_ml.stack.jars import java_binary, kafka_classpath
 
 NAME = "kafka"
@@ -132,14 +132,16 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def format_storage(settings: Settings, dist_dir: Path, run_as: process.RunAs | None = None) -> bool:
+def format_storage(
+    settings: Settings, dist_dir: Path, run_as: detached.RunAs | None = None
+) -> bool:
     """Format the log dir on first start (as ``run_as``, who will own it). Returns True
     when it was formatted now."""
     props, log4j = _write_config(settings)
     if (data_dir(settings.state_dir) / "meta.properties").exists():
         return False
     if run_as:
-        process.own_tree(data_dir(settings.state_dir), run_as)
+        detached.own_tree(data_dir(settings.state_dir), run_as)
     argv = [
         str(java_binary()), *jvm_options("-Xmx256m", log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.tools.StorageTool",
@@ -159,16 +161,16 @@ def format_storage(settings: Settings, dist_dir: Path, run_as: process.RunAs | N
     return True
 
 
-def start(settings: Settings, dist_dir: Path, run_as: process.RunAs | None = None) -> int:
+def start(settings: Settings, dist_dir: Path, run_as: detached.RunAs | None = None) -> int:
     props, log4j = _write_config(settings)
     if run_as:
         # The broker writes only under its log dir (and the logs dir, owned by `up`).
-        process.own_tree(data_dir(settings.state_dir), run_as)
+        detached.own_tree(data_dir(settings.state_dir), run_as)
     argv = [
         str(java_binary()), *jvm_options(HEAP, log4j, settings.state_dir / "logs"),
         "-cp", kafka_classpath(dist_dir), "kafka.Kafka", str(props),
     ]  # fmt: skip
-    return process.start(NAME, argv, state_dir=settings.state_dir, run_as=run_as)
+    return detached.start(NAME, argv, state_dir=settings.state_dir, run_as=run_as)
 
 
 def ready(settings: Settings) -> bool:

@@ -20,10 +20,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from streaming_ml import data
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.exceptions import StackError
-from streaming_ml.stack import process
+from streaming_ml.errors import StackError
+from streaming_ml.schema import ddl
+from streaming_ml.stack import detached
 from streaming_ml.stack.secrets import (
     APP_ROLE,
     REGISTRY_ROLE,
@@ -82,11 +82,11 @@ def schema_sql(settings: Settings | None = None) -> str:
         "-- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.\n"
         "\\connect cars\n"
         f"SET ROLE {APP_ROLE};\n"
-        f"{data.listings_ddl(listings)}"
-        f"{data.predictions_ddl(predictions)}"
-        f"{data.predictions_ddl(shadow)}"
-        f"{data.outcomes_ddl(outcomes)}"
-        f"{data.alerts_ddl(alerts)}"
+        f"{ddl.listings_ddl(listings)}"
+        f"{ddl.predictions_ddl(predictions)}"
+        f"{ddl.predictions_ddl(shadow)}"
+        f"{ddl.outcomes_ddl(outcomes)}"
+        f"{ddl.alerts_ddl(alerts)}"
         "-- Least privilege: the CDC role reads the listings, the sinks write their tables.\n"
         f"GRANT SELECT ON public.{listings} TO {SOURCE_ROLE};\n"
         + "".join(
@@ -97,7 +97,7 @@ def schema_sql(settings: Settings | None = None) -> str:
     )
 
 
-def server_user() -> process.RunAs | None:
+def server_user() -> detached.RunAs | None:
     """The OS user to run the server as: ``postgres`` when we are root, else ourselves."""
     if os.geteuid() != 0:
         return None
@@ -108,7 +108,7 @@ def server_user() -> process.RunAs | None:
             "postgres: running as root but there is no `postgres` OS user to run the server as. "
             "Install the Debian package (`apt-get install postgresql-15`), which creates it."
         ) from error
-    return process.RunAs(entry.pw_uid, entry.pw_gid, "postgres")
+    return detached.RunAs(entry.pw_uid, entry.pw_gid, "postgres")
 
 
 def _write_hba(path: Path) -> None:
@@ -120,7 +120,7 @@ def _write_hba(path: Path) -> None:
     )
 
 
-def initdb(settings: Settings, passwords: Passwords, run_as: process.RunAs | None) -> bool:
+def initdb(settings: Settings, passwords: Passwords, run_as: detached.RunAs | None) -> bool:
     """Create the cluster on first start. Returns True when it was created now."""
     pgdata = data_dir(settings.state_dir)
     if (pgdata / "PG_VERSION").exists():
@@ -136,8 +136,8 @@ def initdb(settings: Settings, passwords: Passwords, run_as: process.RunAs | Non
         settings.state_dir.chmod(settings.state_dir.stat().st_mode | 0o011)
         (settings.state_dir / "postgres").mkdir(exist_ok=True)
         (settings.state_dir / "postgres").chmod(0o711)
-        process.check_traversable(settings.state_dir / "postgres", run_as, NAME)
-        process.own_tree(settings.state_dir / "postgres", run_as)
+        detached.check_traversable(settings.state_dir / "postgres", run_as, NAME)
+        detached.own_tree(settings.state_dir / "postgres", run_as)
     try:
         result = subprocess.run(
             [
@@ -181,8 +181,8 @@ def server_argv(settings: Settings) -> list[str]:
     return argv
 
 
-def start(settings: Settings, run_as: process.RunAs | None) -> int:
-    return process.start(NAME, server_argv(settings), state_dir=settings.state_dir, run_as=run_as)
+def start(settings: Settings, run_as: detached.RunAs | None) -> int:
+    return detached.start(NAME, server_argv(settings), state_dir=settings.state_dir, run_as=run_as)
 
 
 def ready(settings: Settings) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from streaming_ml.exceptions import StackError
+from streaming_ml.errors import StackError
 
 # Role names are part of the shared init SQL in postgres/ (01-roles.sql).
 SUPERUSER = "postgres"

@@ -1,0 +1,1 @@
+"""Kafka Connect from the outside: the REST client, connector commands and the watchdog."""

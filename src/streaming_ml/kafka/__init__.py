@@ -1,0 +1,1 @@
+"""Kafka plumbing every wing shares: clients, topics, change parsing, offsets, transactions."""

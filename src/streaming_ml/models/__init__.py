@@ -1,0 +1,1 @@
+"""Price models and their lifecycle: features, kinds, training, model registry, learner."""

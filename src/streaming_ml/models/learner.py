@@ -1,0 +1,241 @@
+"""The learner: an online model that learns from every served outcome as it arrives, and
+snapshots itself into the registry so the services serve what it has learnt.
+
+It reads the outcomes topic (the evaluator's output), not the change topic: an outcome
+exists only once the listing has been priced, so the model never learns a listing's
+label before that listing was priced. It learns from the outcomes of the served arms
+(champion or challenger: exactly one per labelled listing), not from shadow outcomes,
+which would be the same label again.
+
+One learner reads every partition: one model learns from every label, so there is
+nothing to split (several learners would be several models). Its position is part of
+each snapshot: every ``SML_ONLINE_SNAPSHOT_LABELS`` labels it saves a new version of the
+model in the store with the offset of each outcomes partition it has consumed, publishes
+it to the registry and moves whatever alias pointed at the online model's name (champion,
+challenger or shadow) to the new version. A restart loads the newest version and resumes
+at its offsets, so each outcome is learned exactly once by the model's lineage: the
+outcomes learned after the last snapshot by a killed learner are learned again by its
+successor, whose model had not learned them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from streaming_ml.config import Settings
+from streaming_ml.errors import ModelNotFoundError, RegistryError
+from streaming_ml.evaluation.outcomes import Outcome
+from streaming_ml.models import registry
+from streaming_ml.models.online import OnlinePriceModel, is_online
+from streaming_ml.schema import avro
+from streaming_ml.system.processes import stop_on_signals
+
+logger = logging.getLogger(__name__)
+
+SERVED_ARMS = frozenset({"champion", "challenger"})
+
+
+@dataclass
+class LearnerStats:
+    outcomes: int = 0  # read from the topic, shadow ones included
+    learned: int = 0  # by this process
+    snapshots: int = 0
+    tag: str = ""
+
+
+def newest_online(settings: Settings) -> OnlinePriceModel:
+    """The newest stored version of the online model (imported from the registry when
+    this store lacks it)."""
+    import bentoml
+
+    from streaming_ml.models import loader
+
+    name = settings.online_model_name
+    aliases = registry.read_aliases(settings)
+    published = [t for t in aliases.published if t.split(":")[0] == name]
+    local = [str(m.tag) for m in registry.iter_local_models(name)]
+    candidates = []
+    # Published versions too, not only local ones: another machine's learner may have gone
+    # further. fetch() reads the models topic only for a version this store lacks.
+    for tag in dict.fromkeys([*published, *local]):
+        bento_model = bentoml.models.get(registry.fetch(settings, tag))
+        if is_online(bento_model):
+            candidates.append(bento_model)
+    if not candidates:
+        raise ModelNotFoundError(
+            f"no online model {name!r} in the store or the registry; create one with "
+            "`streaming-ml train --online`."
+        )
+    newest = max(
+        candidates, key=lambda m: (int(m.info.metadata.get("learned", 0)), m.info.creation_time)
+    )
+    return loader.from_bento_model(newest)
+
+
+class Learner:
+    """``run()`` learns until ``stop()`` or ``timeout``; snapshots every N labels and on a
+    graceful stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = LearnerStats()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._since_snapshot = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, timeout: float | None = None) -> LearnerStats:
+        s = self.settings
+        model = newest_online(s)
+        self.stats.tag = model.tag
+        decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
+        consumer = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap,
+                "group.id": s.learner_group,  # for lag tooling only: offsets live in snapshots
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            partitions = self._assign(consumer, model)
+            logger.info(
+                "learner started",
+                extra={"model_tag": model.tag, "learned": model.learned, "partitions": partitions},
+            )
+            self.ready.set()
+            deadline = time.monotonic() + timeout if timeout is not None else None
+            while not self._stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                batch = consumer.consume(num_messages=500, timeout=0.5)
+                for msg in batch:
+                    if msg.error() is not None:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            logger.warning("consume error", extra={"error": str(msg.error())})
+                        continue
+                    self._learn(model, msg, decode)
+                    if self._since_snapshot >= s.online_snapshot_labels:
+                        model = self._snapshot(model)
+                if batch:
+                    self._report_position(consumer)
+            if self._since_snapshot:
+                model = self._snapshot(model)
+        finally:
+            consumer.close()
+        return self.stats
+
+    def _assign(self, consumer: Consumer, model: OnlinePriceModel) -> list[int]:
+        topic = self.settings.outcomes_topic
+        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise RegistryError(
+                f"no outcomes topic {topic}: start the evaluator first (`streaming-ml "
+                "evaluator`, or `streaming-ml demo`)."
+            )
+        partitions = sorted(metadata.partitions)
+        consumer.assign(
+            [
+                TopicPartition(topic, p, model.positions.get(str(p), OFFSET_BEGINNING))
+                for p in partitions
+            ]
+        )
+        return partitions
+
+    def _report_position(self, consumer: Consumer) -> None:
+        """Commit what has been read, for lag tooling only (`kafka-consumer-groups`, the
+        bench's probe): a restart resumes from the snapshot's positions, not these."""
+        # The consumer's position, which moves past transaction markers too, so a learner
+        # that has read everything shows a lag of 0.
+        offsets = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+        if offsets:
+            consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _learn(self, model: OnlinePriceModel, msg: Any, decode: Any) -> None:
+        self.stats.outcomes += 1
+        # The offset after this outcome: where a successor resumes.
+        model.positions[str(msg.partition())] = msg.offset() + 1
+        if msg.value() is None:
+            return
+        outcome = Outcome.from_record(decode(msg.value(), None))
+        if outcome.arm not in SERVED_ARMS or outcome.features is None:
+            return
+        model.learn(outcome.features, outcome.actual_price)
+        self.stats.learned += 1
+        self._since_snapshot += 1
+
+    def _snapshot(self, model: OnlinePriceModel) -> OnlinePriceModel:
+        """Save, publish, move the aliases; the returned model carries the new tag."""
+        started = time.monotonic()
+        name = self.settings.online_model_name
+        tag = model.save(name, self._carried_metadata(model), source="online learner")
+        aliases = registry.read_aliases(self.settings)  # once, for both steps below
+        registry.publish(self.settings, tag, aliases)
+        moved = advance_aliases(self.settings, name, tag, aliases)
+        self.stats.snapshots += 1
+        self.stats.tag = tag
+        self._since_snapshot = 0
+        logger.info(
+            "online model snapshot",
+            extra={
+                "model_tag": tag, "learned": model.learned, "aliases": moved,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )  # fmt: skip
+        return model
+
+    def _carried_metadata(self, model: OnlinePriceModel) -> dict[str, Any]:
+        """What a snapshot keeps of the model it came from: the feature spec (the service
+        checks inputs) and the training reference (drift)."""
+        from streaming_ml.models.store import FEATURES_KEY, get_bento_model
+
+        previous = get_bento_model(model.tag).info.metadata if model.tag else {}
+        return {k: previous[k] for k in (FEATURES_KEY, "reference", "data") if k in previous}
+
+
+def advance_aliases(
+    settings: Settings, name: str, tag: str, aliases: registry.Aliases | None = None
+) -> list[str]:
+    """Point every alias now on a version of ``name`` at ``tag``; the aliases moved.
+    ``aliases``: the registry's state if just read (publishing does not change them)."""
+    from streaming_ml.models import lifecycle
+
+    aliases = aliases if aliases is not None else registry.read_aliases(settings)
+
+    def ours(current: str | None) -> bool:
+        return current is not None and current != tag and current.split(":")[0] == name
+
+    moved = []
+    if ours(aliases.champion):
+        registry.append_event(
+            settings,
+            registry.ModelEvent(
+                kind="promoted", tag=tag, forced=True, note="online model snapshot"
+            ),
+        )
+        moved.append("champion")
+    experiment = aliases.experiment
+    if experiment is not None and (ours(experiment.challenger) or ours(experiment.shadow)):
+        challenger = tag if ours(experiment.challenger) else experiment.challenger
+        shadow = tag if ours(experiment.shadow) else experiment.shadow
+        lifecycle.start_experiment(settings, challenger, experiment.split_percent, shadow)
+        moved += [a for a, t in (("challenger", challenger), ("shadow", shadow)) if t == tag]
+    return moved
+
+
+def run_learner(
+    settings: Settings, timeout: float | None = None, install_signal_handlers: bool = True
+) -> LearnerStats:
+    """Entry point of ``streaming-ml learn``: SIGTERM/SIGINT snapshot and stop."""
+    learner = Learner(settings)
+    if install_signal_handlers:
+        stop_on_signals(learner.stop, "snapshotting and stopping")
+    return learner.run(timeout=timeout)

@@ -1,0 +1,1 @@
+"""The BentoML price service: its API, validation, predictor, request guard, lineup and launcher."""

@@ -1,0 +1,1 @@
+"""The operating system: process groups and ports."""
