@@ -23,8 +23,9 @@ import pandas as pd
 from streaming_ml.config import REPO_ROOT
 from streaming_ml.datasets.csv import load_listings_csv
 from streaming_ml.datasets.synthetic import generate_listings
-from streaming_ml.evaluation.drift import DriftWindow, reference_of
+from streaming_ml.evaluation.drift import DriftWindow
 from streaming_ml.log import configure_logging
+from streaming_ml.models.reference import reference_of
 from streaming_ml.schema.listing import FEATURES
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "ford_train.csv"

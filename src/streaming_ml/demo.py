@@ -19,8 +19,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, Settings
-from streaming_ml.errors import ModelNotFoundError, StreamingMLError
+from streaming_ml.config import Settings
+from streaming_ml.errors import StreamingMLError
+from streaming_ml.models.train import ensure_model
 from streaming_ml.schema.listing import feature_problems
 
 logger = logging.getLogger(__name__)
@@ -28,34 +29,6 @@ logger = logging.getLogger(__name__)
 DEMO_SEED = 2020
 PREDICTION_TIMEOUT_S = 180.0
 ASSIGNMENT_TIMEOUT_S = 60.0
-
-
-def ensure_model(settings: Settings, console: Console) -> str:
-    """The tag of the newest ``ford_price`` model, training one on synthetic data if
-    the model store has none (a fresh clone)."""
-    from streaming_ml.models.booster import PriceModel
-    from streaming_ml.models.store import get_bento_model
-
-    try:
-        latest = get_bento_model(f"{settings.model_name}:latest")
-        PriceModel.from_bento_model(latest)  # a model of older inputs cannot serve
-        return str(latest.tag)
-    except ModelNotFoundError as error:
-        reason = str(error)
-    console.print(
-        f"[bold]No usable {settings.model_name} model ({reason.split(';')[0]}): "
-        "training one on synthetic data…"
-    )
-    from streaming_ml.models.train import train_model
-
-    result = train_model(
-        model_name=settings.model_name,
-        data_path=None,
-        synthetic_rows=DEFAULT_SYNTHETIC_ROWS,
-        seed=DEFAULT_SEED,
-        version=None,
-    )
-    return str(result["tag"])
 
 
 def _cell(value: Any, number_format: str = "") -> str:
@@ -114,7 +87,13 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     with ExitStack() as cleanup:
         stack.up(settings)
         cleanup.callback(lambda: _stop_stack(settings, console))
-        tag = ensure_model(settings, console)
+        tag = ensure_model(
+            settings.model_name,
+            on_training=lambda why: console.print(
+                f"[bold]No usable {settings.model_name} model ({why}): "
+                "training one on synthetic data…"
+            ),
+        )
         console.print(f"[bold]3/5[/] starting the prediction service (model {tag})…")
         service = ServiceProcess(
             host=settings.host, port=settings.service_port, model_tag=tag,

@@ -13,7 +13,8 @@ from streaming_ml.datasets.synthetic import Shift, generate_listing_records, gen
 from streaming_ml.errors import DataError
 from streaming_ml.evaluation import outcomes as joins
 from streaming_ml.evaluation.accuracy import Scoreboard
-from streaming_ml.evaluation.drift import DriftWindow, psi, reference_of
+from streaming_ml.evaluation.drift import DriftWindow, psi
+from streaming_ml.models.reference import reference_of
 from streaming_ml.schema.listing import FEATURES
 
 ROW = generate_listing_records(1, seed=3)[0]

@@ -130,7 +130,7 @@ def test_request_schema_documents_every_feature_with_an_example() -> None:
 
 
 def test_model_info_names_the_training_file_but_never_its_path() -> None:
-    from streaming_ml.service.predictor import without_paths
+    from streaming_ml.models.store import without_paths
 
     metadata = {
         "source": "csv", "path": "/home/someone/secret/ford_train.csv",

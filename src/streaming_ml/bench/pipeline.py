@@ -177,11 +177,14 @@ class Bench:
         stack.down(self.settings)
 
     def _start_service(self, cleanup: ExitStack) -> None:
-        from streaming_ml.demo import ensure_model
+        from streaming_ml.models.train import ensure_model
         from streaming_ml.service.launcher import ServiceProcess
 
         s = self.settings
-        tag = ensure_model(s, self.console)
+        tag = ensure_model(
+            s.model_name,
+            on_training=lambda why: self.console.print(f"no usable model ({why}): training one…"),
+        )
         began = time.monotonic()
         service = ServiceProcess(
             host=s.host, port=s.service_port, model_tag=tag,

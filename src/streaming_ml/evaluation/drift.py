@@ -26,76 +26,18 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES
-
-DECILES = np.linspace(0.1, 0.9, 9)
-EPSILON = 1e-4
-UNSEEN = "__unseen__"
-PREDICTION = "prediction"  # the name the prediction's distribution is scored under
-
-
-def _numeric_reference(values: np.ndarray) -> dict[str, Any]:
-    finite = values[np.isfinite(values)]
-    edges = np.unique(np.quantile(finite, DECILES)) if finite.size else np.array([])
-    counts = _numeric_counts(edges.tolist(), values)
-    return {"kind": "numeric", "edges": edges.tolist(), "shares": _shares(counts)}
-
-
-def _numeric_counts(edges: Sequence[float], values: np.ndarray) -> list[int]:
-    """Counts per bin: (-inf, e0], (e0, e1], ..., (e_last, inf), then missing."""
-    finite = np.isfinite(values)
-    bins = np.searchsorted(np.asarray(edges, dtype=float), values[finite], side="left")
-    counts = np.bincount(bins, minlength=len(edges) + 1).tolist()
-    return [*counts, int((~finite).sum())]
-
-
-def _category_key(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) else None
-
-
-def _category_reference(values: Sequence[Any]) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for value in values:
-        key = _category_key(value)
-        if key is not None:
-            counts[key] = counts.get(key, 0) + 1
-    total = sum(counts.values()) or 1
-    return {"kind": "category", "shares": {k: c / total for k, c in sorted(counts.items())}}
-
-
-def _shares(counts: Sequence[int]) -> list[float]:
-    total = sum(counts) or 1
-    return [c / total for c in counts]
-
-
-def _as_float(value: Any) -> float:
-    try:
-        return float(value) if value is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def reference_of(rows: Mapping[str, Sequence[Any]], predictions: Sequence[float]) -> dict[str, Any]:
-    """The reference stored as ``metadata["reference"]``: per feature (columns of the
-    training frame, by name) and for the model's own predictions on those rows."""
-    features: dict[str, Any] = {}
-    for name in FEATURES:
-        column = list(rows[name])
-        if name in CATEGORICAL_FEATURES:
-            features[name] = _category_reference(column)
-        else:
-            features[name] = _numeric_reference(np.array([_as_float(v) for v in column]))
-    return {
-        "rows": len(predictions),
-        "features": features,
-        PREDICTION: _numeric_reference(np.asarray(predictions, dtype=float)),
-    }
+from streaming_ml.models.reference import (
+    EPSILON,
+    as_float,
+    category_key,
+    shares_of,
+)
 
 
 def psi(expected: Sequence[float], observed: Sequence[int]) -> float:
     """Population stability index of observed counts against expected shares."""
     q = np.maximum(np.asarray(expected, dtype=float), EPSILON)
-    p = np.maximum(np.asarray(_shares(observed), dtype=float), EPSILON)
+    p = np.maximum(np.asarray(shares_of(observed), dtype=float), EPSILON)
     return float(np.sum((p - q) * np.log(p / q)))
 
 
@@ -136,10 +78,10 @@ class Variable:
 
     def bin_of(self, value: Any) -> int:
         if self.numeric:
-            x = _as_float(value)
+            x = as_float(value)
             edges = self.reference["edges"]
             return len(edges) + 1 if not math.isfinite(x) else int(np.searchsorted(edges, x))
-        key = _category_key(value)
+        key = category_key(value)
         names = list(self.reference["shares"])
         return names.index(key) if key in names else len(names)
 

@@ -40,7 +40,7 @@ from streaming_ml.config import Settings
 from streaming_ml.errors import BridgeError
 from streaming_ml.evaluation import outcomes as joins
 from streaming_ml.evaluation.accuracy import Degraded, Scoreboard, coverage_of
-from streaming_ml.evaluation.drift import PREDICTION, DriftWindow, WindowResult
+from streaming_ml.evaluation.drift import DriftWindow, WindowResult
 from streaming_ml.evaluation.metrics import EvaluatorMetrics
 from streaming_ml.kafka import clients, replay
 from streaming_ml.kafka import topics as topics_mod
@@ -51,6 +51,7 @@ from streaming_ml.kafka.changes import (
     registry_unavailable,
 )
 from streaming_ml.kafka.output import OutputAborted, OutputFatal, OutRecord, TransactionalOutput
+from streaming_ml.models.reference import PREDICTION
 from streaming_ml.schema import avro
 from streaming_ml.schema.fields import (
     ALERT_FIELDS,

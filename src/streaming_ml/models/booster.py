@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from streaming_ml.errors import ConfigError
 from streaming_ml.models import contributions
 from streaming_ml.models.features import (
     FEATURE_OF_INPUT,
@@ -16,13 +18,14 @@ from streaming_ml.models.features import (
     INPUT_TYPES,
     FeatureEncoder,
     FeatureSpec,
+    fit_feature_spec,
 )
-from streaming_ml.schema.listing import FEATURES
+from streaming_ml.models.protocol import Explained
+from streaming_ml.models.store import FEATURES_KEY, check_servable
+from streaming_ml.schema.listing import FEATURES, TARGET
 
 if TYPE_CHECKING:
     import bentoml
-from streaming_ml.models.protocol import Explained
-from streaming_ml.models.store import FEATURES_KEY, check_servable
 
 BOOSTER_FILE = "booster.json"
 
@@ -110,3 +113,76 @@ class PriceModel:
             tag=str(model.tag),
             target_transform=str(metadata.get(TARGET_TRANSFORM_KEY, "log")),
         )
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """XGBoost settings; defaults chosen by 5-fold CV on the real training split
+    (see docs/model.md and scripts/tune_model.py)."""
+
+    max_depth: int = 8
+    learning_rate: float = 0.04
+    n_estimators: int = 300
+    min_child_weight: float = 3.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.9
+    reg_lambda: float = 3.0
+    max_cat_to_onehot: int = 1
+    max_bin: int = 512
+    # Inputs whose effect may only lower the price: more miles never make a car dearer.
+    # Beyond being true, it keeps the trees from fitting noise in sparse mileage ranges.
+    monotone_decreasing: tuple[str, ...] = ("mileage",)
+    # One thread: training shares 2 cores with Kafka, Postgres and the JVMs, and
+    # OpenMP's spin-waiting makes 2 threads up to 10x slower than 1 when a core is busy.
+    nthread: int = 1
+
+    def booster_params(self, seed: int) -> dict[str, Any]:
+        params = asdict(self)
+        params.pop("n_estimators")
+        params["eta"] = params.pop("learning_rate")
+        params["lambda"] = params.pop("reg_lambda")
+        decreasing = params.pop("monotone_decreasing")
+        unknown = set(decreasing) - set(INPUT_NAMES)
+        if unknown:
+            raise ConfigError(
+                f"monotone_decreasing names {sorted(unknown)}, which are not model inputs; "
+                f"use some of {', '.join(INPUT_NAMES)}."
+            )
+        constraints = ",".join("-1" if name in decreasing else "0" for name in INPUT_NAMES)
+        return {
+            **params,
+            "monotone_constraints": f"({constraints})",
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "seed": seed,
+            "verbosity": 0,
+        }
+
+
+def fit_booster(
+    frame: pd.DataFrame,
+    params: TrainParams,
+    seed: int,
+    valid: pd.DataFrame | None = None,
+    early_stopping_rounds: int | None = None,
+) -> PriceModel:
+    """Fit on ``frame`` (log-price target) and wrap it as an untagged PriceModel."""
+    spec = fit_feature_spec(frame)
+    encoder = FeatureEncoder(spec)
+    train_matrix = dmatrix(encoder.from_frame(frame), np.log(frame[TARGET].to_numpy(float)))
+    evals = []
+    if valid is not None:
+        valid_label = np.log(valid[TARGET].to_numpy(float))
+        evals = [(dmatrix(encoder.from_frame(valid), valid_label), "valid")]
+    booster = xgb.train(
+        params.booster_params(seed),
+        train_matrix,
+        num_boost_round=params.n_estimators,
+        evals=evals,
+        early_stopping_rounds=early_stopping_rounds if evals else None,
+        verbose_eval=False,
+    )
+    if early_stopping_rounds and evals:
+        # Keep only the trees up to the best round so predictions use the stopped model.
+        booster = booster[: booster.best_iteration + 1]
+    return PriceModel(booster, spec, tag="(unsaved)")

@@ -11,10 +11,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import bentoml
+from bentoml.exceptions import NotFound
+
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
 from streaming_ml.models import registry
 from streaming_ml.models.registry import Aliases, ModelEvent, ModelSummary
+from streaming_ml.models.store import without_paths
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +91,6 @@ def describe(settings: Settings, tag: str) -> dict[str, Any]:
 
 
 def _local_metadata(tag: str) -> dict[str, Any] | None:
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    from streaming_ml.service.predictor import without_paths
 
     try:
         return without_paths(dict(bentoml.models.get(tag).info.metadata))
@@ -99,8 +99,6 @@ def _local_metadata(tag: str) -> dict[str, Any] | None:
 
 
 def _summary_of(tag: str, aliases: Aliases) -> ModelSummary:
-    import bentoml
-    from bentoml.exceptions import NotFound
 
     try:
         return registry.summarise(bentoml.models.get(tag))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import bentoml
+from streaming_ml.models import online
 from streaming_ml.models.booster import PriceModel
 from streaming_ml.models.store import check_servable, get_bento_model
+
+if TYPE_CHECKING:
+    import bentoml
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +18,6 @@ logger = logging.getLogger(__name__)
 def from_bento_model(bento_model: bentoml.Model) -> Any:
     """The stored model behind the price model's interface: an XGBoost ``PriceModel``, or
     an ``online.OnlinePriceModel`` for a model of kind ``online``."""
-    from streaming_ml.models import online
 
     check_servable(bento_model)
     if online.is_online(bento_model):

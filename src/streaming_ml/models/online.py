@@ -5,19 +5,21 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import bentoml
 import numpy as np
+import pandas as pd
+import river
+from bentoml.models import ModelContext
+from river import compose, forest, linear_model, optim, preprocessing, tree
 
+from streaming_ml.datasets.csv import with_schema_dtypes
 from streaming_ml.models import contributions
+from streaming_ml.models.booster import TrainParams, fit_booster
 from streaming_ml.models.features import ENGINE_SIZE
+from streaming_ml.models.protocol import Explained
 from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, TARGET
-
-if TYPE_CHECKING:
-    import bentoml
-
-    from streaming_ml.models.protocol import Explained
-
 
 KIND_KEY = "kind"
 
@@ -37,32 +39,27 @@ CEILING_LOG_PRICE = math.log(10_000_000.0)  # a diverging learner must not overf
 
 
 def _numeric() -> Any:
-    from river import compose, preprocessing
 
     # By type, not by name: a missing number is an absent key, which Select would refuse.
     return compose.SelectType(float) | preprocessing.StandardScaler()
 
 
 def _categories() -> Any:
-    from river import compose, preprocessing
 
     return compose.SelectType(str) | preprocessing.OneHotEncoder()
 
 
 def _arf() -> Any:
-    from river import forest
 
     return (_numeric() + _categories()) | forest.ARFRegressor(n_models=10, seed=42)
 
 
 def _hoeffding() -> Any:
-    from river import tree
 
     return (_numeric() + _categories()) | tree.HoeffdingAdaptiveTreeRegressor(seed=42)
 
 
 def _linear() -> Any:
-    from river import linear_model, optim
 
     # A small step: larger ones diverge on the first rows, before the scaler has settled.
     return (_numeric() + _categories()) | linear_model.LinearRegression(
@@ -71,7 +68,6 @@ def _linear() -> Any:
 
 
 def _correction() -> Any:
-    from river import linear_model, optim
 
     # What the residual candidate learns on top of its XGBoost base: a log-price
     # correction per category and per scaled number. A price moving for some models is
@@ -179,7 +175,6 @@ class OnlinePriceModel:
         """Exact Shapley values against the reference listing (the training rows' typical
         listing): River's ensembles have no TreeSHAP, and 2^8 predictions per row are
         cheap enough for /explain (not for every streamed row)."""
-        from streaming_ml.models.protocol import Explained
 
         rows = list(records)
         prices = np.empty(len(rows))
@@ -194,7 +189,6 @@ class OnlinePriceModel:
     # -- storage --
 
     def metadata(self) -> dict[str, Any]:
-        import river
 
         return {
             KIND_KEY: ONLINE_KIND,
@@ -209,9 +203,6 @@ class OnlinePriceModel:
 
     def save(self, name: str, metadata: Mapping[str, Any], source: str) -> str:
         """A new version of ``name`` in the BentoML store; returns its tag."""
-        import bentoml
-        import river
-        from bentoml.models import ModelContext
 
         context = ModelContext(
             framework_name="river", framework_versions={"river": river.__version__}
@@ -273,10 +264,6 @@ def warmed_up(
 ) -> OnlinePriceModel:
     """A candidate that has learnt ``rows`` (and whose XGBoost base, if it has one, was
     trained on them): the state a deployed online model starts from."""
-    import pandas as pd
-
-    from streaming_ml.datasets.csv import with_schema_dtypes
-    from streaming_ml.models.train import TrainParams, fit_booster
 
     base = None
     if candidate in NEEDS_BASE:

@@ -1,17 +1,18 @@
-"""The BentoML model store: finding a stored model and checking that this code can serve it."""
+"""The BentoML model store: finding a stored model, checking that this code can serve it,
+and describing it without leaking where its files lived."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import BentoMLException
 
 from streaming_ml.errors import ModelNotFoundError
-from streaming_ml.models.features import (
-    INPUT_NAMES,
-)
-
-if TYPE_CHECKING:
-    import bentoml
-
+from streaming_ml.models.features import INPUT_NAMES
+from streaming_ml.schema.listing import FEATURES
 
 FEATURES_KEY = "features"
 
@@ -35,8 +36,6 @@ def check_servable(model: bentoml.Model) -> None:
 
 def get_bento_model(tag: str) -> bentoml.Model:
     """The stored model for ``tag`` (e.g. ``ford_price:latest``) or a ModelNotFoundError."""
-    import bentoml
-    from bentoml.exceptions import BentoMLException
 
     try:
         return bentoml.models.get(tag)
@@ -45,3 +44,34 @@ def get_bento_model(tag: str) -> bentoml.Model:
             f"no model {tag!r} in the BentoML model store ({error}); "
             "run `streaming-ml train` first (or pass an existing tag, see `bentoml models list`)."
         ) from error
+
+
+def model_card(bento_model: bentoml.Model) -> dict[str, Any]:
+    """What ``/model_info`` reports about a stored model."""
+    info = bento_model.info
+    return {
+        "tag": str(bento_model.tag),
+        "name": bento_model.tag.name,
+        "version": bento_model.tag.version,
+        "created_at": info.creation_time.isoformat(),
+        "module": info.module,
+        "labels": dict(info.labels),
+        "metadata": without_paths(dict(info.metadata)),
+        "features": list(FEATURES),
+    }
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with every ``path`` entry replaced by the file's name alone: where the
+    training data lived on the trainer's disk is nobody's business on the network."""
+    if isinstance(value, Mapping):
+        cleaned = {}
+        for key, item in value.items():
+            if key == "path" and isinstance(item, str):
+                cleaned["file"] = Path(item).name
+            else:
+                cleaned[key] = without_paths(item)
+        return cleaned
+    if isinstance(value, list):
+        return [without_paths(item) for item in value]
+    return value

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
+from streaming_ml.datasets.load import PRICE_SHIFT
+from streaming_ml.datasets.synthetic import generate_listing_records, generate_listings
+from streaming_ml.models.booster import TrainParams, fit_booster
 from streaming_ml.models.online import DEFAULT_CANDIDATE, WARM_UP_SHARE, OnlinePriceModel, warmed_up
 from streaming_ml.schema.listing import TARGET
 
@@ -89,7 +95,6 @@ def compare(
     ``WARM_UP_SHARE`` of the stream (the residual one's base is trained on them), then
     predicts-then-learns the rest, in file order; with the machine's load average, since
     the timings depend on it."""
-    import os
 
     split = int(len(records) * WARM_UP_SHARE)
     head, tail = records[:split], records[split:]
@@ -157,10 +162,8 @@ class ShiftStudy:
         return out
 
     def plot(self, path: str) -> None:
-        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(8, 4))
         # From the first full window: before it, a few listings make a noisy average.
@@ -192,9 +195,6 @@ def price_shift_study(
     """Both models learn the same seeded synthetic rows; then a stream of ``lead_in``
     normal listings and ``shifted`` price-shift ones (``load.PRICE_SHIFT``) is priced by
     both, and the online one learns each label after pricing it."""
-    from streaming_ml.datasets.load import PRICE_SHIFT
-    from streaming_ml.datasets.synthetic import generate_listing_records, generate_listings
-    from streaming_ml.models.train import TrainParams, fit_booster
 
     static = fit_booster(generate_listings(train_rows, seed=seed), TrainParams(), seed)
     learner = warmed_up(candidate, generate_listing_records(train_rows, seed=seed), seed)

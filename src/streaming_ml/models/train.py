@@ -12,20 +12,33 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bentoml
 import numpy as np
 import pandas as pd
+import sklearn
 import xgboost as xgb
+from bentoml.exceptions import BentoMLException, NotFound
+from bentoml.models import ModelContext
 
+from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS
 from streaming_ml.datasets.csv import data_fingerprint, listing_records, load_listings_csv
 from streaming_ml.datasets.synthetic import generate_listings
-from streaming_ml.errors import ConfigError, DataError
-from streaming_ml.evaluation.drift import reference_of
-from streaming_ml.models.booster import BOOSTER_FILE, TARGET_TRANSFORM_KEY, PriceModel, dmatrix
-from streaming_ml.models.features import INPUT_NAMES, FeatureEncoder, fit_feature_spec
+from streaming_ml.errors import ConfigError, DataError, ModelNotFoundError
+from streaming_ml.models import online
+from streaming_ml.models.booster import (
+    BOOSTER_FILE,
+    TARGET_TRANSFORM_KEY,
+    PriceModel,
+    TrainParams,
+    fit_booster,
+)
+from streaming_ml.models.features import fit_feature_spec
+from streaming_ml.models.reference import reference_of
 from streaming_ml.models.store import FEATURES_KEY, get_bento_model
 from streaming_ml.schema.listing import FEATURES, TARGET
 
@@ -41,50 +54,6 @@ CV_FOLDS = 5
 CV_SEED = 42
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    """XGBoost settings; defaults chosen by 5-fold CV on the real training split
-    (see docs/model.md and scripts/tune_model.py)."""
-
-    max_depth: int = 8
-    learning_rate: float = 0.04
-    n_estimators: int = 300
-    min_child_weight: float = 3.0
-    subsample: float = 0.8
-    colsample_bytree: float = 0.9
-    reg_lambda: float = 3.0
-    max_cat_to_onehot: int = 1
-    max_bin: int = 512
-    # Inputs whose effect may only lower the price: more miles never make a car dearer.
-    # Beyond being true, it keeps the trees from fitting noise in sparse mileage ranges.
-    monotone_decreasing: tuple[str, ...] = ("mileage",)
-    # One thread: training shares 2 cores with Kafka, Postgres and the JVMs, and
-    # OpenMP's spin-waiting makes 2 threads up to 10x slower than 1 when a core is busy.
-    nthread: int = 1
-
-    def booster_params(self, seed: int) -> dict[str, Any]:
-        params = asdict(self)
-        params.pop("n_estimators")
-        params["eta"] = params.pop("learning_rate")
-        params["lambda"] = params.pop("reg_lambda")
-        decreasing = params.pop("monotone_decreasing")
-        unknown = set(decreasing) - set(INPUT_NAMES)
-        if unknown:
-            raise ConfigError(
-                f"monotone_decreasing names {sorted(unknown)}, which are not model inputs; "
-                f"use some of {', '.join(INPUT_NAMES)}."
-            )
-        constraints = ",".join("-1" if name in decreasing else "0" for name in INPUT_NAMES)
-        return {
-            **params,
-            "monotone_constraints": f"({constraints})",
-            "objective": "reg:squarederror",
-            "tree_method": "hist",
-            "seed": seed,
-            "verbosity": 0,
-        }
-
-
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | int]:
     """RMSE and MAE in GBP, MAPE in percent, and the row count."""
     y_true = np.asarray(y_true, dtype=np.float64)
@@ -96,35 +65,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "mape": float(np.mean(np.abs(error) / y_true) * 100),
         "n": len(y_true),
     }
-
-
-def fit_booster(
-    frame: pd.DataFrame,
-    params: TrainParams,
-    seed: int,
-    valid: pd.DataFrame | None = None,
-    early_stopping_rounds: int | None = None,
-) -> PriceModel:
-    """Fit on ``frame`` (log-price target) and wrap it as an untagged PriceModel."""
-    spec = fit_feature_spec(frame)
-    encoder = FeatureEncoder(spec)
-    train_matrix = dmatrix(encoder.from_frame(frame), np.log(frame[TARGET].to_numpy(float)))
-    evals = []
-    if valid is not None:
-        valid_label = np.log(valid[TARGET].to_numpy(float))
-        evals = [(dmatrix(encoder.from_frame(valid), valid_label), "valid")]
-    booster = xgb.train(
-        params.booster_params(seed),
-        train_matrix,
-        num_boost_round=params.n_estimators,
-        evals=evals,
-        early_stopping_rounds=early_stopping_rounds if evals else None,
-        verbose_eval=False,
-    )
-    if early_stopping_rounds and evals:
-        # Keep only the trees up to the best round so predictions use the stopped model.
-        booster = booster[: booster.best_iteration + 1]
-    return PriceModel(booster, spec, tag="(unsaved)")
 
 
 def split_frame(
@@ -196,8 +136,6 @@ def load_training_frame(
 
 
 def _library_versions() -> dict[str, str]:
-    import bentoml
-    import sklearn
 
     return {
         "python": platform.python_version(),
@@ -211,8 +149,6 @@ def _library_versions() -> dict[str, str]:
 
 def check_new_tag(model_name: str, version: str | None) -> None:
     """Fail before training, not after, when the requested tag is unusable."""
-    import bentoml
-    from bentoml.exceptions import BentoMLException, NotFound
 
     tag = f"{model_name}:{version}" if version else model_name
     try:
@@ -237,8 +173,6 @@ def save_price_model(
     model: PriceModel, model_name: str, version: str | None, metadata: dict[str, Any], source: str
 ) -> str:
     """Store booster JSON + metadata in the BentoML model store; return the new tag."""
-    import bentoml
-    from bentoml.models import ModelContext
 
     context = ModelContext(
         framework_name="xgboost", framework_versions={"xgboost": xgb.__version__}
@@ -373,7 +307,6 @@ def train_online_model(
     """An online model that has learnt the training rows, read once in file order (the
     residual candidate's XGBoost base is trained on them first), saved as a new version
     of ``model_name``."""
-    from streaming_ml.models import online
 
     started = time.perf_counter()
     frame, source = load_training_frame(data_path, synthetic_rows, seed)
@@ -402,3 +335,25 @@ def train_online_model(
         "training_fit": metadata["training_fit"],
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def ensure_model(model_name: str, on_training: Callable[[str], None] | None = None) -> str:
+    """The tag of the newest ``model_name`` model, training one on synthetic data when
+    the model store has no usable one (a fresh clone); ``on_training`` hears why first."""
+    try:
+        latest = get_bento_model(f"{model_name}:latest")
+        PriceModel.from_bento_model(latest)  # a model of older inputs cannot serve
+        return str(latest.tag)
+    except ModelNotFoundError as error:
+        reason = str(error).split(";")[0]
+    logger.info("training a model on synthetic data", extra={"reason": reason})
+    if on_training is not None:
+        on_training(reason)
+    result = train_model(
+        model_name=model_name,
+        data_path=None,
+        synthetic_rows=DEFAULT_SYNTHETIC_ROWS,
+        seed=DEFAULT_SEED,
+        version=None,
+    )
+    return str(result["tag"])

@@ -122,8 +122,7 @@ def load_checked(tag: str, settings: Settings | None) -> ServedModel:
     ``RefusedModel`` with the reason when it cannot serve."""
     from streaming_ml.models import registry
     from streaming_ml.models.loader import from_bento_model
-    from streaming_ml.models.store import get_bento_model
-    from streaming_ml.service.predictor import model_card
+    from streaming_ml.models.store import get_bento_model, model_card
 
     try:
         stored = registry.fetch(settings, tag) if settings is not None else tag

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -12,12 +11,9 @@ from pydantic import BaseModel
 
 from streaming_ml.models.contributions import against_reference, largest_first
 from streaming_ml.schema.fields import LISTING_ID_KEY
-from streaming_ml.schema.listing import (
-    FEATURES,
-)
+from streaming_ml.schema.listing import FEATURES
 
 if TYPE_CHECKING:
-    import bentoml
     from starlette.responses import Response
 
     from streaming_ml.models.protocol import Explained
@@ -43,37 +39,6 @@ from streaming_ml.service.validation import (
     validate_columns,
     validate_records,
 )
-
-
-def model_card(bento_model: bentoml.Model) -> dict[str, Any]:
-    """What ``/model_info`` reports about a stored model."""
-    info = bento_model.info
-    return {
-        "tag": str(bento_model.tag),
-        "name": bento_model.tag.name,
-        "version": bento_model.tag.version,
-        "created_at": info.creation_time.isoformat(),
-        "module": info.module,
-        "labels": dict(info.labels),
-        "metadata": without_paths(dict(info.metadata)),
-        "features": list(FEATURES),
-    }
-
-
-def without_paths(value: Any) -> Any:
-    """``value`` with every ``path`` entry replaced by the file's name alone: where the
-    training data lived on the trainer's disk is nobody's business on the network."""
-    if isinstance(value, Mapping):
-        cleaned = {}
-        for key, item in value.items():
-            if key == "path" and isinstance(item, str):
-                cleaned["file"] = Path(item).name
-            else:
-                cleaned[key] = without_paths(item)
-        return cleaned
-    if isinstance(value, list):
-        return [without_paths(item) for item in value]
-    return value
 
 
 class ArmMetrics:
