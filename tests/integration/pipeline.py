@@ -27,11 +27,10 @@ from rich.console import Console
 from streaming_ml.bench.kafka import commit_offsets, high_watermarks
 from streaming_ml.bench.kafka import read_topic as bench_read_topic
 from streaming_ml.bridge import Bridge
-from streaming_ml.bridge.plan import features_hash
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.datasets import predictions
 from streaming_ml.schema import avro
-from streaming_ml.schema.listing import FEATURES
+from streaming_ml.schema.listing import FEATURES, features_hash
 from tests.fixtures.ports import free_port
 
 PRICED_WITHIN_S = 240.0

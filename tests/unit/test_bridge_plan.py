@@ -11,7 +11,6 @@ from streaming_ml.bridge.plan import (
     dlq_headers,
     dlq_reason,
     explanation_fields,
-    features_hash,
     plan_actions,
     prediction_record,
     service_records,
@@ -21,7 +20,7 @@ from streaming_ml.datasets.synthetic import generate_listing_records
 from streaming_ml.kafka.changes import Change, parse_change, unchanged_columns
 from streaming_ml.kafka.offsets import offsets_to_commit, rewind_points, split_at_unfinished
 from streaming_ml.schema.fields import EXPLANATION_FIELDS, PREDICTION_FIELDS
-from streaming_ml.schema.listing import FEATURES, feature_problems
+from streaming_ml.schema.listing import FEATURES, feature_problems, features_hash
 
 ROW: dict[str, Any] = {
     "model": "Fiesta", "year": 2017, "price": 9000, "transmission": "Manual",

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from streaming_ml.bridge.plan import features_hash
 from streaming_ml.datasets.load import PRICE_SHIFT, SCENARIOS, LateLabels, scenario_records
 from streaming_ml.datasets.synthetic import Shift, generate_listing_records, generate_listings
 from streaming_ml.errors import DataError
@@ -15,7 +14,8 @@ from streaming_ml.evaluation import outcomes as joins
 from streaming_ml.evaluation.accuracy import Scoreboard
 from streaming_ml.evaluation.drift import DriftWindow, psi
 from streaming_ml.models.reference import reference_of
-from streaming_ml.schema.listing import FEATURES
+from streaming_ml.schema.listing import FEATURES, features_hash
+from streaming_ml.schema.outcome import Outcome
 
 ROW = generate_listing_records(1, seed=3)[0]
 
@@ -81,7 +81,7 @@ def test_state_survives_its_json_form() -> None:
 
 
 def outcome(error: float, actual: float = 10_000.0, ts: int = 0, arm: str = "champion"):
-    return joins.Outcome(
+    return Outcome(
         listing_id=1, model_tag="m:1", arm=arm, actual_price=actual,
         predicted_price=actual + error, priced_ts_ms=0, labelled_ts_ms=ts, evaluated_ts_ms=ts,
     )  # fmt: skip

@@ -18,8 +18,9 @@ See docs/bridge.md.
 
 from streaming_ml.bridge.loop import Bridge, run_bridge
 from streaming_ml.bridge.metrics import BridgeMetrics, BridgeStats
-from streaming_ml.bridge.plan import Action, features_hash, plan_actions, prediction_record
+from streaming_ml.bridge.plan import Action, plan_actions, prediction_record
 from streaming_ml.kafka.changes import Change, parse_change
+from streaming_ml.schema.listing import features_hash
 
 __all__ = [
     "Action",

@@ -5,8 +5,6 @@ Pure functions over decoded changes (no Kafka, no HTTP), unit-tested on their ow
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,11 +13,10 @@ from typing import Any, Literal
 from streaming_ml.kafka.changes import Change
 from streaming_ml.models.contributions import largest_first
 from streaming_ml.schema.fields import EXPLANATION_FIELDS, LISTING_ID_KEY, TOP_CONTRIBUTIONS
-from streaming_ml.schema.listing import COLUMNS_BY_NAME, FEATURES, feature_problems
+from streaming_ml.schema.listing import ALL_FEATURES, FEATURES, feature_problems, features_hash
 
 # Debezium op codes: create, update, delete, read (snapshot).
 PRICED_OPS = frozenset({"c", "u", "r"})
-ALL_FEATURES = frozenset(FEATURES)
 
 ActionKind = Literal["predict", "tombstone", "skip", "dlq"]
 
@@ -36,22 +33,6 @@ class Action:
     reason: str | None = None
     skip_why: str | None = None
     stage: str = "validation"  # where a DLQ reason came from: decode, validation, service
-
-
-def features_hash(row: Mapping[str, Any]) -> str:
-    """Stable hash of the priced features: equal features give an equal hash whatever
-    the other columns (price) or the numeric representation (2 vs 2.0) are."""
-    canonical: dict[str, Any] = {}
-    for name in FEATURES:
-        value = row.get(name)
-        kind = COLUMNS_BY_NAME[name].kind
-        if value is not None and kind != "category":
-            value = float(value)
-            if kind == "int" and value.is_integer():
-                value = int(value)
-        canonical[name] = value
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def dlq_reason(problems: Mapping[str, str]) -> str:

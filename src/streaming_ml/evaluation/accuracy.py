@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from river import drift
 
-from streaming_ml.evaluation.outcomes import Outcome, pair_key, split_pair
+from streaming_ml.evaluation.outcomes import pair_key, split_pair
+from streaming_ml.schema.outcome import Outcome
 
 LOG_ERROR_CAP = 1.0
 DETECTOR_MIN_OUTCOMES = 100

@@ -35,7 +35,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streaming_ml.bridge.plan import ALL_FEATURES
 from streaming_ml.config import Settings
 from streaming_ml.errors import BridgeError
 from streaming_ml.evaluation import outcomes as joins
@@ -59,7 +58,8 @@ from streaming_ml.schema.fields import (
     OUTCOME_FIELDS,
     OUTCOME_KEY_FIELDS,
 )
-from streaming_ml.schema.listing import FEATURES, feature_problems
+from streaming_ml.schema.listing import ALL_FEATURES, FEATURES, feature_problems
+from streaming_ml.schema.outcome import Outcome
 from streaming_ml.system.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class Evaluator:
             if msg.value() is None:
                 return
             record = self._decode(msg.value(), None)
-            self.scoreboard.add(joins.Outcome.from_record(record), msg.partition())
+            self.scoreboard.add(Outcome.from_record(record), msg.partition())
 
         self._read(self.settings.outcomes_topic, sorted(self.partitions), on_outcome)
         self.scoreboard.degraded.clear()
@@ -381,7 +381,7 @@ class Evaluator:
             self._stop.wait(1.0)
             return
         now = _now_ms()
-        found: list[tuple[int, joins.Outcome]] = []
+        found: list[tuple[int, Outcome]] = []
         alerts: list[tuple[int, dict[str, Any]]] = []
         for msg, item in zip(batch, decoded, strict=True):
             state = self.partitions.get(msg.partition())
@@ -609,7 +609,7 @@ class Evaluator:
 
     def _records(
         self,
-        found: list[tuple[int, joins.Outcome]],
+        found: list[tuple[int, Outcome]],
         alerts: list[tuple[int, dict[str, Any]]],
     ) -> list[OutRecord]:
         s = self.settings

@@ -20,8 +20,8 @@ from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
 from streaming_ml.evaluation.accuracy import Scoreboard, coverage_of
 from streaming_ml.evaluation.evaluator import PARTITION_KEY
-from streaming_ml.evaluation.outcomes import Outcome
 from streaming_ml.schema import avro
+from streaming_ml.schema.outcome import Outcome
 
 RECENT_ALERTS = 20
 

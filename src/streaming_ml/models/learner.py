@@ -30,10 +30,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
-from streaming_ml.evaluation.outcomes import Outcome
 from streaming_ml.models import registry
 from streaming_ml.models.online import OnlinePriceModel, is_online
 from streaming_ml.schema import avro
+from streaming_ml.schema.outcome import Outcome
 from streaming_ml.system.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)

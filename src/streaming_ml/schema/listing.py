@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -160,3 +162,22 @@ def feature_problems(record: Mapping[str, Any], today: dt.date | None = None) ->
         if reason:
             problems[column.name] = reason
     return problems
+
+
+ALL_FEATURES = frozenset(FEATURES)
+
+
+def features_hash(row: Mapping[str, Any]) -> str:
+    """Stable hash of the priced features: equal features give an equal hash whatever
+    the other columns (price) or the numeric representation (2 vs 2.0) are."""
+    canonical: dict[str, Any] = {}
+    for name in FEATURES:
+        value = row.get(name)
+        kind = COLUMNS_BY_NAME[name].kind
+        if value is not None and kind != "category":
+            value = float(value)
+            if kind == "int" and value.is_integer():
+                value = int(value)
+        canonical[name] = value
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
