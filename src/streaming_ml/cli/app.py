@@ -1,0 +1,60 @@
+"""The command groups of ``streaming-ml``, its error reporting and its settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from streaming_ml.config import Settings
+from streaming_ml.errors import StreamingMLError
+from streaming_ml.log import configure_logging
+
+
+class _ReportingErrors(TyperGroup):
+    """Every command's StreamingMLError becomes one red line and exit code 1: the
+    message already says what failed and what to do, a traceback would only bury it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StreamingMLError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    help="CDC-driven model serving: Postgres -> Debezium -> Kafka -> BentoML -> Kafka -> Postgres.",
+    no_args_is_help=True,
+    add_completion=False,
+    cls=_ReportingErrors,
+)
+stack_app = typer.Typer(help="Run the real CDC stack as local processes.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+connectors_app = typer.Typer(
+    help="The source and sink connectors: apply, status, watch.", no_args_is_help=True
+)
+app.add_typer(connectors_app, name="connectors")
+model_app = typer.Typer(
+    help="Model versions: list, describe, promote, rollback (the registry in Kafka).",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
+experiment_app = typer.Typer(
+    help="A/B and shadow experiments: start, status, stop.", no_args_is_help=True
+)
+app.add_typer(experiment_app, name="experiment")
+compose_app = typer.Typer(help="The Docker Compose stack's secrets.", no_args_is_help=True)
+app.add_typer(compose_app, name="compose")
+
+
+def command_settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def main() -> None:
+    app()

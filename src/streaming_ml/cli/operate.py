@@ -1,0 +1,264 @@
+"""Operating the pipeline: ``stack``, ``connectors``, ``model``, ``experiment``, ``compose``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from streaming_ml.cli.app import (
+    command_settings,
+    compose_app,
+    connectors_app,
+    experiment_app,
+    model_app,
+    stack_app,
+)
+from streaming_ml.config import REPO_ROOT
+
+
+@stack_app.command("install")
+def stack_install() -> None:
+    """Install missing Debian packages and fetch the pinned jars (idempotent)."""
+    settings = command_settings()
+    from streaming_ml.stack import install
+
+    install(settings)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Postgres, Kafka, the registry, Kafka Connect and Adminer; wait until healthy."""
+    settings = command_settings()
+    from streaming_ml.stack import up
+
+    up(settings)
+
+
+@stack_app.command("down")
+def stack_down(purge: bool = typer.Option(False, help="Also delete all state")) -> None:
+    """Stop every component; ports are free afterwards."""
+    settings = command_settings()
+    from streaming_ml.stack import down
+
+    down(settings, purge=purge)
+
+
+@stack_app.command("status")
+def stack_status(as_json: bool = typer.Option(False, "--json", help="One JSON object")) -> None:
+    """Each component's state and endpoint."""
+    settings = command_settings()
+    from streaming_ml.stack import print_status
+
+    print_status(settings, as_json=as_json)
+
+
+@stack_app.command("logs")
+def stack_logs(
+    component: str | None = typer.Argument(None, help="postgres|kafka|registry|connect|adminer"),
+    lines: int = typer.Option(50, "-n", help="Lines from the end of each log"),
+) -> None:
+    """Show the tail of component logs."""
+    settings = command_settings()
+    from streaming_ml.stack import print_logs
+
+    print_logs(settings, component=component, lines=lines)
+
+
+@stack_app.command("psql")
+def stack_psql(command: str | None = typer.Option(None, "-c", help="Run one statement")) -> None:
+    """Open psql on the stack's database as the application role."""
+    settings = command_settings()
+    from streaming_ml.stack import psql
+
+    code = psql(settings, command=command)
+    raise typer.Exit(code)
+
+
+@connectors_app.command("apply")
+def connectors_apply() -> None:
+    """Create the topics (SML_PARTITIONS) and apply both connectors; wait until they run."""
+    settings = command_settings()
+    from streaming_ml.connect import commands
+
+    commands.apply(settings)
+    typer.echo(json.dumps(commands.status(settings), indent=2))
+
+
+@connectors_app.command("status")
+def connectors_status() -> None:
+    """Print each connector's and task's state as JSON; exit 1 if one is not RUNNING."""
+    settings = command_settings()
+    from streaming_ml.connect import commands
+
+    summary = commands.status(settings)
+    typer.echo(json.dumps(summary, indent=2))
+    running = all(
+        info["state"] == "RUNNING" and info["tasks"] and set(info["tasks"]) == {"RUNNING"}
+        for info in summary.values()
+    )
+    raise typer.Exit(0 if running else 1)
+
+
+@connectors_app.command("watch")
+def connectors_watch(
+    interval: float | None = typer.Option(
+        None, help="Seconds between checks (default: SML_CONNECTOR_CHECK_INTERVAL_S)"
+    ),
+    metrics_port: int | None = typer.Option(
+        None, help="Port of /metrics on SML_HOST (default: SML_WATCHDOG_METRICS_PORT)"
+    ),
+) -> None:
+    """Restart FAILED connector parts until Ctrl-C (run one of these, not one per bridge);
+    /metrics has the restarts and the replication slot's health."""
+    settings = command_settings()
+    from streaming_ml.connect import commands
+
+    commands.watch(
+        settings,
+        interval or settings.connector_check_interval_s or 15.0,
+        metrics_port or settings.watchdog_metrics_port,
+    )
+
+
+def _metric(summary: dict[str, object]) -> str:
+    cv = summary.get("cv")
+    if isinstance(cv, dict) and "rmse" in cv:
+        return f"CV RMSE {float(cv['rmse']):,.0f}"
+    holdout = summary.get("validation")
+    if isinstance(holdout, dict) and "rmse" in holdout:
+        return f"holdout RMSE {float(holdout['rmse']):,.0f}"
+    return "-"
+
+
+@model_app.command("list")
+def model_list(as_json: bool = typer.Option(False, "--json", help="One JSON array")) -> None:
+    """Every model in the local store or the registry, with its aliases."""
+    settings = command_settings()
+    from rich.console import Console
+    from rich.table import Table
+
+    from streaming_ml.models.lifecycle import model_rows
+
+    rows, _aliases, problem = model_rows(settings)
+    if as_json:
+        typer.echo(json.dumps([row.as_dict() for row in rows], default=str))
+        return
+    table = Table("tag", "created", "data", "offline metrics", "aliases", "where")
+    for row in rows:
+        where = " + ".join(
+            w for w, here in (("local", row.local), ("kafka", row.published)) if here
+        )
+        table.add_row(
+            row.summary.tag, row.summary.created_at[:19], row.summary.source,
+            _metric(row.summary.model_dump()), ", ".join(row.aliases), where,
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    if problem is not None:
+        console.print(f"[yellow]registry not read[/]: {problem}")
+
+
+@model_app.command("describe")
+def model_describe(
+    tag: str = typer.Argument(..., help="Model tag, e.g. ford_price:abc123"),
+) -> None:
+    """A model's metadata, offline metrics, aliases and registry events (JSON)."""
+    settings = command_settings()
+    from streaming_ml.models.lifecycle import describe
+
+    typer.echo(json.dumps(describe(settings, tag), indent=2, default=str))
+
+
+@model_app.command("promote")
+def model_promote(
+    tag: str = typer.Argument(..., help="Model tag to make the champion"),
+    force: bool = typer.Option(False, "--force", help="Promote even if its metrics are worse"),
+) -> None:
+    """Make a model the champion: every service replica swaps to it within seconds."""
+    settings = command_settings()
+    from streaming_ml.models.lifecycle import promote
+
+    new, previous = promote(settings, tag, force)
+    typer.echo(f"champion: {new} (was {previous or 'none'}); services swap within seconds")
+
+
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Bring the previous champion back on every replica."""
+    settings = command_settings()
+    from streaming_ml.models.lifecycle import rollback
+
+    restored, retired = rollback(settings)
+    typer.echo(f"champion: {restored} (rolled back from {retired})")
+
+
+@experiment_app.command("start")
+def experiment_start(
+    challenger: str | None = typer.Option(None, help="Model tag for the B arm"),
+    split: float = typer.Option(
+        0.0, help="Percent of listings (sticky by id) the challenger prices"
+    ),
+    shadow: str | None = typer.Option(
+        None, help="Model tag that also prices every listing, unserved"
+    ),
+) -> None:
+    """Start an A/B split and/or a shadow model (replaces a running experiment)."""
+    settings = command_settings()
+    from streaming_ml.models.lifecycle import start_experiment
+
+    event = start_experiment(settings, challenger, split, shadow)
+    typer.echo(
+        f"experiment: challenger {event.challenger or '-'} at {event.split_percent:g}%, "
+        f"shadow {event.shadow or '-'}"
+    )
+
+
+@experiment_app.command("status")
+def experiment_status() -> None:
+    """The champion and the running experiment (JSON)."""
+    settings = command_settings()
+    from streaming_ml.models import registry
+
+    aliases = registry.read_aliases(settings)
+    experiment = aliases.experiment
+    typer.echo(
+        json.dumps(
+            {
+                "champion": aliases.champion,
+                "previous": aliases.previous_champion,
+                "experiment": None if experiment is None else experiment.__dict__,
+            },
+            indent=2,
+        )
+    )
+
+
+@experiment_app.command("stop")
+def experiment_stop() -> None:
+    """Stop the experiment: every listing goes back to the champion."""
+    settings = command_settings()
+    from streaming_ml.models.lifecycle import stop_experiment
+
+    stopped = stop_experiment(settings)
+    typer.echo("experiment stopped" if stopped else "no experiment was running")
+
+
+@compose_app.command("init")
+def compose_init(
+    env_file: Path = typer.Option(REPO_ROOT / ".env", help="Compose's .env file (0600)"),
+    state_dir: Path = typer.Option(
+        REPO_ROOT / ".stack" / "compose", help="Where the host CLI finds the same passwords"
+    ),
+) -> None:
+    """Generate the compose stack's database passwords (once; existing values are kept)."""
+    command_settings()
+    from streaming_ml.stack.compose import init
+
+    added = init(env_file, state_dir)
+    if added:
+        typer.echo(f"{env_file}: generated {', '.join(added)} (mode 0600)")
+    else:
+        typer.echo(f"{env_file}: every password already set")
+    typer.echo(f"host CLI: export SML_STATE_DIR={state_dir}")
