@@ -6,10 +6,10 @@ Library modules only call ``logging.getLogger(__name__)`` and pass context as
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
-import time
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -18,10 +18,16 @@ def _context(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
 
 
+def timestamp(record: logging.LogRecord) -> str:
+    """ISO 8601 with the date and the UTC offset: a long-running process's lines stay
+    unambiguous across midnight, and lines from containers and hosts in other zones sort."""
+    moment = dt.datetime.fromtimestamp(record.created).astimezone()
+    return moment.isoformat(timespec="milliseconds")
+
+
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        parts = [f"{stamp}.{int(record.msecs):03d}", record.levelname.lower(), record.name]
+        parts = [timestamp(record), record.levelname.lower(), record.name]
         parts.append(record.getMessage())
         parts.extend(f"{k}={v}" for k, v in _context(record).items())
         line = " ".join(parts)
@@ -34,6 +40,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, object] = {
             "ts": record.created,
+            "time": timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 
@@ -38,3 +41,30 @@ def test_log_records_follow_stderr_when_it_is_swapped_and_closed(
     written = later_stderr.getvalue()
     assert "Logging error" not in written
     assert written.rstrip().endswith("after the command")
+
+
+def test_every_line_starts_with_an_iso_8601_date_time_and_zone(
+    root_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("INFO")
+    logging.getLogger("streaming_ml.example").info("hello", extra={"rows": 3})
+    first = stderr.getvalue().split()[0]
+    parsed = dt.datetime.fromisoformat(first)
+    assert parsed.tzinfo is not None, first
+    assert abs((parsed - dt.datetime.now(dt.UTC)).total_seconds()) < 60
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", first)
+
+
+def test_json_lines_carry_the_same_iso_time(
+    root_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("INFO", json_format=True)
+    logging.getLogger("streaming_ml.example").info("hello")
+    body = json.loads(stderr.getvalue())
+    assert dt.datetime.fromisoformat(body["time"]).timestamp() == pytest.approx(
+        body["ts"], abs=0.001
+    )
