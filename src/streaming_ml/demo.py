@@ -77,7 +77,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     from streaming_ml.datasets.predictions import wait_for_predictions
     from streaming_ml.evaluation.evaluator import Evaluator
     from streaming_ml.service.launcher import ServiceProcess
-    from streaming_ml.stack.secrets import APP_ROLE, secrets_path
+    from streaming_ml.stack.secrets import APP_ROLE
 
     console = Console()
     console.rule("[bold]streaming-ml demo")
@@ -178,8 +178,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
                 f"{PREDICTION_TIMEOUT_S:.0f}s; see `streaming-ml stack logs connect` and the "
                 "bridge log above"
             )
-        _print_endpoints(console, settings, service.url, APP_ROLE, str(secrets_path(
-            settings.state_dir)))  # fmt: skip
+        _print_endpoints(console, settings, service.url, APP_ROLE)
         if not wait:
             return
         console.print("[bold]Running. Insert rows (Adminer or psql) and watch them get priced. "
@@ -236,9 +235,7 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _print_endpoints(
-    console: Console, settings: Settings, service_url: str, role: str, secrets_file: str
-) -> None:
+def _print_endpoints(console: Console, settings: Settings, service_url: str, role: str) -> None:
     table = Table(title="Endpoints", show_header=False)
     table.add_row("Adminer", f"http://{settings.host}:{settings.adminer_port}/")
     table.add_row(
@@ -246,7 +243,7 @@ def _print_endpoints(
         f"System: PostgreSQL, Server: {settings.host}:{settings.postgres_port}, "
         f"Username: {role}, Database: {settings.database}",
     )
-    table.add_row("  password", f"key {role!r} in {secrets_file} (or `streaming-ml stack psql`)")
+    table.add_row("  password", "`streaming-ml stack credentials adminer` prints it")
     table.add_row("Prediction service", f"{service_url}  (POST /predict_batch, /docs)")
     table.add_row(
         "Bridge metrics", f"http://{settings.host}:{settings.bridge_metrics_port}/metrics"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
@@ -28,7 +30,6 @@ class _ReportingErrors(TyperGroup):
 app = typer.Typer(
     help="CDC-driven model serving: Postgres -> Debezium -> Kafka -> BentoML -> Kafka -> Postgres.",
     no_args_is_help=True,
-    add_completion=False,
     cls=_ReportingErrors,
 )
 stack_app = typer.Typer(help="Run the real CDC stack as local processes.", no_args_is_help=True)
@@ -48,6 +49,66 @@ experiment_app = typer.Typer(
 app.add_typer(experiment_app, name="experiment")
 compose_app = typer.Typer(help="The Docker Compose stack's secrets.", no_args_is_help=True)
 app.add_typer(compose_app, name="compose")
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            found = version("streaming-ml-pipeline")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "unknown (not installed)"
+        typer.echo(f"streaming-ml {found}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version"
+    ),
+) -> None:
+    """CDC-driven model serving: Postgres -> Debezium -> Kafka -> BentoML -> Kafka -> Postgres.
+
+    Exit codes: 0 done; 1 a command failed (its message says what to do) or, for the
+    status commands, something is down; 2 a usage error.
+    """
+
+
+# The choices --help lists and typos are refused against. They mirror names the library
+# defines in modules too heavy to import for --help; tests/unit/test_cli.py keeps them equal.
+class Scenario(enum.StrEnum):
+    NORMAL = "normal"
+    PRICE_SHIFT = "price-shift"
+    FEATURE_SHIFT = "feature-shift"
+    LATE_LABELS = "late-labels"
+
+
+class StudyScenario(enum.StrEnum):
+    PRICE_SHIFT = "price-shift"
+
+
+class Candidate(enum.StrEnum):
+    RESIDUAL = "residual"
+    ARF = "arf"
+    HOEFFDING = "hoeffding"
+    LINEAR = "linear"
+
+
+class InsertMode(enum.StrEnum):
+    BATCHED = "batched"
+    SINGLE = "single"
+
+
+class Component(enum.StrEnum):
+    POSTGRES = "postgres"
+    KAFKA = "kafka"
+    REGISTRY = "registry"
+    CONNECT = "connect"
+    ADMINER = "adminer"
+
+
+class Login(enum.StrEnum):
+    ADMINER = "adminer"
 
 
 def command_settings() -> Settings:

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from streaming_ml.cli.app import (
+    Component,
+    Login,
     command_settings,
     compose_app,
     connectors_app,
@@ -16,6 +18,7 @@ from streaming_ml.cli.app import (
     stack_app,
 )
 from streaming_ml.config import REPO_ROOT
+from streaming_ml.errors import ConfigError
 
 
 @stack_app.command("install")
@@ -56,18 +59,20 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="One JSON ob
 
 @stack_app.command("logs")
 def stack_logs(
-    component: str | None = typer.Argument(None, help="postgres|kafka|registry|connect|adminer"),
-    lines: int = typer.Option(50, "-n", help="Lines from the end of each log"),
+    component: Component | None = typer.Argument(None, help="One component (default: all)"),
+    lines: int = typer.Option(50, "--lines", "-n", help="Lines from the end of each log"),
 ) -> None:
     """Show the tail of component logs."""
     settings = command_settings()
     from streaming_ml.stack import print_logs
 
-    print_logs(settings, component=component, lines=lines)
+    print_logs(settings, component=None if component is None else component.value, lines=lines)
 
 
 @stack_app.command("psql")
-def stack_psql(command: str | None = typer.Option(None, "-c", help="Run one statement")) -> None:
+def stack_psql(
+    command: str | None = typer.Option(None, "--command", "-c", help="Run one statement"),
+) -> None:
     """Open psql on the stack's database as the application role."""
     settings = command_settings()
     from streaming_ml.stack import psql
@@ -262,3 +267,44 @@ def compose_init(
     else:
         typer.echo(f"{env_file}: every password already set")
     typer.echo(f"host CLI: export SML_STATE_DIR={state_dir}")
+
+
+@stack_app.command("credentials")
+def stack_credentials(
+    what: Login = typer.Argument(Login.ADMINER, help="Which login to print"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object"),
+) -> None:
+    """Print what to type into Adminer's login form (system, server, user, password,
+    database) for the local stack; the password is read from the stack's 0600 secrets."""
+    settings = command_settings()
+    from streaming_ml.stack.secrets import APP_ROLE, load_passwords
+
+    login = {
+        "system": "PostgreSQL",
+        "server": f"{settings.host}:{settings.postgres_port}",
+        "username": APP_ROLE,
+        "password": load_passwords(settings.state_dir)[APP_ROLE],
+        "database": settings.database,
+        "url": f"http://{settings.host}:{settings.adminer_port}/",
+    }
+    if as_json:
+        typer.echo(json.dumps(login))
+        return
+    for key, value in login.items():
+        typer.echo(f"{key + ':':<10} {value}")
+
+
+@connectors_app.command("show")
+def connectors_show(
+    name: str = typer.Argument(..., help="A connector's name (`streaming-ml connectors status`)"),
+) -> None:
+    """Print one connector's config as `connectors apply` sends it (JSON), rendered for
+    the current settings."""
+    settings = command_settings()
+    from streaming_ml.connect.client import load_connector
+
+    if name not in settings.connector_names:
+        raise ConfigError(
+            f"no connector {name!r}; the pipeline's are {', '.join(settings.connector_names)}"
+        )
+    typer.echo(json.dumps(load_connector(name, settings), indent=2, sort_keys=True))

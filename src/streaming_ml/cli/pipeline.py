@@ -10,11 +10,26 @@ from pathlib import Path
 import typer
 
 from streaming_ml.cli.app import (
+    Candidate,
+    InsertMode,
+    Scenario,
+    StudyScenario,
     app,
     command_settings,
 )
 from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS
 from streaming_ml.errors import ConfigError, StreamingMLError
+
+
+def _known_candidates(value: str) -> str:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name != "all" and name not in set(Candidate)]
+    if unknown or not names:
+        choices = ", ".join([*Candidate, "all"])
+        raise typer.BadParameter(
+            f"unknown candidate {', '.join(unknown) or value!r}; use {choices}"
+        )
+    return value
 
 
 @app.command()
@@ -31,8 +46,8 @@ def train(
     online: bool = typer.Option(
         False, "--online", help="An online River model (SML_ONLINE_MODEL_NAME) instead"
     ),
-    candidate: str = typer.Option(
-        "residual", help="--online: residual (XGBoost + River correction), arf, hoeffding, linear"
+    candidate: Candidate = typer.Option(
+        Candidate.RESIDUAL, help="--online: which River model (residual: XGBoost + a correction)"
     ),
 ) -> None:
     """Train the XGBoost price model (or, with --online, warm up an online model) and save
@@ -41,7 +56,9 @@ def train(
     from streaming_ml.models.train import train_model, train_online_model
 
     if online:
-        result = train_online_model(settings.online_model_name, data, synthetic, seed, candidate)
+        result = train_online_model(
+            settings.online_model_name, data, synthetic, seed, candidate.value
+        )
     else:
         result = train_model(
             model_name=settings.model_name, data_path=data, synthetic_rows=synthetic,
@@ -54,17 +71,21 @@ def train(
 def evaluate(
     data: Path | None = typer.Option(None, help="CSV to evaluate on (raw quirks are fine)"),
     model: str | None = typer.Option(
-        None, help="Model tag (default: SML_MODEL_NAME:SML_MODEL_VERSION, i.e. the served one)"
+        None,
+        help="Model tag (default: SML_MODEL_NAME:SML_MODEL_VERSION; the registry's champion "
+        "may differ: `streaming-ml model list`)",
     ),
     prequential: bool = typer.Option(
         False, "--prequential", help="Online models: predict, then learn, each row in file order"
     ),
     candidate: str = typer.Option(
-        "all", help="--prequential: residual, arf, hoeffding, linear or all (comma-separated)"
+        "all",
+        help="--prequential: comma-separated names from residual, arf, hoeffding, linear, or all",
+        callback=_known_candidates,
     ),
     rows: int | None = typer.Option(None, help="--prequential: the first N rows only"),
-    scenario: str | None = typer.Option(
-        None, help="--prequential: 'price-shift' compares the static and the online model"
+    scenario: StudyScenario | None = typer.Option(
+        None, help="--prequential: price-shift compares the static and the online model"
     ),
     plot: Path | None = typer.Option(None, help="--scenario price-shift: save the figure"),
     as_json: bool = typer.Option(False, "--json", help="--prequential: one JSON object"),
@@ -77,7 +98,8 @@ def evaluate(
 
         from streaming_ml.models import prequential
 
-        report = prequential.run_prequential(data, candidate, rows, scenario, plot)
+        study = None if scenario is None else scenario.value
+        report = prequential.run_prequential(data, candidate, rows, study, plot)
         if as_json:
             typer.echo(json.dumps(report))
         else:
@@ -225,30 +247,47 @@ def dashboard(
 
 @app.command()
 def load(
-    rows: int = typer.Option(..., "--rows", help="Listings to insert"),
+    rows: int | None = typer.Option(
+        None, "--rows", help="Listings to insert (required without --csv; with it, the first N)"
+    ),
+    csv: Path | None = typer.Option(
+        None, "--csv", help="Insert your own rows from this CSV (cleaned as training cleans it)"
+    ),
     rate: float | None = typer.Option(None, help="Rows per second (default: as fast as possible)"),
     invalid: int = typer.Option(0, help="How many of them are invalid (varied ways)"),
     batch: int = typer.Option(500, help="Rows per transaction"),
     seed: int = typer.Option(0, help="Seed of the synthetic generator"),
-    scenario: str = typer.Option(
-        "normal", help="normal | price-shift | feature-shift | late-labels (docs/monitoring.md)"
-    ),
+    scenario: Scenario = typer.Option(Scenario.NORMAL, help="What to insert (docs/monitoring.md)"),
     lead_in: int | None = typer.Option(
         None, help="Shift scenarios: normal rows first (default: a quarter, at most 2000)"
     ),
     label_delay: float = typer.Option(2.0, help="late-labels: seconds until the price is set"),
     label_share: float = typer.Option(0.8, help="late-labels: share of rows that get a price"),
 ) -> None:
-    """Insert synthetic listings into car_listings; print how many and their id range."""
+    """Insert synthetic listings (or your own, --csv) into car_listings; print how many and
+    their id range. The progress bar goes to stderr, the summary to stdout."""
     settings = command_settings()
-    from streaming_ml.datasets.load import load_listings
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from streaming_ml.datasets.load import csv_records, load_listings
     from streaming_ml.stack import postgres_dsn
 
-    summary = load_listings(
-        postgres_dsn(settings), rows, seed=seed, invalid=invalid, rate=rate, batch=batch,
-        table=settings.listings_table, scenario=scenario, lead_in=lead_in,
-        label_delay_s=label_delay, label_share=label_share,
-    )  # fmt: skip
+    records = None
+    if csv is not None:
+        records, report = csv_records(csv, rows)
+        typer.echo(f"{csv}: {report}", err=True)
+    elif rows is None:
+        raise ConfigError("--rows N is required (or --csv PATH to insert your own rows)")
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("inserting listings", total=None)
+        summary = load_listings(
+            postgres_dsn(settings), rows or 0, seed=seed, invalid=invalid, rate=rate,
+            batch=batch, table=settings.listings_table, scenario=scenario.value,
+            lead_in=lead_in, label_delay_s=label_delay, label_share=label_share,
+            records=records,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
     typer.echo(summary.describe())
 
 
@@ -302,7 +341,9 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Smoke profile: under 60 s of runs"),
     rate: float | None = typer.Option(None, help="Latency run: rows/s inserted (default 1000)"),
     duration: float | None = typer.Option(None, help="Latency run: seconds of inserts"),
-    insert_mode: str = typer.Option("batched", help="batched (rate/100 rows per commit) | single"),
+    insert_mode: InsertMode = typer.Option(
+        InsertMode.BATCHED, help="batched: rate/100 rows per commit; single: one row each"
+    ),
     batch: int | None = typer.Option(None, help="Rows per commit in batched mode"),
     steps: str | None = typer.Option(None, help="Throughput step rates, e.g. 1000,2000,4000"),
     step_duration: float | None = typer.Option(None, help="Seconds per throughput step"),
@@ -359,7 +400,7 @@ def bench(
     options = replace(
         options,
         **{k: v for k, v in given.items() if v is not None},
-        insert_mode=insert_mode,
+        insert_mode=insert_mode.value,
         run_serving=not skip_serving,
         run_latency=not skip_latency,
         run_throughput=not skip_throughput,

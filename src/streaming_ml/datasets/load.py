@@ -7,10 +7,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
 
+from streaming_ml.datasets.csv import listing_records, load_listings_csv
 from streaming_ml.datasets.synthetic import Shift, generate_listing_records
 from streaming_ml.errors import DataError, StackError
 from streaming_ml.schema.listing import LISTING_COLUMNS, TARGET
@@ -213,6 +215,15 @@ def scenario_records(
     return before + after
 
 
+def csv_records(path: Path, rows: int | None = None) -> tuple[list[dict[str, Any]], str]:
+    """A user's own listings from a CSV, cleaned as training cleans them (a row that
+    cannot be a listing cannot be inserted), the first ``rows`` of them when given, and
+    the cleaning's report."""
+    loaded = load_listings_csv(path)
+    records = listing_records(loaded.frame)
+    return (records if rows is None else records[:rows]), loaded.report()
+
+
 def load_listings(
     dsn: str,
     rows: int,
@@ -227,10 +238,12 @@ def load_listings(
     lead_in: int | None = None,
     label_delay_s: float = 2.0,
     label_share: float = 0.8,
+    records: Sequence[Mapping[str, Any]] | None = None,
 ) -> LoadSummary:
-    """Generate ``rows`` seeded synthetic listings of a scenario (``invalid`` of them
-    broken in varied ways) and insert them."""
-    records = scenario_records(scenario, rows, seed, invalid, lead_in)
+    """Insert ``records`` when given (a user's own rows), else ``rows`` seeded synthetic
+    listings of a scenario (``invalid`` of them broken in varied ways)."""
+    if records is None:
+        records = scenario_records(scenario, rows, seed, invalid, lead_in)
     late = LateLabels(label_delay_s, label_share, seed) if scenario == "late-labels" else None
     return insert_records(
         dsn, records, table=table, batch=batch, rate=rate, progress=progress, late_labels=late

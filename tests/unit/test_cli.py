@@ -1,0 +1,129 @@
+"""The command line's shape: choices that match the library, errors, version, entry points."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streaming_ml import stack
+from streaming_ml.bench.options import BenchOptions
+from streaming_ml.cli import app
+from streaming_ml.cli.app import Candidate, Component, InsertMode, Scenario
+from streaming_ml.config import Settings
+from streaming_ml.connect.client import load_connector
+from streaming_ml.datasets.load import SCENARIOS, csv_records
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.models.online import CANDIDATES
+from streaming_ml.schema.listing import LISTING_COLUMNS
+from streaming_ml.stack.secrets import APP_ROLE, ensure_passwords
+
+runner = CliRunner()
+
+
+def test_the_cli_choices_are_the_library_names() -> None:
+    assert [s.value for s in Scenario] == list(SCENARIOS)
+    assert {c.value for c in Candidate} == set(CANDIDATES)
+    assert {m.value for m in InsertMode} == set(
+        typing.get_args(typing.get_type_hints(BenchOptions)["insert_mode"])
+    )
+    assert [c.value for c in Component] == [c.name for c in stack.COMPONENTS]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["load", "--rows", "3", "--scenario", "price-shfit"],
+        ["train", "--online", "--candidate", "resdual"],
+        ["evaluate", "--prequential", "--candidate", "arf,hoefding"],
+        ["bench", "--insert-mode", "singel"],
+        ["stack", "logs", "kafak"],
+        ["stack", "credentials", "pgadmin"],
+    ],
+)
+def test_a_typo_in_a_choice_is_refused_with_the_choices(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+
+
+def test_a_library_error_is_one_line_and_exit_code_one() -> None:
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --data CSV is required (or use --prequential)"
+
+
+def test_load_needs_rows_or_a_csv() -> None:
+    result = runner.invoke(app, ["load"])
+    assert result.exit_code == 1
+    assert "--rows N is required (or --csv PATH" in result.output
+
+
+def test_version_and_the_module_entry_points() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("streaming-ml ")
+    for module in ("streaming_ml", "streaming_ml.cli"):
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == result.output
+
+
+def test_shell_completion_is_offered() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert "--install-completion" in result.output
+    assert "--show-completion" in result.output
+
+
+@pytest.mark.parametrize("name", Settings().connector_names)
+def test_connectors_show_prints_what_apply_sends(name: str) -> None:
+    result = runner.invoke(app, ["connectors", "show", name])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == load_connector(name, Settings())
+
+
+def test_connectors_show_names_the_connectors_when_one_is_unknown() -> None:
+    result = runner.invoke(app, ["connectors", "show", "cars-source"])
+    assert result.exit_code == 1
+    for name in Settings().connector_names:
+        assert name in result.output
+
+
+def test_stack_credentials_prints_the_adminer_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwords = ensure_passwords(tmp_path)
+    monkeypatch.setenv("SML_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("SML_POSTGRES_PORT", "15432")
+    result = runner.invoke(app, ["stack", "credentials", "adminer", "--json"])
+    assert result.exit_code == 0, result.output
+    login = json.loads(result.output)
+    assert login["username"] == APP_ROLE
+    assert login["password"] == passwords[APP_ROLE]
+    assert login["server"].endswith(":15432")
+    assert login["database"] == Settings().database
+    text = runner.invoke(app, ["stack", "credentials"]).output
+    assert f"password:  {passwords[APP_ROLE]}" in text
+
+
+def test_csv_records_keeps_the_rows_that_can_be_listings(tmp_path: Path) -> None:
+    good = generate_listing_records(5, seed=3)
+    names = [c.name for c in LISTING_COLUMNS]
+    lines = [",".join(names)]
+    lines += [",".join(str(row[n]) for n in names) for row in good]
+    lines.append(",".join(["Focus", "twenty", *["1"] * (len(names) - 2)]))  # year unparseable
+    path = tmp_path / "mine.csv"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    records, report = csv_records(path)
+    assert len(records) == 5
+    assert [r["model"] for r in records] == [r["model"].strip() for r in good]
+    assert "read 6 rows, kept 5, dropped 1" in report
+    first_two, _ = csv_records(path, rows=2)
+    assert first_two == records[:2]
