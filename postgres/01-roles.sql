@@ -2,7 +2,7 @@
 -- run by psql as the superuser. Idempotent. Passwords are set by the launcher (never in git).
 --   cars_app   owns the tables; used by people, the demo and the bridge's checks
 --   cars_cdc   Debezium source: LOGIN REPLICATION + SELECT on car_listings only
---   cars_sink  Debezium JDBC sink: read/write on car_price_predictions(_shadow) only
+--   cars_sink  Debezium JDBC sinks: read/write on the four tables they fill only
 --   registry   Apicurio Registry storage (its own database)
 SELECT 'CREATE ROLE cars_app LOGIN'
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cars_app') \gexec

@@ -127,3 +127,13 @@ def test_csv_records_keeps_the_rows_that_can_be_listings(tmp_path: Path) -> None
     assert "read 6 rows, kept 5, dropped 1" in report
     first_two, _ = csv_records(path, rows=2)
     assert first_two == records[:2]
+
+
+@pytest.mark.parametrize("args", [["--interval", "0"], []])
+def test_connectors_watch_refuses_an_interval_of_zero(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SML_CONNECTOR_CHECK_INTERVAL_S", "0")
+    result = runner.invoke(app, ["connectors", "watch", *args])
+    assert result.exit_code == 1
+    assert "needs an interval above 0" in result.output

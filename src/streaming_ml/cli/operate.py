@@ -83,7 +83,8 @@ def stack_psql(
 
 @connectors_app.command("apply")
 def connectors_apply() -> None:
-    """Create the topics (SML_PARTITIONS) and apply both connectors; wait until they run."""
+    """Create the topics (SML_PARTITIONS) and apply the five connectors (the source and four
+    sinks); wait until they run."""
     settings = command_settings()
     from streaming_ml.connect import commands
 
@@ -120,11 +121,14 @@ def connectors_watch(
     settings = command_settings()
     from streaming_ml.connect import commands
 
-    commands.watch(
-        settings,
-        interval or settings.connector_check_interval_s or 15.0,
-        metrics_port or settings.watchdog_metrics_port,
-    )
+    interval_s = settings.connector_check_interval_s if interval is None else interval
+    if interval_s <= 0:
+        # 0 turns off the bridge's own watchdog; a watcher that never checks is no watcher.
+        raise ConfigError(
+            "connectors watch needs an interval above 0 (--interval or "
+            "SML_CONNECTOR_CHECK_INTERVAL_S); 0 only turns off the bridge's watchdog"
+        )
+    commands.watch(settings, interval_s, metrics_port or settings.watchdog_metrics_port)
 
 
 def _metric(summary: dict[str, object]) -> str:

@@ -283,7 +283,7 @@ def register_connector(settings: Settings, name: str, timeout: float = 90.0) -> 
 
 
 def ensure_connectors(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]]:
-    """Apply the source and sink connectors (idempotent) and wait until both run.
+    """Apply the source and the sink connectors (idempotent) and wait until they all run.
 
     Returns each connector's status keyed by name.
     """

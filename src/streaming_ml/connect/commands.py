@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def apply(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]]:
-    """Create the topics, apply both connectors and wait until they run."""
+    """Create the topics, apply the five connectors (the source and four sinks) and wait until
+    they run."""
     from streaming_ml.kafka.topics import ensure_topics
 
     ensure_topics(settings)

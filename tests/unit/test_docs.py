@@ -1,0 +1,164 @@
+"""The docs stay true: every command they show parses against the real command tree, every
+`make` target exists, every SML_* variable is a setting (or a documented compose/test
+variable), and no example moves a listener onto another component's default port."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+import typer.main
+
+from streaming_ml.cli import app
+from streaming_ml.config import REPO_ROOT, Settings
+
+PAGES = sorted([REPO_ROOT / "README.md", REPO_ROOT / "SECURITY.md", *REPO_ROOT.glob("docs/*.md")])
+# Variables the docs name that are not Settings: compose's password variables, the test
+# suite's switches, the dev compose's own.
+NOT_SETTINGS = {
+    "SML_PG_APP_PASSWORD",
+    "SML_PG_REGISTRY_PASSWORD",
+    "SML_PG_SINK_PASSWORD",
+    "SML_PG_SOURCE_PASSWORD",
+    "SML_TEST_REUSE_STACK",
+    "SML_DEV_UID",
+    "SML_DEV_DATA_DIR",
+    "SML_DATA_CSV",
+}
+# A command line: optional prompt and VAR=value assignments, then the command itself.
+COMMAND = re.compile(
+    r"^(?:\$ )?(?:[A-Z_][A-Z0-9_]*=\S+ )*(?:\.venv/bin/|docker compose exec \S+ )?"
+    r"streaming-ml((?: [^|&;#]*)?)$"
+)
+PLACEHOLDER = re.compile(r"<[^>]*>|\bTAG\b|\.\.\.|…|\[")
+
+
+def pages() -> Iterator[tuple[Path, str]]:
+    for page in PAGES:
+        yield page, page.read_text()
+
+
+def shown_commands() -> Iterator[tuple[str, str]]:
+    """(where, command) for every `streaming-ml ...` in code blocks and inline code."""
+    for page, text in pages():
+        snippets = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.DOTALL)
+        snippets += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+        for snippet in snippets:
+            for line in snippet.replace("\\\n", " ").splitlines():
+                line = re.split(r" [&|;#] ?| &$|  # ", line.strip())[0].strip()
+                match = COMMAND.match(line)
+                if match and match.group(1).strip():
+                    yield f"{page.relative_to(REPO_ROOT)}: {line}", match.group(1).strip()
+
+
+def resolve(args: list[str]) -> tuple[click.Command, list[str], list[str]]:
+    """The command the words name, the words that name it, and the rest."""
+    command: click.Command = typer.main.get_command(app)
+    path: list[str] = []
+    while isinstance(command, click.Group) and args and not args[0].startswith("-"):
+        sub = command.get_command(click.Context(command), args[0])
+        if sub is None:
+            raise click.UsageError(f"no command {' '.join([*path, args[0]])!r}")
+        command, path, args = sub, [*path, args[0]], args[1:]
+    return command, path, args
+
+
+COMMANDS = sorted(set(shown_commands()))
+
+
+def test_the_docs_show_commands() -> None:
+    assert len(COMMANDS) > 40
+
+
+@pytest.mark.parametrize(("where", "args"), COMMANDS, ids=[c[0][:90] for c in COMMANDS])
+def test_every_command_shown_parses(where: str, args: str) -> None:
+    if PLACEHOLDER.search(args):
+        # A template (`model describe <tag>`): the words before the placeholder must
+        # still name a command.
+        args = PLACEHOLDER.split(args)[0]
+        words = [w for w in shlex.split(args) if not w.startswith("-")]
+        command, _, rest = resolve(words)
+        assert not [w for w in rest if not w.startswith("-")] or command.params, where
+        return
+    try:
+        words = shlex.split(args)
+    except ValueError:  # a quoted statement that goes on over the next lines
+        words = shlex.split(args.split('"')[0].split("'")[0])
+    command, path, rest = resolve(words)
+    if "--help" in rest or isinstance(command, click.Group):
+        return
+    try:
+        command.make_context(" ".join(["streaming-ml", *path]), rest)
+    except (click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
+        pass  # an eager option such as --version did its job; a group shows its help
+    except click.ClickException as error:
+        pytest.fail(f"{where}\n  -> {error.format_message()}")
+
+
+def test_every_make_target_shown_exists() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-zA-Z][\w-]*):", makefile, flags=re.MULTILINE))
+    missing = []
+    for page, text in pages():
+        for target in re.findall(r"(?:^|`|\$ )make ([a-z][\w-]*)", text, flags=re.MULTILINE):
+            if target not in targets:
+                missing.append(f"{page.relative_to(REPO_ROOT)}: make {target}")
+    assert not missing, missing
+
+
+def test_every_variable_named_is_a_setting() -> None:
+    settings = {f"SML_{name.upper()}" for name in Settings.model_fields}
+    unknown = []
+    for page, text in pages():
+        for name in sorted(set(re.findall(r"\bSML_[A-Z0-9_]*[A-Z0-9]\b", text))):
+            if name not in settings and name not in NOT_SETTINGS:
+                unknown.append(f"{page.relative_to(REPO_ROOT)}: {name}")
+    assert not unknown, unknown
+
+
+def default_ports() -> dict[str, int]:
+    return {
+        f"SML_{name.upper()}": int(field.default)
+        for name, field in Settings.model_fields.items()
+        if name.endswith("_port") and isinstance(field.default, int)
+    }
+
+
+def test_no_example_moves_a_listener_onto_another_components_port() -> None:
+    ports = default_ports()
+    clashes = []
+    for page, text in pages():
+        for name, value in re.findall(r"\b(SML_\w+_PORT)=(\d+)", text):
+            owners = [other for other, port in ports.items() if port == int(value)]
+            if owners and owners != [name]:
+                clashes.append(f"{page.relative_to(REPO_ROOT)}: {name}={value} is {owners[0]}")
+    assert not clashes, clashes
+
+
+def test_documented_port_defaults_are_the_settings() -> None:
+    ports = default_ports()
+    wrong = []
+    for page, text in pages():
+        for name, value in re.findall(r"`?(SML_\w+_PORT)`?,? \(?default:? `?(\d+)", text):
+            if name in ports and ports[name] != int(value):
+                wrong.append(f"{page.relative_to(REPO_ROOT)}: {name} default {value}")
+    assert not wrong, wrong
+
+
+# Ports of ours that are not settings: JupyterLab in docker-compose-dev.yml.
+OTHER_PORTS = {8888}
+
+
+def test_local_urls_use_a_default_port_or_one_the_page_sets() -> None:
+    known = set(default_ports().values()) | OTHER_PORTS
+    stray = []
+    for page, text in pages():
+        for line in text.splitlines():
+            for port in re.findall(r"(?:127\.0\.0\.1|localhost):(\d{2,5})\b", line):
+                if int(port) not in known and f"={port}" not in text:
+                    stray.append(f"{page.relative_to(REPO_ROOT)}: {line.strip()[:100]}")
+    assert not stray, stray
