@@ -10,20 +10,22 @@ STAMP  := $(VENV)/.installed
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-# Exactly the locked versions, every file checked against its hash; then the package
-# itself, whose dependencies the lock already holds.
-$(STAMP): pyproject.toml requirements.lock
+# Exactly the locked versions, every file checked against its hash: first the build tools
+# (pip, setuptools, wheel, uv), then the project's lock; then the package itself, whose
+# dependencies the lock already holds, built with those setuptools (no build isolation,
+# which would fetch unpinned ones).
+$(STAMP): pyproject.toml requirements.lock requirements-build.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes -r requirements-build.lock
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install the package (fast when nothing changed)
 
 lock: ## Re-resolve requirements.lock from pyproject.toml (hashes included); then `make setup`
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet uv
+	$(BIN)/pip install --quiet --require-hashes -r requirements-build.lock
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
 		--python-version 3.11 --quiet -o requirements.lock
 
