@@ -675,5 +675,5 @@ def test_bentoml_build_packages_service_and_model(trained_model_tag: str) -> Non
     assert info["service"] == "service:PricePredictor"
     assert [m["tag"].split(":")[0] for m in info["models"]] == ["ford_price"]
     assert (bento / "src" / "service.py").is_file()
-    assert (bento / "src" / "src" / "streaming_ml" / "serving.py").is_file()
+    assert (bento / "src" / "src" / "streaming_ml" / "service" / "predictor.py").is_file()
     assert not (bento / "src" / "tests").exists()
