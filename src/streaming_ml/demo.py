@@ -68,7 +68,8 @@ def results_table(
 
 
 def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
-    """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop it all."""
+    """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop what it
+    started: a stack that was already running stays up, as it was found."""
     from streaming_ml import stack
     from streaming_ml.bridge import Bridge
     from streaming_ml.connect import commands
@@ -85,8 +86,12 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     stack.install(settings)
     console.print("[bold]2/5[/] starting Postgres, Kafka, registry, Kafka Connect, Adminer…")
     with ExitStack() as cleanup:
+        found_running = all(info["state"] == "running" for info in stack.status(settings).values())
         stack.up(settings)
-        cleanup.callback(lambda: _stop_stack(settings, console))
+        if found_running:
+            console.print("  the stack was already running: it stays up when the demo ends")
+        else:
+            cleanup.callback(lambda: _stop_stack(settings, console))
         tag = ensure_model(
             settings.model_name,
             on_training=lambda why: console.print(

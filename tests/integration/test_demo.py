@@ -49,3 +49,37 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
             assert not processes.port_open(settings.host, port), f"{field} {port} still open"
     finally:
         down(settings, purge=True)
+
+
+def test_demo_leaves_a_stack_it_found_running(trained_model_tag: str) -> None:
+    from streaming_ml.stack import down, status, up
+
+    settings: Settings = private_stack_settings("sml-demo-found-").model_copy(
+        update={
+            "service_port": free_port(),
+            "bridge_metrics_port": free_port(),
+            "evaluator_metrics_port": free_port(),
+            "dashboard_port": free_port(),
+        }
+    )
+    cli = Path(sys.executable).parent / "streaming-ml"
+    try:
+        up(settings)
+        result = subprocess.run(
+            [str(cli), "demo", "--no-wait", "--rows", "2"],
+            env=settings_env(settings), capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-4000:]
+        assert "the stack was already running: it stays up" in output
+        assert "stopping the stack" not in output
+        assert {name: info["state"] for name, info in status(settings).items()} == {
+            name: "running" for name in status(settings)
+        }
+        # What the demo itself started is gone.
+        for field in ("service_port", "bridge_metrics_port", "evaluator_metrics_port"):
+            port = getattr(settings, field)
+            assert not processes.port_open(settings.host, port), f"{field} {port} still open"
+        assert not processes.port_open(settings.host, settings.dashboard_port)
+    finally:
+        down(settings, purge=True)
