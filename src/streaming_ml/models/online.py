@@ -16,7 +16,7 @@ from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES, NUMERIC_
 if TYPE_CHECKING:
     import bentoml
 
-    from streaming_ml.models.protocol import Explained
+    from streaming_ml.models.protocol import Explained, Pricer
 
 
 KIND_KEY = "kind"
@@ -130,7 +130,7 @@ class OnlinePriceModel:
         learned: int = 0,
         positions: Mapping[str, int] | None = None,
         reference_listing: Mapping[str, Any] | None = None,
-        base: Any = None,
+        base: Pricer | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.base = base  # a PriceModel the pipeline corrects, or None
@@ -141,7 +141,9 @@ class OnlinePriceModel:
         self.reference_listing = dict(reference_listing or {})
 
     @classmethod
-    def new(cls, candidate: str = DEFAULT_CANDIDATE, base: Any = None) -> OnlinePriceModel:
+    def new(
+        cls, candidate: str = DEFAULT_CANDIDATE, base: Pricer | None = None
+    ) -> OnlinePriceModel:
         if candidate not in CANDIDATES:
             raise ValueError(f"unknown online model {candidate!r}; one of {sorted(CANDIDATES)}")
         if (candidate in NEEDS_BASE) != (base is not None):

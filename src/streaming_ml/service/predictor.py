@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import bentoml
     from starlette.responses import Response
 
-    from streaming_ml.models.protocol import Explained
+    from streaming_ml.models.protocol import Explained, Pricer
     from streaming_ml.service.lineup import Arm, Lineup, ServedModel
 from streaming_ml.service.api import (
     DEFAULT_MAX_EXPLAINED_ROWS,
@@ -153,7 +153,7 @@ class Predictor:
         served: ServedModel,
         arm: str,
         records: Sequence[Mapping[str, Any]],
-        work: Callable[[Any, Sequence[Mapping[str, Any]]], Any],
+        work: Callable[[Pricer, Sequence[Mapping[str, Any]]], Any],
     ) -> Any:
         """``work(model, records)`` with the arm's metrics around it."""
         labels = (arm, served.tag)
@@ -282,7 +282,7 @@ class Predictor:
             base, price, amounts = explained.base[0], explained.prices[0], explained.amounts[0]
         else:
 
-            def against(model: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
+            def against(model: Pricer, rows: Sequence[Mapping[str, Any]]) -> Any:
                 return against_reference(model.predict_records, rows[0], reference, FEATURES)
 
             base, price, amounts = self._call(served, arm, [listing], against)
@@ -337,11 +337,11 @@ class Predictor:
         return await _answer(price, payload, inline=rows <= INLINE_MAX_ROWS and not explain)
 
 
-def _predict(model: Any, records: Sequence[Mapping[str, Any]]) -> list[float]:
+def _predict(model: Pricer, records: Sequence[Mapping[str, Any]]) -> list[float]:
     return model.predict_records(records).tolist()
 
 
-def _explain(model: Any, records: Sequence[Mapping[str, Any]]) -> Explained:
+def _explain(model: Pricer, records: Sequence[Mapping[str, Any]]) -> Explained:
     return model.explain_records(records)
 
 
