@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import typer
 
 from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS, REPO_ROOT, Settings
 from streaming_ml.errors import ConfigError, StreamingMLError
 from streaming_ml.log import configure_logging
+
+if TYPE_CHECKING:
+    from streaming_ml.bench.options import InsertMode
 
 app = typer.Typer(
     help="CDC-driven model serving: Postgres -> Debezium -> Kafka -> BentoML -> Kafka -> Postgres.",
@@ -46,7 +50,7 @@ def _settings() -> Settings:
     return settings
 
 
-def _fail(error: StreamingMLError) -> None:
+def _fail(error: StreamingMLError) -> NoReturn:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
@@ -114,16 +118,16 @@ def evaluate(
     if prequential:
         from rich.console import Console
 
-        from streaming_ml.models import prequential
+        from streaming_ml.models import prequential as study
 
         try:
-            report = prequential.run_prequential(data, candidate, rows, scenario, plot)
+            report = study.run_prequential(data, candidate, rows, scenario, plot)
         except StreamingMLError as error:
             _fail(error)
         if as_json:
             typer.echo(json.dumps(report))
         else:
-            Console().print(prequential.render(report))
+            Console().print(study.render(report))
         return
     if data is None:
         _fail(ConfigError("--data CSV is required (or use --prequential)"))
@@ -543,7 +547,7 @@ def bench(
     from streaming_ml.bench import BenchOptions, run_bench
 
     options = BenchOptions.quick() if quick else BenchOptions()
-    given = {
+    given: dict[str, Any] = {
         "rate": rate, "duration_s": duration, "batch_rows": batch,
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
         "bridges": bridges, "concurrency": concurrency, "explained_bridge_rows": explained_rows,
@@ -560,7 +564,8 @@ def bench(
         options = replace(
             options,
             **{k: v for k, v in given.items() if v is not None},
-            insert_mode=insert_mode,
+            # BenchOptions' own check names a value other than its two modes.
+            insert_mode=cast("InsertMode", insert_mode),
             run_serving=not skip_serving,
             run_latency=not skip_latency,
             run_throughput=not skip_throughput,
@@ -739,4 +744,4 @@ def compose_init(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

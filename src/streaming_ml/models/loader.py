@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import bentoml
 from streaming_ml.models.booster import PriceModel
-from streaming_ml.models.protocol import Pricer
+from streaming_ml.models.protocol import PriceModelProtocol
 from streaming_ml.models.store import check_servable, get_bento_model
 
 logger = logging.getLogger(__name__)
 
 
-def from_bento_model(bento_model: bentoml.Model) -> Pricer:
+def from_bento_model(bento_model: bentoml.Model) -> PriceModelProtocol:
     """The stored model behind the price model's interface: an XGBoost ``PriceModel``, or
     an ``online.OnlinePriceModel`` for a model of kind ``online``."""
     from streaming_ml.models import online
@@ -25,7 +25,7 @@ def from_bento_model(bento_model: bentoml.Model) -> Pricer:
     return PriceModel.from_bento_model(bento_model)
 
 
-def load_price_model(tag: str) -> Pricer:
+def load_price_model(tag: str) -> PriceModelProtocol:
     model = from_bento_model(get_bento_model(tag))
     logger.info("loaded price model", extra={"model_tag": model.tag})
     return model

@@ -16,7 +16,7 @@ from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES, NUMERIC_
 if TYPE_CHECKING:
     import bentoml
 
-    from streaming_ml.models.protocol import Explained, Pricer
+    from streaming_ml.models.protocol import Explained, PriceModelProtocol
 
 
 KIND_KEY = "kind"
@@ -130,7 +130,7 @@ class OnlinePriceModel:
         learned: int = 0,
         positions: Mapping[str, int] | None = None,
         reference_listing: Mapping[str, Any] | None = None,
-        base: Pricer | None = None,
+        base: PriceModelProtocol | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.base = base  # a PriceModel the pipeline corrects, or None
@@ -142,7 +142,7 @@ class OnlinePriceModel:
 
     @classmethod
     def new(
-        cls, candidate: str = DEFAULT_CANDIDATE, base: Pricer | None = None
+        cls, candidate: str = DEFAULT_CANDIDATE, base: PriceModelProtocol | None = None
     ) -> OnlinePriceModel:
         if candidate not in CANDIDATES:
             raise ValueError(f"unknown online model {candidate!r}; one of {sorted(CANDIDATES)}")
@@ -235,7 +235,9 @@ class OnlinePriceModel:
 
     @classmethod
     def from_bento_model(cls, model: bentoml.Model) -> OnlinePriceModel:
-        metadata = model.info.metadata
+        from streaming_ml.models.store import metadata_of
+
+        metadata = metadata_of(model)
         # A pickle runs code when loaded: only models from this store or the registry's
         # topic are loaded (SECURITY.md: who can write to Kafka can change models).
         with open(model.path_of(MODEL_FILE), "rb") as source:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
 from streaming_ml.schema.listing import FEATURES
+
+
+class ExplanationRow(TypedDict):
+    base_price: float
+    contributions: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class Explained:
     base: np.ndarray
     amounts: np.ndarray
 
-    def row(self, i: int) -> dict[str, Any]:
+    def row(self, i: int) -> ExplanationRow:
         """Row ``i`` as the service's ``explanation`` object."""
         return {
             "base_price": float(self.base[i]),
@@ -29,7 +34,7 @@ class Explained:
         }
 
 
-class Pricer(Protocol):
+class PriceModelProtocol(Protocol):
     """A price model of either kind: XGBoost's ``booster.PriceModel`` or
     ``online.OnlinePriceModel``. What the service, its lineup and canary, the loader and an
     online model's base rely on; anything kind-specific (frames, learning) stays with the

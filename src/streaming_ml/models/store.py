@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from streaming_ml.errors import ModelNotFoundError
 from streaming_ml.models.features import (
@@ -19,7 +20,7 @@ FEATURES_KEY = "features"
 def check_servable(model: bentoml.Model) -> None:
     """ModelNotFoundError unless ``model`` is a price model with this code's inputs; reads
     the metadata only (cheap enough for a start-up check)."""
-    metadata = model.info.metadata
+    metadata = metadata_of(model)
     if FEATURES_KEY not in metadata:
         raise ModelNotFoundError(
             f"{model.tag} is not a price model saved by `streaming-ml train` "
@@ -45,3 +46,9 @@ def get_bento_model(tag: str) -> bentoml.Model:
             f"no model {tag!r} in the BentoML model store ({error}); "
             "run `streaming-ml train` first (or pass an existing tag, see `bentoml models list`)."
         ) from error
+
+
+def metadata_of(model: bentoml.Model) -> Mapping[str, Any]:
+    """A stored model's metadata as the JSON ``train`` and ``online`` saved: BentoML types
+    each value as any of its metadata types, so a nested read would not type-check."""
+    return model.info.metadata
