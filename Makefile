@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv lock stack-install demo compose-init test test-unit lint format bench clean
+.PHONY: help setup venv lock stack-install demo compose-init test test-unit typecheck lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -40,13 +40,16 @@ demo: setup ## Run the end-to-end demo (Ctrl-C stops everything)
 compose-init: venv ## Generate the Docker Compose stack's passwords into a 0600 .env (once)
 	$(BIN)/streaming-ml compose init
 
-test: setup ## Run the whole test suite against real components
+test: setup typecheck ## Type-check src/, then run the whole test suite against real components
 	$(BIN)/pytest
 
 test-unit: venv ## Unit tests only (start nothing)
 	$(BIN)/pytest tests/unit
 
-lint: venv ## ruff check + format check
+typecheck: venv ## mypy over src/ (settings in pyproject.toml)
+	$(BIN)/mypy
+
+lint: venv typecheck ## ruff check + format check + mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -114,7 +114,9 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         bridge = Bridge(live, watch_connectors=True)
         failure: list[BaseException] = []
         thread = _in_thread("bridge", bridge.run, bridge.ready, failure)
-        cleanup.callback(lambda: (bridge.stop(), thread.join(timeout=60)))
+        # The exit stack runs callbacks last-in first: stop, then join.
+        cleanup.callback(thread.join, timeout=60)
+        cleanup.callback(bridge.stop)
         if not bridge.ready.wait(timeout=180) or failure:
             raise (
                 failure[0]
@@ -124,7 +126,8 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         # Accuracy on labels and drift, as they arrive (docs/monitoring.md).
         evaluator = Evaluator(live)
         evaluator_thread = _in_thread("evaluator", evaluator.run, evaluator.assigned, failure)
-        cleanup.callback(lambda: (evaluator.stop(), evaluator_thread.join(timeout=60)))
+        cleanup.callback(evaluator_thread.join, timeout=60)
+        cleanup.callback(evaluator.stop)
         # The live page (docs: README, "The dashboard"); the exit stack stops it first.
         dashboard = DashboardServer(live).start()
         cleanup.callback(dashboard.stop)

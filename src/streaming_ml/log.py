@@ -51,12 +51,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record is emitted: a command run in
     process (a test's CLI runner) swaps stderr and closes its copy afterwards, and a
     handler bound to that copy would fail on every later record."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 

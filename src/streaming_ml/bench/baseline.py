@@ -64,7 +64,7 @@ def drain_per_event(
             if time.monotonic() > deadline:
                 raise BenchError(f"the baseline priced {priced} of {rows} in {timeout_s:g} s")
             msg = consumer.poll(1.0)
-            if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+            if msg is None or ((e := msg.error()) and e.code() == KafkaError._PARTITION_EOF):
                 continue
             if msg.error():
                 raise BenchError(f"baseline consumer: {msg.error()}")

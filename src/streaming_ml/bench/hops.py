@@ -165,7 +165,7 @@ class ReplicationSampler:
         if self.error:
             result["error"] = self.error
         for i, name in enumerate(("unsent_wal_bytes", "write_lag_ms", "flush_lag_ms")):
-            values = [s[i] for s in self.samples if s[i] is not None]
+            values = [value for s in self.samples if (value := s[i]) is not None]
             result[name] = summarize(values)
         return result
 

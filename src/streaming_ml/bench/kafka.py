@@ -104,7 +104,9 @@ def read_topic(
     from streaming_ml.kafka.replay import read_until_end
 
     isolation = "read_committed" if committed_only else "read_uncommitted"
-    consumer = _consumer(settings, **{"enable.partition.eof": True, "isolation.level": isolation})
+    # Any: mypy would match a ``**`` dict's values against ``group`` too.
+    extra: dict[str, Any] = {"enable.partition.eof": True, "isolation.level": isolation}
+    consumer = _consumer(settings, **extra)
     try:
         ends = high_watermarks(consumer, topic) or {}
         todo = {

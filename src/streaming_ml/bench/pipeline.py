@@ -320,7 +320,7 @@ class Bench:
             ):
                 while True:
                     cur.execute(self._count_sql(), bounds)
-                    listings, predicted = cur.fetchone()
+                    listings, predicted = _one_row(cur)
                     if lag is not None and (current := lag.lag()) is not None:
                         lag_samples.append((time.time() * 1000, current))
                     if predicted >= listings:
@@ -724,7 +724,7 @@ class Bench:
             with conn.cursor() as cur, Waiting(self.console, what, o.drain_timeout_s) as wait:
                 while True:
                     cur.execute(query, bounds)
-                    (written,) = cur.fetchone()
+                    (written,) = _one_row(cur)
                     if written >= report.inserted:
                         return round(wait.elapsed, 2)
                     if wait.expired():
@@ -741,3 +741,10 @@ class Bench:
 
     def serving_run(self) -> dict[str, Any]:
         return serving.serving_run(self.settings, self.options, self.console, self._next_seed)
+
+
+def _one_row(cur: Any) -> tuple[Any, ...]:
+    """The row of a query that always answers one (an aggregate)."""
+    row = cur.fetchone()
+    assert row is not None, "an aggregate answers one row"
+    return tuple(row)

@@ -83,7 +83,9 @@ def component_versions(settings: Settings, dsn: str) -> dict[str, Any]:
             conn.cursor() as cur,
         ):
             cur.execute("SHOW server_version")
-            versions["postgres"] = cur.fetchone()[0]
+            row = cur.fetchone()
+            assert row is not None, "SHOW answers one row"
+            versions["postgres"] = row[0]
     except Exception as error:  # reported, not fatal: the figures do not depend on it
         versions["postgres"] = f"unknown ({type(error).__name__})"
     try:
@@ -154,8 +156,8 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
         hops_table.add_column("hop")
         for column in ("p50 ms", "mean ms", "p99 ms", "share of mean"):
             hops_table.add_column(column, justify="right")
-        for row in hop_rows(hops):
-            hops_table.add_row(*row)
+        for hop_row in hop_rows(hops):
+            hops_table.add_row(*hop_row)
         console.print(hops_table)
     ratio = doc.get("bridge_vs_baseline_rows_per_s")
     if ratio is not None:
@@ -360,11 +362,11 @@ def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) ->
     ax = axes[1][1]
     serving = doc.get("serving")
     if serving:
-        names = [("predict_one_row_ms", "/predict 1 row"),
+        figures = [("predict_one_row_ms", "/predict 1 row"),
                  ("predict_1000_rows_ms", "/predict 1000 rows"),
                  ("predict_batch_500_records_ms", "/predict_batch 500")]  # fmt: skip
         conc = serving["concurrent_one_row"]
-        rows = [(label, serving[key]) for key, label in names]
+        rows = [(label, serving[key]) for key, label in figures]
         rows.append((f"1 row, {conc['threads']} threads", conc["latency_ms"]))
         x = np.arange(len(rows))
         for offset, (q, colour) in zip(

@@ -44,6 +44,7 @@ from streaming_ml.kafka.changes import Change, ChangeDecoder, RegistryUnavailabl
 from streaming_ml.kafka.offsets import (
     Position,
     offsets_to_commit,
+    position_of,
     rewind_points,
     split_at_unfinished,
 )
@@ -65,7 +66,7 @@ class Batch:
     @functools.cached_property
     def positions(self) -> list[Position]:
         # Cached: indexed once per action, so rebuilding it each time was O(n²) a batch.
-        return [(m.topic(), m.partition(), m.offset()) for m in self.messages]
+        return [position_of(m) for m in self.messages]
 
 
 class Bridge:
@@ -208,7 +209,7 @@ class Bridge:
         started = time.perf_counter()
         priced = self._pricer.price(
             service_records(
-                [a.change.row for a in to_price],  # type: ignore[union-attr]
+                [a.change.row for a in to_price if a.change and a.change.row is not None],
                 [a.listing_id for a in to_price],
             ),
             [batch.positions[a.index] for a in to_price],

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+
+from streaming_ml.kafka.offsets import Position
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +178,9 @@ class Pricer:
         self.retry_delays = tuple(retry_delays)
         self.max_strikes = max_strikes
         self._wait = wait
-        self._strikes: dict[Hashable, int] = {}
+        self._strikes: dict[Position, int] = {}
 
-    def price(self, rows: Sequence[Mapping[str, Any]], keys: Sequence[Hashable]) -> Priced:
+    def price(self, rows: Sequence[Mapping[str, Any]], keys: Sequence[Position]) -> Priced:
         out = Priced()
         if not rows:
             return out
@@ -194,7 +196,7 @@ class Pricer:
         self._settle(out, keys)
         return out
 
-    def forget(self, drop: Callable[[Hashable], bool]) -> None:
+    def forget(self, drop: Callable[[Position], bool]) -> None:
         """Forget the strikes of records ``drop`` selects (their partition was revoked)."""
         for key in [k for k in self._strikes if drop(k)]:
             del self._strikes[key]
@@ -254,7 +256,7 @@ class Pricer:
         self._isolate(positions[:middle], rows, out, None, budget, error)
         self._isolate(positions[middle:], rows, out, None, budget, error)
 
-    def _settle(self, out: Priced, keys: Sequence[Hashable]) -> None:
+    def _settle(self, out: Priced, keys: Sequence[Position]) -> None:
         for position in (*out.results, *out.rejected):
             self._strikes.pop(keys[position], None)
         if not out.unfinished and not out.deferred:

@@ -23,6 +23,7 @@ from streaming_ml.bridge.plan import (
     shadow_result,
 )
 from streaming_ml.errors import BridgeError
+from streaming_ml.kafka.offsets import position_of
 from streaming_ml.kafka.output import OutRecord
 from streaming_ml.schema import avro
 from streaming_ml.schema.fields import PREDICTION_FIELDS
@@ -101,7 +102,7 @@ class RecordBuilder:
 
     def dlq(self, msg: Message, reason: str) -> OutRecord:
         """The original bytes with the reason; falls back to the headers alone."""
-        headers = dlq_headers(reason, msg.topic(), msg.partition(), msg.offset())
+        headers = dlq_headers(reason, *position_of(msg))
         bare = OutRecord(
             self.dlq_topic, msg.key(), None, [*headers, ("value.dropped", b"too large")]
         )

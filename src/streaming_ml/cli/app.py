@@ -6,7 +6,6 @@ import enum
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -19,7 +18,7 @@ class _ReportingErrors(TyperGroup):
     """Every command's StreamingMLError becomes one red line and exit code 1: the
     message already says what failed and what to do, a traceback would only bury it."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except StreamingMLError as error:

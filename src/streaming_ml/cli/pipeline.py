@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -96,14 +97,14 @@ def evaluate(
     if prequential:
         from rich.console import Console
 
-        from streaming_ml.models import prequential
+        from streaming_ml.models import prequential as study
 
-        study = None if scenario is None else scenario.value
-        report = prequential.run_prequential(data, candidate, rows, study, plot)
+        shift = None if scenario is None else scenario.value
+        report = study.run_prequential(data, candidate, rows, shift, plot)
         if as_json:
             typer.echo(json.dumps(report))
         else:
-            Console().print(prequential.render(report))
+            Console().print(study.render(report))
         return
     if data is None:
         raise ConfigError("--data CSV is required (or use --prequential)")
@@ -384,7 +385,7 @@ def bench(
     from streaming_ml.bench import BenchOptions, run_bench
 
     options = BenchOptions.quick() if quick else BenchOptions()
-    given = {
+    given: dict[str, Any] = {
         "rate": rate, "duration_s": duration, "batch_rows": batch,
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
         "bridges": bridges, "concurrency": concurrency, "explained_bridge_rows": explained_rows,

@@ -449,7 +449,7 @@ def _get(base_url: str, path: str, method: str = "GET") -> requests.Response:
     """The service's answer on ``path``; StackError with the fix when it does not answer."""
     try:
         # BentoML's APIs are POST with a JSON body, even the ones that only read.
-        body = {} if method == "POST" else None
+        body: dict[str, Any] | None = {} if method == "POST" else None
         response = requests.request(method, base_url + path, json=body, timeout=HTTP_TIMEOUT_S)
         if path != "/readyz":
             response.raise_for_status()

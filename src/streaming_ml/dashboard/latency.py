@@ -149,7 +149,11 @@ class LatencySampler:
         if not len(times):
             return {}
         summary = summarize(times.stages()["end_to_end"])
-        return {f"latency_{q}": summary[q] for q in ("p50", "p95", "p99") if summary[q] is not None}
+        return {
+            f"latency_{q}": value
+            for q in ("p50", "p95", "p99")
+            if (value := summary[q]) is not None
+        }
 
     def stages(self, now: float) -> list[dict[str, Any]]:
         """Per stage (bench's names and meanings): p50/p95/p99 over the last minute."""

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 Position = tuple[str, int, int]  # topic, partition, offset
+
+
+def position_of(msg: Message) -> Position:
+    """Where a consumed message sits. confluent-kafka types each part as optional (a
+    message built by hand has none); one that poll() or consume() returned has all three."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError(f"a message without a position: {topic} [{partition}] @ {offset}")
+    return topic, partition, offset
 
 
 def offsets_to_commit(positions: Iterable[Position]) -> list[TopicPartition]:

@@ -21,7 +21,7 @@ from streaming_ml.models.features import (
     fit_feature_spec,
 )
 from streaming_ml.models.protocol import Explained
-from streaming_ml.models.store import FEATURES_KEY, check_servable
+from streaming_ml.models.store import FEATURES_KEY, check_servable, metadata_of
 from streaming_ml.schema.listing import FEATURES, TARGET
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class PriceModel:
     @classmethod
     def from_bento_model(cls, model: bentoml.Model) -> PriceModel:
         check_servable(model)
-        metadata = model.info.metadata
+        metadata = metadata_of(model)
         booster = xgb.Booster()
         booster.load_model(model.path_of(BOOSTER_FILE))
         return cls(

@@ -136,8 +136,8 @@ def against_reference(
     mixed = []
     for bits in coalitions:
         row = {name: reference.get(name) for name in features}
-        for k in np.flatnonzero(bits):
-            name = features[players[k]]
+        for bit in np.flatnonzero(bits):
+            name = features[players[bit]]
             row[name] = listing.get(name)
         mixed.append(row)
     values = np.asarray(price(mixed), dtype=np.float64)

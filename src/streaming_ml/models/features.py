@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,8 @@ def fit_feature_spec(frame: pd.DataFrame) -> FeatureSpec:
     known = frame.dropna(subset=["model", "fuelType", "mpg"])
     by = [known[name].astype(str).str.strip() for name in ("model", "fuelType")]
     mpg_medians: dict[str, dict[str, float]] = {}
-    for (model, fuel), median in known["mpg"].astype(float).groupby(by).median().items():
+    for key, median in known["mpg"].astype(float).groupby(by).median().items():
+        model, fuel = cast(tuple[str, str], key)  # two group keys: a pair per group
         mpg_medians.setdefault(model, {})[fuel] = float(median)
     return FeatureSpec(categories=categories, mpg_medians=mpg_medians)
 
@@ -128,7 +129,9 @@ class FeatureEncoder:
                 if model_code is not None and fuel_code is not None:
                     self._mpg_medians[int(model_code), int(fuel_code)] = median
 
-    def from_columns(self, columns: Mapping[str, Sequence[Any]], rows: int) -> np.ndarray:
+    def from_columns(
+        self, columns: Mapping[str, Sequence[Any] | np.ndarray], rows: int
+    ) -> np.ndarray:
         matrix = np.empty((rows, len(INPUT_NAMES)), dtype=np.float64)
         for name, position in _CATEGORY_POSITIONS.items():
             encoder = self._encoders[name]
@@ -162,7 +165,7 @@ class FeatureEncoder:
                 f"cannot price rows without the feature column(s) {', '.join(missing)}; "
                 f"expected {', '.join(FEATURES)}"
             )
-        columns: dict[str, Sequence[Any]] = {}
+        columns: dict[str, Sequence[Any] | np.ndarray] = {}
         for name in FEATURES:
             series = frame[name]
             if name in _NUMERIC_POSITIONS and series.dtype.kind not in "fiu":

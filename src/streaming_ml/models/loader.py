@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from streaming_ml.models import online
 from streaming_ml.models.booster import PriceModel
+from streaming_ml.models.protocol import PriceModelProtocol
 from streaming_ml.models.store import check_servable, get_bento_model
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def from_bento_model(bento_model: bentoml.Model) -> Any:
+def from_bento_model(bento_model: bentoml.Model) -> PriceModelProtocol:
     """The stored model behind the price model's interface: an XGBoost ``PriceModel``, or
     an ``online.OnlinePriceModel`` for a model of kind ``online``."""
 
@@ -25,7 +26,7 @@ def from_bento_model(bento_model: bentoml.Model) -> Any:
     return PriceModel.from_bento_model(bento_model)
 
 
-def load_price_model(tag: str) -> Any:
+def load_price_model(tag: str) -> PriceModelProtocol:
     model = from_bento_model(get_bento_model(tag))
     logger.info("loaded price model", extra={"model_tag": model.tag})
     return model

@@ -18,7 +18,7 @@ from streaming_ml.datasets.csv import with_schema_dtypes
 from streaming_ml.models import contributions
 from streaming_ml.models.booster import TrainParams, fit_booster
 from streaming_ml.models.features import ENGINE_SIZE
-from streaming_ml.models.protocol import Explained
+from streaming_ml.models.protocol import Explained, PriceModelProtocol
 from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, TARGET
 
 KIND_KEY = "kind"
@@ -126,7 +126,7 @@ class OnlinePriceModel:
         learned: int = 0,
         positions: Mapping[str, int] | None = None,
         reference_listing: Mapping[str, Any] | None = None,
-        base: Any = None,
+        base: PriceModelProtocol | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.base = base  # a PriceModel the pipeline corrects, or None
@@ -137,7 +137,9 @@ class OnlinePriceModel:
         self.reference_listing = dict(reference_listing or {})
 
     @classmethod
-    def new(cls, candidate: str = DEFAULT_CANDIDATE, base: Any = None) -> OnlinePriceModel:
+    def new(
+        cls, candidate: str = DEFAULT_CANDIDATE, base: PriceModelProtocol | None = None
+    ) -> OnlinePriceModel:
         if candidate not in CANDIDATES:
             raise ValueError(f"unknown online model {candidate!r}; one of {sorted(CANDIDATES)}")
         if (candidate in NEEDS_BASE) != (base is not None):
@@ -224,7 +226,9 @@ class OnlinePriceModel:
 
     @classmethod
     def from_bento_model(cls, model: bentoml.Model) -> OnlinePriceModel:
-        metadata = model.info.metadata
+        from streaming_ml.models.store import metadata_of
+
+        metadata = metadata_of(model)
         # A pickle runs code when loaded: only models from this store or the registry's
         # topic are loaded (SECURITY.md: who can write to Kafka can change models).
         with open(model.path_of(MODEL_FILE), "rb") as source:

@@ -20,7 +20,7 @@ FEATURES_KEY = "features"
 def check_servable(model: bentoml.Model) -> None:
     """ModelNotFoundError unless ``model`` is a price model with this code's inputs; reads
     the metadata only (cheap enough for a start-up check)."""
-    metadata = model.info.metadata
+    metadata = metadata_of(model)
     if FEATURES_KEY not in metadata:
         raise ModelNotFoundError(
             f"{model.tag} is not a price model saved by `streaming-ml train` "
@@ -75,3 +75,9 @@ def without_paths(value: Any) -> Any:
     if isinstance(value, list):
         return [without_paths(item) for item in value]
     return value
+
+
+def metadata_of(model: bentoml.Model) -> Mapping[str, Any]:
+    """A stored model's metadata as the JSON ``train`` and ``online`` saved: BentoML types
+    each value as any of its metadata types, so a nested read would not type-check."""
+    return model.info.metadata

@@ -136,8 +136,10 @@ class FramedAvroReader:
         schema_id = int.from_bytes(data[1:HEADER_BYTES], "big")
         parsed = self._schemas.get(schema_id)
         if parsed is None:
-            schema = self._client.get_schema(schema_id)
-            parsed = self._schemas[schema_id] = fastavro.parse_schema(json.loads(schema.schema_str))
+            schema_str = self._client.get_schema(schema_id).schema_str
+            if schema_str is None:
+                raise SerializationError(f"the registry has no schema text for id {schema_id}")
+            parsed = self._schemas[schema_id] = fastavro.parse_schema(json.loads(schema_str))
         body = io.BytesIO(memoryview(data)[HEADER_BYTES:])
         return fastavro.schemaless_reader(body, parsed, None)
 

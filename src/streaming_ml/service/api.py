@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -180,7 +180,7 @@ class UniqueKeysBody(BaseModel):
         # Every key in JSON text is followed by a colon. When the parsed objects still
         # hold as many keys as the text has colons, no object lost a key to a repeat:
         # a byte count proves it without parsing the bridge's batches a second time.
-        colons = json_data.count(":" if isinstance(json_data, str) else b":")
+        colons = json_data.count(":") if isinstance(json_data, str) else json_data.count(b":")
         if request.parsed_keys_at_least() != colons:
             _refuse_duplicate_keys(cls, json_data)
         return request
@@ -204,18 +204,27 @@ def _refuse_duplicate_keys(model: type[BaseModel], body: str | bytes | bytearray
 
 
 class _ColumnsBody(UniqueKeysBody):
+    if TYPE_CHECKING:
+        # A field create_model adds below, with one list per feature: declared here for
+        # the type checker only, so the schema keeps its order.
+        explain: bool
+
     def parsed_keys_at_least(self) -> int:
         # Every feature is a required key, and ``explain`` one when it was sent; extra
         # keys are dropped, so uncounted.
         return len(FEATURES) + ("explain" in self.model_fields_set)
 
 
+# Any, not tuple: mypy checks a ``**`` dict's values against every keyword of
+# create_model, ``__base__`` and ``__doc__`` included.
+_COLUMN_FIELDS: dict[str, Any] = {column.name: _column_field(column) for column in FEATURE_COLUMNS}
+
 PredictRequest: type[UniqueKeysBody] = create_model(
     "PredictRequest",
     __base__=_ColumnsBody,
     __doc__="Listings as columns: every feature is a list with one value per row. "
     "Other keys (such as the target `price`) are ignored.",
-    **{column.name: _column_field(column) for column in FEATURE_COLUMNS},
+    **_COLUMN_FIELDS,
     explain=(bool, _EXPLAIN_FIELD),
 )
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streaming_ml.config import Settings
+from streaming_ml.models.protocol import PriceModelProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def bucket_of(listing_id: int) -> int:
 
 @dataclass(frozen=True)
 class ServedModel:
-    model: Any  # PriceModel
+    model: PriceModelProtocol
     card: Mapping[str, Any]
 
     @property
@@ -96,7 +97,7 @@ class Lineup:
         return described
 
 
-def canary_problem(model: Any) -> str | None:
+def canary_problem(model: PriceModelProtocol) -> str | None:
     """Price fixed reference listings; why the answers are unusable, or None."""
     from streaming_ml.datasets.synthetic import generate_listing_records
     from streaming_ml.service.api import EXAMPLE_RECORDS

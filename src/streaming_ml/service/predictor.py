@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import BaseModel
 
 from streaming_ml.models.contributions import against_reference, largest_first
 from streaming_ml.schema.fields import LISTING_ID_KEY
@@ -16,7 +15,7 @@ from streaming_ml.schema.listing import FEATURES
 if TYPE_CHECKING:
     from starlette.responses import Response
 
-    from streaming_ml.models.protocol import Explained
+    from streaming_ml.models.protocol import Explained, PriceModelProtocol
     from streaming_ml.service.lineup import Arm, Lineup, ServedModel
 from streaming_ml.service.api import (
     DEFAULT_MAX_EXPLAINED_ROWS,
@@ -31,6 +30,7 @@ from streaming_ml.service.api import (
     PredictBatchRequest,
     PriceExplanation,
     ShadowPrediction,
+    _ColumnsBody,
 )
 from streaming_ml.service.guard import _refuse
 from streaming_ml.service.validation import (
@@ -118,7 +118,7 @@ class Predictor:
         served: ServedModel,
         arm: str,
         records: Sequence[Mapping[str, Any]],
-        work: Callable[[Any, Sequence[Mapping[str, Any]]], Any],
+        work: Callable[[PriceModelProtocol, Sequence[Mapping[str, Any]]], Any],
     ) -> Any:
         """``work(model, records)`` with the arm's metrics around it."""
         labels = (arm, served.tag)
@@ -146,7 +146,7 @@ class Predictor:
         rows = [PriceExplanation(**explained.row(i)) for i in range(len(records))]
         return explained.prices.tolist(), rows
 
-    def predict_columns(self, request: BaseModel) -> list[float] | list[ExplainedPrice]:
+    def predict_columns(self, request: _ColumnsBody) -> list[float] | list[ExplainedPrice]:
         """``/predict``: one price per row of a PredictRequest, in row order (champion);
         with ``explain``, each price with its explanation."""
         columns = {name: getattr(request, name) for name in FEATURES}
@@ -247,7 +247,7 @@ class Predictor:
             base, price, amounts = explained.base[0], explained.prices[0], explained.amounts[0]
         else:
 
-            def against(model: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
+            def against(model: PriceModelProtocol, rows: Sequence[Mapping[str, Any]]) -> Any:
                 return against_reference(model.predict_records, rows[0], reference, FEATURES)
 
             base, price, amounts = self._call(served, arm, [listing], against)
@@ -271,7 +271,7 @@ class Predictor:
     # (a few hundred times the work per row), goes to a thread so /readyz and
     # /metrics keep answering while it runs.
 
-    async def handle_predict(self, request: BaseModel) -> list[Any] | Response:
+    async def handle_predict(self, request: _ColumnsBody) -> list[Any] | Response:
         rows = len(getattr(request, FEATURES[0]))
         return await self._answer(self.predict_columns, request, rows, request.explain)
 
@@ -302,11 +302,11 @@ class Predictor:
         return await _answer(price, payload, inline=rows <= INLINE_MAX_ROWS and not explain)
 
 
-def _predict(model: Any, records: Sequence[Mapping[str, Any]]) -> list[float]:
+def _predict(model: PriceModelProtocol, records: Sequence[Mapping[str, Any]]) -> list[float]:
     return model.predict_records(records).tolist()
 
 
-def _explain(model: Any, records: Sequence[Mapping[str, Any]]) -> Explained:
+def _explain(model: PriceModelProtocol, records: Sequence[Mapping[str, Any]]) -> Explained:
     return model.explain_records(records)
 
 
