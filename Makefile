@@ -49,9 +49,10 @@ test-unit: venv ## Unit tests only (start nothing)
 typecheck: venv ## mypy over src/ (settings in pyproject.toml)
 	$(BIN)/mypy
 
-lint: venv typecheck ## ruff check + format check + mypy
+lint: venv typecheck ## ruff check + format check + mypy + the docs' commands, settings and ports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q tests/unit/test_docs.py tests/unit/test_readme.py
 
 format: venv ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
