@@ -272,7 +272,7 @@ class Bench:
                         lag_samples.append((time.time() * 1000, current))
                         detail += f", consumer lag {current}"
                     wait.update(detail)
-                    time.sleep(0.5)
+                    wait.sleep(0.5)
             finally:
                 if process.poll() is None:
                     process.kill()
@@ -328,7 +328,7 @@ class Bench:
                             f"{timeout_s:.0f}s after the inserts; {self._pipeline_hint()}"
                         )
                     wait.update(f"{predicted}/{listings} rows")
-                    time.sleep(0.25)
+                    wait.sleep(0.25)
         finally:
             conn.close()
 
@@ -586,7 +586,7 @@ class Bench:
                         f"events reached {s.listings_topic}; {self._pipeline_hint()}"
                     )
                 wait.update(f"{have - sum(change_start.values())}/{o.prefill_rows} events")
-                time.sleep(0.25)
+                wait.sleep(0.25)
             capture_s = wait.elapsed
         return Prefill(report, change_start, capture_s)
 
@@ -727,7 +727,7 @@ class Bench:
                     if wait.expired():
                         break
                     wait.update(f"{written}/{report.inserted} rows")
-                    time.sleep(0.25)
+                    wait.sleep(0.25)
         finally:
             conn.close()
         self.console.print(
