@@ -23,9 +23,9 @@ from streaming_ml.bench import (
     settings_env,
     summarize,
 )
+from streaming_ml.bench.bridge_only import _add_up
 from streaming_ml.bench.children import wait_all_exit
 from streaming_ml.bench.hops import hop_summary
-from streaming_ml.bench.pipeline import _add_up
 from streaming_ml.bench.report import (
     bridge_process_rows,
     bridge_step_rows,
