@@ -13,16 +13,17 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from streaming_ml.config import Settings
-from streaming_ml.errors import StreamingMLError
+from streaming_ml.errors import StreamingMLError, WaitTimeoutError
 from streaming_ml.models.train import ensure_model
 from streaming_ml.schema.listing import feature_problems
+from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +224,15 @@ def _in_thread(
 def _print_accuracy(console: Console, evaluator: Any, priced: int) -> None:
     """The champion's running accuracy once the demo's listings are judged (their price
     came with the insert, so each is labelled at once)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        judged = sum(m.n for m in evaluator.scoreboard.pairs.values())
-        if judged >= priced:
-            break
-        time.sleep(0.2)  # bounded poll of the evaluator's in-memory counts
+    # The accuracy is printed either way: if the evaluator is slow, over fewer listings.
+    with suppress(WaitTimeoutError):
+        wait_until(
+            lambda: sum(m.n for m in evaluator.scoreboard.pairs.values()),
+            done=lambda judged: judged >= priced,
+            timeout=30,
+            interval=0.2,
+            what="the evaluator judging the demo's listings",
+        )
     for entry in evaluator.snapshot()["pairs"].values():
         c = entry["cumulative"]
         if c["n"]:

@@ -29,6 +29,16 @@ class ServiceUnavailableError(StreamingMLError):
     """The prediction service did not answer in time."""
 
 
+class WaitTimeoutError(StreamingMLError):
+    """A bounded wait ran out: says what was awaited, for how long, and the last answer."""
+
+    def __init__(self, what: str, timeout_s: float, last: object = None) -> None:
+        super().__init__(f"{what}: not done after {timeout_s:g}s")
+        self.what = what
+        self.timeout_s = timeout_s
+        self.last = last
+
+
 class BridgeError(StreamingMLError):
     """The bridge cannot keep its delivery guarantee (Kafka unreachable, bad answer)."""
 

@@ -23,9 +23,9 @@ from streaming_ml.bench import (
     settings_env,
     summarize,
 )
+from streaming_ml.bench.bridge_only import _add_up
 from streaming_ml.bench.children import wait_all_exit
 from streaming_ml.bench.hops import hop_summary
-from streaming_ml.bench.pipeline import _add_up
 from streaming_ml.bench.report import (
     bridge_process_rows,
     bridge_step_rows,
@@ -304,7 +304,7 @@ def test_summary_table_prints_both_bridge_figures_next_to_each_other() -> None:
             "bridge_rows_per_s": 4000.0,
             "bridge_steps_us_per_event": bridge_steps_per_event(STEP_SECONDS, 1000, 4000.0),
         },
-        {  # round two's rows: the hops, the targets and the baseline beside the bridge
+        {  # a full run's rows: the hops, the targets and the baseline beside the bridge
             "bridge_rows_per_s": 4000.0,
             "baseline_rows_per_s": 200.0,
             "bridge_vs_baseline_rows_per_s": 20.0,

@@ -23,6 +23,7 @@ from streaming_ml.errors import BenchError
 from streaming_ml.kafka.changes import parse_change
 from streaming_ml.schema import avro
 from streaming_ml.schema.listing import FEATURES
+from streaming_ml.system.waits import Deadline
 
 
 def predict_body(row: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -58,10 +59,10 @@ def drain_per_event(
     )
     priced = failed = 0
     first_read: float | None = None
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline.after(timeout_s)
     try:
         while priced + failed < rows:
-            if time.monotonic() > deadline:
+            if deadline.expired():
                 raise BenchError(f"the baseline priced {priced} of {rows} in {timeout_s:g} s")
             msg = consumer.poll(1.0)
             if msg is None or ((e := msg.error()) and e.code() == KafkaError._PARTITION_EOF):

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +145,7 @@ class BridgeProcess:
                     wait.update("waiting for the bridge to set up")
                 if wait.expired():
                     raise self.failure(f"did not join its consumer group in {timeout_s:.0f}s")
-                time.sleep(0.25)
+                wait.sleep(0.25)
             return wait.elapsed
 
     def exit_code(self) -> int | None:
@@ -202,7 +201,7 @@ def wait_all_exit(
                 wait.update("bridge draining the topic")
             else:
                 wait.update(f"{len(running)} of {len(bridges)} bridges still draining the topic")
-            time.sleep(0.25)
+            wait.sleep(0.25)
     return [bridge.summary() for bridge in bridges]
 
 

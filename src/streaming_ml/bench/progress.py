@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
+from streaming_ml.system.waits import Deadline
+
 
 class Waiting:
     """A status line: what we wait for, how far it got, for how long and the limit.
@@ -16,10 +18,9 @@ class Waiting:
         self.console = console
         self.what = what
         self.timeout_s = timeout_s
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout_s
+        self.deadline = Deadline.after(timeout_s)
         self._status: Any = None
-        self._next_print = self.started + 5.0
+        self._next_print = self.deadline.started + 5.0
 
     def __enter__(self) -> Waiting:
         self._status = self.console.status(self._text("starting"))
@@ -27,7 +28,7 @@ class Waiting:
         return self
 
     def _text(self, detail: str) -> str:
-        elapsed = time.monotonic() - self.started
+        elapsed = self.deadline.elapsed()
         return f"[bold]{self.what}[/]: {detail} ({elapsed:.0f}s, up to {self.timeout_s:.0f}s)"
 
     def update(self, detail: str) -> None:
@@ -40,10 +41,14 @@ class Waiting:
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.deadline.elapsed()
 
     def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
+        return self.deadline.expired()
+
+    def sleep(self, interval: float) -> None:
+        """Pause between two checks, never past the limit."""
+        self.deadline.sleep(interval)
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         self._status.__exit__(exc_type, *rest)

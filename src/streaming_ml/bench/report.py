@@ -487,7 +487,7 @@ def _plot_targets(ax: Any, targets: Mapping[str, Mapping[str, Any]]) -> None:
         if row > 0 and col == 3:
             cell.set_facecolor({"yes": "#c8e6c9", "no": "#ffcdd2"}.get(rows[row - 1][3], "white"))
     ax.set_axis_off()
-    ax.set_title("Targets (issue 14)")
+    ax.set_title("Targets")
 
 
 def _plot_baseline(ax: Any, doc: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from streaming_ml.bench.progress import Waiting
 from streaming_ml.bench.stats import summarize
 from streaming_ml.config import Settings
 from streaming_ml.errors import BenchError
+from streaming_ml.system.waits import Deadline
 
 
 def serving_run(
@@ -88,12 +89,12 @@ def _concurrent(
     issued = 0
     times: list[float] = []
     errors: list[str] = []
-    stop_at = time.monotonic() + o.concurrent_max_s
+    limit = Deadline.after(o.concurrent_max_s)
 
     def worker() -> None:
         nonlocal issued
         with contextlib.closing(HttpClient(url)) as client:
-            while time.monotonic() < stop_at:
+            while not limit.expired():
                 with lock:
                     if issued >= o.concurrent_requests:
                         return

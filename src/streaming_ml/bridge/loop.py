@@ -259,8 +259,8 @@ class Bridge:
         if self.settings.bridge_explain and unexplained:
             # The prices are good; only their explanations are missing (written as nulls).
             logger.warning(
-                "the service answered prices without explanations; is it older than "
-                "explanations (issue 15)?",
+                "the service answered prices without explanations; is it a build from "
+                "before explanations?",
                 extra={"unexplained": unexplained, "service": self.settings.prediction_url},
             )
         self._update_lag()

@@ -21,8 +21,9 @@ import requests
 from rich.console import Console
 
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.errors import ConfigError, ConnectorError
+from streaming_ml.errors import ConfigError, ConnectorError, WaitTimeoutError
 from streaming_ml.schema.fields import ALERT_KEY_FIELDS, OUTCOME_KEY_FIELDS
+from streaming_ml.system.waits import Deadline, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def apply_connector(
     A worker that is rebalancing answers 409; that is retried until ``timeout``.
     """
     url = f"{connect_url}/connectors/{name}/config"
-    deadline = time.monotonic() + timeout
+    deadline = Deadline.after(timeout)
     while True:
         response = _request("PUT", url, json=dict(config))
         if response.status_code in (200, 201):
@@ -148,13 +149,13 @@ def apply_connector(
             )
             return response.json()
         retryable = response.status_code == 409 or response.status_code >= 500
-        if not retryable or time.monotonic() >= deadline:
+        if not retryable or deadline.expired():
             raise ConnectorError(
                 f"Kafka Connect rejected connector {name!r} (HTTP {response.status_code}): "
                 f"{_message(response)}. Check debezium/{name}.json and "
                 "`streaming-ml stack logs connect`."
             )
-        time.sleep(0.5)
+        deadline.sleep(0.5)
 
 
 def _message(response: requests.Response) -> str:
@@ -242,37 +243,47 @@ def trace_summary(trace: str | None) -> str:
 def wait_until_running(connect_url: str, name: str, timeout: float = 60.0) -> dict[str, Any]:
     """Poll until the connector and all its tasks are RUNNING; raise ConnectorError if one
     FAILED (with the trace summary) or the deadline passes. Returns the last status."""
-    started = time.monotonic()
-    deadline = started + timeout
-    last: dict[str, Any] | None = None
-    with _console.status(f"[bold]{name}[/]: waiting for RUNNING (up to {timeout:.0f}s)") as spinner:
-        while True:
-            last = connector_status(connect_url, name)
-            if last is not None:
-                states = [last["connector"]["state"]] + [t["state"] for t in last.get("tasks", [])]
-                failed = failed_parts(last)
-                if failed:
-                    raise ConnectorError(
-                        f"connector {name!r} FAILED: {trace_summary(failed[0][1].get('trace'))}\n"
-                        f"Fix the cause, then re-apply it; full trace: "
-                        f"GET {connect_url}/connectors/{name}/status"
-                    )
-                if last.get("tasks") and all(state == "RUNNING" for state in states):
-                    logger.info(
-                        "connector running",
-                        extra={"connector": name, "waited_s": round(time.monotonic() - started, 1)},
-                    )
-                    return last
-            now = time.monotonic()
-            if now >= deadline:
-                raise ConnectorError(
-                    f"connector {name!r} not RUNNING after {timeout:.0f}s (last status: {last}). "
-                    "See `streaming-ml stack logs connect`."
-                )
-            spinner.update(
-                f"[bold]{name}[/]: waiting for RUNNING ({now - started:.0f}s of {timeout:.0f}s)"
+
+    def status_unless_failed() -> dict[str, Any] | None:
+        status = connector_status(connect_url, name)
+        failed = failed_parts(status) if status is not None else []
+        if failed:
+            raise ConnectorError(
+                f"connector {name!r} FAILED: {trace_summary(failed[0][1].get('trace'))}\n"
+                f"Fix the cause, then re-apply it; full trace: "
+                f"GET {connect_url}/connectors/{name}/status"
             )
-            time.sleep(0.5)
+        return status
+
+    def all_running(status: dict[str, Any] | None) -> bool:
+        if status is None or not status.get("tasks"):
+            return False
+        states = [status["connector"]["state"]] + [t["state"] for t in status["tasks"]]
+        return all(state == "RUNNING" for state in states)
+
+    began = time.monotonic()
+    with _console.status(f"[bold]{name}[/]: waiting for RUNNING (up to {timeout:.0f}s)") as spinner:
+
+        def show(_: object, deadline: Deadline) -> None:
+            waited = f"{deadline.elapsed():.0f}s of {timeout:.0f}s"
+            spinner.update(f"[bold]{name}[/]: waiting for RUNNING ({waited})")
+
+        try:
+            status = wait_until(
+                status_unless_failed, timeout=timeout, interval=0.5, done=all_running,
+                on_wait=show, what=f"connector {name} RUNNING",
+            )  # fmt: skip
+        except WaitTimeoutError as error:
+            raise ConnectorError(
+                f"connector {name!r} not RUNNING after {timeout:.0f}s (last status: "
+                f"{error.last}). See `streaming-ml stack logs connect`."
+            ) from None
+    assert status is not None  # all_running holds
+    logger.info(
+        "connector running",
+        extra={"connector": name, "waited_s": round(time.monotonic() - began, 1)},
+    )
+    return status
 
 
 def register_connector(settings: Settings, name: str, timeout: float = 90.0) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from streaming_ml.dashboard.tail import TopicTail
 from streaming_ml.errors import StackError, StreamingMLError
 from streaming_ml.models import registry
 from streaming_ml.schema import avro
+from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -379,8 +380,8 @@ class Collector:
             from streaming_ml.evaluation.monitor import Monitor
 
             self._monitor = Monitor(self.settings)
-        deadline = time.monotonic() + MONITOR_BUDGET_S
-        while self._monitor.poll(timeout_s=0) and time.monotonic() < deadline:
+        budget = Deadline.after(MONITOR_BUDGET_S)
+        while self._monitor.poll(timeout_s=0) and not budget.expired():
             pass
         snapshot = self._monitor.snapshot()
         for pair, entry in snapshot["pairs"].items():

@@ -7,8 +7,8 @@ import logging
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +16,8 @@ from streaming_ml.config import Settings
 from streaming_ml.dashboard import journey
 from streaming_ml.dashboard.app import create_app
 from streaming_ml.dashboard.collector import Collector
-from streaming_ml.errors import StackError
+from streaming_ml.errors import StackError, WaitTimeoutError
+from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -104,15 +105,21 @@ class DashboardServer:
             target=self._server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise StackError(
-                    f"the dashboard did not start on {self.url} within {START_TIMEOUT_S:g} s; "
-                    "see the log above"
-                )
-            time.sleep(0.05)  # bounded by the deadline above
+        server, thread = self._server, self._thread
+        # A server thread that died will never start: no use waiting for the deadline.
+        with suppress(WaitTimeoutError):
+            wait_until(
+                lambda: server.started or not thread.is_alive(),
+                timeout=START_TIMEOUT_S,
+                interval=0.05,
+                what=f"the dashboard starting on {self.url}",
+            )
+        if not server.started:
+            self.stop()
+            raise StackError(
+                f"the dashboard did not start on {self.url} within {START_TIMEOUT_S:g} s; "
+                "see the log above"
+            )
         logger.info("dashboard serving", extra={"url": self.url})
         return self
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
+from streaming_ml.system.waits import Deadline
+
 logger = logging.getLogger(__name__)
 
 # How often a tail whose topic is missing looks for it again.
@@ -45,12 +47,12 @@ class TopicTail:
         round would fall behind, and a round must not take much longer than planned."""
         if not self.assigned and not self._assign():
             return []
-        deadline = time.monotonic() + budget_s
+        budget = Deadline.after(budget_s)
         messages: list[Any] = []
         while True:
             got = self._consumer.consume(num_messages=batch, timeout=0)
             messages += [m for m in got if m.error() is None]
-            if len(got) < batch or time.monotonic() > deadline:
+            if len(got) < batch or budget.expired():
                 return messages
 
     def _assign(self) -> bool:

@@ -5,13 +5,15 @@ The demo shows these rows and the tests check them; both wait for them the same 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
+
+from streaming_ml.errors import WaitTimeoutError
+from streaming_ml.system.waits import Deadline, wait_until
 
 # Poll interval of a bounded wait: short against the pipeline's ~100 ms latency,
 # long enough not to load Postgres.
@@ -42,19 +44,26 @@ def wait_for_predictions(
     there (the caller decides whether a shortfall is an error). ``on_progress`` gets
     (found, wanted, elapsed seconds) every ``progress_every_s`` while it waits."""
     wanted = set(ids)
-    started = time.monotonic()
     next_progress = progress_every_s
+
+    def report(rows: dict[int, dict[str, Any]], deadline: Deadline) -> None:
+        nonlocal next_progress
+        if on_progress is not None and (elapsed := deadline.elapsed()) >= next_progress:
+            on_progress(len(rows), len(wanted), elapsed)
+            next_progress = elapsed + progress_every_s
+
     conn = psycopg2.connect(dsn, connect_timeout=10)
     conn.autocommit = True
     try:
-        while True:
-            rows = read_predictions(conn, table, wanted)
-            elapsed = time.monotonic() - started
-            if wanted <= rows.keys() or elapsed >= timeout_s:
-                return rows
-            if on_progress is not None and elapsed >= next_progress:
-                on_progress(len(rows), len(wanted), elapsed)
-                next_progress = elapsed + progress_every_s
-            time.sleep(POLL_INTERVAL_S)
+        return wait_until(
+            lambda: read_predictions(conn, table, wanted),
+            done=lambda rows: wanted <= rows.keys(),
+            timeout=timeout_s,
+            interval=POLL_INTERVAL_S,
+            on_wait=report,
+            what=f"prediction rows of {len(wanted)} listings",
+        )
+    except WaitTimeoutError as error:
+        return cast("dict[int, dict[str, Any]]", error.last)  # what there is, at the deadline
     finally:
         conn.close()

@@ -15,8 +15,9 @@ from pathlib import Path
 import requests
 
 from streaming_ml.config import REPO_ROOT, Settings, settings_env
-from streaming_ml.errors import ModelNotFoundError, ServiceUnavailableError
+from streaming_ml.errors import ModelNotFoundError, ServiceUnavailableError, WaitTimeoutError
 from streaming_ml.system.processes import descendants, port_free, stop_group
+from streaming_ml.system.waits import Deadline, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -126,47 +127,52 @@ class ServiceProcess:
     def wait_ready(self) -> None:
         """Poll ``/readyz`` until it answers 200, the process dies, or the deadline."""
         assert self._process is not None, "start() first"
-        started = time.monotonic()
-        deadline = started + self.startup_timeout_s
-        next_report = started + 5.0
+        process = self._process
         ready_url = f"{self.url}/readyz"
+        next_report = 5.0
+
+        def log_progress(_: bool, deadline: Deadline) -> None:
+            nonlocal next_report
+            if (elapsed := deadline.elapsed()) >= next_report:
+                logger.info(
+                    "waiting for prediction service",
+                    extra={
+                        "url": ready_url,
+                        "elapsed_s": round(elapsed, 1),
+                        "timeout_s": self.startup_timeout_s,
+                    },
+                )
+                next_report = elapsed + 5.0
+
         with requests.Session() as session:
-            while True:
-                code = self._process.poll()
+
+            def ready() -> bool:
+                code = process.poll()
                 if code is not None:
                     raise self._startup_failure(code)
                 try:
                     # BentoML's arbiter listens before the worker accepts: a request
                     # sent then waits in the backlog, so a longer read timeout
                     # answers as soon as the worker is up instead of retrying blind.
-                    if session.get(ready_url, timeout=(1.0, 3.0)).status_code == 200:
-                        logger.info(
-                            "prediction service ready",
-                            extra={
-                                "url": self.url,
-                                "elapsed_s": round(time.monotonic() - started, 1),
-                            },
-                        )
-                        return
+                    return session.get(ready_url, timeout=(1.0, 3.0)).status_code == 200
                 except requests.RequestException:
-                    pass  # not listening yet
-                now = time.monotonic()
-                if now >= deadline:
-                    raise ServiceUnavailableError(
-                        f"prediction service at {self.url} not ready after "
-                        f"{self.startup_timeout_s:.0f}s; check its log.{self._log_excerpt()}"
-                    )
-                if now >= next_report:
-                    logger.info(
-                        "waiting for prediction service",
-                        extra={
-                            "url": ready_url,
-                            "elapsed_s": round(now - started, 1),
-                            "timeout_s": self.startup_timeout_s,
-                        },
-                    )
-                    next_report = now + 5.0
-                time.sleep(0.2)
+                    return False  # not listening yet
+
+            started = time.monotonic()
+            try:
+                wait_until(
+                    ready, timeout=self.startup_timeout_s, interval=0.2, on_wait=log_progress,
+                    what=f"prediction service at {self.url} ready",
+                )  # fmt: skip
+            except WaitTimeoutError:
+                raise ServiceUnavailableError(
+                    f"prediction service at {self.url} not ready after "
+                    f"{self.startup_timeout_s:.0f}s; check its log.{self._log_excerpt()}"
+                ) from None
+        logger.info(
+            "prediction service ready",
+            extra={"url": self.url, "elapsed_s": round(time.monotonic() - started, 1)},
+        )
 
     def _startup_failure(self, code: int) -> ServiceUnavailableError:
         hint = "see its log"

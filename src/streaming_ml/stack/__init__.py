@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import psycopg2
 
 from streaming_ml.config import Settings
-from streaming_ml.errors import StackError
+from streaming_ml.errors import StackError, WaitTimeoutError
 from streaming_ml.stack import (
     adminer,
     connect_worker,
@@ -36,6 +37,7 @@ from streaming_ml.stack import (
 )
 from streaming_ml.stack.detached import console
 from streaming_ml.stack.secrets import ensure_passwords, load_passwords
+from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -310,12 +312,14 @@ def _wait_ports_released(settings: Settings, component: Component, timeout_s: fl
     so a restart straight after a stop could fail. A port still busy after the timeout is
     left for ``up`` to report.
     """
-    deadline = time.monotonic() + timeout_s
     ports = [_port(settings, field) for field in component.ports]
-    while time.monotonic() < deadline:
-        if all(detached.port_free(settings.host, port) for port in ports):
-            return
-        time.sleep(0.1)
+    with suppress(WaitTimeoutError):
+        wait_until(
+            lambda: all(detached.port_free(settings.host, port) for port in ports),
+            timeout=timeout_s,
+            interval=0.1,
+            what=f"{component.name}'s ports released",
+        )
 
 
 def restart_component(settings: Settings, name: str) -> None:

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from streaming_ml.errors import StackError
+from streaming_ml.errors import StackError, WaitTimeoutError
+from streaming_ml.system import waits
 from streaming_ml.system.processes import port_free, reap, start_ticks, stop_group
+from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -198,39 +200,49 @@ def wait_until(
     """Poll ``check`` until it returns True; raise StackError after ``timeout`` seconds
     or as soon as the component's process has exited. Returns the seconds waited."""
     started = time.monotonic()
-    deadline = started + timeout
     message = f"[bold]{component}[/]: waiting for {what} (up to {timeout:.0f}s)"
     # A spinner is invisible in CI logs; there, print a line now and every 10 s instead.
     plain = not console.is_terminal
-    last_note = started
     if plain:
         console.print(message)
-    with console.status(message) as status:
-        while True:
-            try:
-                if check():
-                    return time.monotonic() - started
-            except Exception as error:  # a health probe failing is the normal "not yet"
-                logger.debug("probe failed", extra={"component": component, "error": str(error)})
-            if pid is not None:
-                reap(pid)
-                if start_ticks(pid) is None:
-                    raise StackError(
-                        f"{component} exited while starting ({what} never became ready). "
-                        f"{_log_hint(log)}"
-                    )
-            now = time.monotonic()
-            if now >= deadline:
+    next_note = 10.0
+
+    def probe() -> bool:
+        try:
+            if check():
+                return True
+        except Exception as error:  # a health probe failing is the normal "not yet"
+            logger.debug("probe failed", extra={"component": component, "error": str(error)})
+        if pid is not None:
+            reap(pid)
+            if start_ticks(pid) is None:
                 raise StackError(
-                    f"{component}: {what} not ready after {timeout:.0f}s. {_log_hint(log)}"
+                    f"{component} exited while starting ({what} never became ready). "
+                    f"{_log_hint(log)}"
                 )
-            waited = f"{now - started:.0f}s of {timeout:.0f}s"
-            progress = f"[bold]{component}[/]: waiting for {what} ({waited})"
+        return False
+
+    with console.status(message) as status:
+
+        def show(_: bool, deadline: Deadline) -> None:
+            nonlocal next_note
+            waited = deadline.elapsed()
+            progress = f"[bold]{component}[/]: waiting for {what} ({waited:.0f}s of {timeout:.0f}s)"
             status.update(progress)
-            if plain and now - last_note >= 10:
+            if plain and waited >= next_note:
                 console.print(progress)
-                last_note = now
-            time.sleep(interval)
+                next_note = waited + 10
+
+        try:
+            waits.wait_until(
+                probe, timeout=timeout, interval=interval, on_wait=show,
+                what=f"{component}: {what}",
+            )  # fmt: skip
+        except WaitTimeoutError:
+            raise StackError(
+                f"{component}: {what} not ready after {timeout:.0f}s. {_log_hint(log)}"
+            ) from None
+    return time.monotonic() - started
 
 
 def _log_hint(log: Path | None) -> str:

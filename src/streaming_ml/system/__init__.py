@@ -1,1 +1,1 @@
-"""The operating system: process groups and ports."""
+"""The operating system and time: process groups, ports, and bounded waits."""

@@ -1,4 +1,4 @@
-"""Operating-system process and port checks shared by every launcher (Linux, /proc).
+"""Operating-system process and port checks shared by every launcher (psutil).
 
 The stack's components and the prediction service both run as process groups of
 their own; stopping them cleanly needs the same few facts: is a process (or any
@@ -14,45 +14,35 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+
+import psutil
+
+from streaming_ml.errors import WaitTimeoutError
+from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
 
-_PROC = Path("/proc")
-
-
-def _stat_fields(stat: str) -> list[str]:
-    # The command name (field 2) may contain spaces and parentheses; what follows
-    # the last ")" is plain: state, ppid, pgrp, ... (field 3 onwards).
-    return stat[stat.rindex(")") + 2 :].split()
-
-
-def _all_stats() -> list[tuple[int, list[str]]]:
-    found = []
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            found.append((int(entry.name), _stat_fields((entry / "stat").read_text())))
-        except OSError:
-            continue  # exited while we looked
-    return found
+_GONE = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def start_ticks(pid: int) -> str | None:
-    """Kernel start time of ``pid`` (field 22 of its stat), None when gone or a zombie.
+    """Kernel start time of ``pid`` in clock ticks since boot, None when gone or a zombie.
 
     Stored next to a pid, it tells our process from a later one that reused the pid.
+    Ticks since boot, not psutil's epoch ``create_time``: that one moves when the wall
+    clock is set, and the pid files written before must still match.
     """
     try:
-        fields = _stat_fields((_PROC / str(pid) / "stat").read_text())
-    except OSError:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() in _GONE:
+                return None
+            created = process.create_time()
+    except psutil.Error:
         return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
+    return str(round((created - psutil.boot_time()) * _CLOCK_TICKS))
 
 
 def reap(pid: int) -> None:
@@ -77,11 +67,14 @@ def group_running(pgid: int) -> bool:
         return True
     # killpg(0) also succeeds while only zombies are left; look at each member.
     running = False
-    for pid, fields in _all_stats():
-        if int(fields[2]) != pgid:
-            continue
-        if fields[0] in ("Z", "X"):
-            reap(pid)
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) != pgid:
+                continue
+        except OSError:
+            continue  # exited while we looked
+        if process.info["status"] in _GONE:
+            reap(process.pid)
         else:
             running = True
     return running
@@ -95,8 +88,8 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
 def descendants(root: int) -> list[int]:
     """Every live process below ``root``, children before grandchildren."""
     children: dict[int, list[int]] = {}
-    for pid, fields in _all_stats():
-        children.setdefault(int(fields[1]), []).append(pid)
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(process.info["ppid"], []).append(process.pid)
     found: list[int] = []
     pending = [root]
     while pending:
@@ -145,21 +138,19 @@ def stop_group(
         reap(pgid)  # the group leader may be our own child
         return group_running(pgid) or any(is_running(pid) for pid in stragglers)
 
+    def all_ended() -> bool:
+        return not anything_running()
+
     signal_group(pgid, sig)
-    deadline = time.monotonic() + timeout
-    while anything_running():
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    else:
+    with contextlib.suppress(WaitTimeoutError):
+        wait_until(all_ended, timeout=timeout, interval=0.1, what=f"process group {pgid} ending")
         return True
     signal_group(pgid, signal.SIGKILL)
     for pid in stragglers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    kill_deadline = time.monotonic() + 5.0
-    while anything_running() and time.monotonic() < kill_deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(WaitTimeoutError):
+        wait_until(all_ended, timeout=5.0, interval=0.05, what=f"process group {pgid} killed")
     return False
 
 
