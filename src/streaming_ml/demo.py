@@ -19,10 +19,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streaming_ml import stack
+from streaming_ml.bridge import Bridge
 from streaming_ml.config import Settings
+from streaming_ml.connect import commands
+from streaming_ml.dashboard import DashboardServer
+from streaming_ml.datasets.load import connect, load_listings, read_listings
+from streaming_ml.datasets.predictions import wait_for_predictions
 from streaming_ml.errors import StreamingMLError, WaitTimeoutError
+from streaming_ml.evaluation.evaluator import Evaluator
 from streaming_ml.models.train import ensure_model
 from streaming_ml.schema.listing import feature_problems
+from streaming_ml.service.launcher import ServiceProcess
+from streaming_ml.stack.secrets import APP_ROLE
 from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
@@ -71,15 +80,6 @@ def results_table(
 def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop what it
     started: a stack that was already running stays up, as it was found."""
-    from streaming_ml import stack
-    from streaming_ml.bridge import Bridge
-    from streaming_ml.connect import commands
-    from streaming_ml.dashboard import DashboardServer
-    from streaming_ml.datasets.load import connect, load_listings, read_listings
-    from streaming_ml.datasets.predictions import wait_for_predictions
-    from streaming_ml.evaluation.evaluator import Evaluator
-    from streaming_ml.service.launcher import ServiceProcess
-    from streaming_ml.stack.secrets import APP_ROLE
 
     console = Console()
     console.rule("[bold]streaming-ml demo")
@@ -273,7 +273,6 @@ def _print_endpoints(console: Console, settings: Settings, service_url: str, rol
 
 
 def _stop_stack(settings: Settings, console: Console) -> None:
-    from streaming_ml import stack
 
     console.print("stopping the stack…")
     stack.down(settings)

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg2
 from psycopg2 import sql
 
+from streaming_ml.bench.baseline import drain_per_event
 from streaming_ml.bench.children import (
     BridgeProcess,
     LoadReport,
@@ -190,7 +192,6 @@ class BridgeOnlyRuns(BenchSession):
     def baseline_run(self, prefill: Prefill) -> dict[str, Any]:
         """The reference consumer (one /predict per event) over the first events of the
         pre-filled range, against the same service, in this process."""
-        from streaming_ml.bench.baseline import drain_per_event
 
         rows = self.options.baseline_drained
         self.console.rule(f"[bold]baseline: one /predict per event, {rows} events")
@@ -204,7 +205,6 @@ class BridgeOnlyRuns(BenchSession):
         prediction read by the bridge at or after ``since_ms`` (this round's, the sink
         upserts by listing id); None when it did not within ``drain_timeout_s`` (the
         next round then shares the CPU with the sink: noted, not fatal)."""
-        import psycopg2
 
         o, s = self.options, self.settings
         query = sql.SQL(
@@ -219,7 +219,7 @@ class BridgeOnlyRuns(BenchSession):
             with conn.cursor() as cur, Waiting(self.console, what, o.drain_timeout_s) as wait:
                 while True:
                     cur.execute(query, bounds)
-                    (written,) = cur.fetchone()
+                    (written,) = cur.fetchone() or (0,)  # a COUNT: always a row
                     if written >= report.inserted:
                         return round(wait.elapsed, 2)
                     if wait.expired():

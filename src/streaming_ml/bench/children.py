@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from streaming_ml.bench.kafka import _consumer, group_ready, high_watermarks
@@ -121,7 +122,6 @@ class BridgeProcess:
         """Until the bridge serves metrics (set up) and, when the change topic exists,
         its consumer group is stable (partitions assigned). Before the first captured
         row there is no topic and so no assignment to wait for."""
-        from confluent_kafka.admin import AdminClient
 
         s = self.settings
         admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 3})

@@ -21,12 +21,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import psycopg2
 import requests
+from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from streaming_ml.bench.kafka import read_topic
 from streaming_ml.bench.stats import summarize
 from streaming_ml.config import Settings
+from streaming_ml.schema import avro
 from streaming_ml.stack import postgres
 
 logger = logging.getLogger(__name__)
@@ -71,9 +75,6 @@ def change_topic_times(
 ) -> dict[int, tuple[float, float, float]]:
     """listing_id → (commit ms, Debezium read ms, broker append ms) of its latest change
     record, for ids in [first_id, last_id], read from ``start`` to the end."""
-    from confluent_kafka.serialization import MessageField, SerializationContext
-
-    from streaming_ml.schema import avro
 
     decode = avro.writer_schema_deserializer(avro.registry_client(settings.registry_url))
     value_ctx = SerializationContext(settings.listings_topic, MessageField.VALUE)
@@ -138,7 +139,6 @@ class ReplicationSampler:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        import psycopg2
 
         try:
             conn = psycopg2.connect(self._dsn, connect_timeout=10)
@@ -173,7 +173,6 @@ class ReplicationSampler:
 def connect_metrics(settings: Settings, connector: str) -> dict[str, Any]:
     """The figures of ``CONNECT_METRICS`` for ``connector``'s task and producer, read from
     Connect's Prometheus exporter; ``{"error": ...}`` when it does not answer."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         response = requests.get(settings.connect_metrics_url, timeout=10)

@@ -12,9 +12,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import psycopg2
 import requests
 from rich.console import Console
+from rich.table import Table
 
 from streaming_ml.bench.hops import HOPS
 from streaming_ml.bench.stats import STAGES, RowTimes
@@ -49,7 +54,6 @@ def machine_facts() -> dict[str, Any]:
 def component_versions(settings: Settings, dsn: str) -> dict[str, Any]:
     """Versions of the Python libraries and of every running component (best effort:
     a component that does not answer is reported as such, not guessed)."""
-    import confluent_kafka
 
     versions: dict[str, Any] = {"python_libraries": {}}
     for name in LIBRARIES:
@@ -76,8 +80,6 @@ def component_versions(settings: Settings, dsn: str) -> dict[str, Any]:
     registry = get(f"{settings.registry_core_url}/system/info")
     versions["apicurio_registry"] = (registry or {}).get("version")
     try:
-        import psycopg2
-
         with (
             contextlib.closing(psycopg2.connect(dsn, connect_timeout=5)) as conn,
             conn.cursor() as cur,
@@ -127,7 +129,6 @@ def pipeline_settings(settings: Settings) -> dict[str, Any]:
 
 
 def print_summary(doc: Mapping[str, Any], console: Console) -> None:
-    from rich.table import Table
 
     table = Table(title=f"streaming-ml bench ({doc['bench']['profile']})")
     table.add_column("figure")
@@ -261,10 +262,8 @@ def _second_bins(t_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndar
 def plot_bench(doc: Mapping[str, Any], series: Mapping[str, Any], path: Path) -> None:
     """One PNG: latency over time, per-stage percentiles, throughput steps, serving, and
     below them the bridge's cost per event and step."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(15, 17), dpi=100)
     grid = fig.add_gridspec(4, 2, height_ratios=(1, 1, 0.55, 0.55))

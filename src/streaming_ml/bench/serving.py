@@ -18,7 +18,9 @@ from streaming_ml.bench.options import BenchOptions
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.bench.stats import summarize
 from streaming_ml.config import Settings
+from streaming_ml.datasets.synthetic import generate_listing_records, generate_listings
 from streaming_ml.errors import BenchError
+from streaming_ml.schema.listing import FEATURES
 from streaming_ml.system.waits import Deadline
 
 
@@ -165,15 +167,11 @@ def _body(payload: Any, rows: int) -> tuple[bytes, int]:
 
 
 def _columns(rows: int, seed: int) -> dict[str, list[Any]]:
-    from streaming_ml.datasets.synthetic import generate_listings
-    from streaming_ml.schema.listing import FEATURES
 
     frame = generate_listings(rows, seed)
     return {name: frame[name].tolist() for name in FEATURES}
 
 
 def _records(rows: int, seed: int) -> list[dict[str, Any]]:
-    from streaming_ml.datasets.synthetic import generate_listing_records
-    from streaming_ml.schema.listing import FEATURES
 
     return [{n: r[n] for n in FEATURES} for r in generate_listing_records(rows, seed)]

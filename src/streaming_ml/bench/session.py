@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+import psycopg2
 import requests
+from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg2 import sql
 from rich.console import Console
 
+from streaming_ml import stack
 from streaming_ml.bench import serving
 from streaming_ml.bench.children import (
     BridgeProcess,
@@ -38,7 +41,11 @@ from streaming_ml.bench.options import (
 )
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.config import Settings, settings_env
+from streaming_ml.connect import commands
 from streaming_ml.errors import BenchError
+from streaming_ml.models.train import ensure_model
+from streaming_ml.schema import avro
+from streaming_ml.service.launcher import ServiceProcess
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -78,7 +85,6 @@ class BenchSession:
 
     def prepare(self, cleanup: ExitStack) -> None:
         """Start what is not running; register how to stop it on ``cleanup``."""
-        from streaming_ml import stack
 
         s = self.settings
         for name, url in (("service", s.prediction_url), ("kafka", f"http://{s.kafka_bootstrap}")):
@@ -110,8 +116,6 @@ class BenchSession:
         else:
             self._start_service(cleanup)
 
-        from streaming_ml.connect import commands
-
         with Waiting(self.console, "creating topics, registering connectors", 120.0):
             commands.apply(s)
 
@@ -128,14 +132,11 @@ class BenchSession:
             self._start_bridge(cleanup)
 
     def _stop_stack(self) -> None:
-        from streaming_ml import stack
 
         self.console.print("stopping the stack the bench started…")
         stack.down(self.settings)
 
     def _start_service(self, cleanup: ExitStack) -> None:
-        from streaming_ml.models.train import ensure_model
-        from streaming_ml.service.launcher import ServiceProcess
 
         s = self.settings
         tag = ensure_model(
@@ -264,7 +265,6 @@ class BenchSession:
         self, report: LoadReport, timeout_s: float, lag: LagProbe | None = None
     ) -> tuple[int, list[tuple[float, int]]]:
         """Poll one count query until every inserted row has its prediction row."""
-        import psycopg2
 
         lag_samples: list[tuple[float, int]] = []
         bounds = {"a": report.first_id, "b": report.last_id}
@@ -277,7 +277,7 @@ class BenchSession:
             ):
                 while True:
                     cur.execute(self._count_sql(), bounds)
-                    listings, predicted = cur.fetchone()
+                    listings, predicted = cur.fetchone() or (0, 0)  # COUNTs: always a row
                     if lag is not None and (current := lag.lag()) is not None:
                         lag_samples.append((time.time() * 1000, current))
                     if predicted >= listings:
@@ -311,7 +311,6 @@ class BenchSession:
 
     def fetch_rows(self, report: LoadReport) -> list[tuple[float, ...]]:
         """Every stamp of every row of a run, in one query."""
-        import psycopg2
 
         s = self.settings
         query = sql.SQL(
@@ -333,9 +332,6 @@ class BenchSession:
     ) -> dict[int, Any]:
         """listing_id → broker timestamp (ms) of its prediction record (or, with
         ``values``, (timestamp, decoded value)) for ids in [first_id, last_id]."""
-        from confluent_kafka.serialization import MessageField, SerializationContext
-
-        from streaming_ml.schema import avro
 
         s = self.settings
         decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))

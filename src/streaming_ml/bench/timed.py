@@ -37,6 +37,8 @@ from streaming_ml.bench.stats import (
     summarize,
 )
 from streaming_ml.errors import BenchError, StreamingMLError
+from streaming_ml.stack import postgres
+from streaming_ml.stack.secrets import load_passwords
 
 
 class TimedRuns(BenchSession):
@@ -126,8 +128,6 @@ class TimedRuns(BenchSession):
     def _superuser_dsn(self) -> str:
         """pg_stat_replication shows LSNs and lags only to privileged roles: the stack's
         superuser when this machine has its secrets, else the app role (columns NULL)."""
-        from streaming_ml.stack import postgres
-        from streaming_ml.stack.secrets import load_passwords
 
         s = self.settings
         try:

@@ -12,6 +12,9 @@ from streaming_ml.config import Settings
 from streaming_ml.connect import client
 from streaming_ml.connect.watchdog import ConnectorWatchdog, restarts_counter
 from streaming_ml.errors import ConnectorError
+from streaming_ml.kafka.topics import ensure_topics
+from streaming_ml.stack import postgres
+from streaming_ml.stack.secrets import load_passwords
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +22,6 @@ logger = logging.getLogger(__name__)
 def apply(settings: Settings, timeout: float = 90.0) -> dict[str, dict[str, Any]]:
     """Create the topics, apply the five connectors (the source and four sinks) and wait until
     they run."""
-    from streaming_ml.kafka.topics import ensure_topics
 
     ensure_topics(settings)
     return client.ensure_connectors(settings, timeout=timeout)
@@ -60,8 +62,6 @@ def watch(settings: Settings, interval_s: float, metrics_port: int) -> None:
     and it runs beside the stack's state dir, so it can read the slot with the stack's
     credentials while the bridge keeps holding none.
     """
-    from streaming_ml.stack import postgres
-    from streaming_ml.stack.secrets import load_passwords
 
     registry = CollectorRegistry()
     slot = postgres.SlotHealthMetrics(

@@ -12,11 +12,16 @@ from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
+import uvicorn
+
 from streaming_ml.config import Settings
 from streaming_ml.dashboard import journey
 from streaming_ml.dashboard.app import create_app
 from streaming_ml.dashboard.collector import Collector
+from streaming_ml.datasets.load import connect
 from streaming_ml.errors import StackError, WaitTimeoutError
+from streaming_ml.service.explain import explain_listing
+from streaming_ml.stack import postgres_dsn
 from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
@@ -30,7 +35,6 @@ def service_explainer(settings: Settings) -> journey.Explainer:
     """The journey's question to the service the collector reads (``SML_SERVICE_URL``),
     with the CLI's timeout: an explanation costs a few ms per model. ``/explain`` is a
     POST but changes nothing, so the dashboard stays read-only."""
-    from streaming_ml.service.explain import explain_listing
 
     def explain(listing_id: int, listing: Mapping[str, Any]) -> dict[str, Any]:
         return explain_listing(
@@ -52,8 +56,6 @@ def listing_lookup(settings: Settings) -> Callable[[int], dict[str, Any]]:
     explain = service_explainer(settings)
 
     def lookup(listing_id: int) -> dict[str, Any]:
-        from streaming_ml.datasets.load import connect
-        from streaming_ml.stack import postgres_dsn
 
         try:
             dsn = postgres_dsn(settings)
@@ -87,7 +89,6 @@ class DashboardServer:
         return self.settings.dashboard_url
 
     def start(self) -> DashboardServer:
-        import uvicorn
 
         sock = _bind(self.settings.host, self.settings.dashboard_port)
         app = create_app(self.collector, listing_lookup(self.settings))

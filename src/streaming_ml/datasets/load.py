@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import psycopg2
+import psycopg2.extras
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
 from streaming_ml.datasets.csv import listing_records, load_listings_csv
 from streaming_ml.datasets.synthetic import Shift, generate_listing_records
@@ -42,7 +46,6 @@ class LoadSummary:
 
 def connect(dsn: str) -> Any:
     """A psycopg2 connection to the stack's database; StackError with the fix if not."""
-    import psycopg2
 
     try:
         return psycopg2.connect(dsn, connect_timeout=10)
@@ -55,7 +58,6 @@ def connect(dsn: str) -> Any:
 
 def read_listings(conn: Any, table: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """Rows of ``table`` with these ids (every column), by id; missing ids are absent."""
-    import psycopg2.extras
 
     query = sql.SQL("SELECT * FROM {} WHERE id = ANY(%s) ORDER BY id")
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -87,8 +89,6 @@ def insert_records(
     ``late_labels`` the rows go in without a price, and an UPDATE sets the price of
     some of them ``late_labels.delay_s`` after their insert.
     """
-    import psycopg2
-    from psycopg2.extras import execute_values
 
     if batch < 1:
         raise DataError(f"--batch must be at least 1, got {batch}")
@@ -161,7 +161,6 @@ class LateLabels:
 
     def chosen(self, start: int, n: int) -> list[int]:
         """Positions in a chunk (rows ``start``.. of the load) that get their label."""
-        import numpy as np
 
         rng = np.random.default_rng([self.seed, start])
         return [i for i in range(n) if rng.random() < self.share]
@@ -175,7 +174,6 @@ def _label_due(
     wait: bool,
 ) -> list[int]:
     """Set the price of the rows whose label is due (all of them when ``wait``)."""
-    from psycopg2.extras import execute_values
 
     done: list[int] = []
     statement = sql.SQL(

@@ -19,6 +19,7 @@ from streaming_ml.models import contributions
 from streaming_ml.models.booster import TrainParams, fit_booster
 from streaming_ml.models.features import ENGINE_SIZE
 from streaming_ml.models.protocol import Explained, PriceModelProtocol
+from streaming_ml.models.store import metadata_of
 from streaming_ml.schema.listing import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, TARGET
 
 KIND_KEY = "kind"
@@ -226,7 +227,6 @@ class OnlinePriceModel:
 
     @classmethod
     def from_bento_model(cls, model: bentoml.Model) -> OnlinePriceModel:
-        from streaming_ml.models.store import metadata_of
 
         metadata = metadata_of(model)
         # A pickle runs code when loaded: only models from this store or the registry's

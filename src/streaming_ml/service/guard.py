@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 
 class RequestGuard:
     """ASGI middleware: what a POST must be before any of it is read or parsed.
@@ -72,7 +74,6 @@ class RequestGuard:
 
 
 def _refuse(status: int, message: str, headers: Mapping[str, str]) -> Any:
-    from starlette.responses import JSONResponse
 
     body = {"error": message, "detail": [{"loc": ["body"], "msg": message, "type": str(status)}]}
     return JSONResponse(body, status_code=status, headers=dict(headers))

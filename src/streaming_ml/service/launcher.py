@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -15,7 +16,14 @@ from pathlib import Path
 import requests
 
 from streaming_ml.config import REPO_ROOT, Settings, settings_env
-from streaming_ml.errors import ModelNotFoundError, ServiceUnavailableError, WaitTimeoutError
+from streaming_ml.errors import (
+    ModelNotFoundError,
+    RegistryError,
+    ServiceUnavailableError,
+    WaitTimeoutError,
+)
+from streaming_ml.models.registry import read_aliases
+from streaming_ml.models.store import check_servable, get_bento_model
 from streaming_ml.system.processes import descendants, port_free, stop_group
 from streaming_ml.system.waits import Deadline, wait_until
 
@@ -239,8 +247,6 @@ def _die_with_parent() -> None:
     parent from leaving an orphaned service on its port. Linux only.
     """
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -261,15 +267,12 @@ def serve_forever(
         # Same model store as the child: fail now with the `streaming-ml train` hint
         # rather than after BentoML's traceback scrolls past. A following service may
         # start with an empty store when the registry has a champion to import.
-        from streaming_ml.errors import RegistryError
-        from streaming_ml.models.store import check_servable, get_bento_model
 
         try:
             check_servable(get_bento_model(model_tag))
         except ModelNotFoundError:
             if settings is None or not settings.model_follow:
                 raise
-            from streaming_ml.models.registry import read_aliases
 
             try:
                 champion = read_aliases(settings, timeout_s=10).champion

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
     from streaming_ml.models.protocol import Explained, PriceModelProtocol
     from streaming_ml.service.lineup import Arm, Lineup, ServedModel
+import bentoml
+from starlette.responses import JSONResponse
+
 from streaming_ml.service.api import (
     DEFAULT_MAX_EXPLAINED_ROWS,
     DEFAULT_MAX_ROWS,
@@ -45,7 +48,6 @@ class ArmMetrics:
     """Per-arm Prometheus metrics on the service's /metrics (BentoML's registry)."""
 
     def __init__(self) -> None:
-        import bentoml
 
         labels = ["arm", "model_tag"]
         self.rows = bentoml.metrics.Counter(
@@ -317,6 +319,4 @@ async def _answer(price: Callable[[Any], Any], payload: Any, inline: bool) -> An
             return price(payload)
         return await anyio.to_thread.run_sync(price, payload)
     except InvalidRequestError as error:
-        from starlette.responses import JSONResponse
-
         return JSONResponse(error.to_json(), status_code=400)
