@@ -82,11 +82,11 @@ class Collector:
         self._consumed = OffsetRate()
         self._started = time.time()
         self._last_read: dict[str, float] = {}
-        self._groups = GroupView(settings.kafka_bootstrap)
+        self._groups = GroupView(settings)
         s = settings
-        self._predictions = TopicTail(s.kafka_bootstrap, s.predictions_topic, "end")
-        self._dlq = TopicTail(s.kafka_bootstrap, s.dlq_topic, DLQ_RECENT)
-        self._events = TopicTail(s.kafka_bootstrap, s.model_events_topic, "beginning")
+        self._predictions = TopicTail(s, s.predictions_topic, "end")
+        self._dlq = TopicTail(s, s.dlq_topic, DLQ_RECENT)
+        self._events = TopicTail(s, s.model_events_topic, "beginning")
         self._decoder = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
         self._latency = LatencySampler(
             lambda value: self._decoder(value, None), s.predictions_table

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 Position = tuple[str, int, int]  # topic, partition, offset
+
+
+def positions_of(messages: Iterable[Message]) -> list[Position]:
+    return [(m.topic(), m.partition(), m.offset()) for m in messages]
 
 
 def offsets_to_commit(positions: Iterable[Position]) -> list[TopicPartition]:
