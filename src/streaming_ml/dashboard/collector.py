@@ -40,8 +40,10 @@ from streaming_ml.dashboard.latency import LatencySampler
 from streaming_ml.dashboard.series import History, OffsetRate, Rates
 from streaming_ml.dashboard.tail import TopicTail
 from streaming_ml.errors import StackError, StreamingMLError
+from streaming_ml.evaluation.monitor import Monitor
 from streaming_ml.models import registry
 from streaming_ml.schema import avro
+from streaming_ml.stack import postgres_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -358,8 +360,6 @@ class Collector:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            from streaming_ml.stack import postgres_dsn
-
             try:
                 dsn = postgres_dsn(self.settings)
             except (OSError, KeyError) as error:
@@ -376,8 +376,6 @@ class Collector:
             if not self._due("evaluation_retry", now):
                 # Between two tries the panel keeps saying why there is nothing.
                 raise StreamingMLError(self._errors.get("evaluation", "no evaluation yet"))
-            from streaming_ml.evaluation.monitor import Monitor
-
             self._monitor = Monitor(self.settings)
         deadline = time.monotonic() + MONITOR_BUDGET_S
         while self._monitor.poll(timeout_s=0) and time.monotonic() < deadline:
