@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import BenchError
+from streaming_ml.kafka import clients
 from streaming_ml.kafka.changes import parse_change
 from streaming_ml.schema import avro
 from streaming_ml.schema.listing import FEATURES
@@ -43,15 +44,10 @@ def drain_per_event(
     from the first event read to the last prediction acknowledged."""
     # The library's own deserializer, as the tutorial's consumer used it.
     decode = AvroDeserializer(avro.registry_client(settings.registry_url))
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "sml-bench-baseline",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+    consumer = clients.consumer(
+        settings, "sml-bench-baseline", {"isolation.level": "read_committed"}
     )
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0})
+    producer = clients.producer(settings, {"linger.ms": 0})
     session = requests.Session()
     url = f"{settings.prediction_url}/predict"
     consumer.assign(

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from streaming_ml.bench.kafka import _consumer, group_ready, high_watermarks
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.config import Settings
 from streaming_ml.errors import BenchError
+from streaming_ml.kafka import clients
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +122,8 @@ class BridgeProcess:
         """Until the bridge serves metrics (set up) and, when the change topic exists,
         its consumer group is stable (partitions assigned). Before the first captured
         row there is no topic and so no assignment to wait for."""
-
         s = self.settings
-        admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 3})
+        admin = clients.admin(s, {"log_level": 3})
         metrics = f"http://{s.host}:{self.metrics_port}/metrics"
         with Waiting(console, f"bridge joining consumer group {self.group}", timeout_s) as wait:
             while True:

@@ -10,7 +10,6 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import (
-    AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
@@ -21,29 +20,27 @@ from rich.console import Console
 from streaming_ml.bench.progress import Waiting
 from streaming_ml.config import Settings
 from streaming_ml.errors import BenchError
+from streaming_ml.kafka import clients
 from streaming_ml.kafka.replay import read_until_end
 
 logger = logging.getLogger(__name__)
 
 
-def _consumer(settings: Settings, group: str | None = None, **extra: Any) -> Any:
-
-    return Consumer(
+def _consumer(settings: Settings, group: str | None = None, **extra: Any) -> Consumer:
+    return clients.consumer(
+        settings,
+        group or f"sml-bench-reader-{uuid.uuid4().hex[:8]}",
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": group or f"sml-bench-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "client.id": "streaming-ml-bench",
             "log_level": 3,  # librdkafka's informational lines are noise here
             **extra,
-        }
+        },
     )
 
 
 def high_watermarks(consumer: Any, topic: str) -> dict[int, int] | None:
     """End offset per partition, or None when the topic does not exist yet."""
-
     meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
     if meta is None or meta.error is not None:
         return None
@@ -55,7 +52,6 @@ def high_watermarks(consumer: Any, topic: str) -> dict[int, int] | None:
 
 def commit_offsets(settings: Settings, group: str, topic: str, offsets: Mapping[int, int]) -> None:
     """Make ``group`` start reading ``topic`` at ``offsets`` (a new group, nobody in it)."""
-
     consumer = _consumer(settings, group)
     try:
         consumer.commit(
@@ -73,7 +69,6 @@ class LagProbe:
         self._consumer = _consumer(settings, group)
 
     def lag(self) -> int | None:
-
         ends = high_watermarks(self._consumer, self.topic)
         if ends is None:
             return None
@@ -104,7 +99,6 @@ def read_topic(
     beginning) to its current end (``topics.read_until_end``), with progress; call
     ``on_message`` for each; return how many. ``committed_only=False`` also hands out
     records of open and aborted transactions."""
-
     isolation = "read_committed" if committed_only else "read_uncommitted"
     # Any: mypy would match a ``**`` dict's values against ``group`` too.
     extra: dict[str, Any] = {"enable.partition.eof": True, "isolation.level": isolation}
@@ -134,8 +128,7 @@ def use_log_append_time(settings: Settings, topics: Sequence[str]) -> dict[str, 
     """Have the broker stamp records of ``topics`` with their append time, so a record's
     timestamp is when it reached Kafka (data.PREDICTION_FIELDS: kafka_ts_ms is "appended
     to Kafka") rather than when a producer created it. Returns the previous types."""
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
+    admin = clients.admin(settings, {"log_level": 3})
     key = "message.timestamp.type"
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     previous = {}
@@ -161,7 +154,6 @@ def use_log_append_time(settings: Settings, topics: Sequence[str]) -> dict[str, 
 
 def group_ready(admin: Any, group: str) -> bool:
     """True when ``group`` is stable with at least one member (partitions assigned)."""
-
     try:
         description = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
     except Exception as error:  # group not known yet is the normal "not ready"

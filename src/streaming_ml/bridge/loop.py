@@ -20,14 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from confluent_kafka import (
-    OFFSET_INVALID,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import start_http_server
 
 from streaming_ml.bridge.faults import KillPoint
@@ -41,10 +34,11 @@ from streaming_ml.connect import commands, watchdog
 from streaming_ml.errors import BridgeError
 from streaming_ml.kafka import clients, topics
 from streaming_ml.kafka.changes import Change, ChangeDecoder, RegistryUnavailable
+from streaming_ml.kafka.loop import seek, usable
 from streaming_ml.kafka.offsets import (
     Position,
     offsets_to_commit,
-    position_of,
+    positions_of,
     rewind_points,
     split_at_unfinished,
 )
@@ -66,7 +60,7 @@ class Batch:
     @functools.cached_property
     def positions(self) -> list[Position]:
         # Cached: indexed once per action, so rebuilding it each time was O(n²) a batch.
-        return [position_of(m) for m in self.messages]
+        return positions_of(self.messages)
 
 
 class Bridge:
@@ -288,7 +282,7 @@ class Bridge:
             wanted = limit - len(batch.messages) if batch.messages else 1
             first = not batch.messages
             for msg in self._consumer.consume(num_messages=wanted, timeout=left):
-                if self._usable(msg):
+                if usable(msg):
                     batch.messages.append(msg)
                     batch.received_ms.append(int(time.time() * 1000))
             if first and batch.messages:
@@ -304,17 +298,6 @@ class Bridge:
         if in_hand_ns is not None:
             batch.collect_ns = time.perf_counter_ns() - in_hand_ns
         return batch
-
-    def _usable(self, msg: Message) -> bool:
-        error = msg.error()
-        if error is None:
-            return True
-        if error.code() != KafkaError._PARTITION_EOF:
-            # Broker restarts and unknown topics show up here; librdkafka recovers.
-            logger.warning("consumer error", extra={"error": str(error)})
-        if error.fatal():
-            raise BridgeError(f"fatal Kafka consumer error: {error}; restart the bridge")
-        return False
 
     def _decode(self, batch: Batch) -> list[Change | str]:
         decoded = [self._decoder.decode(m) for m in batch.messages]
@@ -365,7 +348,7 @@ class Bridge:
         assert self._consumer is not None
         for msg in self._consumer.consume(num_messages=1, timeout=self._pausing.wait_s()):
             # Nothing comes from paused partitions; a message here is an error event.
-            self._usable(msg)
+            usable(msg)
         if not self._stop.is_set():
             self._pausing.probe(self._consumer, self._partitions())
 
@@ -378,9 +361,7 @@ class Bridge:
 
     def _seek(self, points: list[TopicPartition]) -> None:
         assert self._consumer is not None
-        for tp in points:
-            if (tp.topic, tp.partition) in self.assignment:
-                self._consumer.seek(tp)
+        seek(self._consumer, points, self.assignment)
 
     def _partitions(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in sorted(self.assignment)]
@@ -431,7 +412,7 @@ class Bridge:
             copartition=topics.copartitioned(s, counts),
         )  # fmt: skip
         self._records.register_schemas()
-        self._consumer = Consumer(clients.consumer_config(s, self.group_id))
+        self._consumer = clients.group_consumer(s, self.group_id)
         stack.callback(self._close_consumer)
         self._producer_config = clients.producer_config(s, self.group_id)
         self._output_or_fail()

@@ -40,8 +40,10 @@ from streaming_ml.dashboard.latency import LatencySampler
 from streaming_ml.dashboard.series import History, OffsetRate, Rates
 from streaming_ml.dashboard.tail import TopicTail
 from streaming_ml.errors import StackError, StreamingMLError
+from streaming_ml.evaluation.monitor import Monitor
 from streaming_ml.models import registry
 from streaming_ml.schema import avro
+from streaming_ml.stack import postgres_dsn
 from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
@@ -83,11 +85,11 @@ class Collector:
         self._consumed = OffsetRate()
         self._started = time.time()
         self._last_read: dict[str, float] = {}
-        self._groups = GroupView(settings.kafka_bootstrap)
+        self._groups = GroupView(settings)
         s = settings
-        self._predictions = TopicTail(s.kafka_bootstrap, s.predictions_topic, "end")
-        self._dlq = TopicTail(s.kafka_bootstrap, s.dlq_topic, DLQ_RECENT)
-        self._events = TopicTail(s.kafka_bootstrap, s.model_events_topic, "beginning")
+        self._predictions = TopicTail(s, s.predictions_topic, "end")
+        self._dlq = TopicTail(s, s.dlq_topic, DLQ_RECENT)
+        self._events = TopicTail(s, s.model_events_topic, "beginning")
         self._decoder = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
         self._latency = LatencySampler(
             lambda value: self._decoder(value, None), s.predictions_table
@@ -359,8 +361,6 @@ class Collector:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            from streaming_ml.stack import postgres_dsn
-
             try:
                 dsn = postgres_dsn(self.settings)
             except (OSError, KeyError) as error:
@@ -377,8 +377,6 @@ class Collector:
             if not self._due("evaluation_retry", now):
                 # Between two tries the panel keeps saying why there is nothing.
                 raise StreamingMLError(self._errors.get("evaluation", "no evaluation yet"))
-            from streaming_ml.evaluation.monitor import Monitor
-
             self._monitor = Monitor(self.settings)
         budget = Deadline.after(MONITOR_BUDGET_S)
         while self._monitor.poll(timeout_s=0) and not budget.expired():

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import OffsetSpec
 
+from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
+from streaming_ml.kafka import clients
 
 # Short: a round of the dashboard must not hang on a broker that is away.
 REQUEST_TIMEOUT_S = 3.0
@@ -32,9 +34,9 @@ class Member:
 
 
 class GroupView:
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    def __init__(self, settings: Settings) -> None:
+        self.bootstrap = settings.kafka_bootstrap
+        self._admin = clients.admin(settings, {"log_level": 3})
 
     def partitions(self, topic: str) -> list[int] | None:
         """Partition numbers of ``topic``; None when it does not exist (yet)."""

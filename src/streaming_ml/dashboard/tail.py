@@ -12,8 +12,10 @@ import time
 import uuid
 from typing import Any, Literal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
+from streaming_ml.config import Settings
+from streaming_ml.kafka import clients
 from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
@@ -24,21 +26,20 @@ Start = Literal["beginning", "end"] | int  # an int: that many records before th
 
 
 class TopicTail:
-    def __init__(self, bootstrap: str, topic: str, start: Start) -> None:
+    def __init__(self, settings: Settings, topic: str, start: Start) -> None:
         self.topic = topic
         self.start = start
         self.assigned = False
         self._next_try = 0.0
-        self._consumer = Consumer(
+        self._consumer = clients.consumer(
+            settings,
+            f"sml-dashboard-{uuid.uuid4().hex[:8]}",  # never joined
             {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"sml-dashboard-{uuid.uuid4().hex[:8]}",  # never joined
-                "enable.auto.commit": False,
                 # Aborted transactions of the bridge are not traffic.
                 "isolation.level": "read_committed",
                 "client.id": "streaming-ml-dashboard",
                 "log_level": 3,
-            }
+            },
         )
 
     def poll(self, batch: int = 10_000, budget_s: float = 0.2) -> list[Any]:

@@ -14,12 +14,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
 from streaming_ml.evaluation.accuracy import Scoreboard, coverage_of
-from streaming_ml.evaluation.evaluator import PARTITION_KEY
+from streaming_ml.evaluation.state import PARTITION_KEY
+from streaming_ml.kafka import clients
+from streaming_ml.kafka.loop import ConsumeLoop
+from streaming_ml.kafka.offsets import partition_of
 from streaming_ml.schema import avro
 from streaming_ml.schema.outcome import Outcome
 
@@ -39,22 +45,18 @@ class Monitor:
         self.alerts: list[dict[str, Any]] = []
         self.alert_count = 0
         self._decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": s.kafka_bootstrap,
-                "group.id": "streaming-ml-monitor",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-            }
+        consumer = clients.consumer(
+            s,
+            "streaming-ml-monitor",
+            {"enable.partition.eof": True, "isolation.level": "read_committed"},
         )
+        self._loop = ConsumeLoop(consumer, self._fold_all, batch_size=5_000)
         self._topics = (s.outcomes_topic, s.evaluator_state_topic, s.alerts_topic)
-        self._ends: set[tuple[str, int]] = set()
         self._assigned: list[TopicPartition] = []
         self._assign()
 
     def _assign(self) -> None:
-        metadata = self._consumer.list_topics(timeout=10).topics
+        metadata = self._loop.consumer.list_topics(timeout=10).topics
         missing = [t for t in self._topics if t not in metadata]
         if missing:
             raise StackError(
@@ -66,43 +68,37 @@ class Monitor:
             for topic in self._topics
             for p in sorted(metadata[topic].partitions)
         ]
-        self._consumer.assign(self._assigned)
+        self._loop.assign(self._assigned)
 
     @property
     def caught_up(self) -> bool:
-        return len(self._ends) == len(self._assigned)
+        return len(self._loop.ends) == len(self._assigned)
 
     def poll(self, timeout_s: float = 0.5) -> int:
-        count = 0
-        for msg in self._consumer.consume(num_messages=5_000, timeout=timeout_s):
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self._ends.add((msg.topic(), msg.partition()))
-                continue
-            self._fold(msg)
-            count += 1
-        return count
+        return len(self._loop.poll(timeout_s))
 
     def read_to_end(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.caught_up:
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"could not read the evaluation topics to their end in {timeout_s:g} s; "
-                    "is Kafka up? Try `streaming-ml stack status`."
-                )
-            self.poll()
+        self._loop.run(timeout=timeout_s, until=lambda: self.caught_up)
+        if not self.caught_up:
+            raise StackError(
+                f"could not read the evaluation topics to their end in {timeout_s:g} s; "
+                "is Kafka up? Try `streaming-ml stack status`."
+            )
+
+    def _fold_all(self, batch: list[Message]) -> None:
+        for msg in batch:
+            self._fold(msg)
 
     def _fold(self, msg: Message) -> None:
         topic, value = msg.topic(), msg.value()
         if value is None:
             return
+        partition = partition_of(msg)[1]
         if topic == self.settings.outcomes_topic:
-            self.scoreboard.add(Outcome.from_record(self._decode(value, None)), msg.partition())
+            self.scoreboard.add(Outcome.from_record(self._decode(value, None)), partition)
         elif topic == self.settings.evaluator_state_topic:
             if msg.key() == PARTITION_KEY:
-                self.partitions[msg.partition()] = json.loads(value)
+                self.partitions[partition] = json.loads(value)
         else:
             self.alert_count += 1
             self.alerts.append(self._decode(value, None))
@@ -131,7 +127,7 @@ class Monitor:
         }
 
     def close(self) -> None:
-        self._consumer.close()
+        self._loop.consumer.close()
 
 
 def _money(value: float | None) -> str:
@@ -144,9 +140,6 @@ def _pct(value: float | None) -> str:
 
 def render(snapshot: Mapping[str, Any]) -> Any:
     """The terminal view of a snapshot (rich renderables)."""
-    from rich.console import Group
-    from rich.table import Table
-
     accuracy = Table(title="Accuracy per model and arm (labels as they arrive)", expand=True)
     for column in ("model tag", "arm", "outcomes", "coverage", "MAE", "RMSE", "MAPE", "bias",
                    "MAE last N", "MAPE last N", "MAE last T", "lag p50", "lag p99"):  # fmt: skip
@@ -196,9 +189,6 @@ def snapshot(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
 
 def watch(settings: Settings, refresh_s: float = 1.0) -> None:
     """The live terminal view, until Ctrl-C."""
-    from rich.console import Console
-    from rich.live import Live
-
     monitor = Monitor(settings)
     console = Console()
     try:

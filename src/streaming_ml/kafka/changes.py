@@ -82,8 +82,12 @@ def listing_id_of(key: Mapping[str, Any] | None, row: Mapping[str, Any] | None) 
     return None
 
 
-def unchanged_columns(headers: Sequence[tuple[str, bytes | None]] | None) -> frozenset[str]:
+def unchanged_columns(
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
+) -> frozenset[str]:
     """Columns the ``unchanged`` header lists; empty when absent or unreadable."""
+    if isinstance(headers, Mapping):
+        headers = list(headers.items())
     for name, raw in headers or ():
         if name != UNCHANGED_HEADER or not raw:
             continue

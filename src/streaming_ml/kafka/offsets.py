@@ -9,6 +9,14 @@ from confluent_kafka import Message, TopicPartition
 Position = tuple[str, int, int]  # topic, partition, offset
 
 
+def partition_of(msg: Message) -> tuple[str, int]:
+    """The topic and partition of a consumed message (or of a partition's end event)."""
+    topic, partition = msg.topic(), msg.partition()
+    if topic is None or partition is None:
+        raise ValueError(f"a message without a partition: {topic} [{partition}]")
+    return topic, partition
+
+
 def position_of(msg: Message) -> Position:
     """Where a consumed message sits. confluent-kafka types each part as optional (a
     message built by hand has none); one that poll() or consume() returned has all three."""
@@ -16,6 +24,10 @@ def position_of(msg: Message) -> Position:
     if topic is None or partition is None or offset is None:
         raise ValueError(f"a message without a position: {topic} [{partition}] @ {offset}")
     return topic, partition, offset
+
+
+def positions_of(messages: Iterable[Message]) -> list[Position]:
+    return [position_of(m) for m in messages]
 
 
 def offsets_to_commit(positions: Iterable[Position]) -> list[TopicPartition]:

@@ -8,9 +8,12 @@ transactions, and their commit markers take offsets no reader is ever handed.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from streaming_ml.kafka.loop import ConsumeLoop
 
 logger = logging.getLogger(__name__)
 
@@ -27,24 +30,24 @@ def read_until_end(
     ``start`` (partition -> offset), call ``on_message`` for each record until every
     partition reports its end; return (records read, whether all ends were reached
     before ``timeout_s``)."""
-    from confluent_kafka import KafkaError, TopicPartition
-
-    todo = set(start)
-    consumer.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
-    deadline = time.monotonic() + timeout_s
     count = 0
-    while todo:
-        if time.monotonic() > deadline:
-            return count, False
-        for msg in consumer.consume(num_messages=1_000, timeout=1.0):
-            error = msg.error()
-            if error is None:
-                on_message(msg)
-                count += 1
-            elif error.code() == KafkaError._PARTITION_EOF:
-                todo.discard(msg.partition())
-            else:
-                logger.debug("read error", extra={"topic": topic, "error": str(error)})
+
+    def handle(batch: list[Message]) -> None:
+        nonlocal count
+        for msg in batch:
+            on_message(msg)
+            count += 1
         if on_progress is not None:
             on_progress(count)
-    return count, True
+
+    def read_error(error: KafkaError) -> None:
+        logger.debug("read error", extra={"topic": topic, "error": str(error)})
+
+    todo = set(start)
+    loop = ConsumeLoop(
+        consumer, handle, batch_size=1_000, poll_s=1.0, on_error=read_error,
+        on_end=lambda msg: todo.discard(msg.partition()),
+    )  # fmt: skip
+    loop.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
+    loop.run(timeout=timeout_s, until=lambda: not todo)
+    return count, not todo

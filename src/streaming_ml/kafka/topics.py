@@ -7,10 +7,11 @@ import time
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import BridgeError
+from streaming_ml.kafka import clients
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def ensure_topics(
     moves keys to other partitions, and a listing's pending changes could then be read
     out of order. The bridge logs the difference and works with what exists.
     """
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = clients.admin(settings)
     # Broker append time makes a record's timestamp mean "reached Kafka", which is what
     # kafka_ts_ms and the benchmark's per-stage figures rely on.
     append_time = {"message.timestamp.type": "LogAppendTime"}

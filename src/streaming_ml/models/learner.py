@@ -26,12 +26,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+import bentoml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
-from streaming_ml.models import registry
+from streaming_ml.kafka import clients
+from streaming_ml.kafka.loop import ConsumeLoop
+from streaming_ml.kafka.offsets import position_of
+from streaming_ml.models import lifecycle, loader, registry
 from streaming_ml.models.online import OnlinePriceModel, is_online
+from streaming_ml.models.store import FEATURES_KEY, get_bento_model
 from streaming_ml.schema import avro
 from streaming_ml.schema.outcome import Outcome
 from streaming_ml.system.processes import stop_on_signals
@@ -52,10 +57,6 @@ class LearnerStats:
 def newest_online(settings: Settings) -> OnlinePriceModel:
     """The newest stored version of the online model (imported from the registry when
     this store lacks it)."""
-    import bentoml
-
-    from streaming_ml.models import loader
-
     name = settings.online_model_name
     aliases = registry.read_aliases(settings)
     published = [t for t in aliases.published if t.split(":")[0] == name]
@@ -73,9 +74,13 @@ def newest_online(settings: Settings) -> OnlinePriceModel:
             "`streaming-ml train --online`."
         )
     newest = max(
-        candidates, key=lambda m: (int(m.info.metadata.get("learned", 0)), m.info.creation_time)
+        candidates,
+        key=lambda m: (int(str(m.info.metadata.get("learned", 0))), m.info.creation_time),
     )
-    return loader.from_bento_model(newest)
+    model = loader.from_bento_model(newest)
+    if not isinstance(model, OnlinePriceModel):
+        raise ModelNotFoundError(f"{newest.tag} is not an online model; it cannot learn")
+    return model
 
 
 class Learner:
@@ -97,52 +102,43 @@ class Learner:
         model = newest_online(s)
         self.stats.tag = model.tag
         decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
-        consumer = Consumer(
-            {
-                "bootstrap.servers": s.kafka_bootstrap,
-                "group.id": s.learner_group,  # for lag tooling only: offsets live in snapshots
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
+        # The group is for lag tooling only: the offsets live in the snapshots.
+        consumer = clients.consumer(s, s.learner_group, {"isolation.level": "read_committed"})
+
+        def handle(batch: list[Message]) -> None:
+            nonlocal model
+            for msg in batch:
+                self._learn(model, msg, decode)
+                if self._since_snapshot >= s.online_snapshot_labels:
+                    model = self._snapshot(model)
+            if batch:
+                self._report_position(consumer)
+
         try:
-            partitions = self._assign(consumer, model)
+            loop = ConsumeLoop(consumer, handle, stopping=self._stop)
+            partitions = self._assign(loop, model)
             logger.info(
                 "learner started",
                 extra={"model_tag": model.tag, "learned": model.learned, "partitions": partitions},
             )
             self.ready.set()
-            deadline = time.monotonic() + timeout if timeout is not None else None
-            while not self._stop.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                batch = consumer.consume(num_messages=500, timeout=0.5)
-                for msg in batch:
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            logger.warning("consume error", extra={"error": str(msg.error())})
-                        continue
-                    self._learn(model, msg, decode)
-                    if self._since_snapshot >= s.online_snapshot_labels:
-                        model = self._snapshot(model)
-                if batch:
-                    self._report_position(consumer)
+            loop.run(timeout=timeout)
             if self._since_snapshot:
                 model = self._snapshot(model)
         finally:
             consumer.close()
         return self.stats
 
-    def _assign(self, consumer: Consumer, model: OnlinePriceModel) -> list[int]:
+    def _assign(self, loop: ConsumeLoop, model: OnlinePriceModel) -> list[int]:
         topic = self.settings.outcomes_topic
-        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        metadata = loop.consumer.list_topics(topic, timeout=30).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise RegistryError(
                 f"no outcomes topic {topic}: start the evaluator first (`streaming-ml "
                 "evaluator`, or `streaming-ml demo`)."
             )
         partitions = sorted(metadata.partitions)
-        consumer.assign(
+        loop.assign(
             [
                 TopicPartition(topic, p, model.positions.get(str(p), OFFSET_BEGINNING))
                 for p in partitions
@@ -159,10 +155,11 @@ class Learner:
         if offsets:
             consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _learn(self, model: OnlinePriceModel, msg: Any, decode: Any) -> None:
+    def _learn(self, model: OnlinePriceModel, msg: Message, decode: Any) -> None:
         self.stats.outcomes += 1
         # The offset after this outcome: where a successor resumes.
-        model.positions[str(msg.partition())] = msg.offset() + 1
+        _, partition, offset = position_of(msg)
+        model.positions[str(partition)] = offset + 1
         if msg.value() is None:
             return
         outcome = Outcome.from_record(decode(msg.value(), None))
@@ -195,8 +192,6 @@ class Learner:
     def _carried_metadata(self, model: OnlinePriceModel) -> dict[str, Any]:
         """What a snapshot keeps of the model it came from: the feature spec (the service
         checks inputs) and the training reference (drift)."""
-        from streaming_ml.models.store import FEATURES_KEY, get_bento_model
-
         previous = get_bento_model(model.tag).info.metadata if model.tag else {}
         return {k: previous[k] for k in (FEATURES_KEY, "reference", "data") if k in previous}
 
@@ -206,8 +201,6 @@ def advance_aliases(
 ) -> list[str]:
     """Point every alias now on a version of ``name`` at ``tag``; the aliases moved.
     ``aliases``: the registry's state if just read (publishing does not change them)."""
-    from streaming_ml.models import lifecycle
-
     aliases = aliases if aliases is not None else registry.read_aliases(settings)
 
     def ours(current: str | None) -> bool:

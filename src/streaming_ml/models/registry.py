@@ -28,10 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import bentoml
+from bentoml.exceptions import NotFound
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
 from pydantic import BaseModel, Field
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
+from streaming_ml.kafka import clients
+from streaming_ml.kafka.replay import read_until_end
+from streaming_ml.models.features import INPUT_NAMES
+from streaming_ml.models.store import FEATURES_KEY, get_bento_model
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +153,6 @@ def fold(events: list[ModelEvent]) -> Aliases:
 
 def summarise(bento_model: Any) -> ModelSummary:
     """The registry's summary of a stored model (no filesystem paths)."""
-    from streaming_ml.models.store import FEATURES_KEY
-
     info = bento_model.info
     metadata = dict(info.metadata)
     return ModelSummary(
@@ -191,8 +197,6 @@ def gate(candidate: ModelSummary, champion: ModelSummary | None) -> list[str]:
 
 def schema_problem(candidate: ModelSummary) -> str | None:
     """Why the service could not use this model's inputs, or None."""
-    from streaming_ml.models.features import INPUT_NAMES
-
     if candidate.inputs != list(INPUT_NAMES):
         return (
             f"{candidate.tag} takes inputs {candidate.inputs}, the pipeline sends "
@@ -204,17 +208,13 @@ def schema_problem(candidate: ModelSummary) -> str | None:
 # --- Kafka -----------------------------------------------------------------------------
 
 
-def _admin_and_producer_config(settings: Settings) -> dict[str, Any]:
-    # Failures reach the user as RegistryError messages; librdkafka's own lines are noise.
-    return {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 2}
+# Failures reach the user as RegistryError messages; librdkafka's own lines are noise.
+QUIET = {"log_level": 2}
 
 
 def ensure_registry_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create both registry topics if missing (idempotent)."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient(_admin_and_producer_config(settings))
+    admin = clients.admin(settings, QUIET)
     size = str(MAX_MODEL_BYTES)
     topics = [
         NewTopic(
@@ -252,18 +252,10 @@ def read_to_end(
 ) -> int:
     """Call ``on_record(key, value)`` for every record of ``topic`` (all partitions), from
     the beginning to its end when called; return the count. An unknown topic is empty."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer
-
-    from streaming_ml.kafka.replay import read_until_end
-
-    consumer = Consumer(
-        {
-            **_admin_and_producer_config(settings),
-            "group.id": f"sml-registry-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.message.max.bytes": MAX_MODEL_BYTES,
-        }
+    consumer = clients.consumer(
+        settings,
+        f"sml-registry-reader-{uuid.uuid4().hex[:8]}",
+        {**QUIET, "enable.partition.eof": True, "fetch.message.max.bytes": MAX_MODEL_BYTES},
     )
     try:
         try:
@@ -308,16 +300,15 @@ def read_aliases(settings: Settings, timeout_s: float = 30.0) -> Aliases:
 
 
 def _produce(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
-    from confluent_kafka import KafkaException, Producer
-
-    producer = Producer(
+    producer = clients.producer(
+        settings,
         {
-            **_admin_and_producer_config(settings),
+            **QUIET,
             "acks": "all",
             "enable.idempotence": True,
             "message.max.bytes": MAX_MODEL_BYTES,
             "compression.type": "zstd",
-        }
+        },
     )
     errors: list[str] = []
 
@@ -348,8 +339,6 @@ def append_event(settings: Settings, event: ModelEvent) -> None:
 
 
 def export_bytes(tag: str) -> bytes:
-    import bentoml
-
     with tempfile.TemporaryDirectory(prefix="sml-export-") as tmp:
         path = Path(tmp) / "model.bentomodel"
         bentoml.models.export_model(tag, str(path))
@@ -358,8 +347,6 @@ def export_bytes(tag: str) -> bytes:
 
 def import_bytes(data: bytes) -> str:
     """Import an exported model into the local store; return its tag."""
-    import bentoml
-
     with tempfile.TemporaryDirectory(prefix="sml-import-") as tmp:
         path = Path(tmp) / "model.bentomodel"
         path.write_bytes(data)
@@ -368,8 +355,6 @@ def import_bytes(data: bytes) -> str:
 
 def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> ModelSummary:
     """Put a stored model on the models topic (once) and record it in the event log."""
-    from streaming_ml.models.store import get_bento_model
-
     bento_model = get_bento_model(tag)
     summary = summarise(bento_model)
     aliases = aliases if aliases is not None else read_aliases(settings)
@@ -387,9 +372,6 @@ def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> Mod
 def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
     """Make ``tag`` available in the local store, importing it from the models topic if
     it is not there yet; return the stored tag."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
@@ -414,8 +396,6 @@ def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
 
 
 def iter_local_models(name: str) -> Iterator[Any]:
-    import bentoml
-
     yield from sorted(
         (m for m in bentoml.models.list() if m.tag.name == name),
         key=lambda m: m.info.creation_time,

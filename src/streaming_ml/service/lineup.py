@@ -23,8 +23,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+
 from streaming_ml.config import Settings
+from streaming_ml.datasets.synthetic import generate_listing_records
+from streaming_ml.errors import ModelNotFoundError
+from streaming_ml.kafka import clients
+from streaming_ml.kafka.loop import ConsumeLoop
+from streaming_ml.models import registry
+from streaming_ml.models.loader import from_bento_model
 from streaming_ml.models.protocol import PriceModelProtocol
+from streaming_ml.models.registry import ModelEvent
+from streaming_ml.models.store import get_bento_model, model_card
+from streaming_ml.service.api import EXAMPLE_RECORDS
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +110,6 @@ class Lineup:
 
 def canary_problem(model: PriceModelProtocol) -> str | None:
     """Price fixed reference listings; why the answers are unusable, or None."""
-    from streaming_ml.datasets.synthetic import generate_listing_records
-    from streaming_ml.service.api import EXAMPLE_RECORDS
-
     records = [*EXAMPLE_RECORDS, *generate_listing_records(30, seed=2024)]
     try:
         prices = [float(p) for p in model.predict_records(records)]
@@ -121,10 +129,6 @@ def canary_problem(model: PriceModelProtocol) -> str | None:
 def load_checked(tag: str, settings: Settings | None) -> ServedModel:
     """Import (from Kafka if ``settings``), load and canary-check one model; raises
     ``RefusedModel`` with the reason when it cannot serve."""
-    from streaming_ml.models import registry
-    from streaming_ml.models.loader import from_bento_model
-    from streaming_ml.models.store import get_bento_model, model_card
-
     try:
         stored = registry.fetch(settings, tag) if settings is not None else tag
         bento_model = get_bento_model(stored)
@@ -184,7 +188,8 @@ class RegistryFollower:
         self._tried: set[tuple[str, str]] = set()  # (arm, tag) loads tried since named
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumer: Any = None
+        self._loop: ConsumeLoop | None = None
+        self._changed = False
 
     def status(self) -> dict[str, Any]:
         """What ``/model_info`` says about following the registry."""
@@ -228,40 +233,36 @@ class RegistryFollower:
     def _poll(self, until_end: bool, deadline: float) -> bool:
         """Consume events until the deadline (or the log's end); reconcile on change.
         True once the log's end was seen in this call."""
-        from confluent_kafka import KafkaError
-
-        consumer = self._ensure_consumer()
-        if consumer is None:
+        loop = self._ensure_loop()
+        if loop is None:
             self._stop.wait(min(2.0, max(0.0, deadline - time.monotonic())))
             return False
-        changed, at_end = False, False
-        while time.monotonic() < deadline and not self._stop.is_set():
-            wait = max(0.0, min(0.25, deadline - time.monotonic()))
-            for msg in consumer.consume(num_messages=100, timeout=wait):
-                error = msg.error()
-                if error is None:
-                    self._on_event(msg.value())
-                    changed = True
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    at_end = True
-                else:
-                    self.error = str(error)
-            if at_end and until_end:
-                break
-        if changed or (at_end and not self._seen_end):
+        self._changed = False
+        loop.ends.clear()
+
+        def done() -> bool:
+            return self._stop.is_set() or (until_end and bool(loop.ends))
+
+        loop.run(timeout=max(0.0, deadline - time.monotonic()), until=done)
+        at_end = bool(loop.ends)
+        if self._changed or (at_end and not self._seen_end):
             # The first time the log's end is reached, even an empty log is news: it
             # means there is no champion yet, and this replica claims its own.
             self._seen_end = self._seen_end or at_end
             self._reconcile()
         return at_end
 
-    def _ensure_consumer(self) -> Any:
-        if self._consumer is not None:
-            return self._consumer
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    def _on_events(self, batch: list[Message]) -> None:
+        for msg in batch:
+            self._on_event(msg.value())
+            self._changed = True
 
-        from streaming_ml.models import registry
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        self.error = str(error)
 
+    def _ensure_loop(self) -> ConsumeLoop | None:
+        if self._loop is not None:
+            return self._loop
         try:
             registry.ensure_registry_topics(self.settings, timeout_s=5.0)
         except Exception as error:
@@ -272,33 +273,27 @@ class RegistryFollower:
                 )
             self.connected, self.error = False, str(error)
             return None
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": "sml-service-follower",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "log_level": 2,
-            }
+        consumer = clients.consumer(
+            self.settings, "sml-service-follower", {"enable.partition.eof": True, "log_level": 2}
         )
-        consumer.assign([TopicPartition(self.settings.model_events_topic, 0, OFFSET_BEGINNING)])
-        self._consumer = consumer
+        self._loop = ConsumeLoop(
+            consumer, self._on_events, batch_size=100, poll_s=0.25, on_error=self._on_kafka_error
+        )
+        self._loop.assign([TopicPartition(self.settings.model_events_topic, 0, OFFSET_BEGINNING)])
         self._aliases = registry.Aliases()
         self.events_read = 0
         self._seen_end = False
         self.connected, self.error = True, None
-        return consumer
+        return self._loop
 
     def _reset_consumer(self, error: str | None) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-        self._consumer = None
+        if self._loop is not None:
+            self._loop.consumer.close()
+        self._loop = None
         self.connected = False
         self.error = error
 
     def _on_event(self, value: bytes | None) -> None:
-        from streaming_ml.models.registry import ModelEvent
-
         if value is None:
             return
         try:
@@ -382,8 +377,6 @@ class RegistryFollower:
 
     def _claim(self) -> None:
         """No champion yet: this replica's own model becomes the first one."""
-        from streaming_ml.models import registry
-
         if self.lineup is None:
             return
         tag = self.lineup.champion.tag
@@ -404,8 +397,6 @@ def initial_lineup(settings: Settings) -> tuple[Lineup, RegistryFollower | None]
     ``SML_MODEL_NAME:SML_MODEL_VERSION``, as plain ``bentoml serve`` always did. With it,
     the registry's champion and experiment once the log is read; the stored model while
     Kafka cannot be reached, and as the first champion when the registry has none."""
-    from streaming_ml.errors import ModelNotFoundError
-
     local: ServedModel | None = None
     try:
         local = load_checked(settings.model_tag, None)

@@ -12,10 +12,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
-
 from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
+from streaming_ml.kafka import clients
 from streaming_ml.stack import detached
 from streaming_ml.stack.jars import java_binary, kafka_classpath
 
@@ -176,8 +175,6 @@ def start(settings: Settings, dist_dir: Path, run_as: detached.RunAs | None = No
 def ready(settings: Settings) -> bool:
     """The broker answers a metadata request and lists itself."""
     # log_level 0: "connection refused" while the broker boots is expected, not news.
-    admin = AdminClient(
-        {"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
-    )
+    admin = clients.admin(settings, {"socket.timeout.ms": 2000, "log_level": 0})
     metadata = admin.list_topics(timeout=2)
     return bool(metadata.brokers)
