@@ -1,4 +1,4 @@
--- GENERATED from streaming_ml.data (listings_ddl, table_ddl); a unit test keeps
+-- GENERATED from streaming_ml.schema.ddl (listings_ddl, table_ddl); a unit test keeps
 -- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.
 \connect cars
 SET ROLE cars_app;

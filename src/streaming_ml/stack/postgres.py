@@ -78,7 +78,7 @@ def schema_sql(settings: Settings | None = None) -> str:
     alerts = settings.alerts_table if settings else "car_price_alerts"
     sink_tables = (predictions, shadow, outcomes, alerts)
     return (
-        "-- GENERATED from streaming_ml.data (listings_ddl, table_ddl); a unit test keeps\n"
+        "-- GENERATED from streaming_ml.schema.ddl (listings_ddl, table_ddl); a unit test keeps\n"
         "-- this file equal to streaming_ml.stack.postgres.schema_sql(). Idempotent.\n"
         "\\connect cars\n"
         f"SET ROLE {APP_ROLE};\n"
