@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streaming_ml.errors import BridgeError
 from streaming_ml.kafka.offsets import partition_of
+from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class ConsumeLoop:
     ) -> int:
         """Pass after pass until stopped, ``count`` records, ``timeout`` or ``until()``;
         the number of records handled."""
-        deadline = time.monotonic() + timeout if timeout is not None else None
+        deadline = Deadline.after(timeout) if timeout is not None else None
         handled = 0
         while not self._stop.is_set():
             if count is not None and handled >= count:
@@ -160,9 +160,8 @@ class ConsumeLoop:
                 break
             wait = self.poll_s
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if deadline.expired():
                     break
-                wait = min(wait, left)
+                wait = min(wait, deadline.remaining())
             handled += len(self.poll(wait))
         return handled

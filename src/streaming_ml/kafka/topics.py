@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
@@ -12,6 +11,7 @@ from confluent_kafka.admin import NewTopic
 from streaming_ml.config import Settings
 from streaming_ml.errors import BridgeError
 from streaming_ml.kafka import clients
+from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +59,12 @@ def ensure_topics(
                     "Is Kafka up? Try `streaming-ml stack status`."
                 ) from error
     # A topic just created can take a moment to show in the metadata.
-    deadline = time.monotonic() + 30
+    deadline = Deadline.after(30.0)
     while True:
         metadata = admin.list_topics(timeout=30).topics
-        if all(t in metadata for t in wanted) or time.monotonic() > deadline:
+        if all(t in metadata for t in wanted) or deadline.expired():
             break
-        time.sleep(0.2)
+        deadline.sleep(0.2)
     counts = {t: len(metadata[t].partitions) for t in wanted if t in metadata}
     for topic, count in counts.items():
         if count != settings.partitions:

@@ -36,6 +36,7 @@ from streaming_ml.models.protocol import PriceModelProtocol
 from streaming_ml.models.registry import ModelEvent
 from streaming_ml.models.store import get_bento_model, model_card
 from streaming_ml.service.api import EXAMPLE_RECORDS
+from streaming_ml.system.waits import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ class RegistryFollower:
 
     def catch_up(self, timeout_s: float) -> bool:
         """Read the log to its end now (at start, before serving); False if Kafka is away."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self._stop.is_set():
+        deadline = Deadline.after(timeout_s)
+        while not deadline.expired() and not self._stop.is_set():
             if self._poll(until_end=True, deadline=deadline):
                 return True
         return False
@@ -223,19 +224,19 @@ class RegistryFollower:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._poll(until_end=False, deadline=time.monotonic() + self.settings.model_poll_s)
+                self._poll(until_end=False, deadline=Deadline.after(self.settings.model_poll_s))
             except Exception as error:  # the follower must outlive any registry hiccup
                 logger.exception("registry follower error", extra={"error": str(error)})
                 self._reset_consumer(str(error))
                 self._stop.wait(2.0)
         self._reset_consumer(None)
 
-    def _poll(self, until_end: bool, deadline: float) -> bool:
+    def _poll(self, until_end: bool, deadline: Deadline) -> bool:
         """Consume events until the deadline (or the log's end); reconcile on change.
         True once the log's end was seen in this call."""
         loop = self._ensure_loop()
         if loop is None:
-            self._stop.wait(min(2.0, max(0.0, deadline - time.monotonic())))
+            self._stop.wait(min(2.0, deadline.remaining()))
             return False
         self._changed = False
         loop.ends.clear()
@@ -243,7 +244,7 @@ class RegistryFollower:
         def done() -> bool:
             return self._stop.is_set() or (until_end and bool(loop.ends))
 
-        loop.run(timeout=max(0.0, deadline - time.monotonic()), until=done)
+        loop.run(timeout=deadline.remaining(), until=done)
         at_end = bool(loop.ends)
         if self._changed or (at_end and not self._seen_end):
             # The first time the log's end is reached, even an empty log is news: it
