@@ -24,7 +24,7 @@ from tests.integration.pipeline import (
 
 pytestmark = pytest.mark.integration
 
-RESTARTS = "sml_bridge_connector_restarts_total"
+RESTARTS = "sml_connector_restarts_total"
 # The Apicurio converter keeps a looked-up schema for 30 s (its check-period default):
 # a row written that long after the last lookup makes it ask the registry, and fail.
 OUTAGE_LIMIT_S = 60

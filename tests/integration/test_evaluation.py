@@ -192,7 +192,10 @@ def test_labels_on_insert_give_metrics_equal_to_the_tables_offline(
             120, "an outcome row per priced listing",
         )  # fmt: skip
         snapshot = evaluator.snapshot()
-        samples = evaluator_samples(settings, "sml_eval_accuracy")
+        pounds = evaluator_samples(settings, "sml_eval_error_pounds")
+        ratios = evaluator_samples(settings, "sml_eval_mape_ratio")
+        counted = evaluator_samples(settings, "sml_eval_outcomes_total")
+        lags = evaluator_samples(settings, "sml_eval_label_lag_seconds_count")
     rows = query(
         dsn,
         f"SELECT p.listing_id, p.predicted_price, l.price FROM {settings.predictions_table} p "
@@ -218,12 +221,22 @@ def test_labels_on_insert_give_metrics_equal_to_the_tables_offline(
         assert seen["cumulative"][name] == pytest.approx(value, rel=1e-9, abs=1e-6), name
     assert seen["label_coverage"] == 1.0
     # And Prometheus gets them too.
+    ours = {"model_tag": trained_model_tag, "arm": "champion"}
     exported = {
         labels["statistic"]: value
-        for labels, value in samples
+        for labels, value in pounds
         if labels["window"] == "cumulative" and labels["model_tag"] == trained_model_tag
     }
+    exported["mape"] = next(
+        value
+        for labels, value in ratios
+        if labels["window"] == "cumulative" and labels["model_tag"] == trained_model_tag
+    )
     assert exported == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    assert {"mae", "rmse", "bias"} == set(exported) - {"mape"}
+    # Counts are counters, and the label lag a histogram: one observation per outcome.
+    assert [value for labels, value in counted if labels == ours] == [len(priced)]
+    assert [value for labels, value in lags if labels == ours] == [len(priced)]
 
 
 def start_evaluator_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 def restarts_counter(registry: CollectorRegistry | None = None) -> Counter:
     return Counter(
-        "sml_bridge_connector_restarts",
+        "sml_connector_restarts",
         "Restarts of FAILED connector instances or tasks by the connector watchdog",
         ["connector"],
         registry=registry,

@@ -222,7 +222,7 @@ class Collector:
             except StreamingMLError as error:
                 replicas.append({"url": url, "up": False, "error": str(error)})
                 continue
-            restarts = scrape.by_label(samples, "sml_bridge_connector_restarts_total", "connector")
+            restarts = scrape.by_label(samples, "sml_connector_restarts_total", "connector")
             replicas.append(
                 {
                     "url": url,

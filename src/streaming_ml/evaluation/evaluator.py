@@ -296,6 +296,7 @@ class Evaluator:
         for _partition, alert in alerts:
             logger.warning("ALERT %s", alert["message"], extra={"alert_id": alert["alert_id"]})
         self.metrics.observe_alerts(a for _p, a in alerts)
+        self.metrics.observe_outcomes(o for _p, o in found)
         self._export()
 
     def _fold(

@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from streaming_ml.errors import BridgeError
 from streaming_ml.evaluation.drift import WindowResult
+from streaming_ml.schema.outcome import Outcome
 
 WINDOWS = ("cumulative", "last_n", "last_t")
-STATISTICS = ("mae", "rmse", "mape", "bias")
+# One unit per metric: these three are pounds; the absolute percentage error is a ratio.
+POUND_STATISTICS = ("mae", "rmse", "bias")
+# A label takes from seconds (with the row) to days (a sale agreed later).
+LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 
 
 class EvaluatorMetrics:
@@ -19,21 +23,30 @@ class EvaluatorMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         pair = ["model_tag", "arm"]
-        self.accuracy = Gauge(
-            "sml_eval_accuracy",
-            "Running accuracy per model tag and arm: statistic mae|rmse|mape|bias over "
+        self.error_pounds = Gauge(
+            "sml_eval_error_pounds",
+            "Running error per model tag and arm, in pounds: statistic mae|rmse|bias over "
             "window cumulative|last_n|last_t",
             [*pair, "statistic", "window"],
             registry=r,
         )
-        self.outcomes = Gauge("sml_eval_outcomes", "Outcomes counted", pair, registry=r)
+        self.mape = Gauge(
+            "sml_eval_mape_ratio",
+            "Running mean absolute percentage error as a ratio (0.1 is 10 %), per window",
+            [*pair, "window"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "sml_eval_outcomes", "Outcomes this evaluator judged", pair, registry=r
+        )
         self.coverage = Gauge(
             "sml_eval_label_coverage", "Share of priced listings that got a label", pair, registry=r
         )
-        self.lag = Gauge(
+        self.lag = Histogram(
             "sml_eval_label_lag_seconds",
-            "Label lag percentiles over the last N outcomes",
-            [*pair, "quantile"],
+            "Time from a priced row's commit to its label's commit",
+            pair,
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.drift = Gauge(
@@ -66,16 +79,21 @@ class EvaluatorMetrics:
         for entry in snapshot["pairs"].values():
             labels = (entry["model_tag"], entry["arm"])
             for window in WINDOWS:
-                for statistic in STATISTICS:
+                for statistic in POUND_STATISTICS:
                     value = entry[window][statistic]
                     if value is not None:
-                        self.accuracy.labels(*labels, statistic, window).set(value)
-            self.outcomes.labels(*labels).set(entry["cumulative"]["n"])
+                        self.error_pounds.labels(*labels, statistic, window).set(value)
+                if entry[window]["mape"] is not None:
+                    self.mape.labels(*labels, window).set(entry[window]["mape"])
             if entry.get("label_coverage") is not None:
                 self.coverage.labels(*labels).set(entry["label_coverage"])
-            for quantile, value in entry["label_lag_s"].items():
-                if value is not None:
-                    self.lag.labels(*labels, quantile).set(value)
+
+    def observe_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        """Count newly judged outcomes and their label lag (a restore replays none)."""
+        for outcome in outcomes:
+            labels = (outcome.model_tag, outcome.arm)
+            self.outcomes.labels(*labels).inc()
+            self.lag.labels(*labels).observe(outcome.label_lag_ms / 1000)
 
     def observe_window(self, partition: int, result: WindowResult) -> None:
         for name, scores in result.scores.items():
