@@ -300,13 +300,16 @@ def test_unpriceable_values_are_caught(bad: dict[str, Any]) -> None:
 
 
 def test_registry_outage_is_retried_but_bad_bytes_are_dead_lettered() -> None:
-    from confluent_kafka.schema_registry.common._httpx_compat import httpx
+    import httpx
+    import httpx2
     from confluent_kafka.schema_registry.error import SchemaRegistryError
     from confluent_kafka.serialization import SerializationError
 
     from streaming_ml.kafka.changes import registry_unavailable
 
     assert registry_unavailable(httpx.ConnectError("connection refused"))
+    # The registry client itself raises httpx2's errors when httpx2 is installed.
+    assert registry_unavailable(httpx2.ConnectError("connection refused"))
     assert registry_unavailable(SchemaRegistryError(503, 50301, "unavailable"))
     assert not registry_unavailable(SchemaRegistryError(404, 40403, "schema not found"))
     assert not registry_unavailable(SerializationError("unknown magic byte"))

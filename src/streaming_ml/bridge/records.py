@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from confluent_kafka import Message
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -23,6 +22,7 @@ from streaming_ml.bridge.plan import (
     shadow_result,
 )
 from streaming_ml.errors import BridgeError
+from streaming_ml.kafka.changes import TRANSPORT_ERRORS
 from streaming_ml.kafka.offsets import position_of
 from streaming_ml.kafka.output import OutRecord
 from streaming_ml.schema import avro
@@ -88,7 +88,7 @@ class RecordBuilder:
             if self.shadow_topic:
                 self._shadow_key_write({avro.KEY_FIELD: 0})
                 self._shadow_value_write(sample)
-        except (SchemaRegistryError, SerializationError, httpx.TransportError) as error:
+        except (SchemaRegistryError, SerializationError, *TRANSPORT_ERRORS) as error:
             raise BridgeError(
                 f"cannot register the prediction schemas in {self.registry_url}: {error}. "
                 "Is the registry up? Try `streaming-ml stack status`."

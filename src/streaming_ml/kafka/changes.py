@@ -16,12 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+import httpx2
 from confluent_kafka import Message
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming_ml.schema import avro
+
+# The registry client speaks httpx2 where it is installed and httpx otherwise; either's
+# transport errors mean the registry did not answer.
+TRANSPORT_ERRORS = (httpx.TransportError, httpx2.TransportError)
 
 # Named by the source connector's transforms.changes.header.unchanged.name.
 UNCHANGED_HEADER = "unchanged"
@@ -103,7 +108,7 @@ def unchanged_columns(
 def registry_unavailable(error: BaseException) -> bool:
     """True when decoding failed because the registry could not answer (retry later),
     False when the message itself is bad (dead-letter it)."""
-    if isinstance(error, httpx.TransportError):
+    if isinstance(error, TRANSPORT_ERRORS):
         return True
     if isinstance(error, SchemaRegistryError):
         status = error.http_status_code
