@@ -269,7 +269,8 @@ def test_replica_with_an_empty_store_serves_the_champion_and_rollback_reaches_al
         assert by_tag[second_model_tag].published and by_tag[second_model_tag].local
         described = json.loads(
             subprocess.run(
-                [sys.executable, "-m", "streaming_ml.cli", "model", "describe", second_model_tag],
+                [sys.executable, "-m", "streaming_ml.cli", "model", "describe", second_model_tag,
+                 "--json"],
                 env=settings_env(settings), capture_output=True, text=True, check=True,
                 timeout=120,
             ).stdout

@@ -338,9 +338,9 @@ def test_connectors_command_applies_topics_and_connectors_and_reports_them(
 ) -> None:
     from confluent_kafka.admin import AdminClient
 
-    applied = _cli(own_stack, "connectors", "apply")
+    applied = _cli(own_stack, "connectors", "apply", "--json")
     assert applied.returncode == 0, applied.stderr
-    status = _cli(own_stack, "connectors", "status")
+    status = _cli(own_stack, "connectors", "status", "--json")
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
     assert set(body) == set(own_stack.connector_names)
@@ -361,7 +361,7 @@ def test_connectors_command_applies_topics_and_connectors_and_reports_them(
             30,
             "the sink connector to be deleted",
         )
-        missing = _cli(own_stack, "connectors", "status")
+        missing = _cli(own_stack, "connectors", "status", "--json")
         assert missing.returncode == 1
         assert json.loads(missing.stdout)[own_stack.sink_connector]["state"] == "MISSING"
     finally:

@@ -137,3 +137,60 @@ def test_connectors_watch_refuses_an_interval_of_zero(
     result = runner.invoke(app, ["connectors", "watch", *args])
     assert result.exit_code == 1
     assert "needs an interval above 0" in result.output
+
+
+REPORTS = [
+    ["train"], ["evaluate"], ["bridge"], ["evaluator"], ["learn"], ["monitor"], ["load"],
+    ["explain"], ["bench"], ["stack", "status"], ["stack", "credentials"],
+    ["connectors", "apply"], ["connectors", "status"], ["model", "list"],
+    ["model", "describe"], ["experiment", "status"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", REPORTS, ids=" ".join)
+def test_every_command_that_prints_a_report_takes_json(path: list[str]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--json" in result.output
+
+
+def test_a_report_is_a_table_for_people_and_json_with_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streaming_ml.cli.app import print_report
+
+    report = {"tag": "m:1", "metrics": {"rmse": 1234.5, "n": 3}, "tasks": ["RUNNING"]}
+    print_report(report, as_json=True)
+    assert json.loads(capsys.readouterr().out) == report
+    print_report(report, as_json=False)
+    table = capsys.readouterr().out
+    for text in ("tag", "m:1", "metrics.rmse", "1,234", "metrics.n", "tasks", "RUNNING"):
+        assert text in table
+
+
+def test_stack_status_exits_one_when_a_component_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SML_STATE_DIR", str(tmp_path))
+    result = runner.invoke(app, ["stack", "status", "--json"])
+    assert result.exit_code == 1, result.output
+    assert {info["state"] for info in json.loads(result.stdout).values()} == {"stopped"}
+
+
+def test_bench_check_targets_exits_three_when_a_target_is_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import streaming_ml.bench
+
+    targets = {
+        "latency_ms.p50": {"target": "<= 50", "measured": 49.0, "met": True},
+        "sustained_rows_per_s": {"target": ">= 10000", "measured": 5000.0, "met": False},
+        "predict_ms.p50": {"target": "<= 2", "measured": None, "met": None},
+    }
+    monkeypatch.setattr(streaming_ml.bench, "run_bench", lambda *_a, **_k: {"targets": targets})
+    assert runner.invoke(app, ["bench", "--quick"]).exit_code == 0
+    checked = runner.invoke(app, ["bench", "--quick", "--check-targets"])
+    assert checked.exit_code == 3
+    assert "targets missed: sustained_rows_per_s" in checked.output
+    targets["sustained_rows_per_s"]["met"] = True
+    assert runner.invoke(app, ["bench", "--quick", "--check-targets"]).exit_code == 0

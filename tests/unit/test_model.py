@@ -276,7 +276,8 @@ def test_cv_folds_zero_stores_no_cv_metrics():
 def test_cli_cv_folds_option(folds, stored):
     name = Settings().model_name
     completed = subprocess.run(
-        [str(CLI), "train", "--synthetic", "300", "--cv-folds", folds, "--tag", f"cli-cv-{folds}"],
+        [str(CLI), "train", "--synthetic", "300", "--cv-folds", folds, "--tag", f"cli-cv-{folds}",
+         "--json"],
         capture_output=True, text=True, timeout=120, env=dict(os.environ),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
@@ -309,7 +310,7 @@ def test_evaluate_needs_valid_rows(tmp_path, trained_model_tag):
 def test_cli_evaluate_prints_exactly_one_json_object(tmp_path, trained_model_tag):
     path, rows = quirky_csv(tmp_path)
     completed = subprocess.run(
-        [str(CLI), "evaluate", "--data", str(path), "--model", trained_model_tag],
+        [str(CLI), "evaluate", "--data", str(path), "--model", trained_model_tag, "--json"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "SML_LOG_LEVEL": "INFO"},
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr

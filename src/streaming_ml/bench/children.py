@@ -93,7 +93,7 @@ class BridgeProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = ["bridge", "--group", self.group]
+        args = ["bridge", "--group", self.group, "--json"]
         args += ["--metrics-port", str(self.metrics_port)]
         if self.once:
             args.append("--once")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -108,6 +109,41 @@ class Component(enum.StrEnum):
 
 class Login(enum.StrEnum):
     ADMINER = "adminer"
+
+
+def print_report(report: Any, as_json: bool, title: str | None = None) -> None:
+    """A command's report: one JSON document on one line with --json, else a table of its fields
+    (nested fields as dotted names) for a person to read."""
+    if as_json:
+        # One line: a document to pipe into jq or parse, whatever its size.
+        typer.echo(json.dumps(report, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in _flattened(report):
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def _flattened(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict) and value:
+        rows: list[tuple[str, str]] = []
+        for key, item in value.items():
+            rows += _flattened(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return [(prefix, ", ".join(str(v) for v in value))]
+    if isinstance(value, dict | list):
+        return [(prefix, json.dumps(value, default=str))]
+    if isinstance(value, float):
+        return [(prefix, f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}")]
+    return [(prefix, "-" if value is None else str(value))]
+
+
+def json_option(what: str = "the report") -> Any:
+    return typer.Option(False, "--json", help=f"Print {what} as one JSON document")
 
 
 def command_settings() -> Settings:

@@ -14,7 +14,9 @@ from streaming_ml.cli.app import (
     compose_app,
     connectors_app,
     experiment_app,
+    json_option,
     model_app,
+    print_report,
     stack_app,
 )
 from streaming_ml.config import REPO_ROOT
@@ -49,12 +51,16 @@ def stack_down(purge: bool = typer.Option(False, help="Also delete all state")) 
 
 
 @stack_app.command("status")
-def stack_status(as_json: bool = typer.Option(False, "--json", help="One JSON object")) -> None:
-    """Each component's state and endpoint."""
+def stack_status(as_json: bool = json_option("each component's state")) -> None:
+    """Each component's state and endpoint.
+
+    Exit codes: 0 every component runs; 1 one is down.
+    """
     settings = command_settings()
     from streaming_ml.stack import print_status
 
-    print_status(settings, as_json=as_json)
+    if not print_status(settings, as_json=as_json):
+        raise typer.Exit(1)
 
 
 @stack_app.command("logs")
@@ -82,24 +88,27 @@ def stack_psql(
 
 
 @connectors_app.command("apply")
-def connectors_apply() -> None:
+def connectors_apply(as_json: bool = json_option("each connector's state")) -> None:
     """Create the topics (SML_PARTITIONS) and apply the five connectors (the source and four
     sinks); wait until they run."""
     settings = command_settings()
     from streaming_ml.connect import commands
 
     commands.apply(settings)
-    typer.echo(json.dumps(commands.status(settings), indent=2))
+    print_report(commands.status(settings), as_json, title="connectors")
 
 
 @connectors_app.command("status")
-def connectors_status() -> None:
-    """Print each connector's and task's state as JSON; exit 1 if one is not RUNNING."""
+def connectors_status(as_json: bool = json_option("each connector's state")) -> None:
+    """Each connector's and task's state.
+
+    Exit codes: 0 every connector and task is RUNNING; 1 one is not (or Connect is down).
+    """
     settings = command_settings()
     from streaming_ml.connect import commands
 
     summary = commands.status(settings)
-    typer.echo(json.dumps(summary, indent=2))
+    print_report(summary, as_json, title="connectors")
     running = all(
         info["state"] == "RUNNING" and info["tasks"] and set(info["tasks"]) == {"RUNNING"}
         for info in summary.values()
@@ -172,12 +181,13 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="One JSON arra
 @model_app.command("describe")
 def model_describe(
     tag: str = typer.Argument(..., help="Model tag, e.g. ford_price:abc123"),
+    as_json: bool = json_option("the model's description"),
 ) -> None:
-    """A model's metadata, offline metrics, aliases and registry events (JSON)."""
+    """A model's metadata, offline metrics, aliases and registry events."""
     settings = command_settings()
     from streaming_ml.models.lifecycle import describe
 
-    typer.echo(json.dumps(describe(settings, tag), indent=2, default=str))
+    print_report(describe(settings, tag), as_json, title=tag)
 
 
 @model_app.command("promote")
@@ -225,23 +235,19 @@ def experiment_start(
 
 
 @experiment_app.command("status")
-def experiment_status() -> None:
-    """The champion and the running experiment (JSON)."""
+def experiment_status(as_json: bool = json_option("the champion and the experiment")) -> None:
+    """The champion and the running experiment."""
     settings = command_settings()
     from streaming_ml.models import registry
 
     aliases = registry.read_aliases(settings)
     experiment = aliases.experiment
-    typer.echo(
-        json.dumps(
-            {
-                "champion": aliases.champion,
-                "previous": aliases.previous_champion,
-                "experiment": None if experiment is None else experiment.__dict__,
-            },
-            indent=2,
-        )
-    )
+    report = {
+        "champion": aliases.champion,
+        "previous": aliases.previous_champion,
+        "experiment": None if experiment is None else experiment.__dict__,
+    }
+    print_report(report, as_json, title="experiment")
 
 
 @experiment_app.command("stop")

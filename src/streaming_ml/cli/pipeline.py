@@ -17,6 +17,8 @@ from streaming_ml.cli.app import (
     StudyScenario,
     app,
     command_settings,
+    json_option,
+    print_report,
 )
 from streaming_ml.config import DEFAULT_SEED, DEFAULT_SYNTHETIC_ROWS
 from streaming_ml.errors import ConfigError, StreamingMLError
@@ -50,6 +52,7 @@ def train(
     candidate: Candidate = typer.Option(
         Candidate.RESIDUAL, help="--online: which River model (residual: XGBoost + a correction)"
     ),
+    as_json: bool = json_option("the new model's tag and metrics"),
 ) -> None:
     """Train the XGBoost price model (or, with --online, warm up an online model) and save
     it to the BentoML model store."""
@@ -65,7 +68,7 @@ def train(
             model_name=settings.model_name, data_path=data, synthetic_rows=synthetic,
             seed=seed, version=tag, cv_folds=cv_folds,
         )  # fmt: skip
-    typer.echo(json.dumps(result, indent=2))
+    print_report(result, as_json, title="trained")
 
 
 @app.command()
@@ -89,7 +92,7 @@ def evaluate(
         None, help="--prequential: price-shift compares the static and the online model"
     ),
     plot: Path | None = typer.Option(None, help="--scenario price-shift: save the figure"),
-    as_json: bool = typer.Option(False, "--json", help="--prequential: one JSON object"),
+    as_json: bool = json_option("the metrics"),
 ) -> None:
     """Metrics of a stored model on a CSV (one JSON object); with --prequential, the
     online candidates' per-record times and errors (docs/performance.md)."""
@@ -111,7 +114,7 @@ def evaluate(
     from streaming_ml.models.train import evaluate_model
 
     metrics = evaluate_model(data_path=data, model_tag=model or settings.model_tag)
-    typer.echo(json.dumps(metrics))
+    print_report(metrics, as_json, title="metrics (GBP; mape in percent)")
 
 
 @app.command()
@@ -157,6 +160,7 @@ def bridge(
         "--apply-connectors",
         help="Apply the connectors first, and watch them while owning partition 0",
     ),
+    as_json: bool = json_option("the exit summary"),
 ) -> None:
     """Consume listing changes, price them in micro-batches, publish predictions.
 
@@ -175,7 +179,7 @@ def bridge(
         settings, group_id=group, once=once, max_events=max_events, timeout=timeout,
         apply_connectors=apply_connectors,
     )  # fmt: skip
-    typer.echo(json.dumps(stats.summary()))
+    print_report(stats.summary(), as_json, title="bridge summary")
 
 
 @app.command()
@@ -185,6 +189,7 @@ def evaluator(
     metrics_port: int | None = typer.Option(
         None, help="Port of /metrics on SML_HOST (default: SML_EVALUATOR_METRICS_PORT)"
     ),
+    as_json: bool = json_option("the exit summary"),
 ) -> None:
     """Pair predictions with labels as they arrive: outcomes, running accuracy, drift
     and alerts. Start several with the same group: they share the partitions."""
@@ -194,12 +199,13 @@ def evaluator(
     from streaming_ml.evaluation.evaluator import run_evaluator
 
     stats = run_evaluator(settings, group_id=group, timeout=timeout)
-    typer.echo(json.dumps(vars(stats)))
+    print_report(vars(stats), as_json, title="evaluator summary")
 
 
 @app.command()
 def learn(
     timeout: float | None = typer.Option(None, help="Exit (after a snapshot) after N seconds"),
+    as_json: bool = json_option("the exit summary"),
 ) -> None:
     """Learn the online model (SML_ONLINE_MODEL_NAME) from every served outcome; snapshot it
     every SML_ONLINE_SNAPSHOT_LABELS labels and move its aliases to the snapshot."""
@@ -207,7 +213,7 @@ def learn(
     from streaming_ml.models.learner import run_learner
 
     stats = run_learner(settings, timeout=timeout)
-    typer.echo(json.dumps(vars(stats)))
+    print_report(vars(stats), as_json, title="learner summary")
 
 
 @app.command()
@@ -264,6 +270,7 @@ def load(
     ),
     label_delay: float = typer.Option(2.0, help="late-labels: seconds until the price is set"),
     label_share: float = typer.Option(0.8, help="late-labels: share of rows that get a price"),
+    as_json: bool = json_option("how many rows, their ids and the time taken"),
 ) -> None:
     """Insert synthetic listings (or your own, --csv) into car_listings; print how many and
     their id range. The progress bar goes to stderr, the summary to stdout."""
@@ -289,7 +296,10 @@ def load(
             records=records,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
-    typer.echo(summary.describe())
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict()))
+    else:
+        typer.echo(summary.describe())
 
 
 @app.command()
@@ -375,10 +385,18 @@ def bench(
         help="Also run the reference design (one POST /predict per event) and report the "
         "ratio (default: on in the full profile, off with --quick)",
     ),
-    out: Path | None = typer.Option(None, help="Write the JSON figures here (default: stdout)"),
+    out: Path | None = typer.Option(None, help="Write the JSON figures to this file"),
     plot: Path | None = typer.Option(None, help="Write a PNG plot here"),
+    as_json: bool = json_option("the figures (on stdout; the summary table goes to stderr)"),
+    check: bool = typer.Option(
+        False, "--check-targets", help="Exit 3 when a measured figure misses its target"
+    ),
 ) -> None:
-    """Measure latency, sustained throughput, bridge and /predict speed on the real stack."""
+    """Measure latency, sustained throughput, bridge and /predict speed on the real stack.
+
+    Exit codes: 0 done; 1 the bench failed (what it measured is still written); 3 with
+    --check-targets, a measured figure missed its target.
+    """
     settings = command_settings()
     from dataclasses import replace
 
@@ -409,5 +427,9 @@ def bench(
         run_baseline=options.run_baseline if baseline is None else baseline,
     )
     doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))
-    if out is None:
+    if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
+    missed = sorted(k for k, v in doc.get("targets", {}).items() if v.get("met") is False)
+    if check and missed:
+        typer.secho(f"targets missed: {', '.join(missed)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3)

@@ -33,6 +33,12 @@ class LoadSummary:
     seconds: float
     labelled: list[int] = field(default_factory=list)  # late-labels: ids given a price later
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inserted": self.inserted, "first_id": self.first_id, "last_id": self.last_id,
+            "seconds": round(self.seconds, 3), "labelled_later": len(self.labelled),
+        }  # fmt: skip
+
     def describe(self) -> str:
         if not self.inserted:
             return "inserted 0 listings"

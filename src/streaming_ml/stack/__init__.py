@@ -366,11 +366,13 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     return result
 
 
-def print_status(settings: Settings, as_json: bool = False) -> None:
+def print_status(settings: Settings, as_json: bool = False) -> bool:
+    """Print each component's state; True when every one runs."""
     current = status(settings)
+    healthy = all(info["state"] == "running" for info in current.values())
     if as_json:
         print(json.dumps(current))
-        return
+        return healthy
     for name, info in current.items():
         colour = "green" if info["state"] == "running" else "red"
         console.print(f"[{colour}]{name:<9} {info['state']:<8}[/] {info['url']}", soft_wrap=True)
@@ -384,6 +386,7 @@ def print_status(settings: Settings, as_json: bool = False) -> None:
             )
         if slot and slot.get("warning"):
             console.print(f"[yellow]          warning: {slot['warning']}[/]", soft_wrap=True)
+    return healthy
 
 
 def print_logs(settings: Settings, component: str | None = None, lines: int = 50) -> None:
