@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,14 @@ class Settings(BaseSettings):
     )
     model_poll_s: float = Field(
         0.5, gt=0, description="How often the service looks for registry changes"
+    )
+    model_signing_key: SecretStr | None = Field(
+        None,
+        description="Key that signs and checks models on the models topic (default: the "
+        "state dir's secrets/model-signing.key, made by `stack up`)",
+    )
+    model_signing_key_file: Path | None = Field(
+        None, description="File holding the model signing key (instead of the state dir's)"
     )
 
     # Bridge micro-batching.

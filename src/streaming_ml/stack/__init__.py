@@ -25,6 +25,7 @@ import psycopg2
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
+from streaming_ml.models import signing
 from streaming_ml.stack import (
     adminer,
     connect_worker,
@@ -179,6 +180,8 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     state = settings.state_dir
     running = {c.name for c in COMPONENTS if detached.running_pid(state, c.name) is not None}
     to_start = [c for c in COMPONENTS if c.name not in running]
+    # Also for a stack started before models were signed: its key is made on the next up.
+    signing.ensure_key_file(state)
     if not to_start:
         console.print("[green]stack[/]: everything is already running")
         _print_endpoints(settings)
