@@ -26,7 +26,7 @@ from streaming_ml.models import lifecycle, registry
 from streaming_ml.models.loader import load_price_model
 from streaming_ml.schema.listing import FEATURES
 from streaming_ml.service.launcher import ServiceProcess
-from tests.fixtures.model import corrupt_copy
+from tests.fixtures.model import corrupt_copy, crafted_online_export
 from tests.integration.following import (
     champion_is,
     experiment_running,
@@ -169,35 +169,6 @@ def test_corrupt_and_mismatched_models_are_refused_and_the_champion_keeps_servin
         assert service_metric(service, "sml_service_model_refusals_total") == 2
     text = log.read_text(errors="replace")
     assert text.count("model refused") == 2 and corrupt in text and mismatched in text
-
-
-class CreatesFile:
-    """A pickle payload: unpickling it opens ``path`` for writing, i.e. creates the file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return open, (str(self.path), "w")
-
-
-def crafted_online_export(base_tag: str, name: str, marker: Path) -> tuple[str, bytes]:
-    """What an attacker with write access to Kafka would publish: a servable-looking
-    online model (the base's feature spec) whose pickle creates ``marker`` when loaded."""
-    import pickle
-
-    import bentoml
-
-    from streaming_ml.models.online import KIND_KEY, MODEL_FILE, ONLINE_KIND
-
-    source = bentoml.models.get(base_tag)
-    metadata = {**source.info.metadata, KIND_KEY: ONLINE_KIND}
-    with bentoml.models.create(name, labels={KIND_KEY: ONLINE_KIND}, metadata=metadata) as model:
-        Path(model.path_of(MODEL_FILE)).write_bytes(pickle.dumps(CreatesFile(marker)))
-    tag = str(model.tag)
-    data = registry.export_bytes(tag)
-    bentoml.models.delete(tag)  # only on the topic now: nothing here may load it
-    return tag, data
 
 
 def test_a_model_not_signed_with_the_registry_key_is_refused_before_it_is_unpickled(
