@@ -65,7 +65,9 @@ class PricePredictor:
         )
         if follower is not None:
             follower.on_swap = self.predictor.swap
-            follower.on_refused = lambda refusal: metrics.refusals.labels(refusal.tag).inc()
+            follower.on_refused = lambda refusal: metrics.refusals.labels(
+                refusal.tag, refusal.cause
+            ).inc()
             follower.start()
 
     # The positional-only parameter makes the whole JSON body one request model

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(
         0.5, gt=0, description="How often the service looks for registry changes"
     )
+    model_signing_key: SecretStr | None = Field(
+        None,
+        description="Key that signs and checks models on the models topic (default: the "
+        "state dir's secrets/model-signing.key, made by `stack up`)",
+    )
+    model_signing_key_file: Path | None = Field(
+        None, description="File holding the model signing key (instead of the state dir's)"
+    )
 
     # Bridge micro-batching.
     batch_max_events: int = Field(500, description="Max events per model call")
@@ -215,6 +223,14 @@ class Settings(BaseSettings):
     dashboard_history_minutes: float = Field(
         15.0, gt=0, le=240, description="Minutes of time series the dashboard keeps in memory"
     )
+    dashboard_allowed_hosts: list[str] = Field(
+        [],
+        description="Host names the dashboard answers besides SML_HOST, localhost and "
+        "127.0.0.1 (any other Host header gets a 400)",
+    )
+    dashboard_max_streams: int = Field(
+        8, ge=1, description="Most pages the dashboard streams to at once (503 above)"
+    )
 
     fault_kill_at: str | None = Field(
         None, description="Tests only: SIGKILL the bridge at POINT:N (see bridge/faults.py)"
@@ -267,6 +283,13 @@ class Settings(BaseSettings):
     @property
     def prediction_url(self) -> str:
         return self.service_url or f"http://{self.host}:{self.service_port}"
+
+    @property
+    def dashboard_hosts(self) -> list[str]:
+        """Every ``Host`` the dashboard answers."""
+        return list(
+            dict.fromkeys([self.host, "localhost", "127.0.0.1", *self.dashboard_allowed_hosts])
+        )
 
     @property
     def dashboard_url(self) -> str:

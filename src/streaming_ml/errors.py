@@ -53,3 +53,8 @@ class RegistryError(StreamingMLError):
 
 class ListingNotFoundError(StreamingMLError):
     """No listing with the requested id in the listings table."""
+
+
+class UntrustedModelError(RegistryError):
+    """A model on the models topic is not signed with the registry's key, or not as the
+    tag it was published under: it is never loaded."""

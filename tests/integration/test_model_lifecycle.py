@@ -26,7 +26,7 @@ from streaming_ml.models import lifecycle, registry
 from streaming_ml.models.loader import load_price_model
 from streaming_ml.schema.listing import FEATURES
 from streaming_ml.service.launcher import ServiceProcess
-from tests.fixtures.model import corrupt_copy
+from tests.fixtures.model import corrupt_copy, crafted_online_export
 from tests.integration.following import (
     champion_is,
     experiment_running,
@@ -169,6 +169,58 @@ def test_corrupt_and_mismatched_models_are_refused_and_the_champion_keeps_servin
         assert service_metric(service, "sml_service_model_refusals_total") == 2
     text = log.read_text(errors="replace")
     assert text.count("model refused") == 2 and corrupt in text and mismatched in text
+
+
+def test_a_model_not_signed_with_the_registry_key_is_refused_before_it_is_unpickled(
+    stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
+) -> None:
+    from streaming_ml.models import signing
+
+    settings = own_registry(stack_settings)
+    empty_store = tmp_path / "bentoml-home"
+    empty_store.mkdir()
+    registry.publish(settings, trained_model_tag)
+    registry.append_event(settings, registry.ModelEvent(kind="promoted", tag=trained_model_tag))
+    marker = tmp_path / "payload-ran"
+    unsigned, unsigned_bytes = crafted_online_export(trained_model_tag, "crafted_a", marker)
+    forged, forged_bytes = crafted_online_export(trained_model_tag, "crafted_b", marker)
+    log = tmp_path / "service.log"
+    # An empty store: every model this replica serves comes from the topic.
+    with following_service(settings, trained_model_tag, log, bentoml_home=empty_store) as service:
+        assert champion_is(service, trained_model_tag)  # a signed model loads
+        # Written straight to the topics, as anyone who can reach Kafka could.
+        registry._produce(settings, settings.models_topic, unsigned.encode(), unsigned_bytes)
+        signed_elsewhere = signing.sign(b"an attacker's own key, 32+ bytes", forged, forged_bytes)
+        registry._produce(settings, settings.models_topic, forged.encode(), signed_elsewhere)
+        for tag in (unsigned, forged):
+            registry.append_event(settings, registry.ModelEvent(kind="promoted", tag=tag))
+
+        def refused() -> dict[str, str]:
+            found = model_info(service)["registry"]["refused"]
+            return {r["tag"]: r["reason"] for r in found} if len(found) == 2 else {}
+
+        reasons = wait_until(refused, 30, "both crafted models refused")
+        assert reasons[unsigned].startswith("untrusted: ") and "is not signed" in reasons[unsigned]
+        assert "signature does not match" in reasons[forged]
+        assert model_info(service)["tag"] == trained_model_tag
+        assert service_metric(service, "sml_service_model_refusals_total", cause="untrusted") == 2
+        answer = requests.post(
+            f"{service.url}/predict_batch", json={"records": [EXAMPLE_RECORD]}, timeout=10
+        ).json()
+        assert answer[0]["model_tag"] == trained_model_tag
+        # A model published with the key is still taken after the refusals.
+        registry.publish(settings, second_model_tag)
+        registry.append_event(settings, registry.ModelEvent(kind="promoted", tag=second_model_tag))
+        wait_until(lambda: champion_is(service, second_model_tag), 30, "the signed model served")
+    assert not marker.exists(), "a crafted pickle ran in the service"
+    lines = [
+        line for line in log.read_text(errors="replace").splitlines() if "model refused" in line
+    ]
+    assert len(lines) == 2
+    assert any(unsigned in line and "is not signed" in line for line in lines), lines
+    assert any(forged in line and "signature does not match" in line for line in lines), lines
+    stored = {p.parent.name + ":" + p.name for p in (empty_store / "models").glob("*/*")}
+    assert unsigned not in stored and forged not in stored
 
 
 EXAMPLE_RECORD = {

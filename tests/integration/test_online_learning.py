@@ -156,3 +156,30 @@ def model_info_shadow(settings: Settings) -> str | None:
 def model_info_champion(settings: Settings) -> str | None:
     info = requests.post(f"{settings.service_url}/model_info", json={}, timeout=10).json()
     return info.get("tag")
+
+
+def test_the_learner_never_loads_a_published_version_not_signed_with_the_registry_key(
+    stack_settings: Settings, trained_model_tag: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from streaming_ml.models.learner import newest_online
+    from tests.fixtures.model import crafted_online_export
+    from tests.integration.following import own_registry
+
+    name = unique("ford_online").replace("-", "_")
+    settings = own_registry(stack_settings).model_copy(update={"online_model_name": name})
+    genuine = train_online_model(name, None, 300, 12, "linear")["tag"]
+    registry.publish(settings, genuine)
+    marker = tmp_path / "payload-ran"
+    # Another version of the learner's model, written to the topics without the key.
+    crafted, data = crafted_online_export(trained_model_tag, name, marker)
+    registry._produce(settings, settings.models_topic, crafted.encode(), data)
+    summary = registry.ModelSummary(tag=crafted)
+    registry.append_event(settings, registry.ModelEvent(kind="published", summary=summary))
+
+    assert newest_online(settings).tag == genuine
+    assert not marker.exists(), "a crafted pickle ran in the learner"
+    refused = [r for r in caplog.records if r.getMessage() == "model refused"]
+    assert [getattr(r, "tag", None) for r in refused] == [crafted]
+    assert "is not signed" in getattr(refused[0], "reason", "")
+    assert crafted not in {str(m.tag) for m in bentoml.models.list()}

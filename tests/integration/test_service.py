@@ -502,6 +502,40 @@ def test_json_with_a_charset_is_accepted(prediction_service: str) -> None:
     assert len(response.json()) == 2
 
 
+def post_with_content_types(service: str, types: list[str]) -> tuple[int, Any]:
+    """POST the example to /predict with ``Content-Type`` repeated once per entry of
+    ``types`` (``requests`` keeps one value per header, ``http.client`` sends each)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(service)
+    body = json.dumps(EXAMPLE_INPUT).encode()
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/predict")
+        for content_type in types:
+            connection.putheader("Content-Type", content_type)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_repeated_content_type_is_judged_by_the_one_the_api_reads(
+    prediction_service: str,
+) -> None:
+    """The guard and BentoML (Starlette) both read the first value: a body cannot pass
+    the guard as JSON and be read as something else, nor the other way round."""
+    status, answer = post_with_content_types(prediction_service, ["text/plain", "application/json"])
+    assert status == 415, answer
+    assert "application/json" in answer["error"]
+    status, answer = post_with_content_types(prediction_service, ["application/json", "text/plain"])
+    assert status == 200, answer
+    assert len(answer) == 2
+
+
 def test_a_body_over_the_size_limit_is_refused_unread(prediction_service: str) -> None:
     from streaming_ml.config import Settings
 

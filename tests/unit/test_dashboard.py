@@ -345,8 +345,9 @@ class FakeCollector:
         return 2, {"state": {}, "points": [{"t": 2.0}], "markers": []}
 
 
-def client(lookup: Any = None) -> TestClient:
-    return TestClient(create_app(FakeCollector(), lookup or (lambda i: {"found": True})))  # type: ignore[arg-type]
+def client(lookup: Any = None, **options: Any) -> TestClient:
+    app = create_app(FakeCollector(), lookup or (lambda i: {"found": True}), **options)  # type: ignore[arg-type]
+    return TestClient(app, base_url="http://127.0.0.1:8090")
 
 
 def test_the_page_may_load_only_what_this_server_serves() -> None:
@@ -386,8 +387,89 @@ def test_listing_lookup_answers_with_the_journey_or_the_reason() -> None:
     assert client(lookup).get("/api/listing/8").json()["found"] is False
     down = client(lookup).get("/api/listing/13")
     assert down.status_code == 503 and "stack up" in down.json()["error"]
-    assert client(lookup).get("/api/listing/abc").status_code == 404
+    for malformed in ("abc", "-1", "0", "1.5", "%C2%B2", str(2**63), "9" * 400):
+        answer = client(lookup).get(f"/api/listing/{malformed}")
+        assert answer.status_code == 400, malformed
+        assert "positive whole number" in answer.json()["error"]
     assert asked == [7, 8, 13]
+
+
+def test_a_database_error_reaches_the_log_and_not_the_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import psycopg2
+
+    def lookup(_listing_id: int) -> dict[str, Any]:
+        raise psycopg2.errors.InsufficientPrivilege('permission denied for table "secret_t"')
+
+    answer = client(lookup).get("/api/listing/5")
+    assert answer.status_code == 503
+    assert "secret_t" not in answer.text and "log says why" in answer.json()["error"]
+    assert any("secret_t" in getattr(r, "error", "") for r in caplog.records)
+
+
+def test_only_the_configured_host_names_are_answered() -> None:
+    page = client(allowed_hosts=["127.0.0.1", "dash.example"])
+    for path in ("/", "/api/state", "/api/listing/7"):
+        assert page.get(path).status_code == 200, path
+        assert page.get(path, headers={"Host": "dash.example:8090"}).status_code == 200, path
+        # A page on attacker.example whose name now resolves to 127.0.0.1:
+        rebound = page.get(path, headers={"Host": "attacker.example:8090"})
+        assert rebound.status_code == 400, path
+    from streaming_ml.config import Settings
+
+    hosts = Settings(host="10.0.0.5", dashboard_allowed_hosts=["dash.example"]).dashboard_hosts
+    assert hosts == ["10.0.0.5", "localhost", "127.0.0.1", "dash.example"]
+
+
+def test_event_streams_over_the_cap_get_503_and_a_closed_one_frees_its_place() -> None:
+    import asyncio
+
+    from streaming_ml.dashboard.app import EventStreams
+
+    class Endless(FakeCollector):
+        """Never stops: a page's stream ends only when the page goes away."""
+
+        def tick(self, seen: int) -> tuple[int, dict[str, Any]]:
+            return self.seq, {"state": {}, "points": [], "markers": []}
+
+    async def scenario() -> list[int]:
+        streams = EventStreams(Endless(), max_streams=2)  # type: ignore[arg-type]
+        disconnects = [asyncio.Event() for _ in range(3)]
+        statuses: list[int] = []
+
+        def client_of(index: int) -> Any:
+            async def receive() -> dict[str, Any]:
+                await disconnects[index].wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            scope = {"type": "http", "method": "GET", "path": "/api/events", "headers": []}
+            return streams(scope, receive, send)
+
+        held = [asyncio.create_task(client_of(i)) for i in range(2)]
+        while streams.open < 2:
+            await asyncio.sleep(0.01)
+        await client_of(2)  # the third page is refused at once
+        assert statuses[-1] == 503
+        disconnects[0].set()
+        await asyncio.wait_for(held[0], timeout=5)
+        assert streams.open == 1
+        disconnects[2] = asyncio.Event()
+        third = asyncio.create_task(client_of(2))
+        while streams.open < 2:
+            await asyncio.sleep(0.01)
+        for event in disconnects:
+            event.set()
+        await asyncio.wait_for(asyncio.gather(held[1], third), timeout=5)
+        assert streams.open == 0
+        return statuses
+
+    statuses = asyncio.run(scenario())
+    assert sorted(statuses) == [200, 200, 200, 503]
 
 
 def test_a_port_in_use_is_an_error_naming_the_setting() -> None:

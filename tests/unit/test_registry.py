@@ -223,3 +223,19 @@ def test_follower_skips_an_unreadable_event_and_reads_on() -> None:
     feed(follower, promoted("m:2"))
     assert follower.events_read == 1
     assert follower.lineup is not None and follower.lineup.champion.tag == "m:2"
+
+
+def test_a_refusal_reason_keeps_the_first_line_and_file_names_only() -> None:
+    from streaming_ml.service.lineup import reason_of
+
+    xgboost_like = (
+        "[10:01:02] /workspace/src/data/json.cc:123: Check failed: bad JSON\n"
+        "Stack trace:\n  [bt] (0) /usr/lib/python3/site-packages/xgboost/lib/libxgboost.so(+0x1)"
+    )
+    assert reason_of(RuntimeError(xgboost_like)) == "[10:01:02] json.cc:123: Check failed: bad JSON"
+    missing = "cannot open '/home/me/.bentoml/models/ford_price/abc/saved_model.json': gone"
+    assert reason_of(OSError(missing)) == "cannot open 'saved_model.json': gone"
+    assert reason_of(ValueError("1/2 of the rows, see http://127.0.0.1:3000/a/b")) == (
+        "1/2 of the rows, see http://127.0.0.1:3000/a/b"
+    )
+    assert reason_of(KeyError()) == "KeyError"

@@ -369,3 +369,48 @@ def test_duplicate_keys_ignores_what_is_not_json() -> None:
         "[0].a",
         "[1].b.c",
     ]
+
+
+# --- The request guard reads the headers the APIs read ----------------------------------
+
+
+def _through_guard(headers: list[tuple[bytes, bytes]]) -> int:
+    """The status a POST with ``headers`` gets from the guard (200: passed on to the app)."""
+    import asyncio
+
+    from streaming_ml.service.guard import RequestGuard
+
+    statuses: list[int] = []
+
+    async def app(_scope: Any, _receive: Any, _send: Any) -> None:
+        statuses.append(200)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    asyncio.run(RequestGuard(app, max_body_bytes=1024, max_concurrency=4)(scope, receive, send))
+    return statuses[0]
+
+
+JSON_TYPE = (b"content-type", b"application/json")
+TEXT_TYPE = (b"content-type", b"text/plain")
+LENGTH = (b"content-length", b"2")
+
+
+def test_the_guard_checks_the_first_of_repeated_content_types_as_starlette_reads_it() -> None:
+    from starlette.datastructures import Headers
+
+    for first, second in ((TEXT_TYPE, JSON_TYPE), (JSON_TYPE, TEXT_TYPE)):
+        read_by_the_api = Headers(raw=[first, second])["content-type"]
+        expected = 200 if read_by_the_api == "application/json" else 415
+        assert _through_guard([LENGTH, first, second]) == expected, (first, second)
+
+
+def test_the_guard_reads_the_first_content_length_too() -> None:
+    assert _through_guard([(b"content-length", b"9999"), LENGTH, JSON_TYPE]) == 413
+    assert _through_guard([LENGTH, (b"content-length", b"9999"), JSON_TYPE]) == 200

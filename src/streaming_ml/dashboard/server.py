@@ -91,7 +91,12 @@ class DashboardServer:
     def start(self) -> DashboardServer:
 
         sock = _bind(self.settings.host, self.settings.dashboard_port)
-        app = create_app(self.collector, listing_lookup(self.settings))
+        app = create_app(
+            self.collector,
+            listing_lookup(self.settings),
+            allowed_hosts=self.settings.dashboard_hosts,
+            max_streams=self.settings.dashboard_max_streams,
+        )
         config = uvicorn.Config(
             app,
             log_config=None,  # the entry point configured logging already

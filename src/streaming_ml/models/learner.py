@@ -30,7 +30,7 @@ import bentoml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from streaming_ml.config import Settings
-from streaming_ml.errors import ModelNotFoundError, RegistryError
+from streaming_ml.errors import ModelNotFoundError, RegistryError, UntrustedModelError
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import position_of
@@ -65,7 +65,13 @@ def newest_online(settings: Settings) -> OnlinePriceModel:
     # Published versions too, not only local ones: another machine's learner may have gone
     # further. fetch() reads the models topic only for a version this store lacks.
     for tag in dict.fromkeys([*published, *local]):
-        bento_model = bentoml.models.get(registry.fetch(settings, tag))
+        try:
+            stored = registry.fetch(settings, tag)
+        except UntrustedModelError as error:
+            # Never loaded: whoever wrote it to the topic does not hold the registry's key.
+            logger.error("model refused", extra={"tag": tag, "reason": str(error)})
+            continue
+        bento_model = bentoml.models.get(stored)
         if is_online(bento_model):
             candidates.append(bento_model)
     if not candidates:

@@ -38,6 +38,7 @@ from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.replay import read_until_end
+from streaming_ml.models import signing
 from streaming_ml.models.features import INPUT_NAMES
 from streaming_ml.models.store import FEATURES_KEY, get_bento_model
 
@@ -360,7 +361,7 @@ def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> Mod
     aliases = aliases if aliases is not None else read_aliases(settings)
     if summary.tag in aliases.published:
         return aliases.published[summary.tag]
-    data = export_bytes(summary.tag)
+    data = signing.sign(signing.signing_key(settings), summary.tag, export_bytes(summary.tag))
     summary.size_bytes = len(data)
     ensure_registry_topics(settings)
     _produce(settings, settings.models_topic, summary.tag.encode(), data)
@@ -371,11 +372,14 @@ def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> Mod
 
 def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
     """Make ``tag`` available in the local store, importing it from the models topic if
-    it is not there yet; return the stored tag."""
+    it is not there yet; return the stored tag. An export not signed with the registry's
+    key as ``tag`` is refused (``UntrustedModelError``) before any of it is extracted."""
+
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
         pass
+    registry_key = signing.signing_key(settings)  # before reading: no key, nothing can be checked
     found: list[bytes] = []
 
     def keep(key: bytes | None, value: bytes | None) -> None:
@@ -390,7 +394,7 @@ def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
             f"{settings.models_topic}; publish it with `streaming-ml model promote` "
             "from the machine that trained it."
         )
-    stored = import_bytes(found[0])
+    stored = import_bytes(signing.verify(registry_key, tag, found[0]))
     logger.info("model imported from Kafka", extra={"tag": stored})
     return stored
 

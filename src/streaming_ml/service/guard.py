@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -29,7 +29,7 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(dict(scope["headers"]))
+        refusal = self._refusal(first_headers(scope["headers"]))
         if refusal is not None:
             status, message, extra = refusal
             await _refuse(status, message, extra)(scope, receive, send)
@@ -71,6 +71,16 @@ class RequestGuard:
                 {"Retry-After": "1"},
             )
         return None
+
+
+def first_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Each header's first value, the one Starlette's ``Headers.get`` (and so BentoML)
+    reads: a request that repeats ``Content-Type`` must not be checked as one type and
+    parsed as another."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in raw:
+        headers.setdefault(name.lower(), value)
+    return headers
 
 
 def _refuse(status: int, message: str, headers: Mapping[str, str]) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import zlib
@@ -27,7 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartitio
 
 from streaming_ml.config import Settings
 from streaming_ml.datasets.synthetic import generate_listing_records
-from streaming_ml.errors import ModelNotFoundError
+from streaming_ml.errors import ModelNotFoundError, UntrustedModelError
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.models import registry
@@ -115,7 +116,7 @@ def canary_problem(model: PriceModelProtocol) -> str | None:
     try:
         prices = [float(p) for p in model.predict_records(records)]
     except Exception as error:  # any failure of a new model is a refusal, not a crash
-        return f"canary batch failed: {type(error).__name__}: {error}"
+        return f"canary batch failed: {type(error).__name__}: {reason_of(error)}"
     if len(prices) != len(records):
         return f"canary batch: {len(prices)} prices for {len(records)} listings"
     bad = [p for p in prices if not math.isfinite(p) or p <= 0]
@@ -130,23 +131,44 @@ def canary_problem(model: PriceModelProtocol) -> str | None:
 def load_checked(tag: str, settings: Settings | None) -> ServedModel:
     """Import (from Kafka if ``settings``), load and canary-check one model; raises
     ``RefusedModel`` with the reason when it cannot serve."""
+
     try:
         stored = registry.fetch(settings, tag) if settings is not None else tag
         bento_model = get_bento_model(stored)
         model = from_bento_model(bento_model)
+    except UntrustedModelError as error:
+        raise RefusedModel(tag, f"untrusted: {reason_of(error)}", "untrusted") from error
     except Exception as error:
-        raise RefusedModel(tag, f"cannot load: {error}") from error
+        raise RefusedModel(tag, f"cannot load: {reason_of(error)}", "load") from error
     problem = canary_problem(model)
     if problem is not None:
-        raise RefusedModel(tag, problem)
+        raise RefusedModel(tag, problem, "canary")
     return ServedModel(model, model_card(bento_model))
 
 
+# An absolute path: a slash not inside a word, then directories. Only its file name is
+# kept, so a refusal tells what failed without describing the machine.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\":,()\[\]]+/)+([^\s/'\":,()\[\]]*)")
+
+
+def reason_of(error: BaseException) -> str:
+    """What ``/model_info``, the log and the metric say about a failure: its first line
+    (libraries append stack traces below), with absolute paths cut to their file names."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(a directory)", first)
+
+
+# Why a model was refused, in a word: the refusal metric's label.
+RefusalCause = Literal["untrusted", "load", "canary"]
+
+
 class RefusedModel(Exception):
-    def __init__(self, tag: str, reason: str) -> None:
+    def __init__(self, tag: str, reason: str, cause: RefusalCause = "load") -> None:
         super().__init__(f"{tag}: {reason}")
         self.tag = tag
         self.reason = reason
+        self.cause: RefusalCause = cause
 
 
 @dataclass
@@ -154,9 +176,10 @@ class Refusal:
     tag: str
     reason: str
     at: float = field(default_factory=time.time)
+    cause: RefusalCause = "load"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tag": self.tag, "reason": self.reason, "at": self.at}
+        return {"tag": self.tag, "reason": self.reason, "cause": self.cause, "at": self.at}
 
 
 class RegistryFollower:
@@ -360,7 +383,7 @@ class RegistryFollower:
         try:
             return self._load(tag)
         except RefusedModel as refused:
-            refusal = Refusal(tag, refused.reason)
+            refusal = Refusal(tag, refused.reason, cause=refused.cause)
             self.refused = [*self.refused[-19:], refusal]
             logger.error(
                 "model refused: the current models keep serving",

@@ -71,8 +71,9 @@ class ArmMetrics:
         )
         self.refusals = bentoml.metrics.Counter(
             name="sml_service_model_refusals",
-            documentation="Models refused by the hot swap (failed to load or the canary)",
-            labelnames=["model_tag"],
+            documentation="Models refused by the hot swap: not signed by the registry's "
+            "key (untrusted), failed to load (load) or failed the canary (canary)",
+            labelnames=["model_tag", "cause"],
         )
         self.swaps = bentoml.metrics.Counter(
             name="sml_service_model_swaps", documentation="Lineup changes applied"

@@ -36,7 +36,7 @@ from streaming_ml.stack import (
     schema_registry,
 )
 from streaming_ml.stack.detached import console
-from streaming_ml.stack.secrets import ensure_passwords, load_passwords
+from streaming_ml.stack.secrets import ensure_passwords, ensure_signing_key, load_passwords
 from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     state = settings.state_dir
     running = {c.name for c in COMPONENTS if detached.running_pid(state, c.name) is not None}
     to_start = [c for c in COMPONENTS if c.name not in running]
+    # Also for a stack started before models were signed: its key is made on the next up.
+    ensure_signing_key(state)
     if not to_start:
         console.print("[green]stack[/]: everything is already running")
         _print_endpoints(settings)

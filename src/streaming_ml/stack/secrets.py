@@ -84,3 +84,22 @@ def ensure_passwords(state_dir: Path) -> Passwords:
         os.replace(tmp, path)
     os.chmod(path, 0o600)
     return load_passwords(state_dir)
+
+
+def signing_key_path(state_dir: Path) -> Path:
+    """The model registry's signing key (models/signing.py), kept with the passwords."""
+    return state_dir / "secrets" / "model-signing.key"
+
+
+def ensure_signing_key(state_dir: Path) -> None:
+    """Create the state dir's signing key if it has none (first ``stack up``)."""
+    path = signing_key_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)

@@ -651,7 +651,12 @@ function setLive(live) {
 function connect() {
   const events = new EventSource("/api/events");
   events.addEventListener("open", () => setLive(true));
-  events.addEventListener("error", () => setLive(false));
+  events.addEventListener("error", () => {
+    setLive(false);
+    // Refused (the server's cap on open pages, or it restarted): the browser gives up on a
+    // non-200 answer, so try again a little later.
+    if (events.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+  });
   events.addEventListener("snapshot", (e) => {
     const snapshot = JSON.parse(e.data);
     view.points = snapshot.history;
