@@ -398,3 +398,11 @@ def test_a_crashed_broker_registers_again_before_the_first_transaction_sweep() -
     session_ms = int(props["broker.session.timeout.ms"])
     first_sweep_ms = int(props["transaction.abort.timed.out.transaction.cleanup.interval.ms"])
     assert first_sweep_ms >= 2 * session_ms + int(props["broker.heartbeat.interval.ms"])
+
+
+def test_the_jars_download_fails_on_a_checksum_mismatch(tmp_path: Path) -> None:
+    from streaming_ml.stack.jars import maven_argv
+
+    argv = maven_argv("mvn", tmp_path)
+    assert "--strict-checksums" in argv
+    assert argv[-1] == "package"
