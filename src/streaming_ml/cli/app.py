@@ -110,6 +110,11 @@ class Login(enum.StrEnum):
     ADMINER = "adminer"
 
 
+class RenderFormat(enum.StrEnum):
+    JSON = "json"
+    STRIMZI = "strimzi"
+
+
 def command_settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
