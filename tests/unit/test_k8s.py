@@ -4,6 +4,7 @@ configs, topics, images, replication, the bridge's stable ids, hardening)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from streaming_ml.cli import app
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.connect.client import load_connector
 from streaming_ml.connect.strimzi import (
@@ -255,3 +258,16 @@ def test_rendered_yaml_keeps_every_value_as_it_was() -> None:
         },
     }
     assert list(yaml.safe_load_all(yaml_documents([resource, resource]))) == [resource] * 2
+
+
+def test_connectors_render_prints_both_formats() -> None:
+    runner = CliRunner()
+    as_json = runner.invoke(app, ["connectors", "render", "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    settings = Settings()
+    assert json.loads(as_json.stdout) == {
+        name: load_connector(name, settings) for name in settings.connector_names
+    }
+    strimzi = runner.invoke(app, ["connectors", "render", "--format", "strimzi", "--in-cluster"])
+    assert strimzi.exit_code == 0, strimzi.output
+    assert strimzi.stdout == (K8S_DIR / "base" / "kafka" / "connectors.yaml").read_text()
