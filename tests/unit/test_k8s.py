@@ -41,6 +41,14 @@ COMPOSE_IMAGES = {
     "streaming-ml-adminer:bookworm",
     "streaming-ml-service:0.1.0",
 }
+# Endpoint settings the pods need that Settings does not have yet: the addresses a
+# process dials, apart from SML_HOST, which it binds. Until they exist a pod ignores them.
+PENDING_SETTINGS = {
+    "SML_KAFKA_BOOTSTRAP_SERVERS",
+    "SML_POSTGRES_HOST",
+    "SML_REGISTRY_URL",
+    "SML_CONNECT_URL",
+}
 
 
 def tool(name: str) -> str:
@@ -271,3 +279,16 @@ def test_connectors_render_prints_both_formats() -> None:
     strimzi = runner.invoke(app, ["connectors", "render", "--format", "strimzi", "--in-cluster"])
     assert strimzi.exit_code == 0, strimzi.output
     assert strimzi.stdout == (K8S_DIR / "base" / "kafka" / "connectors.yaml").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_settings_configmap_names_settings(overlay: str) -> None:
+    data = one(overlay, "ConfigMap", "streaming-ml-settings")["data"]
+    fields = {f"SML_{name.upper()}" for name in Settings.model_fields}
+    assert not PENDING_SETTINGS & fields, "now a setting: drop it from PENDING_SETTINGS"
+    assert set(data) - PENDING_SETTINGS <= fields, set(data) - PENDING_SETTINGS - fields
+    # Each value is one the setting accepts (validation errors would stop every pod).
+    known = {k.removeprefix("SML_").lower(): v for k, v in data.items() if k in fields}
+    settings = Settings(**known)
+    topics = {r["spec"]["topicName"]: r["spec"] for r in resources(overlay, "KafkaTopic")}
+    assert topics[settings.listings_topic]["partitions"] == settings.partitions
