@@ -48,7 +48,6 @@ STRIMZI_VERSION = "1.2.0"
 KUBERNETES_KINDS = [
     ("", "v1", "ConfigMap"),
     ("", "v1", "Service"),
-    ("", "v1", "ServiceAccount"),
     ("apps", "v1", "Deployment"),
     ("apps", "v1", "StatefulSet"),
     ("autoscaling", "v2", "HorizontalPodAutoscaler"),

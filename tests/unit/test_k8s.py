@@ -4,6 +4,7 @@ configs, topics, images, replication, the bridge's stable ids, hardening)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -292,3 +293,55 @@ def test_the_settings_configmap_names_settings(overlay: str) -> None:
     settings = Settings(**known)
     topics = {r["spec"]["topicName"]: r["spec"] for r in resources(overlay, "KafkaTopic")}
     assert topics[settings.listings_topic]["partitions"] == settings.partitions
+
+
+def schema_script() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "k8s_schemas", REPO_ROOT / "scripts" / "k8s_schemas.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_repo_keeps_a_schema_for_each_kind_used_and_no_other() -> None:
+    script = schema_script()
+    used = {
+        script.schema_file_name(r["apiVersion"], r["kind"])
+        for overlay in OVERLAYS
+        for r in resources(overlay)
+    }
+    kept = {path.name for path in SCHEMAS.glob("*.json")}
+    assert kept == used
+
+
+def test_schemas_refuse_unknown_fields_except_where_kubernetes_keeps_them() -> None:
+    tightened = schema_script().tightened
+    schema = {
+        "type": "object",
+        "description": "dropped",
+        "properties": {
+            "port": {"format": "int-or-string", "type": "string"},
+            "config": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "env": {
+                "type": "object",
+                "properties": {"value": {"type": "string"}, "valueFrom": {"type": "object"}},
+                "oneOf": [
+                    {"properties": {"value": {}}, "required": ["value"]},
+                    {"properties": {"valueFrom": {}}, "required": ["valueFrom"]},
+                ],
+            },
+        },
+    }
+    strict = tightened(schema)
+    assert strict["additionalProperties"] is False
+    assert "description" not in strict
+    assert strict["properties"]["port"] == {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    assert "additionalProperties" not in strict["properties"]["config"]
+    assert strict["properties"]["labels"]["additionalProperties"] == {"type": "string"}
+    env = strict["properties"]["env"]
+    assert env["additionalProperties"] is False
+    # A oneOf branch constrains the object that holds it; it does not list all its fields.
+    assert all("additionalProperties" not in branch for branch in env["oneOf"])
