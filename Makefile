@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv lock stack-install demo compose-init test test-unit typecheck lint format bench clean
+.PHONY: help setup venv lock stack-install k8s-tools k8s-schemas k8s-check demo compose-init test test-unit typecheck lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -32,7 +32,25 @@ lock: ## Re-resolve requirements.lock from pyproject.toml (hashes included); the
 stack-install: venv ## Install Postgres/Adminer/Java packages and fetch the Kafka/Debezium/Apicurio jars
 	$(BIN)/streaming-ml stack install
 
-setup: venv stack-install ## Everything: venv, system packages, jars (idempotent)
+# kustomize and kubeconform for deploy/k8s, built from their Go modules (the Go module
+# proxy) into GOPATH/bin; reinstalled only when the pinned version is not the one there.
+KUSTOMIZE_VERSION   := v5.8.2
+KUBECONFORM_VERSION := v0.8.0
+GOBIN_DIR = $(shell go env GOPATH)/bin
+
+k8s-tools: ## Install kustomize and kubeconform (pinned) from their Go modules (idempotent)
+	@go version -m $(GOBIN_DIR)/kustomize 2>/dev/null | grep -q '^\s*mod\s.*\s$(KUSTOMIZE_VERSION)\s' \
+		|| GOBIN=$(GOBIN_DIR) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@go version -m $(GOBIN_DIR)/kubeconform 2>/dev/null | grep -q '^\s*mod\s.*\s$(KUBECONFORM_VERSION)\s' \
+		|| GOBIN=$(GOBIN_DIR) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+
+k8s-schemas: venv ## Regenerate deploy/k8s/schemas from the Go modules and Maven Central (JAVA: a Java 21+)
+	$(BIN)/python scripts/k8s_schemas.py
+
+k8s-check: venv k8s-tools ## Build every deploy/k8s overlay and validate it strictly against deploy/k8s/schemas
+	$(BIN)/pytest -q tests/unit/test_k8s.py
+
+setup: venv stack-install k8s-tools ## Everything: venv, system packages, jars, k8s tools (idempotent)
 
 demo: setup ## Run the end-to-end demo (Ctrl-C stops everything)
 	$(BIN)/streaming-ml demo
@@ -43,7 +61,7 @@ compose-init: venv ## Generate the Docker Compose stack's passwords into a 0600 
 test: setup typecheck ## Type-check src/, then run the whole test suite against real components
 	$(BIN)/pytest
 
-test-unit: venv ## Unit tests only (start nothing)
+test-unit: venv k8s-tools ## Unit tests only (start nothing)
 	$(BIN)/pytest tests/unit
 
 typecheck: venv ## mypy over src/ (settings in pyproject.toml)

@@ -146,6 +146,11 @@ def json_option(what: str = "the report") -> Any:
     return typer.Option(False, "--json", help=f"Print {what} as one JSON document")
 
 
+class RenderFormat(enum.StrEnum):
+    JSON = "json"
+    STRIMZI = "strimzi"
+
+
 def command_settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)

@@ -10,6 +10,7 @@ import typer
 from streaming_ml.cli.app import (
     Component,
     Login,
+    RenderFormat,
     command_settings,
     compose_app,
     connectors_app,
@@ -318,3 +319,31 @@ def connectors_show(
             f"no connector {name!r}; the pipeline's are {', '.join(settings.connector_names)}"
         )
     typer.echo(json.dumps(load_connector(name, settings), indent=2, sort_keys=True))
+
+
+@connectors_app.command("render")
+def connectors_render(
+    output_format: RenderFormat = typer.Option(
+        RenderFormat.JSON,
+        "--format",
+        help="json: the configs `connectors apply` sends, by name; strimzi: KafkaConnector "
+        "resources (YAML) for deploy/k8s",
+    ),
+    in_cluster: bool = typer.Option(
+        False,
+        "--in-cluster",
+        help="Point the connectors at deploy/k8s's Services (postgres:5432, the Strimzi "
+        "bootstrap Service, registry:8081) instead of the settings' endpoints",
+    ),
+) -> None:
+    """Print every connector's config rendered from debezium/*.json, as JSON or as
+    Strimzi KafkaConnector resources."""
+    settings = command_settings()
+    from streaming_ml.connect import strimzi
+
+    endpoints = strimzi.KUBERNETES_ENDPOINTS if in_cluster else None
+    if output_format is RenderFormat.JSON:
+        configs = strimzi.rendered_connectors(settings, endpoints)
+        typer.echo(json.dumps(configs, indent=2, sort_keys=True))
+    else:
+        typer.echo(strimzi.yaml_documents(strimzi.kafka_connectors(settings, endpoints)), nl=False)
