@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -336,14 +337,9 @@ def down(settings: Settings, purge: bool = False) -> None:
     """Stop every component (reverse order); with ``purge`` also delete all state."""
     state = settings.state_dir
     stopped_any = False
-    for component in reversed(components(settings)):
-        with console.status(f"[bold]{component.name}[/]: stopping"):
-            stopped = _stop(state, component)
-            if stopped:
-                _wait_ports_released(settings, component)
-        if stopped:
-            stopped_any = True
-            console.print(f"[yellow]{component.name}[/]: stopped")
+    for component in reversed(COMPONENTS):
+        group = [c for c, _ in kafka_nodes(settings)] if component is KAFKA else [component]
+        stopped_any = _stop_together(settings, group) or stopped_any
     if not stopped_any:
         console.print(f"[green]stack[/]: nothing was running (state dir {state})")
     if purge:
@@ -355,16 +351,30 @@ def stop_component(settings: Settings, name: str) -> bool:
     """Stop one component (``kafka``: every Kafka node; ``kafka-2``: one of several),
     leaving the others running; True if it was running. ``up`` starts it again (it starts
     only what is not running)."""
-    stopped = False
-    for component in _chosen(settings, name):
-        with console.status(f"[bold]{component.name}[/]: stopping"):
-            stopped_now = _stop(settings.state_dir, component)
-            if stopped_now:
-                _wait_ports_released(settings, component)
-        if stopped_now:
+    return _stop_together(settings, _chosen(settings, name))
+
+
+def _stop_together(settings: Settings, group: list[Component]) -> bool:
+    """Stop ``group`` at once; True if any of it was running. Kafka nodes stop together:
+    one by one, the last would wait in vain for a quorum to approve its shutdown."""
+
+    def stop(component: Component) -> bool:
+        stopped = _stop(settings.state_dir, component)
+        if stopped:
+            _wait_ports_released(settings, component)
+        return stopped
+
+    names = ", ".join(c.name for c in group)
+    with console.status(f"[bold]{names}[/]: stopping"):
+        if len(group) == 1:
+            stopped = [stop(group[0])]
+        else:
+            with ThreadPoolExecutor(len(group)) as pool:
+                stopped = list(pool.map(stop, group))
+    for component, was_running in zip(group, stopped, strict=True):
+        if was_running:
             console.print(f"[yellow]{component.name}[/]: stopped")
-        stopped = stopped or stopped_now
-    return stopped
+    return any(stopped)
 
 
 def _wait_ports_released(settings: Settings, component: Component, timeout_s: float = 10.0) -> None:
