@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     postgres_port: int = 5432
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    kafka_nodes: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="KRaft nodes `stack up` runs, each broker and controller (node k listens "
+        "on SML_KAFKA_PORT and SML_KAFKA_CONTROLLER_PORT plus 2(k-1)); with 3 or more, topics "
+        "get 3 replicas and min.insync.replicas 2",
+    )
     registry_port: int = 8081
     connect_port: int = 8083
     connect_full_jit: bool = Field(
@@ -254,9 +262,46 @@ class Settings(BaseSettings):
             self.alerts_sink_connector,
         )
 
+    @model_validator(mode="after")
+    def _kafka_ports_distinct(self) -> Settings:
+        ports = [port for pair in self.kafka_node_ports for port in pair]
+        if len(set(ports)) != len(ports):
+            raise ValueError(
+                f"the {self.kafka_nodes} Kafka nodes' ports overlap ({ports}): choose "
+                "SML_KAFKA_PORT and SML_KAFKA_CONTROLLER_PORT an odd distance apart"
+            )
+        return self
+
+    @property
+    def kafka_node_ports(self) -> list[tuple[int, int]]:
+        """(client port, controller port) of each KRaft node, node 1 first: pairs two
+        apart, so the defaults give 9092/9093, 9094/9095, 9096/9097."""
+        return [
+            (self.kafka_port + 2 * k, self.kafka_controller_port + 2 * k)
+            for k in range(self.kafka_nodes)
+        ]
+
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        """Every node, so a client can start from any that is up."""
+        return ",".join(f"{self.host}:{port}" for port, _ in self.kafka_node_ports)
+
+    @property
+    def kafka_replication_factor(self) -> int:
+        """Replicas of every topic we create (ours, Connect's, the brokers' own)."""
+        return min(self.kafka_nodes, 3)
+
+    @property
+    def kafka_min_insync_replicas(self) -> int:
+        """With three replicas a write needs two: one node may be down and nothing
+        acknowledged lives on one disk only."""
+        return 2 if self.kafka_replication_factor >= 3 else 1
+
+    def kafka_topic_configs(self) -> dict[str, str]:
+        """Configs every topic we create carries beyond its own (none with one node)."""
+        if self.kafka_replication_factor == 1:
+            return {}
+        return {"min.insync.replicas": str(self.kafka_min_insync_replicas)}
 
     @property
     def registry_url(self) -> str:

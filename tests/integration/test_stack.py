@@ -30,6 +30,7 @@ from streaming_ml import stack
 from streaming_ml.config import Settings
 from streaming_ml.connect import client
 from streaming_ml.errors import StackError
+from streaming_ml.kafka.topics import ensure_topics
 from streaming_ml.schema import avro
 from streaming_ml.schema.fields import EXPLANATION_FIELDS, PREDICTION_FIELDS
 from streaming_ml.schema.listing import FEATURES, LISTING_COLUMNS
@@ -181,6 +182,7 @@ def test_jdbc_sink_reads_confluent_serializer_records(own_stack: Settings) -> No
     registry = avro.registry_client(settings.registry_url)
     key_ser, value_ser = avro.prediction_serializers(registry)
     topic = settings.predictions_topic
+    ensure_topics(settings)  # the brokers create no topic on first use
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
 
     def send(listing_id: int, value: dict[str, Any] | None) -> None:

@@ -406,3 +406,91 @@ def test_the_jars_download_fails_on_a_checksum_mismatch(tmp_path: Path) -> None:
     argv = maven_argv("mvn", tmp_path)
     assert "--strict-checksums" in argv
     assert argv[-1] == "package"
+
+
+def _properties(settings: Settings, node: kafka.Node | None = None) -> dict[str, str]:
+    text = kafka.server_properties(settings, node)
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def test_one_kafka_node_keeps_one_replica_everywhere_and_creates_no_topic_on_use() -> None:
+    settings = _settings()
+    (node,) = kafka.nodes(settings)
+    assert (node.name, node.node_id, node.port, node.controller_port) == ("kafka", 1, 19092, 9093)
+    props = _properties(settings)
+    assert props == _properties(settings, node)
+    assert props["node.id"] == "1"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
+    assert props["log.dirs"] == "/nonexistent-state/kafka/data"
+    assert props["auto.create.topics.enable"] == "false"
+    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                "share.coordinator.state.topic.replication.factor", "default.replication.factor",
+                "transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr",
+                "min.insync.replicas"):  # fmt: skip
+        assert props[key] == "1", key
+    assert settings.kafka_bootstrap == "127.0.0.1:19092"
+    assert settings.kafka_topic_configs() == {}
+    worker = dict(
+        line.split("=", 1)
+        for line in connect_worker.worker_properties(settings, Path("/dist")).splitlines()
+    )
+    for kind in ("config", "offset", "status"):
+        assert worker[f"{kind}.storage.replication.factor"] == "1"
+    assert [c.name for c in stack.components(settings)] == [c.name for c in stack.COMPONENTS]
+
+
+def test_three_kafka_nodes_form_one_quorum_on_their_own_ports_and_dirs() -> None:
+    settings = _settings().model_copy(update={"kafka_nodes": 3})
+    nodes = kafka.nodes(settings)
+    assert [(n.name, n.node_id, n.port, n.controller_port) for n in nodes] == [
+        ("kafka-1", 1, 19092, 9093),
+        ("kafka-2", 2, 19094, 9095),
+        ("kafka-3", 3, 19096, 9097),
+    ]
+    voters = "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097"
+    every = [_properties(settings, node) for node in nodes]
+    for node, props in zip(nodes, every, strict=True):
+        assert props["node.id"] == str(node.node_id)
+        assert props["process.roles"] == "broker,controller"
+        assert props["controller.quorum.voters"] == voters
+        assert props["listeners"] == (
+            f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+        )
+        assert props["advertised.listeners"] == f"PLAINTEXT://127.0.0.1:{node.port}"
+        assert props["log.dirs"] == f"/nonexistent-state/{node.name}/data"
+        assert props["auto.create.topics.enable"] == "false"
+        for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                    "share.coordinator.state.topic.replication.factor",
+                    "default.replication.factor"):  # fmt: skip
+            assert props[key] == "3", key
+        for key in ("transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr",
+                    "min.insync.replicas"):  # fmt: skip
+            assert props[key] == "2", key
+    assert settings.kafka_bootstrap == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+    assert settings.kafka_topic_configs() == {"min.insync.replicas": "2"}
+    worker = dict(
+        line.split("=", 1)
+        for line in connect_worker.worker_properties(settings, Path("/dist")).splitlines()
+    )
+    assert worker["bootstrap.servers"] == settings.kafka_bootstrap
+    for kind in ("config", "offset", "status"):
+        assert worker[f"{kind}.storage.replication.factor"] == "3"
+    names = [c.name for c in stack.components(settings)]
+    assert names == ["postgres", "kafka-1", "kafka-2", "kafka-3", "registry", "connect", "adminer"]
+    assert set(stack.endpoints(settings)) == set(names)
+
+
+def test_kafka_nodes_ports_must_not_overlap() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        Settings(kafka_port=19092, kafka_controller_port=19094, kafka_nodes=3)
+
+
+def test_up_refuses_a_state_dir_formatted_for_another_number_of_nodes(tmp_path: Path) -> None:
+    single = Settings(state_dir=tmp_path)
+    meta = kafka.data_dir(tmp_path) / "meta.properties"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("cluster.id=abc\nnode.id=1\n")
+    kafka.check_layout(single)
+    assert kafka.cluster_id(single) == "abc"
+    with pytest.raises(StackError, match="SML_KAFKA_NODES=3"):
+        kafka.check_layout(single.model_copy(update={"kafka_nodes": 3}))

@@ -22,6 +22,7 @@ from streaming_ml.config import Settings
 from streaming_ml.errors import BenchError
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.changes import parse_change
+from streaming_ml.kafka.topics import ensure_topics
 from streaming_ml.schema import avro
 from streaming_ml.schema.listing import FEATURES
 from streaming_ml.system.waits import Deadline
@@ -42,6 +43,8 @@ def drain_per_event(
     """Read ``rows`` change events from ``start`` (partition -> offset), price each with
     one ``POST /predict`` and produce the answer to ``out_topic`` as it comes; the time
     from the first event read to the last prediction acknowledged."""
+    # No broker creates a topic on first use: the yardstick's output is created like ours.
+    ensure_topics(settings, {out_topic: {}})
     # The library's own deserializer, as the tutorial's consumer used it.
     decode = AvroDeserializer(avro.registry_client(settings.registry_url))
     consumer = clients.consumer(

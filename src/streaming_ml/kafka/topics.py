@@ -32,7 +32,8 @@ def ensure_topics(
 ) -> dict[str, int]:
     """Create the pipeline's topics (and ``extra`` ones, with their configs) with
     ``settings.partitions`` partitions, keyed by listing id, so per-listing order holds
-    in each. Returns each topic's partition count.
+    in each, and ``settings.kafka_replication_factor`` replicas. Returns each topic's
+    partition count.
 
     Existing topics are left as they are, even with fewer partitions: adding partitions
     moves keys to other partitions, and a listing's pending changes could then be read
@@ -41,12 +42,20 @@ def ensure_topics(
     admin = clients.admin(settings)
     # Broker append time makes a record's timestamp mean "reached Kafka", which is what
     # kafka_ts_ms and the benchmark's per-stage figures rely on.
-    append_time = {"message.timestamp.type": "LogAppendTime"}
+    append_time = {"message.timestamp.type": "LogAppendTime", **settings.kafka_topic_configs()}
     configs = {t: append_time for t in pipeline_topics(settings)}
     configs.update({t: {**append_time, **config} for t, config in (extra or {}).items()})
     wanted = list(configs)
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=settings.partitions, config=configs[t]) for t in wanted]
+        [
+            NewTopic(
+                t,
+                num_partitions=settings.partitions,
+                replication_factor=settings.kafka_replication_factor,
+                config=configs[t],
+            )
+            for t in wanted
+        ]
     )
     for topic, future in futures.items():
         try:

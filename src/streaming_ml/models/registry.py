@@ -217,19 +217,27 @@ def ensure_registry_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create both registry topics if missing (idempotent)."""
     admin = clients.admin(settings, QUIET)
     size = str(MAX_MODEL_BYTES)
+    replicas = settings.kafka_replication_factor
     topics = [
         NewTopic(
             settings.model_events_topic,
             num_partitions=1,
-            config={"retention.ms": "-1", "retention.bytes": "-1"},
+            replication_factor=replicas,
+            config={
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+                **settings.kafka_topic_configs(),
+            },
         ),
         NewTopic(
             settings.models_topic,
             num_partitions=1,
+            replication_factor=replicas,
             config={
                 "cleanup.policy": "compact",
                 "max.message.bytes": size,
                 "compression.type": "producer",
+                **settings.kafka_topic_configs(),
             },
         ),
     ]

@@ -17,8 +17,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COMPONENTS",
+    "components",
     "down",
     "endpoints",
     "install",
@@ -65,6 +68,7 @@ class Component:
     logs: tuple[str, ...]  # files under <state>/logs
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 30.0
+    port_offset: int = 0  # added to each port setting (Kafka nodes after the first)
 
 
 POSTGRES = Component(
@@ -82,9 +86,46 @@ CONNECT = Component(
 )  # fmt: skip
 ADMINER = Component(adminer.NAME, ("adminer_port",), 20, ("adminer.log",), stop_timeout_s=5)
 
-# Start order (dependencies first); `down` walks it backwards.
+# Start order (dependencies first); `down` walks it backwards. With several Kafka nodes
+# (SML_KAFKA_NODES), KAFKA stands for all of them: see components().
 COMPONENTS: tuple[Component, ...] = (POSTGRES, KAFKA, REGISTRY, CONNECT, ADMINER)
 BY_NAME = {c.name: c for c in COMPONENTS}
+
+
+def kafka_nodes(settings: Settings) -> list[tuple[Component, kafka.Node]]:
+    """Each Kafka node and the component that runs it (just KAFKA for a single node)."""
+    found = kafka.nodes(settings)
+    if len(found) == 1:
+        return [(KAFKA, found[0])]
+    return [
+        (
+            Component(
+                node.name, KAFKA.ports, KAFKA.timeout_s, node.logs,
+                port_offset=node.port - settings.kafka_port,
+            ),
+            node,
+        )
+        for node in found
+    ]  # fmt: skip
+
+
+def components(settings: Settings) -> tuple[Component, ...]:
+    """COMPONENTS with KAFKA expanded into the nodes ``settings`` asks for."""
+    nodes = tuple(component for component, _ in kafka_nodes(settings))
+    return tuple(n for c in COMPONENTS for n in (nodes if c is KAFKA else (c,)))
+
+
+def _chosen(settings: Settings, name: str) -> list[Component]:
+    """The components ``name`` means: one by its name, or every Kafka node for ``kafka``."""
+    everything = components(settings)
+    if name == KAFKA.name:
+        return [c for c, _ in kafka_nodes(settings)]
+    chosen = [c for c in everything if c.name == name]
+    if not chosen:
+        names = dict.fromkeys([*BY_NAME, *(c.name for c in everything)])
+        raise StackError(f"unknown component {name!r}; use one of {', '.join(names)}")
+    return chosen
+
 
 # Debian packages, each with a check that says whether it is already there.
 APT_PACKAGES: tuple[tuple[str, Callable[[], bool]], ...] = (
@@ -146,8 +187,8 @@ def install(settings: Settings) -> None:
 # --- up --------------------------------------------------------------------------
 
 
-def _port(settings: Settings, field: str) -> int:
-    return int(getattr(settings, field))
+def _port(settings: Settings, field: str, component: Component) -> int:
+    return int(getattr(settings, field)) + component.port_offset
 
 
 def endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -158,10 +199,7 @@ def endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
             "host": host, "port": settings.postgres_port,
             "url": f"postgresql://cars_app@{host}:{settings.postgres_port}/{settings.database}",
         },
-        kafka.NAME: {
-            "host": host, "port": settings.kafka_port, "url": settings.kafka_bootstrap,
-            "controller_port": settings.kafka_controller_port,
-        },
+        **_kafka_endpoints(settings),
         schema_registry.NAME: {
             "host": host, "port": settings.registry_port, "url": settings.registry_url,
         },
@@ -173,14 +211,29 @@ def endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
     }  # fmt: skip
 
 
+def _kafka_endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
+    host = settings.host
+    nodes = kafka.nodes(settings)
+    return {
+        node.name: {
+            "host": host, "port": node.port,
+            # A single node's address is the bootstrap; each of several nodes has its own.
+            "url": settings.kafka_bootstrap if len(nodes) == 1 else f"{host}:{node.port}",
+            "controller_port": node.controller_port,
+        }
+        for node in nodes
+    }  # fmt: skip
+
+
 def up(settings: Settings) -> dict[str, dict[str, Any]]:
     """Start every component that is not running and wait until all are healthy.
 
     Returns the endpoints. On failure, whatever this call started is stopped again.
     """
     state = settings.state_dir
-    running = {c.name for c in COMPONENTS if detached.running_pid(state, c.name) is not None}
-    to_start = [c for c in COMPONENTS if c.name not in running]
+    everything = components(settings)
+    running = {c.name for c in everything if detached.running_pid(state, c.name) is not None}
+    to_start = [c for c in everything if c.name not in running]
     # Also for a stack started before models were signed: its key is made on the next up.
     ensure_signing_key(state)
     if not to_start:
@@ -191,8 +244,12 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
     for component in to_start:
         for field in component.ports:
             detached.require_free_port(
-                component.name, settings.host, _port(settings, field), f"SML_{field.upper()}"
+                component.name,
+                settings.host,
+                _port(settings, field, component),
+                f"SML_{field.upper()}",
             )
+    kafka.check_layout(settings)
     install(settings)
     jars.java_binary()  # a clear error before anything starts, not halfway through
     state.mkdir(parents=True, exist_ok=True)
@@ -231,9 +288,14 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
         if POSTGRES.name not in running:
             postgres.initdb(settings, passwords, run_as)
         pg_pid = launch(POSTGRES, lambda: postgres.start(settings, run_as))
-        if KAFKA.name not in running:
-            kafka.format_storage(settings, settings.dist_dir, components_as)
-        kafka_pid = launch(KAFKA, lambda: kafka.start(settings, settings.dist_dir, components_as))
+        nodes = kafka_nodes(settings)
+        for component, node in nodes:
+            if component.name not in running:
+                kafka.format_storage(settings, settings.dist_dir, components_as, node)
+        kafka_pids = [
+            launch(c, partial(kafka.start, settings, settings.dist_dir, components_as, n))
+            for c, n in nodes
+        ]
         adminer_pid = launch(ADMINER, lambda: adminer.start(settings, components_as))
 
         wait(POSTGRES, pg_pid, "connections (pg_isready)", lambda: postgres.ready(settings))
@@ -242,7 +304,9 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
             REGISTRY,
             lambda: schema_registry.start(settings, settings.dist_dir, passwords, components_as),
         )
-        wait(KAFKA, kafka_pid, "broker metadata", lambda: kafka.ready(settings))
+        # A node lists itself once the quorum (most of the nodes) has formed.
+        for (component, node), kafka_pid in zip(nodes, kafka_pids, strict=True):
+            wait(component, kafka_pid, "broker metadata", partial(kafka.ready, settings, node))
         connect_pid = launch(
             CONNECT,
             lambda: connect_worker.start(settings, settings.dist_dir, passwords, components_as),
@@ -278,13 +342,8 @@ def down(settings: Settings, purge: bool = False) -> None:
     state = settings.state_dir
     stopped_any = False
     for component in reversed(COMPONENTS):
-        with console.status(f"[bold]{component.name}[/]: stopping"):
-            stopped = _stop(state, component)
-            if stopped:
-                _wait_ports_released(settings, component)
-        if stopped:
-            stopped_any = True
-            console.print(f"[yellow]{component.name}[/]: stopped")
+        group = [c for c, _ in kafka_nodes(settings)] if component is KAFKA else [component]
+        stopped_any = _stop_together(settings, group) or stopped_any
     if not stopped_any:
         console.print(f"[green]stack[/]: nothing was running (state dir {state})")
     if purge:
@@ -293,17 +352,33 @@ def down(settings: Settings, purge: bool = False) -> None:
 
 
 def stop_component(settings: Settings, name: str) -> bool:
-    """Stop one component, leaving the others running; True if it was running.
-    ``up`` starts it again (it starts only what is not running)."""
-    if name not in BY_NAME:
-        raise StackError(f"unknown component {name!r}; use one of {', '.join(BY_NAME)}")
-    with console.status(f"[bold]{name}[/]: stopping"):
-        stopped = _stop(settings.state_dir, BY_NAME[name])
+    """Stop one component (``kafka``: every Kafka node; ``kafka-2``: one of several),
+    leaving the others running; True if it was running. ``up`` starts it again (it starts
+    only what is not running)."""
+    return _stop_together(settings, _chosen(settings, name))
+
+
+def _stop_together(settings: Settings, group: list[Component]) -> bool:
+    """Stop ``group`` at once; True if any of it was running. Kafka nodes stop together:
+    one by one, the last would wait in vain for a quorum to approve its shutdown."""
+
+    def stop(component: Component) -> bool:
+        stopped = _stop(settings.state_dir, component)
         if stopped:
-            _wait_ports_released(settings, BY_NAME[name])
-    if stopped:
-        console.print(f"[yellow]{name}[/]: stopped")
-    return stopped
+            _wait_ports_released(settings, component)
+        return stopped
+
+    names = ", ".join(c.name for c in group)
+    with console.status(f"[bold]{names}[/]: stopping"):
+        if len(group) == 1:
+            stopped = [stop(group[0])]
+        else:
+            with ThreadPoolExecutor(len(group)) as pool:
+                stopped = list(pool.map(stop, group))
+    for component, was_running in zip(group, stopped, strict=True):
+        if was_running:
+            console.print(f"[yellow]{component.name}[/]: stopped")
+    return any(stopped)
 
 
 def _wait_ports_released(settings: Settings, component: Component, timeout_s: float = 10.0) -> None:
@@ -314,7 +389,7 @@ def _wait_ports_released(settings: Settings, component: Component, timeout_s: fl
     so a restart straight after a stop could fail. A port still busy after the timeout is
     left for ``up`` to report.
     """
-    ports = [_port(settings, field) for field in component.ports]
+    ports = [_port(settings, field, component) for field in component.ports]
     with suppress(WaitTimeoutError):
         wait_until(
             lambda: all(detached.port_free(settings.host, port) for port in ports),
@@ -392,9 +467,7 @@ def print_status(settings: Settings, as_json: bool = False) -> bool:
 
 
 def print_logs(settings: Settings, component: str | None = None, lines: int = 50) -> None:
-    if component is not None and component not in BY_NAME:
-        raise StackError(f"unknown component {component!r}; use one of {', '.join(BY_NAME)}")
-    chosen = [BY_NAME[component]] if component else list(COMPONENTS)
+    chosen = _chosen(settings, component) if component else components(settings)
     for comp in chosen:
         for log_name in comp.logs:
             path = settings.state_dir / "logs" / log_name

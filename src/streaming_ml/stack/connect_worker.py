@@ -53,13 +53,14 @@ def worker_properties(settings: Settings, dist_dir: Path) -> str:
         # Worker-level default converters; our connectors set their own Avro converters.
         "key.converter": "org.apache.kafka.connect.json.JsonConverter",
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-        # Internal topics: single broker, so one replica each.
+        # Internal topics, as replicated as ours (one replica on a single broker); their
+        # min.insync.replicas is the brokers' default, which matches.
         "config.storage.topic": "_connect-configs",
         "offset.storage.topic": "_connect-offsets",
         "status.storage.topic": "_connect-status",
-        "config.storage.replication.factor": "1",
-        "offset.storage.replication.factor": "1",
-        "status.storage.replication.factor": "1",
+        "config.storage.replication.factor": str(settings.kafka_replication_factor),
+        "offset.storage.replication.factor": str(settings.kafka_replication_factor),
+        "status.storage.replication.factor": str(settings.kafka_replication_factor),
         "offset.storage.partitions": "5",
         "status.storage.partitions": "1",
         # Offsets are committed every second, so a clean `down` loses nothing and a
