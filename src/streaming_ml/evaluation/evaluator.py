@@ -11,8 +11,14 @@ label coverage counts and the drift windows. It lives in memory and in a compact
 changelog topic. Each batch is one Kafka transaction holding the outcomes, the alerts,
 the changelog records and the consumed offsets (KIP-447, as the bridge does), so after
 a crash the state, the offsets and the outputs agree: nothing is emitted twice and
-nothing is lost. On assignment, and after an aborted transaction, the state is rebuilt
-from the changelog and the running metrics by replaying the partition's outcomes.
+nothing is lost. The changelog also holds each partition's running metrics (a snapshot
+per batch), so a restore reads the compacted changelog, never the outcomes topic.
+
+On assignment the committed offsets are fetched first, the partitions are assigned at
+them and paused, and the loop (not the rebalance callback) reads the changelog to its
+end, which holds the state those offsets stand for (the transaction that committed them
+wrote it), then resumes them. After an aborted transaction the same happens to every
+owned partition.
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import BridgeError
@@ -39,7 +45,7 @@ from streaming_ml.evaluation.publishing import (
     drift_alert,
     now_ms,
 )
-from streaming_ml.evaluation.state import PartitionState, read_partitions, read_states
+from streaming_ml.evaluation.state import CHANGELOG_CONFIG, PartitionState, read_states
 from streaming_ml.kafka import clients
 from streaming_ml.kafka import topics as topics_mod
 from streaming_ml.kafka.changes import (
@@ -49,7 +55,13 @@ from streaming_ml.kafka.changes import (
     registry_unavailable,
 )
 from streaming_ml.kafka.loop import ConsumeLoop, seek
-from streaming_ml.kafka.offsets import offsets_to_commit, partition_of, positions_of, rewind_points
+from streaming_ml.kafka.offsets import (
+    Position,
+    offsets_to_commit,
+    partition_of,
+    positions_of,
+    rewind_points,
+)
 from streaming_ml.kafka.output import OutputAborted, OutputFatal, TransactionalOutput
 from streaming_ml.models import registry, store
 from streaming_ml.models.reference import PREDICTION
@@ -61,6 +73,26 @@ from streaming_ml.system.processes import stop_on_signals
 logger = logging.getLogger(__name__)
 
 CLIENT_ID = "streaming-ml-evaluator"
+COMMITTED_TIMEOUT_S = 30.0
+
+
+def owned_positions(positions: list[Position], owned: Collection[int]) -> list[Position]:
+    """The positions of a batch whose partition number is still ``owned``: a message of
+    a partition revoked (or being restored) while the batch was in flight was not
+    handled, so its offset is not committed; its next owner reads it."""
+    return [p for p in positions if p[1] in owned]
+
+
+def committed_positions(
+    consumer: Consumer, partitions: list[TopicPartition]
+) -> list[TopicPartition]:
+    """Where the group left ``partitions``: the committed offsets (stable ones: with
+    read_committed the fetch waits for a pending transaction), the beginning if none."""
+    committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)
+    return [
+        TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+        for tp in committed
+    ]
 
 
 @dataclass
@@ -99,6 +131,7 @@ class Evaluator:
         self._references: dict[str, dict[str, Any] | None] = {}
         self._champion: str | None = None
         self._needs_restore = False
+        self._restoring: list[TopicPartition] = []  # assigned, paused until restored
         self._inputs = (settings.listings_topic, settings.predictions_topic, settings.shadow_topic)
 
     def stop(self) -> None:
@@ -114,9 +147,7 @@ class Evaluator:
         """The inputs (as the bridge creates them), the outputs and the changelog, all
         with the same partition count: co-partitioning is what makes the join local."""
         s = self.settings
-        # Compaction keeps each listing's last state; the lag leaves recent records alone.
-        changelog = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
-        counts = topics_mod.ensure_topics(s, {s.evaluator_state_topic: changelog})
+        counts = topics_mod.ensure_topics(s, {s.evaluator_state_topic: CHANGELOG_CONFIG})
         wanted = [*self._inputs, s.outcomes_topic, s.alerts_topic, s.evaluator_state_topic]
         sizes = {topic: counts.get(topic) for topic in wanted}
         if len(set(sizes.values())) != 1:
@@ -169,26 +200,40 @@ class Evaluator:
     # -- rebalances and restores --
 
     def _on_assign(self, assigned: list[TopicPartition]) -> None:
-        numbers = sorted({tp.partition for tp in assigned})
-        self._restore(numbers)
-        self.assigned.set()
-        logger.info("evaluator assigned", extra={"partitions": numbers})
+        """Fetch the committed offsets, then hold the partitions at them: the loop reads
+        their state (``_restore``) before a record of theirs is handled."""
+        assert self._loop is not None
+        consumer = self._loop.consumer
+        positions = committed_positions(consumer, assigned)
+        consumer.assign(positions)
+        consumer.pause(positions)
+        self._restoring = positions
+        if not positions:
+            self.assigned.set()  # a member with nothing to read (more members than partitions)
+        logger.info(
+            "evaluator assigned; restoring",
+            extra={"partitions": sorted({tp.partition for tp in assigned})},
+        )
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
         # The next assignment rebuilds what it needs; a revoked partition's state may
         # be changed by its next owner meanwhile, so none of it is kept.
-        for number in {tp.partition for tp in revoked}:
+        gone = {tp.partition for tp in revoked}
+        for number in gone:
             self.partitions.pop(number, None)
+        self.scoreboard.forget_partitions(gone)
+        self._restoring = [tp for tp in self._restoring if tp.partition not in gone]
 
     def _restore(self, numbers: list[int]) -> None:
-        """Rebuild the state of ``numbers`` from the changelog and the outcomes topic."""
+        """Rebuild the state and running metrics of ``numbers`` from the changelog; the
+        caller knows the committed offsets already, so this is the state they stand for."""
         started = time.monotonic()
-        fresh = read_states(self.settings, self.group_id, numbers)
+        fresh = read_states(self.settings, self.group_id, numbers, self.scoreboard)
         for state in fresh.values():
             self._apply_reference(state)
         self.partitions.update(fresh)
-        self._rebuild_scoreboard()
         self.stats.restores += 1
+        self._export()
         logger.info(
             "evaluator state restored",
             extra={
@@ -199,21 +244,13 @@ class Evaluator:
             },
         )
 
-    def _rebuild_scoreboard(self) -> None:
-        """Replay the owned partitions' committed outcomes: exact cumulative metrics and
-        the detectors in the state they reached."""
-        self.scoreboard = self._new_scoreboard()
-
-        def on_outcome(msg: Message) -> None:
-            if msg.value() is None:
-                return
-            record = self._decode(msg.value(), None)
-            self.scoreboard.add(Outcome.from_record(record), partition_of(msg)[1])
-
-        s = self.settings
-        read_partitions(s, self.group_id, s.outcomes_topic, sorted(self.partitions), on_outcome)
-        self.scoreboard.degraded.clear()
-        self._export()
+    def _restore_assigned(self) -> None:
+        """The partitions assigned (and paused) since the last pass: restore, resume."""
+        assert self._loop is not None
+        positions, self._restoring = self._restoring, []
+        self._restore(sorted({tp.partition for tp in positions}))
+        self._loop.consumer.resume(positions)
+        self.assigned.set()
 
     # -- the loop --
 
@@ -231,11 +268,10 @@ class Evaluator:
         assert self._loop is not None
         consumer = self._loop.consumer
         self._needs_restore = False
-        assignment = consumer.assignment()
-        self._restore(sorted({tp.partition for tp in assignment}))
-        for tp in consumer.committed(assignment, timeout=30):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        # The committed offsets first: the changelog read after them holds their state.
+        positions = committed_positions(consumer, consumer.assignment())
+        self._restore(sorted({tp.partition for tp in positions}))
+        seek(consumer, positions)
 
     def _decode_batch(self, batch: list[Message]) -> list[Change | dict[str, Any] | str | None]:
         decoded: list[Change | dict[str, Any] | str | None] = []
@@ -260,6 +296,12 @@ class Evaluator:
         if self._needs_restore:
             self._recover()
             return
+        if self._restoring:
+            # Nothing of the restoring partitions is here (they are paused); what else
+            # the batch holds comes again.
+            seek(self._loop.consumer, rewind_points(positions_of(batch)), self._loop.assignment)
+            self._restore_assigned()
+            return
         if not batch:
             return
         try:
@@ -272,13 +314,15 @@ class Evaluator:
         now = now_ms()
         found, alerts = self._fold(batch, decoded, now)
         for partition, outcome in found:
+            self.partitions[partition].changed = True  # its running metrics moved
             degraded = self.scoreboard.add(outcome, partition)
             if degraded is not None:
                 threshold = self.settings.degraded_threshold
                 alerts.append((partition, degraded_alert(degraded, now, threshold)))
-        records = self._publisher.records(found, alerts, self.partitions.values())
+        records = self._publisher.records(found, alerts, self.partitions.values(), self.scoreboard)
+        handled = owned_positions(positions_of(batch), self.partitions)
         try:
-            self._output.publish(records, offsets_to_commit(positions_of(batch)))
+            self._output.publish(records, offsets_to_commit(handled))
         except OutputAborted as error:
             logger.warning("evaluator batch aborted; restoring", extra={"error": str(error)})
             self._needs_restore = True

@@ -2,8 +2,10 @@
 from the topics the evaluators write (so it sees every partition, whichever process
 owns it, and needs no evaluator to be reachable).
 
-* outcomes topic -> metrics per model tag and arm (the same fold as the evaluator's);
-* the evaluator's changelog -> label coverage counts and drift scores per partition;
+* the evaluator's changelog -> per partition, the snapshot of the running metrics per
+  model tag and arm (written with the outcomes it covers), label coverage counts and
+  drift scores; only each partition's latest record is decoded, so catching up costs
+  what the state holds, not the outcomes topic's history;
 * alerts topic -> the alerts raised.
 """
 
@@ -27,7 +29,6 @@ from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import partition_of
 from streaming_ml.schema import avro
-from streaming_ml.schema.outcome import Outcome
 
 RECENT_ALERTS = 20
 
@@ -42,6 +43,7 @@ class Monitor:
             s.metrics_window_outcomes, s.metrics_window_minutes, s.degraded_threshold
         )
         self.partitions: dict[int, dict[str, Any]] = {}
+        self._undecoded: dict[int, bytes] = {}  # partition records newer than ``partitions``
         self.alerts: list[dict[str, Any]] = []
         self.alert_count = 0
         self._decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
@@ -51,7 +53,7 @@ class Monitor:
             {"enable.partition.eof": True, "isolation.level": "read_committed"},
         )
         self._loop = ConsumeLoop(consumer, self._fold_all, batch_size=5_000)
-        self._topics = (s.outcomes_topic, s.evaluator_state_topic, s.alerts_topic)
+        self._topics = (s.evaluator_state_topic, s.alerts_topic)
         self._assigned: list[TopicPartition] = []
         self._assign()
 
@@ -94,23 +96,29 @@ class Monitor:
         if value is None:
             return
         partition = partition_of(msg)[1]
-        if topic == self.settings.outcomes_topic:
-            self.scoreboard.add(Outcome.from_record(self._decode(value, None)), partition)
-        elif topic == self.settings.evaluator_state_topic:
+        if topic == self.settings.evaluator_state_topic:
             if msg.key() == PARTITION_KEY:
-                self.partitions[partition] = json.loads(value)
+                self._undecoded[partition] = value
         else:
             self.alert_count += 1
             self.alerts.append(self._decode(value, None))
             del self.alerts[:-RECENT_ALERTS]
 
+    def _decode_partitions(self) -> None:
+        for partition, value in self._undecoded.items():
+            state = self.partitions[partition] = json.loads(value)
+            self.scoreboard.restore_partition(partition, state.get("scores") or {})
+        self._undecoded.clear()
+
     def coverage(self) -> dict[str, Any]:
+        self._decode_partitions()
         return coverage_of(
             (state.get("predicted") or {}, state.get("labelled") or {})
             for state in self.partitions.values()
         )
 
     def snapshot(self) -> dict[str, Any]:
+        self._decode_partitions()
         drift = {
             str(p): {
                 "reference": (state.get("features") or {}).get("reference_tag"),

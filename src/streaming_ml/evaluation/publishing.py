@@ -10,7 +10,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streaming_ml.config import Settings
-from streaming_ml.evaluation.accuracy import Degraded
+from streaming_ml.evaluation.accuracy import Degraded, Scoreboard
 from streaming_ml.evaluation.drift import DriftWindow, WindowResult
 from streaming_ml.evaluation.state import PartitionState
 from streaming_ml.kafka.output import OutRecord
@@ -49,6 +49,7 @@ class Publisher:
         found: list[tuple[int, Outcome]],
         alerts: list[tuple[int, Alert]],
         partitions: Iterable[PartitionState],
+        scores: Scoreboard,
     ) -> list[OutRecord]:
         s = self.settings
         records: list[OutRecord] = []
@@ -79,7 +80,7 @@ class Publisher:
                 )
             )
         for state in partitions:
-            records += state.changelog(s.evaluator_state_topic)
+            records += state.changelog(s.evaluator_state_topic, scores)
         return records
 
 
