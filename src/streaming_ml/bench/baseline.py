@@ -43,7 +43,9 @@ def drain_per_event(
     one ``POST /predict`` and produce the answer to ``out_topic`` as it comes; the time
     from the first event read to the last prediction acknowledged."""
     # The library's own deserializer, as the tutorial's consumer used it.
-    decode = AvroDeserializer(avro.registry_client(settings.registry_url))
+    decode = AvroDeserializer(
+        avro.registry_client(settings.registry_url, settings.registry_basic_auth)
+    )
     consumer = clients.consumer(
         settings, "sml-bench-baseline", {"isolation.level": "read_committed"}
     )

@@ -44,7 +44,9 @@ class Monitor:
         self.partitions: dict[int, dict[str, Any]] = {}
         self.alerts: list[dict[str, Any]] = []
         self.alert_count = 0
-        self._decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
+        self._decode = avro.writer_schema_deserializer(
+            avro.registry_client(s.registry_url, s.registry_basic_auth)
+        )
         consumer = clients.consumer(
             s,
             "streaming-ml-monitor",

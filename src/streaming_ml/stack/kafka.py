@@ -15,6 +15,7 @@ from pathlib import Path
 from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
 from streaming_ml.kafka import clients
+from streaming_ml.kafka.properties import read_properties
 from streaming_ml.stack import detached
 from streaming_ml.stack.jars import java_binary, kafka_classpath
 
@@ -108,6 +109,9 @@ def server_properties(settings: Settings) -> str:
         "num.io.threads": "4",
         "num.network.threads": "2",
     }
+    if settings.kafka_broker_properties_file is not None:
+        # The operator's additions win: e.g. a SASL listener beside the plain one.
+        props.update(read_properties(settings.kafka_broker_properties_file))
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
