@@ -30,12 +30,6 @@ logger = logging.getLogger(__name__)
 LIVENESS_CHECK_S = 1.0
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Application:
     """The application's processes for ``settings``; ``start`` then ``stop``."""
@@ -64,7 +58,7 @@ class Application:
                 apps.AppProcess("service", ("serve",), ready_url=f"{self.service_url}/readyz")
             )
         ports = [s.bridge_metrics_port] + [
-            free_port(s.listen_host) for _ in range(self.bridges - 1)
+            processes.free_port(s.listen_host) for _ in range(self.bridges - 1)
         ]
         self.bridge_metrics_urls = [metrics(host, port) for port in ports]
         for i, port in enumerate(ports):

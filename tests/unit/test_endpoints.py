@@ -9,7 +9,7 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 from streaming_ml.config import Settings
-from streaming_ml.errors import ConfigError
+from streaming_ml.errors import ConfigError, StackError
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.properties import parse_properties
 from streaming_ml.stack import apps, postgres_dsn
@@ -120,3 +120,21 @@ def test_application_process_names_never_match_a_stack_component() -> None:
         assert apps.APP_NAME.match(name)
     for name in ("postgres", "kafka", "registry", "connect", "adminer", "bridge-", "kafka-2"):
         assert not apps.APP_NAME.match(name)
+
+
+def test_stack_status_and_logs_cover_the_processes_run_started(tmp_path: Path) -> None:
+    from streaming_ml import stack
+
+    settings = Settings(state_dir=tmp_path)
+    (tmp_path / "run").mkdir()
+    # A process that run started and that died since: its pid file is left behind.
+    (tmp_path / "run" / "bridge-0.pid").write_text("999999999 12345\n")
+    log = tmp_path / "logs" / "bridge-0.log"
+    log.parent.mkdir()
+    log.write_text("bridge output\n")
+    current = stack.status(settings)
+    assert current["bridge-0"]["state"] == "stopped"
+    assert current["bridge-0"]["log"] == str(log)
+    assert stack.log_files(settings, "bridge-0") == [log]
+    with pytest.raises(StackError, match="unknown component 'bridge-1'"):
+        stack.log_files(settings, "bridge-1")
