@@ -23,7 +23,7 @@ from streaming_ml.datasets.load import connect, load_listings, read_listings
 from streaming_ml.datasets.predictions import wait_for_predictions
 from streaming_ml.errors import StreamingMLError, WaitTimeoutError
 from streaming_ml.evaluation import monitor as monitoring
-from streaming_ml.run import Application
+from streaming_ml.run import Application, interrupt_on_sigterm
 from streaming_ml.schema.listing import feature_problems
 from streaming_ml.stack.secrets import APP_ROLE
 from streaming_ml.system import processes
@@ -78,6 +78,7 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
     was already running stays up, as it was found."""
 
     console = Console()
+    interrupt_on_sigterm()  # `kill <pid>` stops the demo as cleanly as Ctrl-C does
     console.rule("[bold]streaming-ml demo")
     console.print("[bold]1/4[/] installing what is missing (idempotent)…")
     stack.install(settings)
@@ -165,7 +166,6 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
             return
         console.print("[bold]Running. Insert rows (Adminer or psql) and watch them get priced. "
                       "Ctrl-C stops everything.")  # fmt: skip
-        # `kill <pid>` stops the demo as cleanly as Ctrl-C does.
         stop = threading.Event()
         processes.stop_on_signals(stop.set, "stopping the demo")
         application.wait(stop)

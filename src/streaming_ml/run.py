@@ -10,6 +10,7 @@ settings point at. Ctrl-C or SIGTERM stops what this run started, and nothing el
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -164,6 +165,16 @@ class Application:
                 )
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: a start in progress then stops
+    what it started instead of leaving detached processes behind."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_application(
     settings: Settings, *, bridges: int = 1, learner: bool = False, apply_connectors: bool = True
 ) -> None:
@@ -171,10 +182,13 @@ def run_application(
     application = Application(
         settings, bridges=bridges, learner=learner, apply_connectors=apply_connectors
     )
+    # While starting, SIGTERM interrupts like Ctrl-C does (start() then stops what it
+    # started); once running, both only ask the wait below to end.
+    interrupt_on_sigterm()
     stop = threading.Event()
-    processes.stop_on_signals(stop.set, "stopping the application processes")
     try:
         application.start()
+        processes.stop_on_signals(stop.set, "stopping the application processes")
         application.console.print(
             f"[bold]Running[/]: service {application.service_url}, dashboard "
             f"{settings.dashboard_url}. Ctrl-C stops these processes (not the stack)."
