@@ -345,7 +345,10 @@ def run(
 ) -> None:
     """Run the application side against the stack the settings name (yours or `stack up`'s):
     the service, the bridges, the evaluator, the dashboard and the connector watchdog, with
-    no synthetic load. Ctrl-C or SIGTERM stops them and leaves the stack running."""
+    no synthetic load. Ctrl-C or SIGTERM stops them and leaves the stack running.
+
+    Exit codes: 0 stopped by Ctrl-C or SIGTERM; 1 a process did not start or exited.
+    """
     settings = command_settings()
     from streaming_ml.run import run_application
 
