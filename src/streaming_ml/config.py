@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streaming_ml.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # `streaming-ml train` without --data, and the demo's first model.
@@ -23,7 +25,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SML_", extra="ignore")
 
     # Where things live.
-    host: str = Field("127.0.0.1", description="Interface every local listener binds to")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address of the local stack: where `stack up` listens and clients dial",
+    )
+    bind_host: str | None = Field(
+        None,
+        description="Interface our own listeners bind to: service, metrics, dashboard "
+        "(default: SML_HOST)",
+    )
     state_dir: Path = Field(
         REPO_ROOT / ".stack", description="Stack state: data dirs, logs, secrets"
     )
@@ -61,6 +71,57 @@ class Settings(BaseSettings):
     bridge_metrics_port: int = 9400
     watchdog_metrics_port: int = Field(
         9409, description="/metrics of `connectors watch`: restarts and the replication slot"
+    )
+
+    # Someone else's infrastructure (README, "Your own infrastructure"): each one, when
+    # set, replaces the local stack's address for every client. Secrets come from the
+    # environment or a file, never from the command line.
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers every client dials (default: SML_HOST:port)"
+    )
+    kafka_client_properties_file: Path | None = Field(
+        None,
+        description="Java-style properties file of librdkafka settings given to every Kafka "
+        "client (security.protocol, sasl.*, ssl.*)",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="sasl.password of every Kafka client (or _FILE)"
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="File holding sasl.password of every Kafka client"
+    )
+    kafka_broker_properties_file: Path | None = Field(
+        None,
+        description="Properties added to the local broker's server.properties (e.g. a SASL "
+        "listener); they override ours",
+    )
+    postgres_host: str | None = Field(
+        None, description="Postgres host that clients and connectors dial (default: SML_HOST)"
+    )
+    postgres_user: str | None = Field(
+        None, description="Role of the application's connections (default: the stack's cars_app)"
+    )
+    postgres_password: SecretStr | None = Field(
+        None, description="Password of SML_POSTGRES_USER (default: the stack's secrets)"
+    )
+    postgres_password_file: Path | None = Field(
+        None, description="File holding the password of SML_POSTGRES_USER"
+    )
+    postgres_dsn: SecretStr | None = Field(
+        None, description="libpq DSN of the application's connections (replaces the above)"
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible schema registry URL (default: the local Apicurio)"
+    )
+    schema_registry_user: str | None = Field(None, description="Registry basic-auth user")
+    schema_registry_password: SecretStr | None = Field(
+        None, description="Registry basic-auth password (or _FILE)"
+    )
+    schema_registry_password_file: Path | None = Field(
+        None, description="File holding the registry basic-auth password"
+    )
+    kafka_connect_url: str | None = Field(
+        None, description="Kafka Connect REST URL (default: the local worker)"
     )
 
     # Names used everywhere: code, connector configs, README, compose.
@@ -282,8 +343,19 @@ class Settings(BaseSettings):
         ]
 
     @property
+    def listen_host(self) -> str:
+        """Where our own listeners (service, metrics, dashboard) bind."""
+        return self.bind_host or self.host
+
+    @property
     def kafka_bootstrap(self) -> str:
-        """Every node, so a client can start from any that is up."""
+        """What every client dials: the user's cluster when SML_KAFKA_BOOTSTRAP_SERVERS names
+        one, else the local stack's nodes."""
+        return self.kafka_bootstrap_servers or self.local_kafka_bootstrap
+
+    @property
+    def local_kafka_bootstrap(self) -> str:
+        """The local stack's nodes, every one, so a client can start from any that is up."""
         return ",".join(f"{self.host}:{port}" for port, _ in self.kafka_node_ports)
 
     @property
@@ -304,18 +376,43 @@ class Settings(BaseSettings):
         return {"min.insync.replicas": str(self.kafka_min_insync_replicas)}
 
     @property
+    def sasl_password(self) -> str | None:
+        return secret_value(self.kafka_sasl_password, self.kafka_sasl_password_file)
+
+    @property
+    def database_host(self) -> str:
+        return self.postgres_host or self.host
+
+    @property
+    def database_password(self) -> str | None:
+        return secret_value(self.postgres_password, self.postgres_password_file)
+
+    @property
     def registry_url(self) -> str:
         """Confluent-compatible API of the Apicurio registry."""
+        if self.schema_registry_url:
+            return self.schema_registry_url
         return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+    @property
+    def registry_basic_auth(self) -> str | None:
+        """``user:password`` for the registry's basic auth, when a user is set."""
+        if not self.schema_registry_user:
+            return None
+        password = secret_value(self.schema_registry_password, self.schema_registry_password_file)
+        return f"{self.schema_registry_user}:{password or ''}"
 
     @property
     def registry_core_url(self) -> str:
         """Apicurio's native v3 API (the Connect converter and version probes use it)."""
+        if self.schema_registry_url:
+            # Apicurio serves both APIs side by side under /apis.
+            return self.schema_registry_url.replace("/apis/ccompat/v7", "/apis/registry/v3")
         return f"http://{self.host}:{self.registry_port}/apis/registry/v3"
 
     @property
     def connect_url(self) -> str:
-        return f"http://{self.host}:{self.connect_port}"
+        return self.kafka_connect_url or f"http://{self.host}:{self.connect_port}"
 
     @property
     def connect_metrics_url(self) -> str:
@@ -339,6 +436,18 @@ class Settings(BaseSettings):
     @property
     def dashboard_url(self) -> str:
         return f"http://{self.host}:{self.dashboard_port}/"
+
+
+def secret_value(value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret given directly (environment) or as a file (trailing newline dropped)."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        try:
+            return file.read_text().rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(f"cannot read the secret file {file}: {error}") from error
+    return None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

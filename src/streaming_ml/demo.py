@@ -8,30 +8,25 @@ wrote back to Postgres and how long that took. Ctrl-C stops everything.
 from __future__ import annotations
 
 import logging
-import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from streaming_ml import stack
-from streaming_ml.bridge import Bridge
 from streaming_ml.config import Settings
-from streaming_ml.connect import commands
-from streaming_ml.dashboard import DashboardServer
 from streaming_ml.datasets.load import connect, load_listings, read_listings
 from streaming_ml.datasets.predictions import wait_for_predictions
 from streaming_ml.errors import StreamingMLError, WaitTimeoutError
-from streaming_ml.evaluation.evaluator import Evaluator
-from streaming_ml.models.train import ensure_model
+from streaming_ml.evaluation import monitor as monitoring
+from streaming_ml.run import Application, interrupt_on_sigterm
 from streaming_ml.schema.listing import feature_problems
-from streaming_ml.service.launcher import ServiceProcess
 from streaming_ml.stack.secrets import APP_ROLE
+from streaming_ml.system import processes
 from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
@@ -78,71 +73,47 @@ def results_table(
 
 
 def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
-    """Run the demo; with ``wait`` keep everything up until Ctrl-C, then stop what it
-    started: a stack that was already running stays up, as it was found."""
+    """Run the demo: the stack, then what ``streaming-ml run`` starts, then a few listings.
+    With ``wait`` keep everything up until Ctrl-C, then stop what it started: a stack that
+    was already running stays up, as it was found."""
 
     console = Console()
+    interrupt_on_sigterm()  # `kill <pid>` stops the demo as cleanly as Ctrl-C does
     console.rule("[bold]streaming-ml demo")
-    console.print("[bold]1/5[/] installing what is missing (idempotent)…")
+    console.print("[bold]1/4[/] installing what is missing (idempotent)…")
     stack.install(settings)
-    console.print("[bold]2/5[/] starting Postgres, Kafka, registry, Kafka Connect, Adminer…")
+    console.print("[bold]2/4[/] starting Postgres, Kafka, registry, Kafka Connect, Adminer…")
     with ExitStack() as cleanup:
-        found_running = all(info["state"] == "running" for info in stack.status(settings).values())
+        found_running = stack.stack_running(settings)
         stack.up(settings)
         if found_running:
             console.print("  the stack was already running: it stays up when the demo ends")
         else:
             cleanup.callback(lambda: _stop_stack(settings, console))
-        tag = ensure_model(
-            settings.model_name,
-            on_training=lambda why: console.print(
-                f"[bold]No usable {settings.model_name} model ({why}): "
-                "training one on synthetic data…"
-            ),
+        console.print(
+            "[bold]3/4[/] starting the service, bridge, evaluator, dashboard and connector "
+            "watchdog (what `streaming-ml run` starts)…"
         )
-        console.print(f"[bold]3/5[/] starting the prediction service (model {tag})…")
-        service = ServiceProcess(
-            host=settings.host, port=settings.service_port, model_tag=tag,
-            log_path=settings.state_dir / "logs" / "service.log", settings=settings,
-        )  # fmt: skip
-        service.start()
-        cleanup.callback(service.stop)
-        live = settings.model_copy(update={"service_url": service.url})
+        application = Application(settings, console=console)
+        application.start()
+        cleanup.callback(application.stop)
+        console.print(f"  dashboard: {settings.dashboard_url}")
         dsn = stack.postgres_dsn(settings)
 
-        console.print("[bold]4/5[/] applying the connectors, starting the bridge…")
-        commands.apply(live)
-        bridge = Bridge(live, watch_connectors=True)
-        failure: list[BaseException] = []
-        thread = _in_thread("bridge", bridge.run, bridge.ready, failure)
-        # The exit stack runs callbacks last-in first: stop, then join.
-        cleanup.callback(thread.join, timeout=60)
-        cleanup.callback(bridge.stop)
-        if not bridge.ready.wait(timeout=180) or failure:
-            raise (
-                failure[0]
-                if failure
-                else StreamingMLError("the bridge did not start within 180 s; see the log above")
-            )
-        # Accuracy on labels and drift, as they arrive (docs/monitoring.md).
-        evaluator = Evaluator(live)
-        evaluator_thread = _in_thread("evaluator", evaluator.run, evaluator.assigned, failure)
-        cleanup.callback(evaluator_thread.join, timeout=60)
-        cleanup.callback(evaluator.stop)
-        # The live page (docs: README, "The dashboard"); the exit stack stops it first.
-        dashboard = DashboardServer(live).start()
-        cleanup.callback(dashboard.stop)
-        console.print(f"  dashboard: {dashboard.url}")
-
         # Inserting before the group has partitions would show its start-up as latency.
-        if not bridge.assigned.wait(timeout=ASSIGNMENT_TIMEOUT_S):
+        try:
+            wait_until(
+                application.assigned_partitions, done=lambda owned: owned > 0,
+                timeout=ASSIGNMENT_TIMEOUT_S, interval=0.5, what="the bridge's partitions",
+            )  # fmt: skip
+        except WaitTimeoutError:
             console.print(
                 f"  [yellow]the bridge has no partitions after {ASSIGNMENT_TIMEOUT_S:.0f} s; "
-                "inserting anyway (see the log above)[/]"
+                "inserting anyway (see `streaming-ml stack logs bridge-0`)[/]"
             )
 
         # One at a time, a few per second, like listings arriving from an app.
-        console.print(f"[bold]5/5[/] inserting {rows} listings (one of them invalid)…")
+        console.print(f"[bold]4/4[/] inserting {rows} listings (one of them invalid)…")
         summary = load_listings(
             dsn, rows, seed=DEMO_SEED + int(time.time()) % 1000, invalid=1 if rows > 1 else 0,
             batch=1, rate=4, table=settings.listings_table,
@@ -164,10 +135,13 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
                 f"(up to {PREDICTION_TIMEOUT_S:.0f}s)"
             ),
         )
-        if failure:
-            raise failure[0]
+        dead = application.dead()
+        if dead:
+            raise StreamingMLError(
+                f"{', '.join(dead)} exited; see `streaming-ml stack logs {dead[0]}`"
+            )
         console.print(results_table(inserted, predictions))
-        _print_accuracy(console, evaluator, len(predictions))
+        _print_accuracy(console, settings, len(predictions))
         if predictions:
             to_model = statistics.median(p["end_to_end_ms"] for p in predictions.values())
             to_row = statistics.median(
@@ -184,56 +158,37 @@ def run_demo(settings: Settings, rows: int = 8, wait: bool = True) -> None:
         if len(predictions) < len(valid):
             raise StreamingMLError(
                 f"only {len(predictions)} of {len(valid)} listings were priced within "
-                f"{PREDICTION_TIMEOUT_S:.0f}s; see `streaming-ml stack logs connect` and the "
-                "bridge log above"
+                f"{PREDICTION_TIMEOUT_S:.0f}s; see `streaming-ml stack logs connect` and "
+                "`streaming-ml stack logs bridge-0`"
             )
-        _print_endpoints(console, settings, service.url, APP_ROLE)
+        _print_endpoints(console, settings, application, APP_ROLE)
         if not wait:
             return
         console.print("[bold]Running. Insert rows (Adminer or psql) and watch them get priced. "
                       "Ctrl-C stops everything.")  # fmt: skip
-        # `kill <pid>` stops the demo as cleanly as Ctrl-C does.
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            while thread.is_alive() and evaluator_thread.is_alive():
-                thread.join(timeout=1.0)
-        except KeyboardInterrupt:
-            console.print("\nstopping bridge, service and stack…")
-        if failure:
-            raise failure[0]
+        stop = threading.Event()
+        processes.stop_on_signals(stop.set, "stopping the demo")
+        application.wait(stop)
+        console.print("\nstopping the application and the stack…")
 
 
-def _in_thread(
-    name: str, run: Callable[[], Any], started: threading.Event, failure: list[BaseException]
-) -> threading.Thread:
-    """Run ``run`` in a daemon thread; an exception goes to ``failure`` (and sets
-    ``started`` so nobody waits for a start that will not come)."""
-
-    def target() -> None:
-        try:
-            run()
-        except BaseException as error:  # surfaced to the main thread
-            failure.append(error)
-            started.set()
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def _print_accuracy(console: Console, evaluator: Any, priced: int) -> None:
+def _print_accuracy(console: Console, settings: Settings, priced: int) -> None:
     """The champion's running accuracy once the demo's listings are judged (their price
-    came with the insert, so each is labelled at once)."""
+    came with the insert, so each is labelled at once), read from the outcomes topic."""
+
+    def judged(snapshot: dict[str, Any]) -> int:
+        return sum(entry["cumulative"]["n"] for entry in snapshot["pairs"].values())
+
     # The accuracy is printed either way: if the evaluator is slow, over fewer listings.
-    with suppress(WaitTimeoutError):
-        wait_until(
-            lambda: sum(m.n for m in evaluator.scoreboard.pairs.values()),
-            done=lambda judged: judged >= priced,
-            timeout=30,
-            interval=0.2,
-            what="the evaluator judging the demo's listings",
-        )
-    for entry in evaluator.snapshot()["pairs"].values():
+    try:
+        snapshot = wait_until(
+            lambda: monitoring.snapshot(settings, timeout_s=10),
+            done=lambda current: judged(current) >= priced,
+            timeout=30, interval=0.5, what="the evaluator judging the demo's listings",
+        )  # fmt: skip
+    except WaitTimeoutError:
+        snapshot = monitoring.snapshot(settings, timeout_s=10)
+    for entry in snapshot["pairs"].values():
         c = entry["cumulative"]
         if c["n"]:
             console.print(
@@ -243,11 +198,9 @@ def _print_accuracy(console: Console, evaluator: Any, priced: int) -> None:
             )
 
 
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _print_endpoints(console: Console, settings: Settings, service_url: str, role: str) -> None:
+def _print_endpoints(
+    console: Console, settings: Settings, application: Application, role: str
+) -> None:
     table = Table(title="Endpoints", show_header=False)
     table.add_row("Adminer", f"http://{settings.host}:{settings.adminer_port}/")
     table.add_row(
@@ -256,10 +209,8 @@ def _print_endpoints(console: Console, settings: Settings, service_url: str, rol
         f"Username: {role}, Database: {settings.database}",
     )
     table.add_row("  password", "`streaming-ml stack credentials adminer` prints it")
-    table.add_row("Prediction service", f"{service_url}  (POST /predict_batch, /docs)")
-    table.add_row(
-        "Bridge metrics", f"http://{settings.host}:{settings.bridge_metrics_port}/metrics"
-    )
+    table.add_row("Prediction service", f"{application.service_url}  (POST /predict_batch, /docs)")
+    table.add_row("Bridge metrics", ", ".join(application.bridge_metrics_urls))
     table.add_row("Dashboard", f"{settings.dashboard_url}  (live, read-only)")
     table.add_row(
         "Evaluator metrics",

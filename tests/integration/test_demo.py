@@ -29,6 +29,7 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
             "bridge_metrics_port": free_port(),
             "evaluator_metrics_port": free_port(),
             "dashboard_port": free_port(),
+            "watchdog_metrics_port": free_port(),
         }
     )
     cli = Path(sys.executable).parent / "streaming-ml"
@@ -60,6 +61,7 @@ def test_demo_leaves_a_stack_it_found_running(trained_model_tag: str) -> None:
             "bridge_metrics_port": free_port(),
             "evaluator_metrics_port": free_port(),
             "dashboard_port": free_port(),
+            "watchdog_metrics_port": free_port(),
         }
     )
     cli = Path(sys.executable).parent / "streaming-ml"

@@ -44,12 +44,8 @@ COMPOSE_IMAGES = {
 }
 # Endpoint settings the pods need that Settings does not have yet: the addresses a
 # process dials, apart from SML_HOST, which it binds. Until they exist a pod ignores them.
-PENDING_SETTINGS = {
-    "SML_KAFKA_BOOTSTRAP_SERVERS",
-    "SML_POSTGRES_HOST",
-    "SML_REGISTRY_URL",
-    "SML_CONNECT_URL",
-}
+# Settings the manifests name before the code has them (none now).
+PENDING_SETTINGS: set[str] = set()
 
 
 def tool(name: str) -> str:

@@ -25,11 +25,12 @@ WINGS: list[set[str]] = [
     {"evaluation"},
     {"bench"},
     {"dashboard"},
+    {"run"},
     {"demo"},
     {"cli", "__main__"},
 ]
 RANK = {wing: rank for rank, wings in enumerate(WINGS) for wing in wings}
-TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "config", "errors", "log", "demo"}
+TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "config", "errors", "log", "run", "demo"}
 MAX_LINES = 600
 # Only the command line defers imports, so that `streaming-ml --help` stays fast.
 LAZY_IMPORTS_ALLOWED = {"streaming_ml.cli", "streaming_ml.cli.app"}

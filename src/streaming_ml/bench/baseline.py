@@ -46,7 +46,9 @@ def drain_per_event(
     # No broker creates a topic on first use: the yardstick's output is created like ours.
     ensure_topics(settings, {out_topic: {}})
     # The library's own deserializer, as the tutorial's consumer used it.
-    decode = AvroDeserializer(avro.registry_client(settings.registry_url))
+    decode = AvroDeserializer(
+        avro.registry_client(settings.registry_url, settings.registry_basic_auth)
+    )
     consumer = clients.consumer(
         settings, "sml-bench-baseline", {"isolation.level": "read_committed"}
     )

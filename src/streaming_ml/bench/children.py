@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from streaming_ml.bench.progress import Waiting
 from streaming_ml.config import Settings
 from streaming_ml.errors import BenchError
 from streaming_ml.kafka import clients
+from streaming_ml.system import processes
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,6 @@ def parse_load_output(text: str) -> LoadReport:
     )
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "streaming_ml.cli", *args]
 
@@ -89,7 +83,7 @@ class BridgeProcess:
         self.max_events = max_events
         self.log_path = log_dir / f"bench-bridge-{name or group}.log"
         self.out_path = log_dir / f"bench-bridge-{name or group}.out"
-        self.metrics_port = free_port(settings.host)
+        self.metrics_port = processes.free_port(settings.host)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -76,7 +76,9 @@ def change_topic_times(
     """listing_id → (commit ms, Debezium read ms, broker append ms) of its latest change
     record, for ids in [first_id, last_id], read from ``start`` to the end."""
 
-    decode = avro.writer_schema_deserializer(avro.registry_client(settings.registry_url))
+    decode = avro.writer_schema_deserializer(
+        avro.registry_client(settings.registry_url, settings.registry_basic_auth)
+    )
     value_ctx = SerializationContext(settings.listings_topic, MessageField.VALUE)
     found: dict[int, tuple[float, float, float]] = {}
 

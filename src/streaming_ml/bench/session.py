@@ -334,7 +334,9 @@ class BenchSession:
         ``values``, (timestamp, decoded value)) for ids in [first_id, last_id]."""
 
         s = self.settings
-        decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
+        decode = avro.writer_schema_deserializer(
+            avro.registry_client(s.registry_url, s.registry_basic_auth)
+        )
         key_ctx = SerializationContext(s.predictions_topic, MessageField.KEY)
         value_ctx = SerializationContext(s.predictions_topic, MessageField.VALUE)
         found: dict[int, Any] = {}

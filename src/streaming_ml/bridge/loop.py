@@ -405,7 +405,7 @@ class Bridge:
         if self._watchdog is not None:
             stack.callback(self._watchdog.stop)
         counts = topics.ensure_topics(s)
-        self._registry = avro.registry_client(s.registry_url)
+        self._registry = avro.registry_client(s.registry_url, s.registry_basic_auth)
         self._decoder = ChangeDecoder(self._registry)
         self._records = RecordBuilder(
             self._registry, s.registry_url, s.predictions_topic, s.dlq_topic, s.shadow_topic,
@@ -462,7 +462,7 @@ class Bridge:
         s = self.settings
         try:
             server, _ = start_http_server(
-                s.bridge_metrics_port, addr=s.host, registry=self.metrics.registry
+                s.bridge_metrics_port, addr=s.listen_host, registry=self.metrics.registry
             )
         except OSError as error:
             raise BridgeError(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 
 from streaming_ml.cli.app import (
-    Component,
     Login,
     RenderFormat,
     command_settings,
@@ -21,7 +21,7 @@ from streaming_ml.cli.app import (
     stack_app,
 )
 from streaming_ml.config import REPO_ROOT
-from streaming_ml.errors import ConfigError
+from streaming_ml.errors import ConfigError, StackError
 
 
 @stack_app.command("install")
@@ -66,14 +66,30 @@ def stack_status(as_json: bool = json_option("each component's state")) -> None:
 
 @stack_app.command("logs")
 def stack_logs(
-    component: Component | None = typer.Argument(None, help="One component (default: all)"),
+    component: str | None = typer.Argument(
+        None,
+        help="A component (postgres, kafka, registry, connect, adminer) or a process that "
+        "`streaming-ml run` started (service, bridge-0, evaluator, dashboard, watchdog, "
+        "learner); default: all",
+    ),
     lines: int = typer.Option(50, "--lines", "-n", help="Lines from the end of each log"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines"),
 ) -> None:
     """Show the tail of component logs."""
     settings = command_settings()
-    from streaming_ml.stack import print_logs
+    from streaming_ml.stack import log_files, print_logs
 
-    print_logs(settings, component=None if component is None else component.value, lines=lines)
+    try:
+        paths = [str(path) for path in log_files(settings, component)]
+    except StackError as error:  # an unknown name: a usage error, with the choices
+        raise typer.BadParameter(str(error), param_hint="COMPONENT") from None
+    if not follow:
+        print_logs(settings, component=component, lines=lines)
+        return
+    if not paths:
+        raise typer.BadParameter("no log file yet", param_hint="COMPONENT")
+    # tail follows renamed and recreated files; Ctrl-C ends it.
+    os.execvp("tail", ["tail", "-n", str(lines), "-F", *paths])
 
 
 @stack_app.command("psql")

@@ -133,7 +133,7 @@ def serve(
     # An explicit --model pins it; otherwise the registry's champion is served.
     follow = model is None and settings.model_follow
     code = serve_forever(
-        host=settings.host, port=port or settings.service_port,
+        host=settings.listen_host, port=port or settings.service_port,
         model_tag=model or settings.model_tag,
         settings=settings.model_copy(update={"model_follow": follow}),
     )  # fmt: skip
@@ -333,6 +333,26 @@ def explain(
         typer.echo(json.dumps(explained.as_dict(), indent=2, default=str))
     else:
         Console().print(render(explained))
+
+
+@app.command()
+def run(
+    bridges: int = typer.Option(1, min=1, help="Bridge processes (they share the partitions)"),
+    learner: bool = typer.Option(False, "--learner", help="Also run the online learner"),
+    apply_connectors: bool = typer.Option(
+        True, help="Create the topics and apply the connectors first (idempotent)"
+    ),
+) -> None:
+    """Run the application side against the stack the settings name (yours or `stack up`'s):
+    the service, the bridges, the evaluator, the dashboard and the connector watchdog, with
+    no synthetic load. Ctrl-C or SIGTERM stops them and leaves the stack running.
+
+    Exit codes: 0 stopped by Ctrl-C or SIGTERM; 1 a process did not start or exited.
+    """
+    settings = command_settings()
+    from streaming_ml.run import run_application
+
+    run_application(settings, bridges=bridges, learner=learner, apply_connectors=apply_connectors)
 
 
 @app.command()

@@ -35,7 +35,7 @@ _console = Console(stderr=True, highlight=False)
 def connector_values(settings: Settings) -> dict[str, str]:
     """Values for the ``{{...}}`` placeholders of the connector configs."""
     return {
-        "postgres_host": settings.host,
+        "postgres_host": settings.database_host,
         "postgres_port": str(settings.postgres_port),
         "database": settings.database,
         "listings_table": settings.listings_table,

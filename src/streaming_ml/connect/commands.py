@@ -76,7 +76,9 @@ def watch(settings: Settings, interval_s: float, metrics_port: int) -> None:
         also_each_tick=slot.check,
     )
     try:
-        server, thread = start_http_server(metrics_port, addr=settings.host, registry=registry)
+        server, thread = start_http_server(
+            metrics_port, addr=settings.listen_host, registry=registry
+        )
     except OSError as error:
         raise ConnectorError(
             f"cannot serve metrics on {settings.host}:{metrics_port} ({error}); is another "

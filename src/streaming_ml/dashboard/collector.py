@@ -90,7 +90,9 @@ class Collector:
         self._predictions = TopicTail(s, s.predictions_topic, "end")
         self._dlq = TopicTail(s, s.dlq_topic, DLQ_RECENT)
         self._events = TopicTail(s, s.model_events_topic, "beginning")
-        self._decoder = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
+        self._decoder = avro.writer_schema_deserializer(
+            avro.registry_client(s.registry_url, s.registry_basic_auth)
+        )
         self._latency = LatencySampler(
             lambda value: self._decoder(value, None), s.predictions_table
         )

@@ -90,7 +90,7 @@ class DashboardServer:
 
     def start(self) -> DashboardServer:
 
-        sock = _bind(self.settings.host, self.settings.dashboard_port)
+        sock = _bind(self.settings.listen_host, self.settings.dashboard_port)
         app = create_app(
             self.collector,
             listing_lookup(self.settings),

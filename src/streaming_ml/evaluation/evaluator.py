@@ -161,7 +161,7 @@ class Evaluator:
         s = self.settings
         self._ensure_topics()
         self._champion = self._registry_champion()
-        schemas = avro.registry_client(s.registry_url)
+        schemas = avro.registry_client(s.registry_url, s.registry_basic_auth)
         self._changes = ChangeDecoder(schemas)
         self._decode = avro.writer_schema_deserializer(schemas)
         self._publisher = Publisher(s, schemas)
@@ -174,7 +174,7 @@ class Evaluator:
         self._output = self._new_output()
         self._loop.subscribe(list(self._inputs), self._on_assign, self._on_revoke)
         if self.serve_metrics:
-            self.metrics.serve(s.evaluator_metrics_port, s.host)
+            self.metrics.serve(s.evaluator_metrics_port, s.listen_host)
         logger.info(
             "evaluator started",
             extra={"group": self.group_id, "inputs": list(self._inputs)},

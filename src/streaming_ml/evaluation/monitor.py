@@ -46,7 +46,9 @@ class Monitor:
         self._undecoded: dict[int, bytes] = {}  # partition records newer than ``partitions``
         self.alerts: list[dict[str, Any]] = []
         self.alert_count = 0
-        self._decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
+        self._decode = avro.writer_schema_deserializer(
+            avro.registry_client(s.registry_url, s.registry_basic_auth)
+        )
         consumer = clients.consumer(
             s,
             "streaming-ml-monitor",

@@ -16,13 +16,24 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from streaming_ml.config import Settings
+from streaming_ml.kafka.properties import read_properties
 
 BRIDGE_CLIENT_ID = "streaming-ml-bridge"
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
-    """What every client shares: where the brokers are."""
-    return {"bootstrap.servers": settings.kafka_bootstrap}
+    """What every client shares: where the brokers are and how to connect to them (the
+    properties file's settings, then the SASL password from the environment or its file)."""
+    config: dict[str, Any] = {}
+    if settings.kafka_client_properties_file is not None:
+        config.update(read_properties(settings.kafka_client_properties_file))
+    password = settings.sasl_password
+    if password is not None:
+        config["sasl.password"] = password
+    # The setting wins over the file; the file over the local stack's address.
+    if settings.kafka_bootstrap_servers or "bootstrap.servers" not in config:
+        config["bootstrap.servers"] = settings.kafka_bootstrap
+    return config
 
 
 def consumer_config(

@@ -107,7 +107,9 @@ class Learner:
         s = self.settings
         model = newest_online(s)
         self.stats.tag = model.tag
-        decode = avro.writer_schema_deserializer(avro.registry_client(s.registry_url))
+        decode = avro.writer_schema_deserializer(
+            avro.registry_client(s.registry_url, s.registry_basic_auth)
+        )
         # The group is for lag tooling only: the offsets live in the snapshots.
         consumer = clients.consumer(s, s.learner_group, {"isolation.level": "read_committed"})
 

@@ -80,8 +80,14 @@ def prediction_key_schema() -> dict[str, Any]:
     }
 
 
-def registry_client(url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": url})
+def registry_client(url: str, basic_auth: str | None = None) -> SchemaRegistryClient:
+    """A client of the Confluent-compatible registry at ``url``; ``basic_auth`` is
+    ``user:password`` (Settings.registry_basic_auth)."""
+    conf: dict[str, str] = {"url": url}
+    if basic_auth:
+        conf["basic.auth.credentials.source"] = "USER_INFO"
+        conf["basic.auth.user.info"] = basic_auth
+    return SchemaRegistryClient(conf)
 
 
 def prediction_serializers(client: SchemaRegistryClient) -> tuple[AvroSerializer, AvroSerializer]:

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from psycopg2.extensions import make_dsn
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import StackError, WaitTimeoutError
 from streaming_ml.stack import (
     adminer,
+    apps,
     connect_worker,
     detached,
     jars,
@@ -38,7 +40,12 @@ from streaming_ml.stack import (
     schema_registry,
 )
 from streaming_ml.stack.detached import console
-from streaming_ml.stack.secrets import ensure_passwords, ensure_signing_key, load_passwords
+from streaming_ml.stack.secrets import (
+    APP_ROLE,
+    ensure_passwords,
+    ensure_signing_key,
+    load_passwords,
+)
 from streaming_ml.system.waits import wait_until
 
 logger = logging.getLogger(__name__)
@@ -49,11 +56,13 @@ __all__ = [
     "down",
     "endpoints",
     "install",
+    "log_files",
     "postgres_dsn",
     "print_logs",
     "print_status",
     "psql",
     "restart_component",
+    "stack_running",
     "status",
     "stop_component",
     "up",
@@ -218,7 +227,7 @@ def _kafka_endpoints(settings: Settings) -> dict[str, dict[str, Any]]:
         node.name: {
             "host": host, "port": node.port,
             # A single node's address is the bootstrap; each of several nodes has its own.
-            "url": settings.kafka_bootstrap if len(nodes) == 1 else f"{host}:{node.port}",
+            "url": settings.local_kafka_bootstrap if len(nodes) == 1 else f"{host}:{node.port}",
             "controller_port": node.controller_port,
         }
         for node in nodes
@@ -429,7 +438,8 @@ def _purge(state: Path, dist_dir: Path) -> None:
 
 
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each component's state (running/stopped), pid and endpoint."""
+    """Each component's state (running/stopped), pid and endpoint, then each application
+    process `streaming-ml run` started (a dead one shows as stopped)."""
     result: dict[str, dict[str, Any]] = {}
     for name, endpoint in endpoints(settings).items():
         pid = detached.running_pid(settings.state_dir, name)
@@ -440,7 +450,13 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
             result[postgres.NAME]["replication"] = postgres.slot_health(settings, passwords)
         except (StackError, psycopg2.Error) as error:
             result[postgres.NAME]["replication"] = {"warning": f"slot not readable: {error}"}
+    result.update(apps.status(settings.state_dir))
     return result
+
+
+def stack_running(settings: Settings) -> bool:
+    """Every stack component runs (application processes aside)."""
+    return all(detached.running_pid(settings.state_dir, c.name) for c in COMPONENTS)
 
 
 def print_status(settings: Settings, as_json: bool = False) -> bool:
@@ -452,7 +468,8 @@ def print_status(settings: Settings, as_json: bool = False) -> bool:
         return healthy
     for name, info in current.items():
         colour = "green" if info["state"] == "running" else "red"
-        console.print(f"[{colour}]{name:<9} {info['state']:<8}[/] {info['url']}", soft_wrap=True)
+        where = info.get("url") or info.get("log")
+        console.print(f"[{colour}]{name:<9} {info['state']:<8}[/] {where}", soft_wrap=True)
         slot = info.get("replication")
         if slot and slot.get("wal_status"):
             retained = (slot["retained_bytes"] or 0) / 2**20
@@ -466,20 +483,42 @@ def print_status(settings: Settings, as_json: bool = False) -> bool:
     return healthy
 
 
+def log_files(settings: Settings, component: str | None = None) -> list[Path]:
+    """The log files of one component or application process (default: all of them)."""
+    logs = settings.state_dir / "logs"
+    known = {c.name: [logs / name for name in c.logs] for c in components(settings)}
+    if "kafka" not in known:  # several nodes: `kafka` names all of them
+        known["kafka"] = [p for n, paths in known.items() if n.startswith("kafka-") for p in paths]
+    for name in apps.recorded(settings.state_dir):
+        known[name] = [detached.log_path(settings.state_dir, name)]
+    if component is not None and component not in known:
+        raise StackError(f"unknown component {component!r}; use one of {', '.join(known)}")
+    chosen = [known[component]] if component else list(known.values())
+    return [path for paths in chosen for path in paths if path.exists()]
+
+
 def print_logs(settings: Settings, component: str | None = None, lines: int = 50) -> None:
-    chosen = _chosen(settings, component) if component else components(settings)
-    for comp in chosen:
-        for log_name in comp.logs:
-            path = settings.state_dir / "logs" / log_name
-            if not path.exists():
-                continue
-            print(f"==> {path} <==")
-            print(detached.tail_lines(path, lines))
+    for path in log_files(settings, component):
+        print(f"==> {path} <==")
+        print(detached.tail_lines(path, lines))
 
 
 def postgres_dsn(settings: Settings, role: str = "app") -> str:
-    """libpq URL for ``role`` (app, source, sink, registry, superuser) with its password."""
+    """libpq DSN for ``role`` (app, source, sink, registry, superuser) with its password.
+
+    The application's role comes from SML_POSTGRES_DSN, or SML_POSTGRES_USER and its
+    password when set (someone else's Postgres); otherwise from the local stack's secrets.
+    """
     name = postgres.resolve_role(role)
+    if name == APP_ROLE and settings.postgres_dsn is not None:
+        return settings.postgres_dsn.get_secret_value()
+    password = settings.database_password
+    if name == APP_ROLE and (settings.postgres_user or password is not None):
+        return make_dsn(
+            host=settings.database_host, port=settings.postgres_port,
+            user=settings.postgres_user or APP_ROLE, password=password,
+            dbname=settings.database, connect_timeout=5,
+        )  # fmt: skip
     passwords = load_passwords(settings.state_dir)
     return postgres.dsn(settings, name, passwords[name], postgres.database_for(name))
 

@@ -41,7 +41,7 @@ def home(state_dir: Path) -> Path:
 
 def worker_properties(settings: Settings, dist_dir: Path) -> str:
     props = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        "bootstrap.servers": settings.local_kafka_bootstrap,
         "group.id": "streaming-ml-connect",
         "listeners": f"http://{settings.host}:{settings.connect_port}",
         "rest.advertised.host.name": settings.host,

@@ -19,6 +19,7 @@ from pathlib import Path
 from streaming_ml.config import Settings
 from streaming_ml.errors import StackError
 from streaming_ml.kafka import clients
+from streaming_ml.kafka.properties import read_properties
 from streaming_ml.stack import detached
 from streaming_ml.stack.jars import java_binary, kafka_classpath
 
@@ -146,6 +147,9 @@ def server_properties(settings: Settings, node: Node | None = None) -> str:
         "num.io.threads": "4",
         "num.network.threads": "2",
     }
+    if settings.kafka_broker_properties_file is not None:
+        # The operator's additions win: e.g. a SASL listener beside the plain one.
+        props.update(read_properties(settings.kafka_broker_properties_file))
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
@@ -269,7 +273,9 @@ def ready(settings: Settings, node: Node | None = None) -> bool:
 def out_of_sync(settings: Settings, timeout_s: float = 10.0) -> dict[str, list[int]]:
     """Partitions whose in-sync replicas are fewer than their replicas, by topic ({}: all
     in sync), as the cluster's metadata says."""
-    admin = clients.admin(settings, {"log_level": 0})
+    admin = clients.admin(
+        settings, {"bootstrap.servers": settings.local_kafka_bootstrap, "log_level": 0}
+    )
     lagging: dict[str, list[int]] = {}
     for name, topic in admin.list_topics(timeout=timeout_s).topics.items():
         for number, partition in topic.partitions.items():

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg2
 from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
+from psycopg2.extensions import encrypt_password, make_dsn
 
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.errors import StackError
@@ -283,10 +283,11 @@ def superuser_dsn(settings: Settings, passwords: Passwords, database: str) -> st
 
 
 def dsn(settings: Settings, role: str, password: str, database: str) -> str:
-    return (
-        f"postgresql://{role}:{password}@{settings.host}:{settings.postgres_port}/{database}"
-        "?connect_timeout=5"
-    )
+    """libpq key/value DSN (quoted by libpq's rules, so any character of a password works)."""
+    return make_dsn(
+        host=settings.host, port=settings.postgres_port, user=role, password=password,
+        dbname=database, connect_timeout=5,
+    )  # fmt: skip
 
 
 def resolve_role(role: str) -> str:

@@ -108,6 +108,13 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port(host: str) -> int:
+    """A port nothing listens on now (the kernel's pick), for a listener started next."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def port_free(host: str, port: int) -> bool:
     """True when we could listen on host:port right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
