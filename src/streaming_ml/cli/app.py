@@ -47,6 +47,10 @@ experiment_app = typer.Typer(
     help="A/B and shadow experiments: start, status, stop.", no_args_is_help=True
 )
 app.add_typer(experiment_app, name="experiment")
+topics_app = typer.Typer(
+    help="The pipeline's topics: migrate to SML_PARTITIONS partitions.", no_args_is_help=True
+)
+app.add_typer(topics_app, name="topics")
 compose_app = typer.Typer(help="The Docker Compose stack's secrets.", no_args_is_help=True)
 app.add_typer(compose_app, name="compose")
 

@@ -1,4 +1,5 @@
-"""Operating the pipeline: ``stack``, ``connectors``, ``model``, ``experiment``, ``compose``."""
+"""Operating the pipeline: ``stack``, ``connectors``, ``topics``, ``model``, ``experiment``,
+``compose``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from streaming_ml.cli.app import (
     model_app,
     print_report,
     stack_app,
+    topics_app,
 )
 from streaming_ml.config import REPO_ROOT
 from streaming_ml.errors import ConfigError, StackError
@@ -165,6 +167,32 @@ def _metric(summary: dict[str, object]) -> str:
     if isinstance(holdout, dict) and "rmse" in holdout:
         return f"holdout RMSE {float(holdout['rmse']):,.0f}"
     return "-"
+
+
+@topics_app.command("migrate")
+def topics_migrate(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be migrated"),
+    as_json: bool = json_option("what was migrated"),
+) -> None:
+    """Repartition the pipeline's topics to SML_PARTITIONS without losing a record.
+
+    Stop the bridges and the evaluator first (the bridge group must have priced every
+    change). The connectors are deleted, each odd topic is copied out, recreated and
+    copied back, the bridge and evaluator groups start at the new ends, the sinks read
+    the topics again, and the connectors are applied again. Safe to run again after a
+    crash: it finishes what was left.
+    """
+    settings = command_settings()
+    from streaming_ml.connect import repartition
+
+    if dry_run:
+        plan = repartition.migration_plan(settings)
+        steps = {p.topic: {"partitions": p.partitions, "step": str(p.step)} for p in plan}
+        print_report({"partitions": settings.partitions, "topics": steps}, as_json, "plan")
+        return
+    progress = (lambda _line: None) if as_json else typer.echo
+    report = repartition.migrate_topics(settings, progress=progress)
+    print_report(report, as_json, title="topics migrate")
 
 
 @model_app.command("list")

@@ -179,6 +179,28 @@ def connector_status(connect_url: str, name: str) -> dict[str, Any] | None:
     return response.json()
 
 
+def delete_connector(connect_url: str, name: str, timeout: float = 60.0) -> bool:
+    """``DELETE /connectors/<name>`` and wait until its tasks are gone; False when it did
+    not exist. Its offsets stay with Connect: a source applied again resumes where it was."""
+    deadline = Deadline.after(timeout)
+    while True:
+        response = _request("DELETE", f"{connect_url}/connectors/{name}")
+        if response.status_code == 404:
+            return False
+        if response.status_code in (200, 204):
+            break
+        if response.status_code != 409 or deadline.expired():  # 409: the worker rebalances
+            raise ConnectorError(
+                f"Kafka Connect did not delete connector {name!r} (HTTP {response.status_code}): "
+                f"{_message(response)}. See `streaming-ml stack logs connect`."
+            )
+        deadline.sleep(0.5)
+    while connector_status(connect_url, name) is not None and not deadline.expired():
+        deadline.sleep(0.5)
+    logger.info("connector deleted", extra={"connector": name})
+    return True
+
+
 def all_statuses(connect_url: str, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
     """Every registered connector's ``/status`` answer by name, in one request
     (``GET /connectors?expand=status``)."""

@@ -78,7 +78,7 @@ def ensure_topics(
     for topic, count in counts.items():
         if count != settings.partitions:
             logger.warning(
-                "topic keeps its partition count (not repartitioned automatically)",
+                "topic keeps its partition count (`streaming-ml topics migrate` repartitions it)",
                 extra={"topic": topic, "partitions": count, "SML_PARTITIONS": settings.partitions},
             )
     return counts
