@@ -153,8 +153,8 @@ class Evaluator:
         if len(set(sizes.values())) != 1:
             raise BridgeError(
                 f"the evaluator needs co-partitioned topics (one partition count), got {sizes}. "
-                "Topics keep the count they were created with: recreate the odd ones "
-                "(`streaming-ml stack down --purge` for a local stack) with SML_PARTITIONS."
+                "Topics keep the count they were created with: stop the bridges and run "
+                "`streaming-ml topics migrate` to repartition them to SML_PARTITIONS."
             )
 
     def _start(self) -> ConsumeLoop:
