@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from streaming_ml.stack import secrets
@@ -58,6 +59,41 @@ def init(env_file: Path, state_dir: Path) -> list[str]:
     # The host CLI reads the containers' passwords from the state dir.
     _write_private(secrets.secrets_path(state_dir), json.dumps(values))
     return added
+
+
+def write_state_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Inside a compose container: the role passwords compose passed as variables
+    (``ENV_OF_ROLE``) into ``$SML_STATE_DIR/secrets/passwords.json`` (0600), where the
+    CLI reads them. Only the roles whose variable is set; returns them. A container
+    given none (the bridge, the evaluator) gets no file."""
+    environ = os.environ if environ is None else environ
+    values = {role: environ[env] for role, env in ENV_OF_ROLE.items() if environ.get(env)}
+    if values:
+        path = secrets.secrets_path(Path(environ.get("SML_STATE_DIR", ".stack")))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(path, json.dumps(values))
+    return sorted(values)
+
+
+def print_endpoints(repo_root: Path | None = None) -> None:
+    """The demo's endpoint table for the compose stack (``make compose-up``): the same
+    ports (the SML_* settings, from the environment or ``.env``) on 127.0.0.1."""
+    from rich.console import Console
+
+    from streaming_ml.config import REPO_ROOT, Settings
+    from streaming_ml.demo import _print_endpoints
+
+    root = repo_root or REPO_ROOT
+    ports = {
+        key[4:].lower(): value
+        for key, value in read_env_file(root / ".env").items()
+        if key.startswith("SML_") and key.endswith("_PORT")
+    }
+    settings = Settings(**ports).model_copy(update={"state_dir": root / ".stack" / "compose"})
+    _print_endpoints(
+        Console(), settings, settings.prediction_url, secrets.APP_ROLE,
+        str(root / ".env"),
+    )  # fmt: skip
 
 
 def _write_private(path: Path, text: str) -> None:
