@@ -36,13 +36,13 @@ build() {  # build <tag> <context dir> [docker build args...]
     shift 2
     local log="$LOGS/${tag//[:\/]/_}.log" t0=$SECONDS
     step "image $tag"
-    if ! nice docker build -t "$tag" "$@" "$context" >"$log" 2>&1; then
+    if ! nice docker build --force-rm -t "$tag" "$@" "$context" >"$log" 2>&1; then
         tail -n 30 "$log"
         echo "build of $tag failed; full log: $log" >&2
         exit 1
     fi
     printf '        %s: %s steps, %s cached, %s s\n' "$tag" \
-        "$(grep -c '^Step ' "$log" || true)" "$(grep -c 'Using cache' "$log" || true)" \
+        "$(grep -c 'Step [0-9]*/' "$log" || true)" "$(grep -c 'Using cache' "$log" || true)" \
         "$((SECONDS - t0))"
 }
 
@@ -144,6 +144,6 @@ scratch="$(mktemp -d /tmp/sml-containerize-XXXXXX)"
     >"$LOGS/containerize.log" 2>&1 || { tail -n 30 "$LOGS/containerize.log"; rm -rf "$scratch"; exit 1; }
 rm -rf "$scratch"
 printf '        streaming-ml-service:%s: %s steps, %s cached, %s s\n' "$VERSION" \
-    "$(grep -c '^Step ' "$LOGS/containerize.log" || true)" \
+    "$(grep -c 'Step [0-9]*/' "$LOGS/containerize.log" || true)" \
     "$(grep -c 'Using cache' "$LOGS/containerize.log" || true)" "$((SECONDS - t0))"
 step "all images built in $((SECONDS - started)) s"
