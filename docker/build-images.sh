@@ -82,8 +82,22 @@ for needed in kafka plugins/debezium-connector-postgres plugins/debezium-connect
     }
 done
 
-step "wheelhouses of requirements.lock and docker/jupyter/requirements.lock (hash-checked)"
-# One per image that installs from it, so a change to one lock rebuilds only its image.
+# The images whose inputs are large (a wheelhouse, a trained model) carry a label with the
+# hash of their inputs and of the image they build on; when it matches, the image is
+# current and nothing is fetched, trained or built (a fresh clone on a warm machine).
+LABEL=org.streaming-ml.inputs
+inputs() {  # inputs <parent image> <file or dir>... : the hash of everything an image is built from
+    { docker image inspect -f '{{.Id}}' "$1"; shift
+      find "$@" -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; } |
+        sha256sum | cut -c1-16
+}
+current() {  # current <image> <hash>
+    [ "$(docker image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$1" 2>/dev/null)" = "$2" ] && {
+        step "image $1 is current (inputs $2)"
+    }
+}
+
+# Wheelhouses, one per image that installs from one, so a change to one lock rebuilds only its image. that installs from it, so a change to one lock rebuilds only its image.
 wheelhouse() {  # wheelhouse <name> <lock>... : .stack/wheelhouse/<name>, refreshed when a lock changes
     local dir="$ROOT/.stack/wheelhouse/$1" lock
     shift
@@ -113,37 +127,54 @@ build "streaming-ml-connect:$DEBEZIUM_VERSION" "$(stage connect docker/connect/D
 build "streaming-ml-registry:$APICURIO_VERSION" "$(stage registry docker/registry/Dockerfile \
     "$DIST/apicurio=apicurio")"
 build streaming-ml-adminer:bookworm "$(stage adminer docker/adminer/Dockerfile)"
-build streaming-ml-python:3.11 "$(stage python docker/python/Dockerfile "$ROOT/.stack/wheelhouse/runtime=wheelhouse" \
-    "$WORK/runtime.txt" docker/python/uv.lock)"
+hash="$(inputs streaming-ml-base:bookworm requirements.lock pyproject.toml docker/python)"
+if ! current streaming-ml-python:3.11 "$hash"; then
+    step "wheelhouse of requirements.lock (pip download --require-hashes)"
+    wheelhouse runtime requirements.lock docker/python/uv.lock
+    build streaming-ml-python:3.11 "$(stage python docker/python/Dockerfile \
+        "$ROOT/.stack/wheelhouse/runtime=wheelhouse" "$WORK/runtime.txt" docker/python/uv.lock)" \
+        --label "$LABEL=$hash"
+fi
 build "streaming-ml-app:$VERSION" "$(stage app docker/app/Dockerfile pyproject.toml service.py \
     debezium src docker/app/streaming-ml docker/app/docker-entrypoint.sh)"
-build "streaming-ml-jupyter:$VERSION" "$(stage jupyter docker/jupyter/Dockerfile \
-    "$ROOT/.stack/wheelhouse/jupyter=wheelhouse" docker/jupyter/requirements.lock)"
+hash="$(inputs streaming-ml-python:3.11 docker/jupyter)"
+if ! current "streaming-ml-jupyter:$VERSION" "$hash"; then
+    step "wheelhouse of docker/jupyter/requirements.lock (pip download --require-hashes)"
+    wheelhouse jupyter docker/jupyter/requirements.lock
+    build "streaming-ml-jupyter:$VERSION" "$(stage jupyter docker/jupyter/Dockerfile \
+        "$ROOT/.stack/wheelhouse/jupyter=wheelhouse" docker/jupyter/requirements.lock)" \
+        --label "$LABEL=$hash"
+fi
 find "$WORK"/app/src -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
 
 # The Bento: a model trained on seeded synthetic data into a build-only model store,
 # once (the same tag every time, so a warm build reuses it), packaged with the code.
-step "Bento ford-price-predictor:$VERSION"
-export BENTOML_HOME="$ROOT/.stack/images/bentoml" BENTOML_DO_NOT_TRACK=true
-MODEL="${SML_MODEL_NAME:-ford_price}:compose"
-if ! "$BIN/bentoml" models get "$MODEL" >/dev/null 2>&1; then
-    "$BIN/streaming-ml" train --synthetic 20000 --seed 42 --tag compose >"$LOGS/train.log" 2>&1 \
-        || { tail -n 20 "$LOGS/train.log"; exit 1; }
+hash="$(inputs streaming-ml-python:3.11 src service.py bentofile.yaml docker/service \
+    docker/build-images.sh)"
+if ! current "streaming-ml-service:$VERSION" "$hash"; then
+    step "Bento ford-price-predictor:$VERSION"
+    export BENTOML_HOME="$ROOT/.stack/images/bentoml" BENTOML_DO_NOT_TRACK=true
+    MODEL="${SML_MODEL_NAME:-ford_price}:compose"
+    if ! "$BIN/bentoml" models get "$MODEL" >/dev/null 2>&1; then
+        "$BIN/streaming-ml" train --synthetic 20000 --seed 42 --tag compose >"$LOGS/train.log" 2>&1 \
+            || { tail -n 20 "$LOGS/train.log"; exit 1; }
+    fi
+    "$BIN/bentoml" delete -y "ford-price-predictor:$VERSION" >/dev/null 2>&1 || true
+    "$BIN/bentoml" build --version "$VERSION" >"$LOGS/bento.log" 2>&1 \
+        || { tail -n 20 "$LOGS/bento.log"; exit 1; }
+    step "image streaming-ml-service:$VERSION (bentoml containerize --backend docker)"
+    t0=$SECONDS
+    # From a scratch directory that is also TMPDIR: containerize re-reads the Bento's
+    # Dockerfile template from a temporary copy and refuses paths outside the working
+    # directory or with a hidden part (BentoML 1.4.40, utils/filesystem.py).
+    scratch="$(mktemp -d /tmp/sml-containerize-XXXXXX)"
+    (cd "$scratch" && TMPDIR="$scratch" nice "$BIN/bentoml" containerize \
+        "ford-price-predictor:$VERSION" --backend docker --image-tag "streaming-ml-service:$VERSION" \
+        --opt "label=$LABEL=$hash") \
+        >"$LOGS/containerize.log" 2>&1 || { tail -n 30 "$LOGS/containerize.log"; rm -rf "$scratch"; exit 1; }
+    rm -rf "$scratch"
+    printf '        streaming-ml-service:%s: %s steps, %s cached, %s s\n' "$VERSION" \
+        "$(grep -c 'Step [0-9]*/' "$LOGS/containerize.log" || true)" \
+        "$(grep -c 'Using cache' "$LOGS/containerize.log" || true)" "$((SECONDS - t0))"
 fi
-"$BIN/bentoml" delete -y "ford-price-predictor:$VERSION" >/dev/null 2>&1 || true
-"$BIN/bentoml" build --version "$VERSION" >"$LOGS/bento.log" 2>&1 \
-    || { tail -n 20 "$LOGS/bento.log"; exit 1; }
-step "image streaming-ml-service:$VERSION (bentoml containerize --backend docker)"
-t0=$SECONDS
-# From a scratch directory that is also TMPDIR: containerize re-reads the Bento's
-# Dockerfile template from a temporary copy and refuses paths outside the working
-# directory or with a hidden part (BentoML 1.4.40, utils/filesystem.py).
-scratch="$(mktemp -d /tmp/sml-containerize-XXXXXX)"
-(cd "$scratch" && TMPDIR="$scratch" nice "$BIN/bentoml" containerize \
-    "ford-price-predictor:$VERSION" --backend docker --image-tag "streaming-ml-service:$VERSION") \
-    >"$LOGS/containerize.log" 2>&1 || { tail -n 30 "$LOGS/containerize.log"; rm -rf "$scratch"; exit 1; }
-rm -rf "$scratch"
-printf '        streaming-ml-service:%s: %s steps, %s cached, %s s\n' "$VERSION" \
-    "$(grep -c 'Step [0-9]*/' "$LOGS/containerize.log" || true)" \
-    "$(grep -c 'Using cache' "$LOGS/containerize.log" || true)" "$((SECONDS - t0))"
 step "all images built in $((SECONDS - started)) s"

@@ -591,7 +591,9 @@ def test_the_service_is_the_bento_and_the_online_model_is_shared() -> None:
         "service_completed_successfully"
     )
     assert "streaming-ml train --online" in " ".join(argv(main["online-trainer"]["command"]))
-    assert argv(main["connectors"]["command"]) == ["streaming-ml", "connectors", "apply"]
+    assert "streaming-ml connectors apply && exit 0" in " ".join(
+        argv(main["connectors"]["command"])
+    )
     assert argv(main["connectors-watch"]["command"]) == ["streaming-ml", "connectors", "watch"]
     assert argv(main["bridge"]["command"]) == argv(main["bridge-2"]["command"])
     ports = {environment(main[b])["SML_BRIDGE_METRICS_PORT"] for b in ("bridge", "bridge-2")}
