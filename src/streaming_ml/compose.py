@@ -90,10 +90,16 @@ def print_endpoints(repo_root: Path | None = None) -> None:
         if key.startswith("SML_") and key.endswith("_PORT")
     }
     settings = Settings(**ports).model_copy(update={"state_dir": root / ".stack" / "compose"})
+    console = Console()
     _print_endpoints(
-        Console(), settings, settings.prediction_url, secrets.APP_ROLE,
-        str(root / ".env"),
+        console, settings, settings.prediction_url, secrets.APP_ROLE,
+        str(secrets.secrets_path(settings.state_dir)),
     )  # fmt: skip
+    console.print(
+        "The bridges' and the evaluator's /metrics listen on the pod's loopback: "
+        '`docker compose exec bridge python -c "import urllib.request as u; '
+        "print(u.urlopen('http://127.0.0.1:9400/metrics').read().decode())\"`."
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

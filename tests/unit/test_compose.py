@@ -185,7 +185,7 @@ def built_images() -> dict[str, Path]:
     }
     found = {}
     for tag, dockerfile in re.findall(
-        r'^build "?([^\s"]+)"? "\$\(stage \S+ ([^\s)"]+)', text, re.M
+        r'^\s*build "?([^\s"]+)"? "\$\(stage \S+ ([^\s)"]+)', text, re.M
     ):
         for name, value in variables.items():
             tag = tag.replace(name, value)
@@ -677,3 +677,21 @@ def test_connect_serves_its_jmx_metrics_as_the_local_worker_does() -> None:
     assert f"COPY agents/{Path(jar).name} {Path(config).name} {Path(jar).parent}/" in dockerfile
     assert Path(config).name == connect_worker.JMX_EXPORTER_CONFIG.name
     assert "stack/jmx-exporter.yaml" in BUILD_SCRIPT.read_text()
+
+
+def test_app_containers_find_their_passwords_where_the_cli_looks(tmp_path: Path) -> None:
+    """docker/app/docker-entrypoint.sh: the passwords compose passes, and only those, in
+    SML_STATE_DIR/secrets/passwords.json (0600); a container given none gets no file."""
+    from streaming_ml.compose import write_state_from_env
+
+    state = tmp_path / "state"
+    environ = {"SML_STATE_DIR": str(state), "SML_PG_APP_PASSWORD": "app-secret"}
+    assert write_state_from_env(environ) == [secrets.APP_ROLE]
+    assert secrets.load_passwords(state)[secrets.APP_ROLE] == "app-secret"
+    assert set(secrets.load_passwords(state).by_role) == {secrets.APP_ROLE}
+    assert secrets.secrets_path(state).stat().st_mode & 0o777 == 0o600
+    empty = tmp_path / "empty"
+    assert write_state_from_env({"SML_STATE_DIR": str(empty)}) == []
+    assert not empty.exists()
+    entrypoint = (REPO_ROOT / "docker" / "app" / "docker-entrypoint.sh").read_text()
+    assert "write_state_from_env()" in entrypoint
