@@ -168,7 +168,14 @@ def load_in_background(
 def assert_priced_exactly_once(stack: Stack, ids: list[int]) -> None:
     """Every listing has one prediction row, equal to what the service says for it."""
     s = stack.settings
-    found = wait_for_predictions(stack.dsn, s.predictions_table, ids, PRICED_WITHIN_S)
+    try:
+        found = wait_for_predictions(stack.dsn, s.predictions_table, ids, PRICED_WITHIN_S)
+    except AssertionError as error:
+        logs = stack.compose(
+            "logs", "--no-color", "--tail", "25", "bridge", "bridge-2", "connect", "kafka",
+            check=False,
+        )  # fmt: skip
+        raise AssertionError(f"{error}\nlast logs:\n{logs[-12000:]}") from None
     counts = query(
         stack.dsn,
         f"SELECT count(*) AS n, count(DISTINCT listing_id) AS d FROM public.{s.predictions_table} "
