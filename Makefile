@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv lock stack-install k8s-tools k8s-schemas k8s-check demo compose-init test test-unit typecheck lint format bench clean
+.PHONY: help setup venv lock stack-install k8s-tools k8s-schemas k8s-check demo compose-init \
+	compose-build compose-up compose-down docker-install test test-unit typecheck lint format \
+	bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +30,9 @@ lock: ## Re-resolve requirements.lock from pyproject.toml (hashes included); the
 	$(BIN)/pip install --quiet --require-hashes -r requirements-build.lock
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
 		--python-version 3.11 --quiet -o requirements.lock
+	@# JupyterLab for the dev image, for its interpreter (Debian bookworm's Python 3.11.2).
+	$(BIN)/uv pip compile docker/jupyter/requirements.in -c requirements.lock --generate-hashes \
+		--python-version 3.11.2 --python-platform linux --quiet -o docker/jupyter/requirements.lock
 
 stack-install: venv ## Install Postgres/Adminer/Java packages and fetch the Kafka/Debezium/Apicurio jars
 	$(BIN)/streaming-ml stack install
@@ -58,7 +63,21 @@ demo: setup ## Run the end-to-end demo (Ctrl-C stops everything)
 compose-init: venv ## Generate the Docker Compose stack's passwords into a 0600 .env (once)
 	$(BIN)/streaming-ml compose init
 
-test: setup typecheck ## Type-check src/, then run the whole test suite against real components
+docker-install: ## Install docker.io, Docker Compose v2 and debootstrap when missing
+	docker/install-docker.sh
+
+compose-build: setup docker-install ## Start dockerd if needed; build every compose image here (no pull)
+	docker/dockerd.sh >/dev/null
+	docker/build-images.sh
+
+compose-up: compose-build compose-init ## The demo's pipeline in containers: build, `up --wait`, endpoints
+	docker compose up --detach --wait --wait-timeout 600
+	$(BIN)/python -c 'from streaming_ml.stack.compose import print_endpoints; print_endpoints()'
+
+compose-down: ## Stop the compose stack (data stays; `docker compose down -v` deletes it)
+	docker compose down
+
+test: setup docker-install typecheck ## Type-check src/, then run the whole test suite against real components
 	$(BIN)/pytest
 
 test-unit: venv k8s-tools ## Unit tests only (start nothing)

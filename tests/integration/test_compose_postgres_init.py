@@ -1,4 +1,4 @@
-"""docker/postgres-init.sh, the compose stack's one-shot database step, run against a real
+"""docker/postgres/postgres-init.sh, the compose stack's one-shot database step, run against a real
 Postgres 15 of its own (a throwaway cluster, so the session stack's passwords are never
 touched): it applies postgres/NN-*.sql, gives each role the password compose passes in,
 and can run again on every `docker compose up`."""
@@ -19,7 +19,7 @@ from tests.fixtures.stack import private_stack_settings
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = REPO_ROOT / "docker" / "postgres-init.sh"
+SCRIPT = REPO_ROOT / "docker" / "postgres" / "postgres-init.sh"
 # Passwords as `streaming-ml compose init` or a user puts them in .env; one has a quote and a space,
 # because the script must pass passwords to SQL as literals, not as text.
 ROLE_PASSWORDS = {
@@ -197,7 +197,7 @@ def test_compose_pg_hba_refuses_physical_replication_and_allows_cdc(
     admin = connect_as(settings, secrets.SUPERUSER, superuser_password, "postgres")
     admin.autocommit = True
     try:
-        hba.write_text((REPO_ROOT / "docker" / "pg_hba.conf").read_text())
+        hba.write_text((REPO_ROOT / "docker" / "postgres" / "pg_hba.conf").read_text())
         with admin.cursor() as cur:
             cur.execute("SELECT pg_reload_conf()")
             cur.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL")

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
+from streaming_ml import stack
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.connect import client
-from streaming_ml.stack import connect_worker, kafka, postgres, secrets
+from streaming_ml.stack import connect_worker, jars, kafka, postgres, secrets
 from streaming_ml.stack.compose import ENV_OF_ROLE
 
 MAIN = "docker-compose.yml"
@@ -143,27 +144,6 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return instructions
 
 
-def builds() -> list[tuple[str, str, Path, Path]]:
-    """(compose file, service, context dir, Dockerfile) of every service that builds.
-
-    Read without interpolation: it parametrises tests at collection time, where a missing
-    default must fail one test (test_every_variable_has_a_default), not the collection.
-    """
-    found = []
-    for name in COMPOSE_FILES:
-        raw = yaml.safe_load((REPO_ROOT / name).read_text())
-        for service_name, service in raw["services"].items():
-            build = service.get("build")
-            if build is None:
-                continue
-            context = REPO_ROOT / (build if isinstance(build, str) else build.get("context", "."))
-            dockerfile = (
-                "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
-            )
-            found.append((name, service_name, context, context / dockerfile))
-    return found
-
-
 def base_images(dockerfile: Path) -> list[str]:
     """External images of FROM lines (earlier stages referenced by name are skipped)."""
     stages: set[str] = set()
@@ -185,18 +165,36 @@ def image_tag(image: str) -> str | None:
     return last.split(":", 1)[1] if ":" in last else None
 
 
-# Images whose releases are numbered major.minor; every other image needs major.minor.patch
-# (a tag like python:3.11-slim or postgres:15 moves with each patch release).
-TWO_PART_VERSIONS = {"postgres"}
+# --- docker/build-images.sh: what it builds, from which Dockerfile -------------------
+
+BUILD_SCRIPT = REPO_ROOT / "docker" / "build-images.sh"
+BASE_IMAGE = "streaming-ml-base:bookworm"
+SERVICE_IMAGE = "streaming-ml-service:0.1.0"
 
 
-def assert_pinned(image: str, where: str) -> None:
-    tag = image_tag(image)
-    assert tag, f"{where}: image {image!r} has no tag"
-    repository = image.split("@", 1)[0].rsplit(":", 1)[0].rsplit("/", 1)[-1]
-    parts = 2 if repository in TWO_PART_VERSIONS else 3
-    exact = re.match(r"\d+" + r"\.\d+" * (parts - 1) + r"(?!\.?\d)", tag)
-    assert exact, f"{where}: {image!r} is not pinned to an exact release"
+@functools.cache
+def built_images() -> dict[str, Path]:
+    """Image tag -> Dockerfile, for every `build <tag> "$(stage <name> docker/<dir>/Dockerfile"
+    line of the build script, with its version variables resolved from the POMs."""
+    text = BUILD_SCRIPT.read_text().replace("\\\n", " ")
+    variables = {
+        "$KAFKA_VERSION": maven_properties()["kafka.version"],
+        "$DEBEZIUM_VERSION": maven_properties()["debezium.version"],
+        "$APICURIO_VERSION": maven_properties()["apicurio.version"],
+        "$VERSION": project_version(),
+    }
+    found = {}
+    for tag, dockerfile in re.findall(
+        r'^\s*build "?([^\s"]+)"? "\$\(stage \S+ ([^\s)"]+)', text, re.M
+    ):
+        for name, value in variables.items():
+            tag = tag.replace(name, value)
+        found[tag] = REPO_ROOT / dockerfile
+    return found
+
+
+def project_version() -> str:
+    return re.search(r'^version = "([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M)[1]
 
 
 # --- Maven pins of the local stack ---------------------------------------------------
@@ -225,39 +223,52 @@ def test_every_variable_has_a_default(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
-def test_every_service_has_a_pinned_image_or_a_build(name: str) -> None:
+def test_every_service_runs_an_image_built_here_and_never_pulls(name: str) -> None:
+    """The images a user gets from the shipped file are the ones docker/build-images.sh
+    builds (and the tests run): no registry, no `build:` that could differ."""
+    images = {*built_images(), SERVICE_IMAGE}
     for service_name, service in services(name).items():
-        assert "image" in service or "build" in service, f"{service_name}: no image, no build"
-        if "build" not in service:
-            assert_pinned(service["image"], f"{name}:{service_name}")
+        assert "build" not in service, f"{name}:{service_name} builds outside the build script"
+        assert service["image"] in images, f"{name}:{service_name}: {service['image']}"
+        assert service.get("pull_policy") == "never", f"{name}:{service_name} may pull"
 
 
-@pytest.mark.parametrize(("name", "service", "context", "dockerfile"), builds())
-def test_build_contexts_and_their_base_images(
-    name: str, service: str, context: Path, dockerfile: Path
-) -> None:
-    assert context.is_dir(), f"{name}:{service}: build context {context} does not exist"
-    assert dockerfile.is_file(), f"{name}:{service}: {dockerfile} does not exist"
-    images = base_images(dockerfile)
-    assert images, f"{dockerfile} has no FROM"
-    for image in images:
-        assert_pinned(image, str(dockerfile.relative_to(REPO_ROOT)))
+def test_every_image_builds_on_the_base_or_an_image_built_before_it() -> None:
+    built: list[str] = []
+    for tag, dockerfile in built_images().items():
+        assert dockerfile.is_file(), f"{tag}: {dockerfile} is missing"
+        for image in base_images(dockerfile):
+            assert image == BASE_IMAGE or image in built, f"{dockerfile}: FROM {image}"
+        built.append(tag)
+    bentofile = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
+    assert bentofile["docker"]["base_image"] in built
+    assert (REPO_ROOT / bentofile["docker"]["dockerfile_template"]).is_file()
+    assert '--image-tag "streaming-ml-service:$VERSION"' in BUILD_SCRIPT.read_text()
 
 
-@pytest.mark.parametrize(("name", "service", "context", "dockerfile"), builds())
-def test_dockerfile_copy_sources_exist(
-    name: str, service: str, context: Path, dockerfile: Path
-) -> None:
-    for keyword, args in dockerfile_instructions(dockerfile):
-        if keyword not in {"COPY", "ADD"} or "--from=" in args:
-            continue
-        sources = [w for w in args.split() if not w.startswith("--")][:-1]
-        for source in sources:
-            if any(ch in source for ch in "*?["):
-                continue  # a glob may legitimately match nothing (README.md*)
-            assert (context / source).exists(), (
-                f"{dockerfile.name}: COPY source {source} is missing"
-            )
+def test_every_image_runs_as_a_user() -> None:
+    """The last USER of each image's Dockerfile chain is not root (the Bento's is BentoML's
+    `bentoml` user; the Python base is only a base)."""
+    user_of: dict[str, str | None] = {BASE_IMAGE: None}
+    for tag, dockerfile in built_images().items():
+        instructions = dockerfile_instructions(dockerfile)
+        parent = base_images(dockerfile)[-1]
+        users = [args for keyword, args in instructions if keyword == "USER"]
+        user_of[tag] = users[-1] if users else user_of[parent]
+        for keyword, args in instructions:
+            assert not (keyword == "RUN" and "streaming-ml train" in args), tag
+    running = {s["image"] for name in COMPOSE_FILES for s in services(name).values()}
+    for tag in running - {SERVICE_IMAGE}:
+        assert user_of[tag] not in {None, "root", "0"}, f"{tag} runs as root"
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_containers_are_locked_down(name: str) -> None:
+    for service_name, service in services(name).items():
+        assert service.get("cap_drop") == ["ALL"], service_name
+        assert "no-new-privileges:true" in service.get("security_opt", []), service_name
+        if name == MAIN and service_name != "service":
+            assert service.get("read_only") is True, f"{service_name}: read-only root filesystem"
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
@@ -334,22 +345,6 @@ def test_bind_mounts_exist_and_data_outside_the_repo_is_opt_in(name: str) -> Non
                 assert service.get("profiles"), f"{service_name} mounts {source} by default"
 
 
-def test_dockerfile_runs_as_a_user_and_never_trains() -> None:
-    instructions = dockerfile_instructions(REPO_ROOT / "Dockerfile")
-    users = [args for keyword, args in instructions if keyword == "USER"]
-    assert users and all(user not in {"root", "0"} for user in users)
-    first_from = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
-    first_user = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "USER")
-    first_run_after_user = [k for k, _ in instructions[first_user:] if k == "RUN"]
-    assert first_from < first_user and first_run_after_user  # installs happen as the user
-    for keyword, args in instructions:
-        if keyword == "RUN":
-            assert "streaming-ml train" not in args and "train_model" not in args
-    assert base_images(REPO_ROOT / "Dockerfile")[0].startswith("python:3.11.")
-    stages = [args.split()[-1] for keyword, args in instructions if keyword == "FROM"]
-    assert stages[-1] == "runtime", "a plain `docker build .` must give the runtime image"
-
-
 def test_dockerignore_keeps_state_and_data_out_of_images() -> None:
     patterns = {
         line.strip()
@@ -364,40 +359,47 @@ def test_dockerignore_keeps_state_and_data_out_of_images() -> None:
 
 
 def test_image_versions_match_the_maven_pins_of_the_local_stack() -> None:
+    """One set of versions: the images carry the jars the local stack runs (stack/pom.xml,
+    staged from SML_DIST_DIR), tagged with their POM versions; Connect is the Kafka image
+    plus the plugins, so its Kafka is the broker's and the local worker's."""
     pins = maven_properties()
     main = services(MAIN)
-    assert image_tag(main["kafka"]["image"]) == pins["kafka.version"]
-    assert main["kafka"]["image"].startswith("apache/kafka:")
-    assert image_tag(main["registry"]["image"]) == pins["apicurio.version"]
-    assert main["registry"]["image"].startswith("apicurio/apicurio-registry:")
-    connect_dockerfile = REPO_ROOT / main["connect"]["build"]["dockerfile"]
-    debezium = [
-        i for i in base_images(connect_dockerfile) if i.startswith("quay.io/debezium/connect:")
-    ]
-    assert [image_tag(i) for i in debezium] == [pins["debezium.version"]]
-    # The converter is built from the local stack's own module, not pinned a second time.
-    text = connect_dockerfile.read_text()
-    assert "-pl apicurio-converter" in text
-    assert (REPO_ROOT / "stack" / "apicurio-converter" / "pom.xml").is_file()
-    assert image_tag(main["postgres"]["image"]).split(".")[0] == postgres.BIN_DIR.parts[-2] == "15"
+    assert main["kafka"]["image"] == f"streaming-ml-kafka:{pins['kafka.version']}"
+    assert main["connect"]["image"] == f"streaming-ml-connect:{pins['debezium.version']}"
+    assert main["registry"]["image"] == f"streaming-ml-registry:{pins['apicurio.version']}"
+    connect_dockerfile = built_images()[main["connect"]["image"]]
+    assert base_images(connect_dockerfile) == [main["kafka"]["image"]]
+    script = BUILD_SCRIPT.read_text()
+    for staged in ('"$DIST/kafka=kafka"', '"$DIST/plugins=plugins"', '"$DIST/agents=agents"',
+                   '"$DIST/apicurio=apicurio"'):  # fmt: skip
+        assert staged in script, staged
+    registry = (REPO_ROOT / "docker" / "registry" / "Dockerfile").read_text()
+    assert jars.REGISTRY_JAR in registry
+    # Postgres 15 and Java 17 from the Debian packages the local stack installs.
+    assert image_tag(main["postgres"]["image"]) == postgres.BIN_DIR.parts[-2] == "15"
+    apt = {name for name, _ in stack.APT_PACKAGES}
+    assert "postgresql-15" in apt and "openjdk-17-jre-headless" in apt
+    assert "postgresql-15" in (REPO_ROOT / "docker" / "postgres" / "Dockerfile").read_text()
+    assert "openjdk-17-jre-headless" in (REPO_ROOT / "docker" / "jre" / "Dockerfile").read_text()
+    assert (
+        "adminer php-cli php-pgsql" in (REPO_ROOT / "docker" / "adminer" / "Dockerfile").read_text()
+    )
 
 
 def test_postgres_runs_with_the_local_server_options() -> None:
     command = options(services(MAIN)["postgres"]["command"])
-    assert command["wal_level"] == "logical"
     local = options(postgres.server_argv(pod_settings()))
-    keys = ("wal_level", "max_wal_senders", "max_replication_slots", "max_slot_wal_keep_size",
-            "shared_buffers", "password_encryption", "port")  # fmt: skip
-    for key in keys:
-        assert command[key] == local[key], key
-    env = environment(services(MAIN)["postgres"])
-    assert "--auth=scram-sha-256" in env["POSTGRES_INITDB_ARGS"]
-    assert "POSTGRES_DB" not in env  # 01-roles.sql creates `cars` owned by cars_app
+    # The pod's interfaces (published ports), its own socket dir, and our pg_hba.conf.
+    assert command.pop("listen_addresses") == "*" and local.pop("listen_addresses")
+    assert command.pop("unix_socket_directories") == "/tmp" and local.pop("unix_socket_directories")
+    assert command.pop("hba_file") == "/etc/postgresql/pg_hba.conf"
+    assert command == local
+    entrypoint = (REPO_ROOT / "docker" / "postgres" / "postgres-entrypoint.sh").read_text()
+    assert "--auth=scram-sha-256" in entrypoint and "--pwfile" in entrypoint
 
 
 def test_init_sql_is_mounted_and_every_role_gets_its_password() -> None:
     main = services(MAIN)
-    assert "./postgres:/docker-entrypoint-initdb.d:ro" in main["postgres"]["volumes"]
     init = main["postgres-init"]
     assert "./postgres:/sql:ro" in init["volumes"]
     script_mount = next(v for v in init["volumes"] if v.endswith(".sh:ro"))
@@ -425,9 +427,9 @@ def test_one_password_per_role_everywhere() -> None:
     assert environment_of_postgres["POSTGRES_PASSWORD"] == init["POSTGRES_PASSWORD"]
 
 
-@pytest.mark.parametrize("name", ["bridge", "evaluator"])
+@pytest.mark.parametrize("name", ["bridge", "bridge-2", "evaluator", "learner"])
 def test_kafka_only_containers_hold_no_database_secret(name: str) -> None:
-    """The bridge and the evaluator never connect to Postgres: no password, no secrets."""
+    """The bridges, the evaluator and the learner never connect to Postgres."""
     container = services(MAIN)[name]
     assert "configs" not in container
     assert not [k for k in environment(container) if "PASSWORD" in k]
@@ -436,9 +438,12 @@ def test_kafka_only_containers_hold_no_database_secret(name: str) -> None:
 
 def test_app_containers_only_set_real_settings() -> None:
     fields = set(Settings.model_fields)
-    for service_name in ("trainer", "service", "bridge", "evaluator"):
-        for key in environment(services(MAIN)[service_name]):
-            if key.startswith("SML_"):
+    passwords = set(ENV_OF_ROLE.values())
+    for service_name, service in services(MAIN).items():
+        if service["image"] not in {"streaming-ml-app:0.1.0", SERVICE_IMAGE}:
+            continue
+        for key in environment(service):
+            if key.startswith("SML_") and key not in passwords:
                 assert key[4:].lower() in fields, f"{service_name}: {key} is not a Settings field"
 
 
@@ -448,11 +453,11 @@ def test_pod_shares_one_network_and_publishes_every_server_port() -> None:
     owner = main[POD_OWNER]
     assert "network_mode" not in owner
     for service_name, service in main.items():
-        if service_name in (POD_OWNER, "trainer"):
+        if service_name in (POD_OWNER, "online-trainer"):
             continue
         assert service.get("network_mode") == POD_MODE, f"{service_name} is outside the pod"
         assert not service.get("ports"), f"{service_name}: only {POD_OWNER} can publish ports"
-    assert main["trainer"].get("network_mode") == "none"
+    assert main["online-trainer"].get("network_mode") == "none"
     # Where each server of the pod listens, read from its own configuration.
     kafka_listeners = environment(main["kafka"])["KAFKA_LISTENERS"]
     listens = {
@@ -485,8 +490,15 @@ def test_kafka_advertises_the_address_both_sides_reach() -> None:
     assert advertised == [f"PLAINTEXT://127.0.0.1:{pod_settings().kafka_port}"]
     host_ports = {(h, c) for _, h, c in published(main[POD_OWNER])}
     assert (pod_settings().kafka_port, pod_settings().kafka_port) in host_ports
-    assert environment(main["connect"])["BOOTSTRAP_SERVERS"] == pod_settings().kafka_bootstrap
-    # Same broker settings as the local stack (single node: one replica everywhere).
+    assert environment(main["connect"])["CONNECT_BOOTSTRAP_SERVERS"] == (
+        pod_settings().kafka_bootstrap
+    )
+
+
+def test_kafka_runs_with_the_local_server_properties() -> None:
+    """Every property of the local broker, key for key (KAFKA_<NAME> -> <name>, as
+    docker/kafka/kafka-entrypoint.sh writes them), but where it listens and logs."""
+    env = environment(services(MAIN)["kafka"])
     local = dict(
         line.split("=", 1) for line in kafka.server_properties(pod_settings()).splitlines()
     )
@@ -495,30 +507,20 @@ def test_kafka_advertises_the_address_both_sides_reach() -> None:
         for key, value in env.items()
         if key.startswith("KAFKA_")
     }
-    for key in ("process.roles", "node.id", "controller.listener.names", "num.partitions",
-                "auto.create.topics.enable", "offsets.topic.replication.factor",
-                "offsets.topic.num.partitions", "transaction.state.log.replication.factor",
-                "transaction.state.log.min.isr", "share.coordinator.state.topic.replication.factor",
-                "share.coordinator.state.topic.min.isr", "default.replication.factor",
-                "min.insync.replicas", "group.initial.rebalance.delay.ms",
-                "log.retention.hours", "controller.quorum.voters"):  # fmt: skip
-        assert from_env[key] == local[key], key
+    assert from_env.pop("listeners") == local.pop("listeners").replace(
+        f"PLAINTEXT://{pod_settings().host}:", "PLAINTEXT://0.0.0.0:"
+    )
+    assert from_env.pop("log.dirs") == "/var/lib/kafka/data" and local.pop("log.dirs")
+    assert from_env == local
+    jvm = kafka.jvm_options(kafka.HEAP, Path("/x"), Path("/y"))
+    assert env["JAVA_OPTS"].split() == [o for o in jvm if not o.startswith(("-Dlog4j2", "-Dkafka"))]
 
 
 def test_connect_worker_matches_the_local_worker() -> None:
+    """Every worker property of the local stack, key for key (CONNECT_<NAME> -> <name>),
+    but for the listener on the pod's interfaces and the image's plugin path."""
     env = environment(services(MAIN)["connect"])
-    # The Debezium entrypoint's own variables, then CONNECT_* -> worker properties.
     worker = {
-        "bootstrap.servers": env["BOOTSTRAP_SERVERS"],
-        "group.id": env["GROUP_ID"],
-        "config.storage.topic": env["CONFIG_STORAGE_TOPIC"],
-        "offset.storage.topic": env["OFFSET_STORAGE_TOPIC"],
-        "status.storage.topic": env["STATUS_STORAGE_TOPIC"],
-        "offset.flush.interval.ms": env["OFFSET_FLUSH_INTERVAL_MS"],
-        "rest.advertised.host.name": env["ADVERTISED_HOST_NAME"],
-        "rest.advertised.port": env["ADVERTISED_PORT"],
-    }
-    worker |= {
         key[8:].lower().replace("_", "."): value
         for key, value in env.items()
         if key.startswith("CONNECT_")
@@ -527,15 +529,15 @@ def test_connect_worker_matches_the_local_worker() -> None:
         line.split("=", 1)
         for line in connect_worker.worker_properties(pod_settings(), Path("/dist")).splitlines()
     )
-    # Image defaults: plugin.path=/kafka/connect, JsonConverter as the worker converters.
-    skipped = {"plugin.path", "key.converter", "value.converter"}
-    for key, value in local.items():
-        if key == "listeners":  # the same port, on the pod's interfaces (published ports)
-            assert worker[key] == value.replace(f"//{pod_settings().host}:", "//0.0.0.0:")
-        elif key not in skipped:
-            assert worker.get(key) == value, f"worker property {key}"
-    # Removed in Kafka 3.0 (KAFKA-12482): setting them would silently do nothing.
-    assert not {"REST_PORT", "REST_HOST_NAME"} & set(env)
+    assert worker.pop("listeners") == local.pop("listeners").replace(
+        f"//{pod_settings().host}:", "//0.0.0.0:"
+    )
+    assert worker.pop("plugin.path") == "/opt/kafka/plugins" and local.pop("plugin.path")
+    assert worker == local
+    jvm = kafka.jvm_options(connect_worker.HEAP, Path("/x"), Path("/y"), full_jit=True)
+    expected = [o for o in jvm if not o.startswith(("-Dlog4j2", "-Dkafka"))]
+    assert [o for o in env["JAVA_OPTS"].split() if not o.startswith("-javaagent")] == expected
+    assert pod_settings().connect_full_jit
 
 
 @pytest.mark.parametrize("name", [Settings().source_connector, Settings().sink_connector])
@@ -576,54 +578,53 @@ def test_connector_names_topics_and_tables_follow_the_settings() -> None:
     assert sink["connection.url"].endswith(f"/{defaults.database}")
 
 
-def test_service_and_trainer_share_the_model_store() -> None:
+def test_the_service_is_the_bento_and_the_online_model_is_shared() -> None:
     main = services(MAIN)
+    assert main["service"]["image"] == SERVICE_IMAGE
+    assert argv(main["service"]["command"])[:3] == ["serve", "--host", "0.0.0.0"]
+    bentofile = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
+    assert any(p.startswith("river==") for p in bentofile["python"]["packages"])
     store = "bentoml-home:/home/app/bentoml"
-    assert store in main["trainer"]["volumes"] and store in main["service"]["volumes"]
-    assert main["service"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
-    command = " ".join(argv(main["trainer"]["command"]))
-    assert "streaming-ml train" in command and "bentoml models get" in command
-    assert argv(main["service"]["command"])[:3] == ["bentoml", "serve", "service:PricePredictor"]
-    assert argv(main["bridge"]["command"]) == ["streaming-ml", "bridge", "--apply-connectors"]
+    for name in ("online-trainer", "learner", "evaluator"):
+        assert store in main[name]["volumes"], name
+    assert main["learner"]["depends_on"]["online-trainer"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert "streaming-ml train --online" in " ".join(argv(main["online-trainer"]["command"]))
+    assert "streaming-ml connectors apply && exit 0" in " ".join(
+        argv(main["connectors"]["command"])
+    )
+    assert argv(main["connectors-watch"]["command"]) == ["streaming-ml", "connectors", "watch"]
+    assert argv(main["bridge"]["command"]) == argv(main["bridge-2"]["command"])
+    ports = {environment(main[b])["SML_BRIDGE_METRICS_PORT"] for b in ("bridge", "bridge-2")}
+    assert len(ports) == 2, "the bridges share the pod's loopback: one metrics port each"
 
 
-def test_dev_compose_serves_jupyter_on_the_loopback_with_the_repo_editable() -> None:
+def test_dev_compose_serves_jupyter_on_the_loopback_next_to_the_pipeline() -> None:
     dev = services(DEV)
     jupyter = dev["jupyter"]
     assert published(jupyter) == [("127.0.0.1", 8888, 8888)]
-    assert jupyter["build"]["target"] == "dev"
+    assert jupyter["image"] == f"streaming-ml-jupyter:{project_version()}"
     assert ".:/home/app/work" in jupyter["volumes"]
-    command = " ".join(argv(jupyter["command"]))
-    assert "pip install --no-deps --no-build-isolation --quiet -e ." in command
-    assert "--port=8888" in command
-    workdirs = [a for k, a in dockerfile_instructions(REPO_ROOT / "Dockerfile") if k == "WORKDIR"]
-    assert "/home/app/work" in workdirs
+    assert environment(jupyter)["SML_SERVICE_URL"] == f"http://{POD_OWNER}:3000"
+    network = compose(DEV)["networks"]["pipeline"]
+    assert network["external"] is True
+    assert network["name"] == f"{compose(MAIN)['name']}_default"
+    dockerfile = (REPO_ROOT / "docker" / "jupyter" / "Dockerfile").read_text()
+    assert "--require-hashes" in dockerfile and "PYTHONPATH=/home/app/work/src" in dockerfile
     data_mounts = [
         v for v in dev["jupyter-data"]["volumes"] if isinstance(v, dict) and v.get("read_only")
     ]
     assert [m["target"] for m in data_mounts] == ["/home/app/data"]
 
 
-def test_runtime_image_has_the_layout_the_code_expects() -> None:
-    """The code locates files from REPO_ROOT; the image must keep the checkout's layout."""
-    stages: dict[str, list[tuple[str, str]]] = {}
-    parents: dict[str, str] = {}
-    current = ""
-    for keyword, args in dockerfile_instructions(REPO_ROOT / "Dockerfile"):
-        if keyword == "FROM":
-            words = args.split()
-            current = words[-1]
-            parents[current] = words[0]
-            stages[current] = []
-        stages[current].append((keyword, args))
-    chain = ["runtime"]
-    while parents[chain[-1]] in stages:
-        chain.append(parents[chain[-1]])
-    instructions = [item for stage in reversed(chain) for item in stages[stage]]
+def test_app_image_has_the_layout_the_code_expects() -> None:
+    """The code locates files from REPO_ROOT; the app image keeps the checkout's layout."""
+    instructions = dockerfile_instructions(REPO_ROOT / "docker" / "app" / "Dockerfile")
     copied = {
-        word.rstrip("*")
+        word.rstrip("/")
         for keyword, args in instructions
-        if keyword == "COPY" and "--from=" not in args
+        if keyword == "COPY"
         for word in args.split()[:-1]
         if not word.startswith("--")
     }
@@ -633,11 +634,11 @@ def test_runtime_image_has_the_layout_the_code_expects() -> None:
         "src",
         "pyproject.toml",
     }
-    assert needed <= copied, f"missing in the runtime image: {sorted(needed - copied)}"
-    workdirs = [args for keyword, args in instructions if keyword == "WORKDIR"]
-    assert workdirs[-1] == "/app"
-    # Editable, so that REPO_ROOT (two levels above the package) is /app.
-    assert any(k == "RUN" and "pip install --no-deps -e ." in a for k, a in stages["runtime"])
+    assert needed <= copied, f"missing in the app image: {sorted(needed - copied)}"
+    assert [a for k, a in instructions if k == "WORKDIR"][-1] == "/app"
+    assert any(k == "ENV" and "PYTHONPATH=/app/src" in a for k, a in instructions)
+    python = (REPO_ROOT / "docker" / "python" / "Dockerfile").read_text()
+    assert "for m in ('pytest', 'ruff', 'playwright', 'nbclient')" in python
 
 
 def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> None:
@@ -664,16 +665,33 @@ def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> No
 
 def test_connect_serves_its_jmx_metrics_as_the_local_worker_does() -> None:
     main = services(MAIN)
-    opts = environment(main["connect"])["KAFKA_OPTS"]
-    agent = re.fullmatch(r"-javaagent:(\S+\.jar)=0\.0\.0\.0:(\d+):(\S+\.yaml)", opts)
-    assert agent, opts
+    opts = environment(main["connect"])["JAVA_OPTS"].split()
+    agents = [o for o in opts if o.startswith("-javaagent:")]
+    assert len(agents) == 1
+    agent = re.fullmatch(r"-javaagent:(\S+\.jar)=0\.0\.0\.0:(\d+):(\S+\.yaml)", agents[0])
+    assert agent, agents
     jar, port, config = agent.group(1), int(agent.group(2)), agent.group(3)
-    # The port the bench and the docs read, published like every port of the pod.
     assert port == Settings().connect_metrics_port
     assert ("127.0.0.1", port, port) in published(main[POD_OWNER])
-    # The image holds the agent where KAFKA_OPTS says, and the local stack's config file.
-    dockerfile = (REPO_ROOT / main["connect"]["build"]["dockerfile"]).read_text()
-    assert f"/out/agents/jmx_prometheus_javaagent.jar {Path(jar).parent}/" in dockerfile
-    assert f"COPY --chown=kafka:kafka stack/jmx-exporter.yaml {Path(config).parent}/" in dockerfile
-    assert REPO_ROOT / "stack" / Path(config).name == connect_worker.JMX_EXPORTER_CONFIG
-    assert "dependency:copy@copy-agents" in dockerfile
+    dockerfile = (REPO_ROOT / "docker" / "connect" / "Dockerfile").read_text()
+    assert f"COPY agents/{Path(jar).name} {Path(config).name} {Path(jar).parent}/" in dockerfile
+    assert Path(config).name == connect_worker.JMX_EXPORTER_CONFIG.name
+    assert "stack/jmx-exporter.yaml" in BUILD_SCRIPT.read_text()
+
+
+def test_app_containers_find_their_passwords_where_the_cli_looks(tmp_path: Path) -> None:
+    """docker/app/docker-entrypoint.sh: the passwords compose passes, and only those, in
+    SML_STATE_DIR/secrets/passwords.json (0600); a container given none gets no file."""
+    from streaming_ml.stack.compose import write_state_from_env
+
+    state = tmp_path / "state"
+    environ = {"SML_STATE_DIR": str(state), "SML_PG_APP_PASSWORD": "app-secret"}
+    assert write_state_from_env(environ) == [secrets.APP_ROLE]
+    assert secrets.load_passwords(state)[secrets.APP_ROLE] == "app-secret"
+    assert set(secrets.load_passwords(state).by_role) == {secrets.APP_ROLE}
+    assert secrets.secrets_path(state).stat().st_mode & 0o777 == 0o600
+    empty = tmp_path / "empty"
+    assert write_state_from_env({"SML_STATE_DIR": str(empty)}) == []
+    assert not empty.exists()
+    entrypoint = (REPO_ROOT / "docker" / "app" / "docker-entrypoint.sh").read_text()
+    assert "write_state_from_env()" in entrypoint

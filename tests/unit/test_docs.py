@@ -19,7 +19,7 @@ from streaming_ml.config import REPO_ROOT, Settings
 
 PAGES = sorted([REPO_ROOT / "README.md", REPO_ROOT / "SECURITY.md", *REPO_ROOT.glob("docs/*.md")])
 # Variables the docs name that are not Settings: compose's password variables, the test
-# suite's switches, the dev compose's own.
+# suite's switches, the dev compose's and the image build's own.
 NOT_SETTINGS = {
     "SML_PG_APP_PASSWORD",
     "SML_PG_REGISTRY_PASSWORD",
@@ -29,6 +29,9 @@ NOT_SETTINGS = {
     "SML_DEV_UID",
     "SML_DEV_DATA_DIR",
     "SML_DATA_CSV",
+    # docker/build-images.sh's own switches.
+    "SML_BASE_PULL",
+    "SML_COMPOSE_NETWORK",
 }
 # A command line: optional prompt and VAR=value assignments, then the command itself.
 COMMAND = re.compile(

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.stack import secrets
 
 # The compose variable of each role's password.
@@ -58,6 +63,56 @@ def init(env_file: Path, state_dir: Path) -> list[str]:
     # The host CLI reads the containers' passwords from the state dir.
     _write_private(secrets.secrets_path(state_dir), json.dumps(values))
     return added
+
+
+def write_state_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Inside a compose container: the role passwords compose passed as variables
+    (``ENV_OF_ROLE``) into ``$SML_STATE_DIR/secrets/passwords.json`` (0600), where the
+    CLI reads them. Only the roles whose variable is set; returns them. A container
+    given none (the bridge, the evaluator) gets no file."""
+    environ = os.environ if environ is None else environ
+    values = {role: environ[env] for role, env in ENV_OF_ROLE.items() if environ.get(env)}
+    if values:
+        path = secrets.secrets_path(Path(environ.get("SML_STATE_DIR", ".stack")))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(path, json.dumps(values))
+    return sorted(values)
+
+
+def print_endpoints(repo_root: Path | None = None) -> None:
+    """The endpoint table for the compose stack (``make compose-up``): the same ports as
+    the demo's (the SML_* settings, from ``.env``), all on 127.0.0.1."""
+    root = repo_root or REPO_ROOT
+    ports = {
+        key[4:].lower(): value
+        for key, value in read_env_file(root / ".env").items()
+        if key.startswith("SML_") and key.endswith("_PORT")
+    }
+    settings = Settings.model_validate(ports).model_copy(
+        update={"state_dir": root / ".stack" / "compose"}
+    )
+    table = Table(title="Endpoints (compose)", show_header=False)
+    table.add_row("Adminer", f"http://{settings.host}:{settings.adminer_port}/")
+    table.add_row(
+        "  login",
+        f"System: PostgreSQL, Server: postgres:{settings.postgres_port}, "
+        f"Username: {secrets.APP_ROLE}, Database: {settings.database}",
+    )
+    table.add_row(
+        "  password",
+        f"SML_STATE_DIR={settings.state_dir} streaming-ml stack credentials adminer",
+    )
+    table.add_row("Prediction service", f"{settings.prediction_url}  (POST /predict_batch, /docs)")
+    table.add_row("Dashboard", f"{settings.dashboard_url}  (live, read-only)")
+    table.add_row("Kafka", settings.kafka_bootstrap)
+    table.add_row("Schema registry", settings.registry_url)
+    table.add_row("Kafka Connect", settings.connect_url + "/connectors")
+    table.add_row(
+        "Bridge, evaluator /metrics",
+        "on the pod's loopback: `docker compose exec bridge python -c \"import urllib.request "
+        "as u; print(u.urlopen('http://127.0.0.1:9400/metrics').read().decode())\"`",
+    )
+    Console().print(table)
 
 
 def _write_private(path: Path, text: str) -> None:
