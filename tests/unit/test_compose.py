@@ -22,7 +22,7 @@ from streaming_ml import stack
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.connect import client
 from streaming_ml.stack import connect_worker, jars, kafka, postgres, secrets
-from streaming_ml.stack.compose import ENV_OF_ROLE
+from streaming_ml.stack.compose import ENV_OF_ROLE, SIGNING_KEY_ENV
 
 MAIN = "docker-compose.yml"
 DEV = "docker-compose-dev.yml"
@@ -32,7 +32,10 @@ POD_MODE = f"service:{POD_OWNER}"
 ALLOWED_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 # What `streaming-ml compose init` writes into .env: the only variables without a default.
-SECRETS = {variable: f"generated-{variable.lower()}" for variable in ENV_OF_ROLE.values()}
+SECRETS = {
+    variable: f"generated-{variable.lower()}"
+    for variable in [*ENV_OF_ROLE.values(), SIGNING_KEY_ENV]
+}
 
 
 # --- Reading the files ------------------------------------------------------------------
@@ -647,7 +650,9 @@ def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> No
     env_file, state_dir = tmp_path / ".env", tmp_path / "state"
     env_file.write_text("SML_PG_APP_PASSWORD=chosen-by-me\nSML_SERVICE_PORT=3001\n")
     added = init(env_file, state_dir)
-    assert sorted(added) == sorted(set(ENV_OF_ROLE.values()) - {"SML_PG_APP_PASSWORD"})
+    assert sorted(added) == sorted(
+        set(ENV_OF_ROLE.values()) - {"SML_PG_APP_PASSWORD"} | {SIGNING_KEY_ENV}
+    )
     values = read_env_file(env_file)
     assert values["SML_PG_APP_PASSWORD"] == "chosen-by-me" and values["SML_SERVICE_PORT"] == "3001"
     generated = [values[v] for v in ENV_OF_ROLE.values() if v != "SML_PG_APP_PASSWORD"]
@@ -657,6 +662,11 @@ def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> No
     stored = secrets.load_passwords(state_dir)
     assert {stored[role] for role in ENV_OF_ROLE} == {values[v] for v in ENV_OF_ROLE.values()}
     assert secrets.secrets_path(state_dir).stat().st_mode & 0o777 == 0o600
+    # And the registry's signing key, the same on both sides.
+    key = values[SIGNING_KEY_ENV]
+    assert len(key) == 64
+    assert secrets.signing_key_path(state_dir).read_text().strip() == key
+    assert secrets.signing_key_path(state_dir).stat().st_mode & 0o777 == 0o600
     # Again: nothing changes.
     before = env_file.read_text()
     assert init(env_file, state_dir) == []

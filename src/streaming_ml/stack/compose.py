@@ -20,6 +20,9 @@ from rich.table import Table
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.stack import secrets
 
+# The registry's model signing key (models/signing.py): every app container signs or checks.
+SIGNING_KEY_ENV = "SML_MODEL_SIGNING_KEY"
+
 # The compose variable of each role's password.
 ENV_OF_ROLE = {
     secrets.SUPERUSER: "POSTGRES_PASSWORD",
@@ -59,10 +62,22 @@ def init(env_file: Path, state_dir: Path) -> list[str]:
         role_of = {variable: role for role, variable in ENV_OF_ROLE.items()}
         lines += [f"{variable}={values[role_of[variable]]}" for variable in added]
         _write_private(env_file, "\n".join(lines) + "\n")
+    key = present.get(SIGNING_KEY_ENV) or _state_signing_key(state_dir)
+    if not present.get(SIGNING_KEY_ENV):
+        lines = env_file.read_text().splitlines() if env_file.exists() else []
+        _write_private(env_file, "\n".join([*lines, f"{SIGNING_KEY_ENV}={key}"]) + "\n")
+        added.append(SIGNING_KEY_ENV)
     os.chmod(env_file, 0o600)
-    # The host CLI reads the containers' passwords from the state dir.
+    # The host CLI reads the containers' passwords and the registry's key from the state dir.
     _write_private(secrets.secrets_path(state_dir), json.dumps(values))
+    _write_private(secrets.signing_key_path(state_dir), key + "\n")
     return added
+
+
+def _state_signing_key(state_dir: Path) -> str:
+    """The state dir's model signing key, made now if it has none."""
+    secrets.ensure_signing_key(state_dir)
+    return secrets.signing_key_path(state_dir).read_text().strip()
 
 
 def write_state_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
