@@ -31,9 +31,27 @@ from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.datasets import predictions
 from streaming_ml.schema import avro
 from streaming_ml.schema.listing import FEATURES, features_hash
+from streaming_ml.service.launcher import ServiceProcess
 from tests.fixtures.ports import free_port
 
 PRICED_WITHIN_S = 240.0
+
+
+def restartable_service(
+    settings: Settings, model_tag: str, log_path: Path
+) -> Callable[[], ServiceProcess]:
+    """Starts the prediction service, again and again on the same port: an outage test
+    stops it and brings it back where the bridge expects it."""
+    port = free_port()
+
+    def start() -> ServiceProcess:
+        service = ServiceProcess(
+            host=settings.host, port=port, model_tag=model_tag, log_path=log_path
+        )
+        service.start()
+        return service
+
+    return start
 
 
 def unique(prefix: str) -> str:

@@ -16,7 +16,6 @@ from streaming_ml.bench.kafka import LagProbe
 from streaming_ml.config import Settings
 from streaming_ml.datasets.load import insert_records, load_listings
 from streaming_ml.datasets.synthetic import generate_listing_records
-from streaming_ml.service.launcher import ServiceProcess
 from streaming_ml.stack import stop_component, up
 from tests.fixtures.ports import free_port
 from tests.integration.pipeline import (
@@ -28,6 +27,7 @@ from tests.integration.pipeline import (
     predictions_for,
     query,
     read_topic,
+    restartable_service,
     running_bridge,
     settled,
     start_bridge_process,
@@ -121,15 +121,7 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
 def test_rebalance_while_paused_leaves_no_ghost_row_and_no_stale_price(
     stack_settings: Settings, trained_model_tag: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-
-    def start_service() -> ServiceProcess:
-        service = ServiceProcess(
-            host=stack_settings.host, port=port, model_tag=trained_model_tag,
-            log_path=tmp_path / "service.log",
-        )  # fmt: skip
-        service.start()
-        return service
+    start_service = restartable_service(stack_settings, trained_model_tag, tmp_path / "service.log")
 
     service = start_service()
     settings = pipeline_settings(stack_settings, service.url, service_backoff_s=0.1)

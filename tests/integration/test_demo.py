@@ -19,19 +19,23 @@ from tests.integration.pipeline import settings_env
 
 pytestmark = pytest.mark.integration
 
+# The demo's own listeners, beside the stack's: each on a free port.
+DEMO_PORTS = (
+    "service_port", "bridge_metrics_port", "evaluator_metrics_port", "dashboard_port",
+    "watchdog_metrics_port",
+)  # fmt: skip
+
+
+def demo_settings(prefix: str) -> Settings:
+    return private_stack_settings(prefix).model_copy(
+        update={field: free_port() for field in DEMO_PORTS}
+    )
+
 
 def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: str) -> None:
     from streaming_ml.stack import down
 
-    settings: Settings = private_stack_settings("sml-demo-").model_copy(
-        update={
-            "service_port": free_port(),
-            "bridge_metrics_port": free_port(),
-            "evaluator_metrics_port": free_port(),
-            "dashboard_port": free_port(),
-            "watchdog_metrics_port": free_port(),
-        }
-    )
+    settings = demo_settings("sml-demo-")
     cli = Path(sys.executable).parent / "streaming-ml"
     try:
         result = subprocess.run(
@@ -55,15 +59,7 @@ def test_demo_prices_the_valid_listings_and_stops_everything(trained_model_tag: 
 def test_demo_leaves_a_stack_it_found_running(trained_model_tag: str) -> None:
     from streaming_ml.stack import down, status, up
 
-    settings: Settings = private_stack_settings("sml-demo-found-").model_copy(
-        update={
-            "service_port": free_port(),
-            "bridge_metrics_port": free_port(),
-            "evaluator_metrics_port": free_port(),
-            "dashboard_port": free_port(),
-            "watchdog_metrics_port": free_port(),
-        }
-    )
+    settings = demo_settings("sml-demo-found-")
     cli = Path(sys.executable).parent / "streaming-ml"
     try:
         up(settings)

@@ -20,9 +20,7 @@ from streaming_ml.bench.kafka import high_watermarks
 from streaming_ml.config import Settings
 from streaming_ml.connect import commands
 from streaming_ml.datasets.load import load_listings
-from streaming_ml.service.launcher import ServiceProcess
 from streaming_ml.stack import detached, down, kafka, up
-from tests.fixtures.ports import free_port
 from tests.fixtures.stack import private_stack_settings
 from tests.integration.pipeline import (
     assert_prices_match_service,
@@ -32,6 +30,7 @@ from tests.integration.pipeline import (
     predictions_for,
     query,
     read_topic,
+    restartable_service,
     running_bridge,
     settled,
     start_bridge_process,
@@ -188,15 +187,7 @@ def test_a_broker_killed_under_load_loses_and_duplicates_nothing(
 def test_with_two_brokers_down_nothing_is_committed_until_one_returns(
     three_brokers: Settings, trained_model_tag: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-
-    def start_service() -> ServiceProcess:
-        service = ServiceProcess(
-            host=three_brokers.host, port=port, model_tag=trained_model_tag,
-            log_path=tmp_path / "service.log",
-        )  # fmt: skip
-        service.start()
-        return service
+    start_service = restartable_service(three_brokers, trained_model_tag, tmp_path / "service.log")
 
     service = start_service()
     settings = pipeline_settings(three_brokers, service.url, service_backoff_s=0.1)
