@@ -92,3 +92,19 @@ def test_a_service_that_is_not_there_is_named_with_the_fix() -> None:
 
     with pytest.raises(ServiceUnavailableError, match=r"not answering.*streaming-ml serve"):
         request_explanation(url, {"listing": {}}, timeout_s=2, what="listing 1")
+
+
+def test_the_whole_pounds_shown_add_up_to_the_price_shown() -> None:
+    # Each amount rounded on its own would give 11,000 + 3 x 1 = 11,003 for a price of
+    # £11,002 (11,001.5 rounds up): the chart must add up as printed.
+    amounts = {"year": 0.5, "mileage": 0.5, "model": 0.5}
+    answer = {"explanations": [explanation("champion", "ford_price:a", amounts)]}
+    written = {"champion": {"predicted_price": 11_001.5, "model_tag": "ford_price:a"}}
+
+    text = shown(ExplainedListing(42, LISTING, written, answer))
+
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    printed = [int(lines[name].split("£")[1].split()[0].replace(",", "")) for name in amounts]
+    base = int(lines["base"].split("£")[1].split()[0].replace(",", ""))
+    price = int(lines["="].split("£")[1].split()[0].replace(",", ""))
+    assert base + sum(printed) == price == 11_002

@@ -22,6 +22,7 @@ from rich.text import Text
 from streaming_ml.datasets.load import connect, read_listings
 from streaming_ml.datasets.predictions import read_predictions
 from streaming_ml.errors import DataError, ListingNotFoundError, ServiceUnavailableError
+from streaming_ml.models.contributions import whole_pounds
 from streaming_ml.schema.listing import FEATURES
 
 logger = logging.getLogger(__name__)
@@ -182,17 +183,23 @@ def bar_chart(explanation: Mapping[str, Any], reference_id: int | None = None) -
     table.add_column("amount", justify="right")
     table.add_column("bar", no_wrap=True)
     base_label = f"listing {reference_id}" if method == "reference" else "base price"
-    table.add_row(base_label, "", _pounds(explanation["base_price"]), "")
     contributions = explanation["contributions"]
+    # Whole pounds that add up to the price as shown: rounding each amount on its own can
+    # miss it by a pound or more.
+    base, *amounts = whole_pounds(
+        [explanation["base_price"], *(c["amount"] for c in contributions)],
+        explanation["predicted_price"],
+    )
+    table.add_row(base_label, "", _pounds(base), "")
     largest = max((abs(c["amount"]) for c in contributions), default=0.0)
-    for item in contributions:
+    for item, shown in zip(contributions, amounts, strict=True):
         table.add_row(
             item["feature"],
             _value(item["feature"], item["value"]),
-            _pounds(item["amount"], signed=True),
+            _pounds(shown, signed=True),
             _bar(item["amount"], largest),
         )
-    table.add_row(Text("= price", style="bold"), "", _pounds(explanation["predicted_price"]), "")
+    table.add_row(Text("= price", style="bold"), "", _pounds(base + sum(amounts)), "")
     return table
 
 
