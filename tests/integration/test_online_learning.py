@@ -183,3 +183,37 @@ def test_the_learner_never_loads_a_published_version_not_signed_with_the_registr
     assert [getattr(r, "tag", None) for r in refused] == [crafted]
     assert "is not signed" in getattr(refused[0], "reason", "")
     assert crafted not in {str(m.tag) for m in bentoml.models.list()}
+
+
+def test_a_restarted_learner_skips_snapshots_a_kill_cut_short(
+    stack_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BentoML copies a snapshot into the store file by file: a kill during the copy leaves
+    a truncated pickle, or a version with no description at all (which breaks every
+    listing of the store). The learner resumes from the last whole snapshot."""
+    from streaming_ml.models.learner import newest_online
+    from streaming_ml.models.online import MODEL_FILE
+    from tests.integration.following import own_registry
+
+    name = unique("ford_online").replace("-", "_")
+    settings = own_registry(stack_settings).model_copy(update={"online_model_name": name})
+    whole = train_online_model(name, None, 300, 13, "linear")["tag"]
+    cut_short = train_online_model(name, None, 500, 14, "linear")["tag"]
+    assert learned_by(cut_short) > learned_by(whole)
+    pickled = Path(bentoml.models.get(cut_short).path_of(MODEL_FILE))
+    pickled.write_bytes(pickled.read_bytes()[: pickled.stat().st_size // 2])
+    no_description = pickled.parent.parent / "halfcopied"
+    no_description.mkdir()
+    (no_description / MODEL_FILE).write_bytes(b"\x80\x05")
+
+    model = newest_online(settings)
+
+    assert model.tag == whole
+    assert model.learned == learned_by(whole)
+    assert {str(m.tag) for m in bentoml.models.list(name)} == {whole}
+    removed = {
+        getattr(r, "tag", None)
+        for r in caplog.records
+        if r.getMessage().startswith("damaged") and "removed from the store" in r.getMessage()
+    }
+    assert removed == {cut_short, f"{name}:halfcopied"}

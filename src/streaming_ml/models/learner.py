@@ -21,6 +21,7 @@ successor, whose model had not learned them.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import position_of
 from streaming_ml.models import lifecycle, loader, registry
 from streaming_ml.models.online import OnlinePriceModel, is_online
-from streaming_ml.models.store import FEATURES_KEY, get_bento_model
+from streaming_ml.models.store import FEATURES_KEY, get_bento_model, remove_damaged_versions
 from streaming_ml.schema import avro
 from streaming_ml.schema.outcome import Outcome
 from streaming_ml.system.processes import stop_on_signals
@@ -56,8 +57,10 @@ class LearnerStats:
 
 def newest_online(settings: Settings) -> OnlinePriceModel:
     """The newest stored version of the online model (imported from the registry when
-    this store lacks it)."""
+    this store lacks it) that loads: a snapshot a kill cut short is removed and the one
+    before it taken, whose offsets say where to resume, so nothing is learned twice."""
     name = settings.online_model_name
+    remove_damaged_versions(name)
     aliases = registry.read_aliases(settings)
     published = [t for t in aliases.published if t.split(":")[0] == name]
     local = [str(m.tag) for m in registry.iter_local_models(name)]
@@ -79,14 +82,27 @@ def newest_online(settings: Settings) -> OnlinePriceModel:
             f"no online model {name!r} in the store or the registry; create one with "
             "`streaming-ml train --online`."
         )
-    newest = max(
-        candidates,
+    candidates.sort(
         key=lambda m: (int(str(m.info.metadata.get("learned", 0))), m.info.creation_time),
+        reverse=True,
     )
-    model = loader.from_bento_model(newest)
-    if not isinstance(model, OnlinePriceModel):
-        raise ModelNotFoundError(f"{newest.tag} is not an online model; it cannot learn")
-    return model
+    for bento_model in candidates:
+        try:
+            model = loader.from_bento_model(bento_model)
+        except (pickle.UnpicklingError, EOFError, OSError, KeyError) as error:
+            logger.error(
+                "damaged online model removed from the store",
+                extra={"tag": str(bento_model.tag), "reason": f"{type(error).__name__}: {error}"},
+            )
+            bentoml.models.delete(bento_model.tag)
+            continue
+        if not isinstance(model, OnlinePriceModel):
+            raise ModelNotFoundError(f"{bento_model.tag} is not an online model; it cannot learn")
+        return model
+    raise ModelNotFoundError(
+        f"every stored version of the online model {name!r} was damaged and removed; "
+        "create a new one with `streaming-ml train --online`."
+    )
 
 
 class Learner:

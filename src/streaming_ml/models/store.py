@@ -3,16 +3,21 @@ and describing it without leaking where its files lived."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import BentoMLException
 
 from streaming_ml.errors import ModelNotFoundError
 from streaming_ml.models.features import INPUT_NAMES
 from streaming_ml.schema.listing import FEATURES
+
+logger = logging.getLogger(__name__)
 
 FEATURES_KEY = "features"
 
@@ -44,6 +49,29 @@ def get_bento_model(tag: str) -> bentoml.Model:
             f"no model {tag!r} in the BentoML model store ({error}); "
             "run `streaming-ml train` first (or pass an existing tag, see `bentoml models list`)."
         ) from error
+
+
+def remove_damaged_versions(name: str) -> list[str]:
+    """Remove the versions of ``name`` whose description a crash cut short; return their
+    tags. BentoML copies a new version into the store file by file, so a process killed
+    during the copy leaves a version without a readable ``model.yaml``, and from then on
+    every listing of the store fails. Only for a name one process writes (the learner's):
+    another writer's copy in progress would look the same."""
+    removed = []
+    for version in sorted(Path(BentoMLContainer.model_store_dir.get(), name).glob("*")):
+        if not version.is_dir():
+            continue  # the "latest" pointer
+        tag = f"{name}:{version.name}"
+        try:
+            bentoml.models.get(tag)
+        except Exception as error:  # BentoML and cattrs raise many kinds
+            logger.error(
+                "damaged model version removed from the store",
+                extra={"tag": tag, "reason": f"{type(error).__name__}: {error}"},
+            )
+            shutil.rmtree(version)
+            removed.append(tag)
+    return removed
 
 
 def model_card(bento_model: bentoml.Model) -> dict[str, Any]:
