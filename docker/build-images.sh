@@ -136,7 +136,7 @@ if ! current streaming-ml-python:3.11 "$hash"; then
         --label "$LABEL=$hash"
 fi
 build "streaming-ml-app:$VERSION" "$(stage app docker/app/Dockerfile pyproject.toml service.py \
-    debezium src docker/app/streaming-ml docker/app/docker-entrypoint.sh)"
+    debezium postgres src docker/app/streaming-ml docker/app/docker-entrypoint.sh)"
 hash="$(inputs streaming-ml-python:3.11 docker/jupyter)"
 if ! current "streaming-ml-jupyter:$VERSION" "$hash"; then
     step "wheelhouse of docker/jupyter/requirements.lock (pip download --require-hashes)"

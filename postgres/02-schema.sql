@@ -134,10 +134,16 @@ BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS car_price_alerts_stamp ON public.car_price_alerts;
 CREATE TRIGGER car_price_alerts_stamp BEFORE INSERT OR UPDATE ON public.car_price_alerts
     FOR EACH ROW EXECUTE FUNCTION public.car_price_alerts_stamp();
--- Least privilege: the CDC role reads the listings, the sinks write their tables.
+-- Least privilege: the CDC role reads the listings, the sinks write their tables,
+-- the reader reads them all.
 GRANT SELECT ON public.car_listings TO cars_cdc;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions TO cars_sink;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions_shadow TO cars_sink;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_outcomes TO cars_sink;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_alerts TO cars_sink;
+GRANT SELECT ON public.car_listings TO cars_reader;
+GRANT SELECT ON public.car_price_predictions TO cars_reader;
+GRANT SELECT ON public.car_price_predictions_shadow TO cars_reader;
+GRANT SELECT ON public.car_price_outcomes TO cars_reader;
+GRANT SELECT ON public.car_price_alerts TO cars_reader;
 RESET ROLE;

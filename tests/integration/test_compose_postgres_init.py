@@ -1,45 +1,46 @@
-"""docker/postgres/postgres-init.sh, the compose stack's one-shot database step, run against a real
-Postgres 15 of its own (a throwaway cluster, so the session stack's passwords are never
-touched): it applies postgres/NN-*.sql, gives each role the password compose passes in,
-and can run again on every `docker compose up`."""
+"""`streaming-ml compose postgres-init`, the compose stack's one-shot database step, run
+against a real Postgres 15 of its own (a throwaway cluster, so the session stack's passwords
+are never touched): it applies postgres/NN-*.sql, gives each role the password compose
+passes in as a SCRAM verifier (the plaintext never reaches the server), and can run again on
+every `docker compose up`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 
 import psycopg2
 import pytest
+from pydantic import SecretStr
 
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.stack import detached, postgres, secrets
+from streaming_ml.stack.compose import ENV_OF_ROLE
 from tests.fixtures.stack import private_stack_settings
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = REPO_ROOT / "docker" / "postgres" / "postgres-init.sh"
-# Passwords as `streaming-ml compose init` or a user puts them in .env; one has a quote and a space,
-# because the script must pass passwords to SQL as literals, not as text.
+# Passwords as `streaming-ml compose init` or a user puts them in .env; one has a quote and
+# a space, because they must reach SQL as literals, not as text.
 ROLE_PASSWORDS = {
     "SML_PG_APP_PASSWORD": "cars-app 'local' only",
     "SML_PG_SOURCE_PASSWORD": "cars-cdc-local-only",
     "SML_PG_SINK_PASSWORD": "cars-sink-local-only",
     "SML_PG_REGISTRY_PASSWORD": "registry-local-only",
+    "SML_PG_READER_PASSWORD": "cars-reader-local-only",
 }
-ROLE_OF = {
-    "SML_PG_APP_PASSWORD": secrets.APP_ROLE,
-    "SML_PG_SOURCE_PASSWORD": secrets.SOURCE_ROLE,
-    "SML_PG_SINK_PASSWORD": secrets.SINK_ROLE,
-    "SML_PG_REGISTRY_PASSWORD": secrets.REGISTRY_ROLE,
-}
+ROLE_OF = {variable: role for role, variable in ENV_OF_ROLE.items()}
 
 
 @pytest.fixture(scope="module")
 def bare_postgres() -> Iterator[tuple[Settings, str]]:
-    """A cluster with only the superuser, as the postgres container starts. The tests share
-    it and hold whether or not the script already ran on it (it must not matter)."""
+    """A cluster with only the superuser, as the postgres container starts, logging every
+    statement (as an operator debugging it might). The tests share it and hold whether or
+    not the step already ran on it (it must not matter)."""
     if not postgres.installed():
         pytest.fail("Postgres 15 is not installed; run `make setup` (streaming-ml stack install)")
     settings = private_stack_settings("sml-compose-pg-")
@@ -51,25 +52,36 @@ def bare_postgres() -> Iterator[tuple[Settings, str]]:
         detached.wait_until(
             "postgres", "connections", lambda: postgres.ready(settings), timeout=60, pid=pid
         )
+        admin = connect_as(settings, secrets.SUPERUSER, passwords[secrets.SUPERUSER], "postgres")
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET log_statement = 'all'")
+            cur.execute("SELECT pg_reload_conf()")
+        admin.close()
         yield settings, passwords[secrets.SUPERUSER]
     finally:
         detached.stop(settings.state_dir, postgres.NAME)
         shutil.rmtree(settings.state_dir, ignore_errors=True)
 
 
-def run_script(settings: Settings, superuser_password: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PATH": f"{postgres.BIN_DIR}:{os.environ.get('PATH', '')}",
-        "PGHOST": settings.host,
-        "PGPORT": str(settings.postgres_port),
-        "SQL_DIR": str(REPO_ROOT / "postgres"),
-        "POSTGRES_PASSWORD": superuser_password,
-        **ROLE_PASSWORDS,
-    }
-    return subprocess.run(
-        ["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+def run_init(
+    settings: Settings, superuser_password: str, **passwords: str
+) -> subprocess.CompletedProcess[str]:
+    """The command the compose service runs, with the environment compose gives it."""
+    with tempfile.TemporaryDirectory(prefix="sml-init-state-") as state_dir:
+        env = {
+            **os.environ,
+            "SML_HOST": settings.host,
+            "SML_POSTGRES_PORT": str(settings.postgres_port),
+            "SML_STATE_DIR": state_dir,
+            "POSTGRES_PASSWORD": superuser_password,
+            **ROLE_PASSWORDS,
+            **passwords,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "streaming_ml", "compose", "postgres-init"],
+            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
 
 
 def connect_as(
@@ -82,10 +94,11 @@ def test_postgres_init_creates_roles_schema_and_passwords(
     bare_postgres: tuple[Settings, str],
 ) -> None:
     settings, superuser_password = bare_postgres
-    first = run_script(settings, superuser_password)
+    first = run_init(settings, superuser_password)
     assert first.returncode == 0, first.stderr
-    applied = [line for line in first.stdout.splitlines() if "applying" in line]
-    assert [line.rsplit(" ", 1)[1] for line in applied] == sorted(
+    assert "roles and schema ready" in first.stdout
+    applied = [line for line in first.stderr.splitlines() if "applying init SQL" in line]
+    assert [line.rsplit("file=", 1)[1].split()[0] for line in applied] == sorted(
         path.name for path in (REPO_ROOT / "postgres").glob("[0-9][0-9]-*.sql")
     )
     # Every role logs in with exactly the password compose gave it.
@@ -124,7 +137,7 @@ def test_postgres_init_creates_roles_schema_and_passwords(
 
 def test_postgres_init_runs_again_on_every_up(bare_postgres: tuple[Settings, str]) -> None:
     settings, superuser_password = bare_postgres
-    assert run_script(settings, superuser_password).returncode == 0
+    assert run_init(settings, superuser_password).returncode == 0
     conn = connect_as(
         settings, secrets.APP_ROLE, ROLE_PASSWORDS["SML_PG_APP_PASSWORD"], settings.database
     )
@@ -138,7 +151,7 @@ def test_postgres_init_runs_again_on_every_up(bare_postgres: tuple[Settings, str
             )
     finally:
         conn.close()
-    again = run_script(settings, superuser_password)
+    again = run_init(settings, superuser_password)
     assert again.returncode == 0, again.stderr
     conn = connect_as(
         settings, secrets.APP_ROLE, ROLE_PASSWORDS["SML_PG_APP_PASSWORD"], settings.database
@@ -153,36 +166,68 @@ def test_postgres_init_runs_again_on_every_up(bare_postgres: tuple[Settings, str
 
 def test_postgres_init_stops_at_the_first_error(bare_postgres: tuple[Settings, str]) -> None:
     settings, superuser_password = bare_postgres
-    result = subprocess.run(
-        ["sh", str(SCRIPT)],
-        env={
-            **os.environ,
-            "PATH": f"{postgres.BIN_DIR}:{os.environ.get('PATH', '')}",
-            "PGHOST": settings.host,
-            "PGPORT": str(settings.postgres_port),
-            "SQL_DIR": str(REPO_ROOT / "postgres"),
-            "POSTGRES_PASSWORD": superuser_password + "-wrong",
-            **ROLE_PASSWORDS,
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_init(settings, superuser_password + "-wrong")
     assert result.returncode != 0
     assert "password authentication failed" in result.stderr
     assert "roles and schema ready" not in result.stdout
 
 
-def test_postgres_init_never_puts_a_password_on_a_command_line() -> None:
-    # psql -v name=value would show each password to every local user in `ps`: the script
-    # reads each one inside psql (\getenv) and never expands it in the shell.
-    import re
+def test_postgres_init_names_a_missing_password(bare_postgres: tuple[Settings, str]) -> None:
+    settings, superuser_password = bare_postgres
+    result = run_init(settings, superuser_password, SML_PG_READER_PASSWORD="")
+    assert result.returncode != 0
+    assert "SML_PG_READER_PASSWORD not set" in result.stderr
+    assert "streaming-ml compose init" in result.stderr
 
-    script = SCRIPT.read_text()
-    for variable in ROLE_PASSWORDS:
-        assert f"${variable}" not in script and "${" + variable not in script, variable
-        assert re.search(rf"^\\getenv \w+ {variable}$", script, re.MULTILINE), variable
+
+def test_postgres_init_sends_verifiers_never_a_password(
+    bare_postgres: tuple[Settings, str],
+) -> None:
+    """With every statement logged, the server saw SCRAM verifiers and no password; none
+    was on a command line either (the step reads them from its environment)."""
+    settings, superuser_password = bare_postgres
+    log = detached.log_path(settings.state_dir, postgres.NAME)
+    logged_before = log.stat().st_size
+    assert run_init(settings, superuser_password).returncode == 0
+    with log.open(errors="replace") as server_log:
+        server_log.seek(logged_before)
+        logged = server_log.read()
+    for variable, password in ROLE_PASSWORDS.items():
+        assert f"""ALTER ROLE "{ROLE_OF[variable]}" PASSWORD 'SCRAM-SHA-256$4096:""" in logged
+        assert password.replace("'", "''") not in logged and password not in logged
+
+
+def test_the_reader_reads_tables_and_slot_health_and_writes_nothing(
+    bare_postgres: tuple[Settings, str],
+) -> None:
+    settings, superuser_password = bare_postgres
+    assert run_init(settings, superuser_password).returncode == 0
+    password = ROLE_PASSWORDS["SML_PG_READER_PASSWORD"]
+    reader = connect_as(settings, secrets.READER_ROLE, password, settings.database)
+    try:
+        with reader.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM public.{settings.predictions_table}")
+            assert cur.fetchone() is not None
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(f"DELETE FROM public.{settings.listings_table}")
+    finally:
+        reader.close()
+    # `connectors watch` and `stack status` read the slot's health as the reader.
+    passwords = secrets.Passwords({secrets.READER_ROLE: SecretStr(password)})
+    admin = connect_as(settings, secrets.SUPERUSER, superuser_password, settings.database)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (postgres.SLOT,)
+            )
+        health = postgres.slot_health(settings, passwords)
+        assert health is not None
+        assert health["slot"] == postgres.SLOT and health["wal_status"] == "reserved"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_drop_replication_slot(%s)", (postgres.SLOT,))
+        admin.close()
 
 
 def test_compose_pg_hba_refuses_physical_replication_and_allows_cdc(
@@ -191,7 +236,7 @@ def test_compose_pg_hba_refuses_physical_replication_and_allows_cdc(
     from psycopg2.extras import LogicalReplicationConnection, PhysicalReplicationConnection
 
     settings, superuser_password = bare_postgres
-    assert run_script(settings, superuser_password).returncode == 0
+    assert run_init(settings, superuser_password).returncode == 0
     hba = postgres.data_dir(settings.state_dir) / "pg_hba.conf"
     original = hba.read_text()
     admin = connect_as(settings, secrets.SUPERUSER, superuser_password, "postgres")

@@ -401,18 +401,21 @@ def test_postgres_runs_with_the_local_server_options() -> None:
     assert "--auth=scram-sha-256" in entrypoint and "--pwfile" in entrypoint
 
 
-def test_init_sql_is_mounted_and_every_role_gets_its_password() -> None:
-    main = services(MAIN)
-    init = main["postgres-init"]
-    assert "./postgres:/sql:ro" in init["volumes"]
-    script_mount = next(v for v in init["volumes"] if v.endswith(".sh:ro"))
-    script = (REPO_ROOT / script_mount.split(":")[0]).read_text()
-    referenced = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", script)) - {"PGHOST", "SQL_DIR"}
-    missing = referenced - set(environment(init))
-    assert not missing, f"postgres-init does not set {sorted(missing)}"
-    for role in secrets.ROLES:
-        if role != secrets.SUPERUSER:
-            assert f"ALTER ROLE {role} PASSWORD" in script, role
+def test_init_step_is_the_local_stacks_code_and_gets_every_password() -> None:
+    """The one-shot step runs the code `stack up` runs (init SQL, SCRAM verifiers) from the
+    app image, which holds postgres/; compose gives it every role's password."""
+    init = services(MAIN)["postgres-init"]
+    assert init["image"] == services(MAIN)["bridge"]["image"]
+    assert init["command"] == ["streaming-ml", "compose", "postgres-init"]
+    assert set(ENV_OF_ROLE.values()) <= set(environment(init))
+    dockerfile = (REPO_ROOT / "docker" / "app" / "Dockerfile").read_text()
+    assert "COPY postgres/ /app/postgres/" in dockerfile and "postgresql-client-15" in dockerfile
+
+
+@pytest.mark.parametrize("name", ["dashboard", "connectors-watch"])
+def test_readers_hold_only_the_reader_password(name: str) -> None:
+    held = {k for k in environment(services(MAIN)[name]) if "PASSWORD" in k}
+    assert held == {ENV_OF_ROLE[secrets.READER_ROLE]}
 
 
 def test_one_password_per_role_everywhere() -> None:
@@ -656,7 +659,7 @@ def test_compose_init_writes_private_random_passwords_once(tmp_path: Path) -> No
     values = read_env_file(env_file)
     assert values["SML_PG_APP_PASSWORD"] == "chosen-by-me" and values["SML_SERVICE_PORT"] == "3001"
     generated = [values[v] for v in ENV_OF_ROLE.values() if v != "SML_PG_APP_PASSWORD"]
-    assert len(set(generated)) == 4 and all(len(v) >= 32 for v in generated)
+    assert len(set(generated)) == len(ENV_OF_ROLE) - 1 and all(len(v) >= 32 for v in generated)
     assert env_file.stat().st_mode & 0o777 == 0o600
     # The host CLI reads the same values from the state dir.
     stored = secrets.load_passwords(state_dir)

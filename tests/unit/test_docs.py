@@ -22,6 +22,7 @@ PAGES = sorted([REPO_ROOT / "README.md", REPO_ROOT / "SECURITY.md", *REPO_ROOT.g
 # suite's switches, the dev compose's and the image build's own.
 NOT_SETTINGS = {
     "SML_PG_APP_PASSWORD",
+    "SML_PG_READER_PASSWORD",
     "SML_PG_REGISTRY_PASSWORD",
     "SML_PG_SINK_PASSWORD",
     "SML_PG_SOURCE_PASSWORD",

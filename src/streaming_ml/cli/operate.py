@@ -324,6 +324,18 @@ def compose_init(
     typer.echo(f"host CLI: export SML_STATE_DIR={state_dir}")
 
 
+@compose_app.command("postgres-init")
+def compose_postgres_init() -> None:
+    """Inside the compose stack (its one-shot postgres-init service): apply postgres/NN-*.sql
+    and set each role's password from POSTGRES_PASSWORD and SML_PG_*_PASSWORD, sent to
+    Postgres as SCRAM verifiers. Safe to run again."""
+    settings = command_settings()
+    from streaming_ml.stack.compose import init_database
+
+    init_database(settings)
+    typer.echo("postgres-init: roles and schema ready")
+
+
 @stack_app.command("credentials")
 def stack_credentials(
     what: Login = typer.Argument(Login.ADMINER, help="Which login to print"),

@@ -364,7 +364,7 @@ class Collector:
     def _connection(self) -> Any:
         if self._conn is None:
             try:
-                dsn = postgres_dsn(self.settings)
+                dsn = postgres_dsn(self.settings, "reader")
             except (OSError, KeyError) as error:
                 raise StreamingMLError(
                     f"no database password in {self.settings.state_dir} ({error}); point "

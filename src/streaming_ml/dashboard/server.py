@@ -58,7 +58,7 @@ def listing_lookup(settings: Settings) -> Callable[[int], dict[str, Any]]:
     def lookup(listing_id: int) -> dict[str, Any]:
 
         try:
-            dsn = postgres_dsn(settings)
+            dsn = postgres_dsn(settings, "reader")
         except (OSError, KeyError) as error:
             raise StackError(
                 f"no database password in {settings.state_dir} ({error}); point SML_STATE_DIR "

@@ -42,6 +42,7 @@ from streaming_ml.stack import (
 from streaming_ml.stack.detached import console
 from streaming_ml.stack.secrets import (
     APP_ROLE,
+    READER_ROLE,
     ensure_passwords,
     ensure_signing_key,
     load_passwords,
@@ -504,16 +505,20 @@ def print_logs(settings: Settings, component: str | None = None, lines: int = 50
 
 
 def postgres_dsn(settings: Settings, role: str = "app") -> str:
-    """libpq DSN for ``role`` (app, source, sink, registry, superuser) with its password.
+    """libpq DSN for ``role`` (app, reader, source, sink, registry, superuser) with its
+    password.
 
     The application's role comes from SML_POSTGRES_DSN, or SML_POSTGRES_USER and its
     password when set (someone else's Postgres); otherwise from the local stack's secrets.
+    Someone else's Postgres has no reader role of ours: the reader is then the
+    application's credentials too.
     """
     name = postgres.resolve_role(role)
-    if name == APP_ROLE and settings.postgres_dsn is not None:
+    as_app = name in (APP_ROLE, READER_ROLE)
+    if as_app and settings.postgres_dsn is not None:
         return settings.postgres_dsn.get_secret_value()
     password = settings.database_password
-    if name == APP_ROLE and (settings.postgres_user or password is not None):
+    if as_app and (settings.postgres_user or password is not None):
         return make_dsn(
             host=settings.database_host, port=settings.postgres_port,
             user=settings.postgres_user or APP_ROLE, password=password,

@@ -14,11 +14,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.stack import secrets
+from streaming_ml.errors import StackError
+from streaming_ml.stack import postgres, secrets
 
 # The registry's model signing key (models/signing.py): every app container signs or checks.
 SIGNING_KEY_ENV = "SML_MODEL_SIGNING_KEY"
@@ -30,6 +32,7 @@ ENV_OF_ROLE = {
     secrets.SOURCE_ROLE: secrets.SOURCE_PASSWORD_ENV,
     secrets.SINK_ROLE: secrets.SINK_PASSWORD_ENV,
     secrets.REGISTRY_ROLE: "SML_PG_REGISTRY_PASSWORD",
+    secrets.READER_ROLE: "SML_PG_READER_PASSWORD",
 }
 
 
@@ -78,6 +81,24 @@ def _state_signing_key(state_dir: Path) -> str:
     """The state dir's model signing key, made now if it has none."""
     secrets.ensure_signing_key(state_dir)
     return secrets.signing_key_path(state_dir).read_text().strip()
+
+
+def init_database(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """The compose stack's one-shot ``postgres-init`` step, the twin of what ``stack up``
+    does after Postgres starts: (re)apply postgres/NN-*.sql (idempotent, so a volume made
+    by an older checkout gets new tables and roles too) and give each role the password
+    compose passed, sent as a SCRAM verifier computed here, never as plaintext."""
+    environ = os.environ if environ is None else environ
+    missing = [variable for variable in ENV_OF_ROLE.values() if not environ.get(variable)]
+    if missing:
+        raise StackError(
+            f"postgres-init: {', '.join(missing)} not set; run `streaming-ml compose init` "
+            "on the host (it writes every password to .env) and start the stack again."
+        )
+    passwords = secrets.Passwords(
+        {role: SecretStr(environ[variable]) for role, variable in ENV_OF_ROLE.items()}
+    )
+    postgres.apply_init_sql(settings, passwords)
 
 
 def write_state_from_env(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -26,6 +26,7 @@ from streaming_ml.schema import ddl
 from streaming_ml.stack import detached
 from streaming_ml.stack.secrets import (
     APP_ROLE,
+    READER_ROLE,
     REGISTRY_ROLE,
     ROLES,
     SINK_ROLE,
@@ -49,6 +50,7 @@ ROLE_ALIASES = {
     "source": SOURCE_ROLE,
     "sink": SINK_ROLE,
     "registry": REGISTRY_ROLE,
+    "reader": READER_ROLE,
     "superuser": SUPERUSER,
 }
 
@@ -87,11 +89,16 @@ def schema_sql(settings: Settings | None = None) -> str:
         f"{ddl.predictions_ddl(shadow)}"
         f"{ddl.outcomes_ddl(outcomes)}"
         f"{ddl.alerts_ddl(alerts)}"
-        "-- Least privilege: the CDC role reads the listings, the sinks write their tables.\n"
+        "-- Least privilege: the CDC role reads the listings, the sinks write their tables,\n"
+        "-- the reader reads them all.\n"
         f"GRANT SELECT ON public.{listings} TO {SOURCE_ROLE};\n"
         + "".join(
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{table} TO {SINK_ROLE};\n"
             for table in sink_tables
+        )
+        + "".join(
+            f"GRANT SELECT ON public.{table} TO {READER_ROLE};\n"
+            for table in (listings, *sink_tables)
         )
         + "RESET ROLE;\n"
     )
@@ -203,6 +210,7 @@ def apply_init_sql(settings: Settings, passwords: Passwords) -> None:
     if not files:
         raise StackError(f"postgres: no init SQL in {INIT_SQL_DIR}; is the repository complete?")
     for sql_file in files:
+        logger.info("applying init SQL", extra={"file": sql_file.name})
         result = subprocess.run(
             [
                 str(psql_binary()), "-X", "-q", "-v", "ON_ERROR_STOP=1",
@@ -238,8 +246,11 @@ SLOT_WARN_SHARE = 0.5
 def slot_health(settings: Settings, passwords: Passwords) -> dict[str, Any] | None:
     """The CDC slot's state: active, ``wal_status``, retained WAL and what is left before
     Postgres invalidates it (``max_slot_wal_keep_size``); None if the slot does not exist.
-    ``warning`` says what is wrong when the slot is lost or nearing its cap."""
-    conn = psycopg2.connect(superuser_dsn(settings, passwords, "postgres"))
+    ``warning`` says what is wrong when the slot is lost or nearing its cap. Read as the
+    reader role: every role may read pg_replication_slots, so no superuser is needed."""
+    conn = psycopg2.connect(
+        dsn(settings, READER_ROLE, passwords[READER_ROLE], database_for(READER_ROLE))
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(

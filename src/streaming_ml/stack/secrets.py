@@ -24,8 +24,10 @@ APP_ROLE = "cars_app"
 SOURCE_ROLE = "cars_cdc"
 SINK_ROLE = "cars_sink"
 REGISTRY_ROLE = "registry"
+# Reads only: the dashboard's lookups and the replication slot's health.
+READER_ROLE = "cars_reader"
 
-ROLES = (SUPERUSER, APP_ROLE, SOURCE_ROLE, SINK_ROLE, REGISTRY_ROLE)
+ROLES = (SUPERUSER, APP_ROLE, SOURCE_ROLE, SINK_ROLE, REGISTRY_ROLE, READER_ROLE)
 
 # Environment variables through which the Connect worker resolves ${env:...} references.
 SOURCE_PASSWORD_ENV = "SML_PG_SOURCE_PASSWORD"
