@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import psycopg2
 import pytest
-from pydantic import SecretStr
 
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.stack import detached, postgres, secrets
@@ -213,7 +212,6 @@ def test_the_reader_reads_tables_and_slot_health_and_writes_nothing(
     finally:
         reader.close()
     # `connectors watch` and `stack status` read the slot's health as the reader.
-    passwords = secrets.Passwords({secrets.READER_ROLE: SecretStr(password)})
     admin = connect_as(settings, secrets.SUPERUSER, superuser_password, settings.database)
     admin.autocommit = True
     try:
@@ -221,7 +219,9 @@ def test_the_reader_reads_tables_and_slot_health_and_writes_nothing(
             cur.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (postgres.SLOT,)
             )
-        health = postgres.slot_health(settings, passwords)
+        health = postgres.slot_health(
+            postgres.dsn(settings, secrets.READER_ROLE, password, settings.database)
+        )
         assert health is not None
         assert health["slot"] == postgres.SLOT and health["wal_status"] == "reserved"
     finally:

@@ -35,7 +35,6 @@ from streaming_ml.schema import avro
 from streaming_ml.schema.fields import EXPLANATION_FIELDS, PREDICTION_FIELDS
 from streaming_ml.schema.listing import FEATURES, LISTING_COLUMNS
 from streaming_ml.stack import detached, postgres
-from streaming_ml.stack.secrets import load_passwords
 from streaming_ml.system import processes
 from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
 from tests.integration.pipeline import wait_until
@@ -470,7 +469,7 @@ def test_connectors_watch_exports_the_slot_health_and_flags_it_before_the_cap(
             "FROM generate_series(1, 18000) AS i",
             "DROP TABLE wal_filler",
         )
-        retained = postgres.slot_health(settings, load_passwords(settings.state_dir))
+        retained = postgres.slot_health(stack.postgres_dsn(settings, "reader"))
         cap_mb = 32
         assert 16 * 2**20 < retained["retained_bytes"] < 28 * 2**20, retained
         stack.restart_component(
@@ -496,10 +495,7 @@ def test_connectors_watch_exports_the_slot_health_and_flags_it_before_the_cap(
     assert watcher.returncode == 0, log.read_text()[-2000:]
     statuses = client.ensure_connectors(settings)
     assert statuses[settings.source_connector]["connector"]["state"] == "RUNNING"
-    assert (
-        postgres.slot_health(settings, load_passwords(settings.state_dir))["wal_status"]
-        == "reserved"
-    )
+    assert postgres.slot_health(stack.postgres_dsn(settings, "reader"))["wal_status"] == "reserved"
 
 
 def _uids(pid: int) -> set[int]:

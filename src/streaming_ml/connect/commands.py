@@ -13,8 +13,7 @@ from streaming_ml.connect import client
 from streaming_ml.connect.watchdog import ConnectorWatchdog, restarts_counter
 from streaming_ml.errors import ConnectorError
 from streaming_ml.kafka.topics import ensure_topics
-from streaming_ml.stack import postgres
-from streaming_ml.stack.secrets import load_passwords
+from streaming_ml.stack import postgres, postgres_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +58,13 @@ def watch(settings: Settings, interval_s: float, metrics_port: int) -> None:
     The slot is exported here, not by the bridge or the service: one watcher runs per
     stack (a metric per bridge replica would be N copies of one slot, each querying
     Postgres), it is the process that heals the usual cause (a FAILED source connector),
-    and it runs beside the stack's state dir, so it can read the slot with the stack's
-    credentials while the bridge keeps holding none.
+    and it reads the slot as the read-only role (someone else's Postgres: with the
+    credentials given) while the bridge keeps holding none.
     """
 
     registry = CollectorRegistry()
     slot = postgres.SlotHealthMetrics(
-        lambda: postgres.slot_health(settings, load_passwords(settings.state_dir))
+        lambda: postgres.slot_health(postgres_dsn(settings, "reader"))
     )
     registry.register(slot)
     watchdog = ConnectorWatchdog(

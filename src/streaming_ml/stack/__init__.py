@@ -447,8 +447,8 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
         result[name] = {"state": "running" if pid else "stopped", "pid": pid, **endpoint}
     if result[postgres.NAME]["state"] == "running":
         try:
-            passwords = load_passwords(settings.state_dir)
-            result[postgres.NAME]["replication"] = postgres.slot_health(settings, passwords)
+            reader = postgres_dsn(settings, "reader")
+            result[postgres.NAME]["replication"] = postgres.slot_health(reader)
         except (StackError, psycopg2.Error) as error:
             result[postgres.NAME]["replication"] = {"warning": f"slot not readable: {error}"}
     result.update(apps.status(settings.state_dir))

@@ -243,14 +243,13 @@ def set_password_sql(conn: Any, role: str, password: str) -> sql.Composed:
 SLOT_WARN_SHARE = 0.5
 
 
-def slot_health(settings: Settings, passwords: Passwords) -> dict[str, Any] | None:
+def slot_health(reader_dsn: str) -> dict[str, Any] | None:
     """The CDC slot's state: active, ``wal_status``, retained WAL and what is left before
     Postgres invalidates it (``max_slot_wal_keep_size``); None if the slot does not exist.
     ``warning`` says what is wrong when the slot is lost or nearing its cap. Read as the
-    reader role: every role may read pg_replication_slots, so no superuser is needed."""
-    conn = psycopg2.connect(
-        dsn(settings, READER_ROLE, passwords[READER_ROLE], database_for(READER_ROLE))
-    )
+    reader role (``stack.postgres_dsn(settings, "reader")``): every role may read
+    pg_replication_slots, so no superuser is needed."""
+    conn = psycopg2.connect(reader_dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
