@@ -238,3 +238,43 @@ def test_the_baseline_consumer_prices_each_event_with_the_service(
     assert produced.keys() == expected.keys()
     for listing_id, price in expected.items():
         assert produced[listing_id] == pytest.approx(price, rel=1e-9)
+
+
+def test_the_bench_reports_three_kafka_nodes_beside_one(
+    stack_settings: Settings, prediction_service: str, tmp_path: Path
+) -> None:
+    """`--compare-kafka-nodes 3`: the throughput steps on this (one-node) stack, then on a
+    three-node stack of the bench's own, which it starts, measures and deletes."""
+    import psutil
+
+    settings = stack_settings.model_copy(
+        update={"service_url": prediction_service, "bridge_metrics_port": free_port()}
+    )
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "streaming_ml.cli", "bench", "--quick", "--skip-serving",
+         "--skip-latency", "--skip-explain", "--bridges", "1", "--compare-kafka-nodes", "3",
+         "--out", str(out)],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"bench failed:\n{result.stderr[-4000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == []
+    comparison = doc["kafka_nodes_comparison"]
+    assert comparison["kafka_nodes"] == 3 and comparison["replication_factor"] == 3
+    assert comparison["beside_running_stack"] is True  # the session's stack kept running
+    by_nodes = doc["max_sustained_rows_per_s_by_kafka_nodes"]
+    assert set(by_nodes) == {"1", "3"}
+    assert by_nodes["1"] == doc["max_sustained_rows_per_s"]
+    assert by_nodes["3"] == comparison["max_sustained_rows_per_s"]
+    # Each step measured every row it inserted, on the three-node stack too.
+    for step in comparison["throughput_steps"]:
+        assert step["rows_measured"] == step["rows_inserted"] > 0, step
+    assert "max sustained rows/s by Kafka nodes: 1:" in result.stderr
+    # The three-node stack is gone: no process of its state dir is left.
+    leftovers = [
+        p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+        if any("sml-bench-kafka3-" in part for part in p.info["cmdline"] or [])
+    ]  # fmt: skip
+    assert not leftovers

@@ -219,7 +219,12 @@ def test_options_reject_nonsense() -> None:
         BenchOptions(bridges=0).check()
     with pytest.raises(BenchError, match="--stream-bridges must be at least 1, got 0"):
         BenchOptions(stream_bridges=0).check()
+    with pytest.raises(BenchError, match="--compare-kafka-nodes must be at least 1, got 0"):
+        BenchOptions(compare_kafka_nodes=0).check()
+    with pytest.raises(BenchError, match="drop --skip-throughput"):
+        BenchOptions(compare_kafka_nodes=3, run_throughput=False).check()
     BenchOptions.quick().check()
+    BenchOptions(compare_kafka_nodes=3).check()
 
 
 def test_bridge_only_rounds_time_one_bridge_then_the_asked_number() -> None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from rich.console import Console
 
+from streaming_ml.bench.brokers import kafka_nodes_comparison
 from streaming_ml.bench.children import parse_load_output
 from streaming_ml.bench.options import BenchOptions
 from streaming_ml.bench.pipeline import Bench
@@ -110,6 +111,8 @@ def run_bench(
         finally:
             doc.setdefault("environment", asdict(bench.env))
             doc["environment"]["stopped_at_end"] = list(reversed(bench.env.started))
+    if options.compare_kafka_nodes is not None and not doc["errors"]:
+        _compare_kafka_nodes(settings, options, console, doc, "stack" in bench.env.reused)
     doc["targets"] = check_targets(doc)
     doc["bench"]["finished_at"] = datetime.now(UTC).isoformat()
     doc["bench"]["wall_s"] = round(time.monotonic() - began, 1)
@@ -128,6 +131,29 @@ def run_bench(
             + (f" (partial figures in {out})" if out else "")
         )
     return doc
+
+
+def _compare_kafka_nodes(
+    settings: Settings,
+    options: BenchOptions,
+    console: Console,
+    doc: dict[str, Any],
+    beside_running_stack: bool,
+) -> None:
+    nodes = options.compare_kafka_nodes
+    assert nodes is not None
+    try:
+        comparison = kafka_nodes_comparison(settings, options, console, nodes)
+    except StreamingMLError as error:
+        doc["errors"].append(f"{nodes}-Kafka-node comparison: {error}")
+        return
+    # A stack that was running before the bench kept running during the comparison.
+    comparison["beside_running_stack"] = beside_running_stack
+    doc["kafka_nodes_comparison"] = comparison
+    doc["max_sustained_rows_per_s_by_kafka_nodes"] = {
+        str(settings.kafka_nodes): doc["max_sustained_rows_per_s"],
+        str(nodes): comparison["max_sustained_rows_per_s"],
+    }
 
 
 def _run_all(bench: Bench, doc: dict[str, Any]) -> None:

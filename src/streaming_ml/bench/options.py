@@ -57,6 +57,9 @@ class BenchOptions:
     # few ms per event it drains only ``baseline_rows`` of the pre-fill (off in ``quick``).
     run_baseline: bool = True
     baseline_rows: int = 5_000
+    # The throughput steps again on a stack of the bench's own with this many Kafka nodes
+    # (``bench/brokers.py``); None: no comparison.
+    compare_kafka_nodes: int | None = None
     seed: int = 5_000
 
     @classmethod
@@ -116,5 +119,14 @@ class BenchOptions:
                 f"--explained-rows must be at least 1, got {self.explained_bridge_rows} "
                 f"(and {self.explained_requests} explained requests)"
             )
+        if self.compare_kafka_nodes is not None:
+            if self.compare_kafka_nodes < 1:
+                problems.append(
+                    f"--compare-kafka-nodes must be at least 1, got {self.compare_kafka_nodes}"
+                )
+            if not self.run_throughput:
+                problems.append(
+                    "--compare-kafka-nodes compares throughput steps: drop --skip-throughput"
+                )
         if problems:
             raise BenchError("; ".join(problems))

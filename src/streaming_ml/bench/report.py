@@ -160,6 +160,12 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
         for hop_row in hop_rows(hops):
             hops_table.add_row(*hop_row)
         console.print(hops_table)
+    by_nodes = doc.get("max_sustained_rows_per_s_by_kafka_nodes")
+    if by_nodes:
+        console.print(
+            "max sustained rows/s by Kafka nodes: "
+            + ", ".join(f"{nodes}: {_figure(rate)}" for nodes, rate in by_nodes.items())
+        )
     ratio = doc.get("bridge_vs_baseline_rows_per_s")
     if ratio is not None:
         console.print(

@@ -405,6 +405,11 @@ def bench(
         help="Also run the reference design (one POST /predict per event) and report the "
         "ratio (default: on in the full profile, off with --quick)",
     ),
+    compare_kafka_nodes: int | None = typer.Option(
+        None,
+        help="Then the throughput steps again on a stack of the bench's own with this many "
+        "Kafka nodes (e.g. 3), reported beside this stack's sustained rate",
+    ),
     out: Path | None = typer.Option(None, help="Write the JSON figures to this file"),
     plot: Path | None = typer.Option(None, help="Write a PNG plot here"),
     as_json: bool = json_option("the figures (on stdout; the summary table goes to stderr)"),
@@ -427,7 +432,7 @@ def bench(
         "rate": rate, "duration_s": duration, "batch_rows": batch,
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
         "bridges": bridges, "concurrency": concurrency, "explained_bridge_rows": explained_rows,
-        "stream_bridges": stream_bridges,
+        "stream_bridges": stream_bridges, "compare_kafka_nodes": compare_kafka_nodes,
     }  # fmt: skip
     if steps is not None:
         # Only the --steps parse may turn a ValueError into this message: one raised

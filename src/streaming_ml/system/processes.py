@@ -115,6 +115,26 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` different ports nothing listens on now."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def free_port_run(host: str, count: int, attempts: int = 200) -> int:
+    """The first of ``count`` consecutive free ports (Kafka node k listens two ports above
+    node k-1)."""
+    for _ in range(attempts):
+        first = free_port(host)
+        if first + count <= 65536 and all(port_free(host, first + i) for i in range(count)):
+            return first
+    raise OSError(f"no {count} consecutive free ports on {host} found in {attempts} tries")
+
+
 def port_free(host: str, port: int) -> bool:
     """True when we could listen on host:port right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
