@@ -6,6 +6,7 @@ Every wait here polls a real component until a condition holds or a deadline pas
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -198,6 +199,20 @@ def start_bridge_process(
             [sys.executable, "-m", "streaming_ml.cli", "bridge"],
             cwd=REPO_ROOT, env=settings_env(own), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """SIGTERM to every one still running, then wait for each (SIGKILL after ``timeout_s``):
+    a test's bridges stopped together, so their group rebalances once."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def query(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from tests.integration.pipeline import (
     settled,
     start_bridge_process,
     start_group_at_end,
+    stop_processes,
     wait_for_predictions,
     wait_until,
     where_stuck,
@@ -104,14 +105,7 @@ def test_three_bridges_survive_kill_term_and_a_fourth_joining(
         for alive in (bridges[2], bridges[3]):
             assert alive.poll() is None, log.read_text()[-3000:]
     finally:
-        for bridge in bridges:
-            if bridge.poll() is None:
-                bridge.send_signal(signal.SIGTERM)
-        for bridge in bridges:
-            try:
-                bridge.wait(timeout=60)
-            except Exception:
-                bridge.kill()
+        stop_processes(bridges)
     assert len(predictions) == 3000
     rows = listings(dsn, source, inserted)
     assert_prices_match_service(prediction_service, rows, predictions)

@@ -35,6 +35,7 @@ from tests.integration.pipeline import (
     settled,
     start_bridge_process,
     start_group_at_end,
+    stop_processes,
     wait_until,
     where_stuck,
 )
@@ -166,14 +167,7 @@ def test_a_broker_killed_under_load_loses_and_duplicates_nothing(
         for bridge in bridges:
             assert bridge.poll() is None, log.read_text()[-3000:]
     finally:
-        for bridge in bridges:
-            if bridge.poll() is None:
-                bridge.send_signal(signal.SIGTERM)
-        for bridge in bridges:
-            try:
-                bridge.wait(timeout=60)
-            except Exception:
-                bridge.kill()
+        stop_processes(bridges)
     assert len(predictions) == 5000
     count = (
         f"SELECT count(*) AS n, count(DISTINCT listing_id) AS listings "
