@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-import shutil
 
 import pytest
 
 from streaming_ml.config import Settings
+from tests.fixtures.adminer import KUGA, insert_through_adminer
 from tests.integration.pipeline import (
     direct_prices,
     dsn_of,
@@ -21,19 +21,10 @@ from tests.integration.pipeline import (
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
 
 def test_row_inserted_in_adminer_gets_a_prediction(
     stack_settings: Settings, prediction_service: str
 ) -> None:
-    assert shutil.which(CHROMIUM), "chromium is installed by `streaming-ml stack install`"
-    from playwright.sync_api import sync_playwright
-
     from streaming_ml.stack.secrets import APP_ROLE, load_passwords
 
     settings = pipeline_settings(stack_settings, prediction_service)
@@ -41,48 +32,18 @@ def test_row_inserted_in_adminer_gets_a_prediction(
     server = f"{settings.host}:{settings.postgres_port}"
     adminer = f"http://{settings.host}:{settings.adminer_port}/"
     mileage = random.randint(10_000, 99_999)
-    listing = {
-        "model": "Kuga", "year": "2018", "price": "17250", "transmission": "Automatic",
-        "mileage": str(mileage), "fuelType": "Diesel", "tax": "145", "mpg": "54.3",
-        "engineSize": "2.0",
-    }  # fmt: skip
+    listing = {**KUGA, "mileage": str(mileage)}
 
     # Only a row newer than this can be the one typed in the browser (the mileage alone
     # could match an earlier test's row on a reused stack).
     before = query(dsn, f"SELECT coalesce(max(id), 0) AS id FROM public.{settings.listings_table}")
     last_id_before = int(before[0]["id"])
 
-    with running_bridge(settings), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(adminer)
-            page.select_option("select[name='auth[driver]']", "pgsql")
-            page.fill("input[name='auth[server]']", server)
-            page.fill("input[name='auth[username]']", APP_ROLE)
-            page.fill("input[name='auth[password]']", load_passwords(settings.state_dir)[APP_ROLE])
-            page.fill("input[name='auth[db]']", settings.database)
-            page.click("input[type=submit][value=Login]")
-            page.wait_for_selector("#logins, #tables, p.logout, #menu", state="attached")
-            assert "Invalid credentials" not in page.content()
-
-            page.goto(
-                f"{adminer}?pgsql={server}&username={APP_ROLE}&db={settings.database}"
-                f"&ns=public&edit={settings.listings_table}"
-            )
-            for name, value in listing.items():
-                field = page.locator(f"[name='fields[{name}]']")
-                field.fill(value)
-                # Leaving the field fires "change", which flips Adminer's per-field
-                # function select from NULL to the typed value, as it does for a person.
-                field.press("Tab")
-            page.click("input[type=submit][value=Save]")
-            page.wait_for_selector("div.message, div.error", state="attached")
-            assert not page.query_selector("div.error"), page.inner_text("div.error")
-        finally:
-            browser.close()
-
+    with running_bridge(settings):
+        login = (APP_ROLE, load_passwords(settings.state_dir)[APP_ROLE])
+        insert_through_adminer(
+            adminer, server, login, settings.database, settings.listings_table, listing
+        )
         found = wait_until(
             lambda: query(
                 dsn,

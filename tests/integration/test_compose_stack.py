@@ -225,48 +225,15 @@ def test_ports_are_published_on_the_loopback_only(compose_stack: Stack) -> None:
 
 
 def test_row_inserted_in_the_compose_adminer_gets_the_services_price(compose_stack: Stack) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from tests.integration.test_adminer_e2e import CHROMIUM, CHROMIUM_ARGS
+    from tests.fixtures.adminer import KUGA, insert_through_adminer
 
     s = compose_stack.settings
     adminer = f"http://127.0.0.1:{s.adminer_port}/"
     server = f"127.0.0.1:{s.postgres_port}"  # as the Adminer container sees Postgres
     mileage = 31_337
-    listing = {
-        "model": "Kuga", "year": "2018", "price": "17250", "transmission": "Automatic",
-        "mileage": str(mileage), "fuelType": "Diesel", "tax": "145", "mpg": "54.3",
-        "engineSize": "2.0",
-    }  # fmt: skip
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(adminer)
-            page.select_option("select[name='auth[driver]']", "pgsql")
-            page.fill("input[name='auth[server]']", server)
-            page.fill("input[name='auth[username]']", "cars_app")
-            page.fill(
-                "input[name='auth[password]']", compose_stack.passwords["SML_PG_APP_PASSWORD"]
-            )
-            page.fill("input[name='auth[db]']", s.database)
-            page.click("input[type=submit][value=Login]")
-            page.wait_for_selector("#logins, #tables, p.logout, #menu", state="attached")
-            assert "Invalid credentials" not in page.content()
-            page.goto(
-                f"{adminer}?pgsql={server}&username=cars_app&db={s.database}"
-                f"&ns=public&edit={s.listings_table}"
-            )
-            for name, value in listing.items():
-                field = page.locator(f"[name='fields[{name}]']")
-                field.fill(value)
-                field.press("Tab")
-            page.click("input[type=submit][value=Save]")
-            page.wait_for_selector("div.message, div.error", state="attached")
-            assert not page.query_selector("div.error"), page.inner_text("div.error")
-        finally:
-            browser.close()
+    listing = {**KUGA, "mileage": str(mileage)}
+    login = ("cars_app", compose_stack.passwords["SML_PG_APP_PASSWORD"])
+    insert_through_adminer(adminer, server, login, s.database, s.listings_table, listing)
     found = wait_until(
         lambda: query(
             compose_stack.dsn,
