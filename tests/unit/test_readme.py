@@ -42,3 +42,24 @@ def test_documented_pages_exist() -> None:
     for page in ("docs/model.md", "docs/models.md", "docs/performance.md", "docs/compose.md"):
         assert page in README
         assert (REPO_ROOT / page).is_file(), page
+
+
+def test_the_layout_names_every_module_of_every_wing() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = readme.split("\nsrc/streaming_ml/\n", 1)[1].split("\n```", 1)[0]
+    # Each wing's entry runs from its "name/" to the next line that starts another entry.
+    entries = re.split(r"\n  (?=\S)", "\n" + layout)
+    package = REPO_ROOT / "src" / "streaming_ml"
+    unnamed = []
+    for wing in sorted(p for p in package.iterdir() if (p / "__init__.py").exists()):
+        text = next((e for e in entries if e.startswith(f"{wing.name}/")), None)
+        assert text is not None, f"the README's layout has no entry for {wing.name}/"
+        words = set(re.findall(r"[a-z_]+", text))
+        unnamed += [
+            f"{wing.name}/{module.stem}"
+            for module in wing.glob("*.py")
+            if module.stem != "__init__" and module.stem not in words
+        ]
+    top = [p.name for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    unnamed += [name for name in top if name not in layout]
+    assert not unnamed, f"modules the README's layout does not name: {unnamed}"
