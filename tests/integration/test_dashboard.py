@@ -22,6 +22,7 @@ from streaming_ml.dashboard import DashboardServer
 from streaming_ml.datasets.load import load_listings
 from streaming_ml.models import lifecycle
 from streaming_ml.schema.listing import FEATURES, feature_problems
+from tests.fixtures.adminer import CHROMIUM, CHROMIUM_ARGS
 from tests.fixtures.ports import free_port
 from tests.integration.following import champion_is, following_service, own_registry
 from tests.integration.pipeline import (
@@ -34,7 +35,6 @@ from tests.integration.pipeline import (
     wait_until,
     where_stuck,
 )
-from tests.integration.test_adminer_e2e import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.test_evaluation import (
     evaluation_settings,
     evaluator_starts_at_end,
