@@ -160,11 +160,17 @@ def test_the_dashboard_shows_the_pipeline_its_latency_dead_letters_models_and_jo
                 assert filled(page, "throughput-chart") > before["throughput-chart"]
                 # Rates over rounds add up to the rows loaded (a round or two after the
                 # last row: wait until they have).
-                wait_for(page, """(n) => {
-                    const p = window.dashboard.points; let s = 0;
-                    for (let i = 1; i < p.length; i++)
-                        if (typeof p[i].priced === "number") s += p[i].priced * (p[i].t - p[i-1].t);
-                    return s > n - 0.5; }""", len(valid))  # fmt: skip
+                for rate, total in (
+                    ("priced", len(valid)),
+                    ("captured", len(ids)),
+                    ("consumed", len(ids)),
+                ):
+                    wait_for(page, """([rate, n]) => {
+                        const p = window.dashboard.points; let s = 0;
+                        for (let i = 1; i < p.length; i++)
+                            if (typeof p[i][rate] === "number")
+                                s += p[i][rate] * (p[i].t - p[i-1].t);
+                        return s > n - 0.5; }""", [rate, total])  # fmt: skip
                 assert integral(page, "priced") == pytest.approx(len(valid), abs=1.0)
                 assert integral(page, "captured") == pytest.approx(len(ids), abs=1.0)
                 assert integral(page, "consumed") == pytest.approx(len(ids), abs=1.0)
