@@ -109,6 +109,18 @@ class PredictionClient:
         except requests.RequestException:
             return False
 
+    def champion_tag(self) -> str | None:
+        """The tag ``/model_info`` names as the champion the service prices with; None
+        while the service does not answer."""
+        try:
+            response = self._session.post(
+                self.base_url + "/model_info", json={}, timeout=self.timeout_s
+            )
+            tag = response.json().get("tag") if response.status_code == 200 else None
+        except (requests.RequestException, ValueError, AttributeError):
+            return None
+        return str(tag) if tag else None
+
     def close(self) -> None:
         self._session.close()
 
