@@ -183,3 +183,66 @@ def test_a_where_with_a_semicolon_is_refused_before_any_promotion(
     result = runner.invoke(app, ["model", "promote", "m:new", "--reprice", "--where", "1=1; --"])
     assert result.exit_code == 1
     assert "--where must be one boolean expression" in result.output
+
+
+def test_bench_reports_the_reprice_rate_beside_the_sustained_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from streaming_ml.bench import _run_all
+    from streaming_ml.bench.options import BenchOptions
+    from streaming_ml.bench.report import print_summary
+
+    class FakeBench:
+        options = BenchOptions(run_serving=False, run_latency=False, run_throughput=False)
+        console = Console(file=StringIO())
+
+        def reprice_run(self) -> dict[str, Any]:
+            return {"reprice_rows_per_s": 2500.0, "touch_rows_per_s": 9000.0, "touched": 20_000}
+
+    doc: dict[str, Any] = {"errors": [], "max_sustained_rows_per_s": 5000.0}
+    _run_all(FakeBench(), doc)  # type: ignore[arg-type]
+    assert doc["reprice_rows_per_s"] == 2500.0
+    out = StringIO()
+    print_summary({**doc, "bench": {"profile": "quick"}}, Console(file=out, width=200))
+    assert "re-pricing: 2,500.0 rows/s over 20,000 rows" in out.getvalue()
+    assert "sustained 5,000.0 rows/s" in out.getvalue()
+    skipped = runner.invoke(app, ["bench", "--help"])
+    assert "--skip-reprice" in skipped.output and "--reprice-rows" in skipped.output
+    assert BenchOptions.quick().reprice_rows < BenchOptions().reprice_rows
+
+
+@pytest.mark.parametrize(
+    ("info", "registry_champion", "wanted", "expected"),
+    [
+        ({"tag": "m:a", "registry": {"following": True}}, "m:b", None, "m:b"),
+        ({"tag": "m:a", "registry": {"following": True}}, None, "m:a", "m:a"),
+        ({"tag": "m:a"}, "m:b", None, "m:a"),  # pinned: the registry does not steer it
+        ({"tag": "m:a", "registry": {"following": True}}, "m:a", "m:b", "the champion is m:a"),
+        ({"tag": "m:a"}, "m:b", "m:b", "is pinned to m:a"),
+        (None, "m:b", None, "does not answer /model_info"),
+    ],
+)
+def test_the_job_is_for_the_model_the_table_will_show(
+    monkeypatch: pytest.MonkeyPatch,
+    info: dict[str, Any] | None,
+    registry_champion: str | None,
+    wanted: str | None,
+    expected: str,
+) -> None:
+    from streaming_ml.bridge import reprice
+    from streaming_ml.config import Settings
+    from streaming_ml.models.registry import Aliases
+
+    aliases = Aliases(champions=[registry_champion] if registry_champion else [])
+    monkeypatch.setattr(reprice.registry, "read_aliases", lambda _s: aliases)
+    repricer = reprice.Repricer(Settings(), "dsn", reprice.RepriceRequest(model=wanted))
+    monkeypatch.setattr(repricer.client, "model_info", lambda: info)
+    if expected.startswith("m:"):
+        assert repricer._check_champion(wanted) == expected
+    else:
+        with pytest.raises(RepriceError, match=expected):
+            repricer._check_champion(wanted)

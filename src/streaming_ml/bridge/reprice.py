@@ -84,8 +84,8 @@ class Repricer:
 
     def _job(self, reader: object, writer: object) -> Job:
         table = self.settings.reprice_jobs_table
-        unfinished = jobs.unfinished_job(reader, table)
         if self.request.resume:
+            unfinished = jobs.unfinished_job(reader, table)
             if unfinished is None:
                 raise RepriceError(
                     "no unfinished re-pricing job to resume; start one with `streaming-ml reprice`"
@@ -98,7 +98,8 @@ class Repricer:
         # Checked READ ONLY before anything is written: a bad --where fails here.
         jobs.count_matching(reader, self.settings.listings_table, where, 0)
         rate = self.request.rate or self.settings.reprice_rate
-        if unfinished is not None and (unfinished.model_tag, unfinished.where_sql) == (tag, where):
+        unfinished = jobs.unfinished_job(reader, table, tag, where)
+        if unfinished is not None:
             logger.info("resuming the unfinished job", extra={"job_id": unfinished.job_id})
             return unfinished
         return jobs.create_job(
@@ -107,21 +108,30 @@ class Repricer:
         )  # fmt: skip
 
     def _check_champion(self, wanted: str | None) -> str:
-        """The tag the job is for: the registry's champion (the served model when the
-        registry has none). RepriceError when ``wanted`` is another model."""
-        try:
-            champion = registry.read_aliases(self.settings).champion
-        except RegistryError as error:
+        """The tag the job is for: the registry's champion when the service follows the
+        registry (the served model while the registry names none), else the model the
+        service is pinned to. RepriceError when ``wanted`` is another model."""
+        info = self.client.model_info()
+        if info is None or not info.get("tag"):
             raise RepriceError(
-                f"cannot read the model registry to learn the champion ({error}); "
-                "is Kafka up? `streaming-ml stack status`"
-            ) from error
-        champion = champion or self.client.champion_tag()
-        if champion is None:
+                f"the prediction service at {self.settings.prediction_url} does not answer "
+                "/model_info; start it with `streaming-ml serve` or point SML_SERVICE_URL at it"
+            )
+        champion = str(info["tag"])
+        following = bool((info.get("registry") or {}).get("following"))
+        if following:
+            try:
+                champion = registry.read_aliases(self.settings).champion or champion
+            except RegistryError as error:
+                raise RepriceError(
+                    f"cannot read the model registry to learn the champion ({error}); "
+                    "is Kafka up? `streaming-ml stack status`"
+                ) from error
+        if wanted is not None and wanted != champion and not following:
             raise RepriceError(
-                "no champion: the registry names none and the service at "
-                f"{self.settings.prediction_url} does not answer /model_info; start it with "
-                "`streaming-ml serve`"
+                f"refused to re-price with {wanted}: the service at "
+                f"{self.settings.prediction_url} is pinned to {champion} (it does not follow "
+                "the registry); serve it with SML_MODEL_FOLLOW=true (`streaming-ml serve`)"
             )
         if wanted is not None and wanted != champion:
             raise RepriceError(
@@ -151,7 +161,7 @@ class Repricer:
     # -- the touches --
 
     def _touch_all(self, reader: object, writer: object, job: Job) -> Job:
-        rate = job.rate
+        rate = self.request.rate or job.rate  # a resumed job may be given another rate
         size = jobs.chunk_rows(rate, self.settings.reprice_chunk_rows)
         started, touched = time.monotonic(), 0
         if self.on_job is not None:

@@ -203,18 +203,26 @@ def recent_jobs(conn: Any, jobs: str, limit: int = 5) -> list[Job]:
     return _fetch(conn, query.format(sql.Identifier("public", jobs)), (limit,))
 
 
-def unfinished_job(conn: Any, jobs: str) -> Job | None:
-    """The newest job still running (one a kill interrupted), if any."""
-    query = sql.SQL("SELECT * FROM {} WHERE state = %s ORDER BY job_id DESC LIMIT 1")
-    found = _fetch(conn, query.format(sql.Identifier("public", jobs)), (RUNNING,))
+def unfinished_job(
+    conn: Any, jobs: str, tag: str | None = None, where: str | None = None
+) -> Job | None:
+    """The newest job still running (one a kill interrupted), if any; with ``tag`` and
+    ``where``, the newest of that model over those listings."""
+    query = sql.SQL(
+        "SELECT * FROM {} WHERE state = %s AND (%s IS NULL OR model_tag = %s) "
+        "AND (%s IS NULL OR where_sql = %s) ORDER BY job_id DESC LIMIT 1"
+    )
+    params = (RUNNING, tag, tag, where, where)
+    found = _fetch(conn, query.format(sql.Identifier("public", jobs)), params)
     return found[0] if found else None
 
 
 def create_job(
     reader: Any, writer: Any, *, jobs: str, listings: str, tag: str, where: str, rate: float | None
 ) -> Job:
-    """A new job over every listing matching ``where`` now (ids up to the current last);
-    jobs still running are superseded by it: their listings are all in its range."""
+    """A new job over every listing matching ``where`` now (ids up to the current last).
+    It supersedes the jobs still running whose listings are all in its range: every one
+    when it has no ``where``, else those with the same ``where``."""
     table = sql.Identifier("public", listings)
     max_id = int(
         _read_only(reader, sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(table), ())[0][0]
@@ -223,9 +231,10 @@ def create_job(
     with writer.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
         cur.execute(
             sql.SQL(
-                "UPDATE {} SET state = %s, finished_at = clock_timestamp() WHERE state = %s"
+                "UPDATE {} SET state = %s, finished_at = clock_timestamp() "
+                "WHERE state = %s AND (%s = '' OR where_sql = %s)"
             ).format(sql.Identifier("public", jobs)),
-            (SUPERSEDED, RUNNING),
+            (SUPERSEDED, RUNNING, where, where),
         )
         if cur.rowcount:
             logger.info("superseded unfinished re-pricing jobs", extra={"jobs": cur.rowcount})
