@@ -18,15 +18,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from streaming_ml.bridge.reprice import Repricer, RepriceRequest
 from streaming_ml.config import REPO_ROOT, Settings
 from streaming_ml.datasets.load import load_listings
-from streaming_ml.datasets.reprice import DONE, RUNNING
+from streaming_ml.datasets.reprice import DONE, RUNNING, recent_jobs
 from streaming_ml.errors import RepriceError
 from streaming_ml.kafka.changes import CHANGED_HEADER, header_columns
 from streaming_ml.schema.listing import features_hash
+from streaming_ml.stack import postgres_dsn
 from tests.integration.following import champion_is, following_service, own_registry
 from tests.integration.pipeline import (
     dsn_of,
@@ -163,6 +165,13 @@ def test_promote_with_reprice_survives_a_kill_and_leaves_every_row_on_the_new_ch
             (job,) = job_rows(dsn, jobs_table)
             assert job["state"] == DONE and job["model_tag"] == b
             assert job["done"] == job["total"], job  # no listing was deleted meanwhile
+            # What the dashboard's panel reads, as the read-only role.
+            reader = psycopg2.connect(postgres_dsn(settings, "reader"))
+            try:
+                (seen,) = recent_jobs(reader, jobs_table)
+            finally:
+                reader.close()
+            assert (seen.job_id, seen.state, seen.left) == (job["job_id"], DONE, 0)
 
             everyone = sorted(set(ids) | set(inserted))
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from streaming_ml.bridge.pricing import PredictionClient
 from streaming_ml.config import Settings
@@ -23,6 +24,7 @@ from streaming_ml.datasets import reprice as jobs
 from streaming_ml.datasets.reprice import Job
 from streaming_ml.errors import RegistryError, RepriceError, WaitTimeoutError
 from streaming_ml.models import lifecycle, registry
+from streaming_ml.stack.secrets import READER_ROLE
 from streaming_ml.system.waits import Deadline, wait_until
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class Repricer:
     def run(self) -> Job:
         reader, writer = jobs.connect_pair(self.dsn)
         try:
-            jobs.ensure_jobs_table(writer, self.settings.reprice_jobs_table)
+            jobs.ensure_jobs_table(writer, self.settings.reprice_jobs_table, READER_ROLE)
             job = self._job(reader, writer)
             self.wait_until_served(job.model_tag)
             logger.info("re-pricing", extra={"job": job.as_dict()})
@@ -82,7 +84,7 @@ class Repricer:
 
     # -- which job --
 
-    def _job(self, reader: object, writer: object) -> Job:
+    def _job(self, reader: Any, writer: Any) -> Job:
         table = self.settings.reprice_jobs_table
         if self.request.resume:
             unfinished = jobs.unfinished_job(reader, table)
@@ -160,7 +162,7 @@ class Repricer:
 
     # -- the touches --
 
-    def _touch_all(self, reader: object, writer: object, job: Job) -> Job:
+    def _touch_all(self, reader: Any, writer: Any, job: Job) -> Job:
         rate = self.request.rate or job.rate  # a resumed job may be given another rate
         size = jobs.chunk_rows(rate, self.settings.reprice_chunk_rows)
         started, touched = time.monotonic(), 0
@@ -200,6 +202,13 @@ class Repricer:
                 what=f"every prediction of job {job.job_id} written by {job.model_tag}",
                 on_wait=on_wait,
             )  # fmt: skip
+        except WaitTimeoutError as error:
+            raise RepriceError(
+                f"{error}: {error.last} rows still show another model. Every listing was "
+                "touched (the job is done); the pipeline has not written all their prices yet. "
+                "Check `streaming-ml connectors status`, the bridge's lag and the DLQ on the "
+                "dashboard"
+            ) from error
         finally:
             reader.close()
 

@@ -178,10 +178,23 @@ def chunk_ids(
     return [int(row[0]) for row in found]
 
 
-def ensure_jobs_table(writer: Any, jobs: str) -> None:
-    """The job table (as postgres/02-schema.sql makes it), for a database older than it."""
+def ensure_jobs_table(writer: Any, jobs: str, reader_role: str | None = None) -> None:
+    """The job table (as postgres/02-schema.sql makes it), for a database older than it,
+    readable by ``reader_role`` (the dashboard's) where that role exists."""
     with writer.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{jobs}",))
+        found = cur.fetchone()
+        if found is not None and found[0]:
+            writer.commit()
+            return
         cur.execute(reprice_jobs_ddl(jobs))
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader_role,))
+        if reader_role is not None and cur.fetchone() is not None:
+            cur.execute(
+                sql.SQL("GRANT SELECT ON {} TO {}").format(
+                    sql.Identifier("public", jobs), sql.Identifier(reader_role)
+                )
+            )
     writer.commit()
 
 
@@ -300,11 +313,13 @@ def finish_job(writer: Any, jobs: str, job: Job) -> Job:
 
 
 def stale_predictions(reader: Any, *, listings: str, predictions: str, job: Job) -> int:
-    """Prediction rows in the job's range that name another model: zero once every touch
-    (or a newer streamed change) has been priced and written. A listing with no row (one
-    the bridge dead-lettered) is not counted: a touch cannot price it either."""
+    """Champion-arm prediction rows in the job's range that name another model: zero once
+    every touch (or a newer streamed change) has been priced and written. A listing with
+    no row (one the bridge dead-lettered) is not counted: a touch cannot price it either;
+    nor is one an A/B experiment's challenger prices."""
     query = sql.SQL(
-        "SELECT count(*) FROM {p} WHERE model_tag IS DISTINCT FROM %s AND listing_id IN "
+        "SELECT count(*) FROM {p} WHERE model_tag IS DISTINCT FROM %s "
+        "AND coalesce(arm, 'champion') = 'champion' AND listing_id IN "
         "(SELECT id FROM {l} WHERE id <= %s AND {cond})"
     ).format(
         l=sql.Identifier("public", listings),
