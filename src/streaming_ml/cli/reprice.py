@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -95,8 +96,14 @@ def run_with_progress(repricer: Repricer, settle_timeout_s: float) -> Job:
                 f"{deadline.remaining():.0f} s more",
             )  # fmt: skip
 
+        first: list[tuple[float, int]] = []  # (when, done) of this run's first chunk
+
         def on_job(job: Job) -> None:
-            rate = job.average_rate()
+            # This run's own rate: the job's average counts the time a kill left it idle.
+            now = time.monotonic()
+            first[:] = first or [(now, job.done)]
+            began, done_then = first[0]
+            rate = (job.done - done_then) / (now - began) if now > began else None
             bar.update(
                 task, description=f"re-pricing with {job.model_tag} (job {job.job_id})",
                 completed=job.done, total=job.total,

@@ -532,7 +532,7 @@ function renderReprice() {
   table.replaceChildren(
     head,
     ...jobs.map((j) =>
-      h("tr", { "data-state": j.state },
+      h("tr", { "data-state": j.state, "data-job": j.job_id },
         h("td", {}, `${j.job_id}`),
         h("td", {}, h("code", {}, shortTag(j.model_tag)), j.where_sql ? h("span", { class: "muted" }, ` where ${j.where_sql}`) : null),
         h("td", {}, badge(j.state === "running" ? "RUNNING" : j.state === "done" ? "DONE" : "STOPPED")),
