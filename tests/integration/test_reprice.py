@@ -209,3 +209,55 @@ def test_promote_with_reprice_survives_a_kill_and_leaves_every_row_on_the_new_ch
     in_range = {i for i in ours if first <= i <= job["max_id"]}
     assert set(touches) == in_range, (sorted(set(touches) ^ in_range)[:5], len(in_range))
     assert set(touches.values()) == {1}, Counter(touches.values())
+
+
+def test_a_stale_cursor_touches_nothing_and_jobs_resume_or_supersede_by_what_they_cover(
+    stack_settings: Settings,
+) -> None:
+    """Two runners of one job: the one whose cursor is stale rolls its touch back (the
+    compare-and-set on the job row), so no listing is touched twice."""
+    from streaming_ml.datasets import reprice as jobs
+
+    dsn = dsn_of(stack_settings)
+    table, listings_table = f"reprice_jobs_{uuid.uuid4().hex[:8]}", stack_settings.listings_table
+    ids = load_listings(dsn, 6, seed=78, table=listings_table).ids
+    where = f"id >= {min(ids)} AND model LIKE '%'"  # a '%' reaches Postgres as written
+    reader, writer = jobs.connect_pair(dsn)
+    try:
+        jobs.ensure_jobs_table(writer, table)
+        job = jobs.create_job(
+            reader, writer, jobs=table, listings=listings_table, tag="m:b", where=where, rate=None
+        )
+        assert job.total == jobs.count_matching(reader, listings_table, where, job.max_id) == 6
+        chunk = jobs.chunk_ids(reader, listings_table, where, job.last_id, job.max_id, 4)
+        assert chunk == sorted(ids)[:4]
+        moved = jobs.touch_chunk(writer, jobs=table, listings=listings_table, job=job, ids=chunk)
+        versions = query(dsn, f"SELECT id, xmin::text FROM public.{listings_table} "
+                              "WHERE id = ANY(%s) ORDER BY id", (chunk,))  # fmt: skip
+        with pytest.raises(RepriceError, match="moved on without this process"):
+            jobs.touch_chunk(writer, jobs=table, listings=listings_table, job=job, ids=chunk)
+        assert query(dsn, f"SELECT id, xmin::text FROM public.{listings_table} "
+                          "WHERE id = ANY(%s) ORDER BY id", (chunk,)) == versions  # fmt: skip
+        assert (moved.last_id, moved.done, moved.chunks) == (chunk[-1], 4, 1)
+
+        # The same model and --where resume it; another --where leaves it running;
+        # no --where supersedes it (its listings are all in the new range).
+        assert jobs.unfinished_job(reader, table, "m:b", where) == moved
+        assert jobs.unfinished_job(reader, table, "m:b", "id > 0") is None
+        other = jobs.create_job(
+            reader, writer, jobs=table, listings=listings_table, tag="m:b", where="id < 0",
+            rate=None,
+        )  # fmt: skip
+        assert (other.total, jobs.unfinished_job(reader, table, "m:b", where)) == (0, moved)
+        everything = jobs.create_job(
+            reader, writer, jobs=table, listings=listings_table, tag="m:b", where="", rate=None
+        )
+        states = {r["job_id"]: r["state"] for r in job_rows(dsn, table)}
+        assert states == {
+            moved.job_id: "superseded",
+            other.job_id: "superseded",
+            everything.job_id: RUNNING,
+        }
+    finally:
+        reader.close()
+        writer.close()

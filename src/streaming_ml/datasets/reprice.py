@@ -122,7 +122,9 @@ def clean_where(where: str | None) -> str:
 def _condition(where: str) -> sql.Composable:
     # The one place the user's text enters a query: always parenthesised, always run in
     # a READ ONLY transaction (``_read_only``), never where anything is written.
-    return sql.SQL("({})").format(sql.SQL(where)) if where else sql.SQL("true")
+    # Its '%' are doubled: the query is run with parameters, whose markers are '%s'.
+    text = where.replace("%", "%%")
+    return sql.SQL("({})").format(sql.SQL(text)) if where else sql.SQL("true")
 
 
 def connect_reader(dsn: str) -> Any:
