@@ -134,8 +134,23 @@ BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS car_price_alerts_stamp ON public.car_price_alerts;
 CREATE TRIGGER car_price_alerts_stamp BEFORE INSERT OR UPDATE ON public.car_price_alerts
     FOR EACH ROW EXECUTE FUNCTION public.car_price_alerts_stamp();
+CREATE TABLE IF NOT EXISTS public.car_price_reprice_jobs (
+    job_id bigserial PRIMARY KEY,
+    model_tag text NOT NULL,
+    where_sql text NOT NULL DEFAULT '',
+    rate double precision,
+    last_id bigint NOT NULL DEFAULT 0,
+    max_id bigint NOT NULL,
+    total bigint NOT NULL,
+    done bigint NOT NULL DEFAULT 0,
+    chunks bigint NOT NULL DEFAULT 0,
+    state text NOT NULL DEFAULT 'running',
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+);
 -- Least privilege: the CDC role reads the listings, the sinks write their tables,
--- the reader reads them all.
+-- the reader reads them all (the re-pricing jobs too: the dashboard's panel).
 GRANT SELECT ON public.car_listings TO cars_cdc;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions TO cars_sink;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.car_price_predictions_shadow TO cars_sink;
@@ -146,4 +161,5 @@ GRANT SELECT ON public.car_price_predictions TO cars_reader;
 GRANT SELECT ON public.car_price_predictions_shadow TO cars_reader;
 GRANT SELECT ON public.car_price_outcomes TO cars_reader;
 GRANT SELECT ON public.car_price_alerts TO cars_reader;
+GRANT SELECT ON public.car_price_reprice_jobs TO cars_reader;
 RESET ROLE;

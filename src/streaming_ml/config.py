@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     alerts_table: str = Field(
         "car_price_alerts", pattern=SQL_NAME, description="Table the alerts sink writes"
     )
+    reprice_jobs_table: str = Field(
+        "car_price_reprice_jobs",
+        pattern=SQL_NAME,
+        description="Re-pricing jobs of `streaming-ml reprice`: cursor, progress, state",
+    )
     source_connector: str = "car-listings-source"
     sink_connector: str = "car-price-predictions-sink"
     shadow_sink_connector: str = Field(
@@ -213,6 +218,17 @@ class Settings(BaseSettings):
         gt=0,
         description="Timeout of the bridge's model call when it asks for explanations "
         "(replaces SML_REQUEST_TIMEOUT_S there)",
+    )
+
+    # Re-pricing (`streaming-ml reprice`, docs/bridge.md).
+    reprice_rate: float = Field(
+        1000.0, gt=0, description="Listings touched per second by `streaming-ml reprice`"
+    )
+    reprice_chunk_rows: int = Field(
+        500, ge=1, le=10_000, description="Most listings touched in one re-pricing transaction"
+    )
+    reprice_swap_timeout_s: float = Field(
+        60.0, gt=0, description="How long a re-pricing waits for the service to serve its model"
     )
     slot_wal_keep_size: str = Field(
         "2GB",

@@ -58,3 +58,7 @@ class ListingNotFoundError(StreamingMLError):
 class UntrustedModelError(RegistryError):
     """A model on the models topic is not signed with the registry's key, or not as the
     tag it was published under: it is never loaded."""
+
+
+class RepriceError(StreamingMLError):
+    """A re-pricing job cannot start or go on (not the champion, a bad --where, no job)."""

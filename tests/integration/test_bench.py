@@ -163,6 +163,12 @@ def test_quick_bench_reports_throughput_and_serving_figures(
     assert positive(jmx["kafka_connect_source_task_metrics_poll_batch_avg_time_ms"])
     assert jmx["kafka_producer_producer_metrics_request_latency_avg"] is not None
 
+    # Re-pricing: every row of its range touched once and written again.
+    reprice = doc["reprice_run"]
+    assert reprice["touched"] == reprice["rows"] == doc["options"]["reprice_rows"]
+    assert positive(doc["reprice_rows_per_s"]) and positive(reprice["touch_rows_per_s"])
+    assert doc["reprice_rows_per_s"] == reprice["reprice_rows_per_s"]
+
     assert doc["machine"]["cpu_count"] >= 1
     assert doc["versions"]["python_libraries"]["bentoml"]
     assert set(doc["targets"]) >= {

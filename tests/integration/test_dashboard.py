@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from streaming_ml.bridge.reprice import Repricer, RepriceRequest
 from streaming_ml.config import Settings
 from streaming_ml.dashboard import DashboardServer
 from streaming_ml.datasets.load import load_listings
@@ -267,6 +268,13 @@ def test_the_dashboard_shows_the_pipeline_its_latency_dead_letters_models_and_jo
                 assert {"kind": "promoted", "tag": second_model_tag} in [
                     {"kind": m["kind"], "tag": m["tag"]} for m in markers
                 ]
+                # Re-pricing with the new champion: the panel shows the job, done.
+                request = RepriceRequest(model=second_model_tag, where=f"id >= {min(ids)}")
+                job = Repricer(settings, dsn, request).run()
+                assert job.state == "done" and job.done == job.total == len(ids)
+                done_row = page.locator(f'#reprice tr[data-state="done"][data-job="{job.job_id}"]')
+                done_row.wait_for()
+                assert second_model_tag in done_row.inner_text()
                 # Traffic after the promotion gives the new champion an accuracy line.
                 load_and_settle(settings, 240, seed=1202, invalid=0)
                 wait_for(page, "(key) => window.dashboard.points.some((p) => "

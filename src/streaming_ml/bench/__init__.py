@@ -14,7 +14,10 @@ Four runs against the real local stack, each optional:
   runs, then a bridge in a new consumer group drains them: bridge + model alone;
   then ``--bridges`` processes in one new group drain the same rows again, side by side;
   then one bridge with explanations on (``SML_BRIDGE_EXPLAIN``) drains the first
-  ``--explained-rows`` of them (``--skip-explain`` leaves both explained figures out).
+  ``--explained-rows`` of them (``--skip-explain`` leaves both explained figures out);
+- **re-pricing**: ``--reprice-rows`` rows are priced, then a re-pricing job touches them
+  all again, unthrottled: rows/s from the first touch's commit to the last prediction row
+  written, beside the stream's sustained rate.
 
 Every per-row stamp is epoch milliseconds of this machine's one clock (Postgres'
 commit time via Debezium's ``source.ts_ms``, Kafka's broker append time, the
@@ -91,6 +94,7 @@ def run_bench(
         "predict_batch_500_records_ms_p50": None,
         "predict_batch_500_records_explained_ms_p50": None,
         "bridge_explained_rows_per_s": None,
+        "reprice_rows_per_s": None,
         "options": {k: v for k, v in asdict(options).items()},
         "machine": machine_facts(),
         "errors": [],
@@ -169,8 +173,19 @@ def _run_all(bench: Bench, doc: dict[str, Any]) -> None:
                     doc[f"{key}_p50"] = serving[key]["p50"]
         except StreamingMLError as error:
             doc["errors"].append(f"serving run: {error}")
-    if not (o.run_latency or o.run_throughput):
-        return
+    if o.run_latency or o.run_throughput:
+        _stream_runs(bench, doc)
+    if o.run_reprice:
+        try:
+            doc["reprice_run"] = bench.reprice_run()
+            doc["reprice_rows_per_s"] = doc["reprice_run"]["reprice_rows_per_s"]
+        except StreamingMLError as error:
+            doc["errors"].append(f"re-pricing run: {error}")
+
+
+def _stream_runs(bench: Bench, doc: dict[str, Any]) -> None:
+    """The warm-up, then the latency run, the throughput steps and the bridge-only runs."""
+    o = bench.options
     try:
         bench.console.rule("[bold]warm-up")
         doc["warm_up"] = bench.warm_up()

@@ -53,6 +53,9 @@ class BenchOptions:
     run_latency: bool = True
     run_throughput: bool = True
     run_explain: bool = True
+    # The re-pricing backfill (``bench/reprice.py``): this many priced rows touched again.
+    run_reprice: bool = True
+    reprice_rows: int = 20_000
     # The reference design beside us (``bench/baseline.py``): one /predict per event. At a
     # few ms per event it drains only ``baseline_rows`` of the pre-fill (off in ``quick``).
     run_baseline: bool = True
@@ -70,6 +73,7 @@ class BenchOptions:
             thousand_row_requests=10, concurrency=4, concurrent_requests=400,
             concurrent_max_s=2.0, drain_timeout_s=60.0, explained_requests=3,
             explained_bridge_rows=500, baseline_rows=500, run_baseline=False,
+            reprice_rows=2_000,
         )  # fmt: skip
 
     @property

@@ -142,6 +142,14 @@ def print_summary(doc: Mapping[str, Any], console: Console) -> None:
             for figure, shown in bridge_process_rows(doc) + explanation_rows(doc):
                 table.add_row(figure, shown, "—", "—")
     console.print(table)
+    reprice = doc.get("reprice_run")
+    if reprice:
+        console.print(
+            f"re-pricing: {_figure(reprice['reprice_rows_per_s'])} rows/s over "
+            f"{reprice['touched']:,} rows (first touch to last row written; touches "
+            f"{_figure(reprice['touch_rows_per_s'])} rows/s), beside the stream's sustained "
+            f"{_figure(doc.get('max_sustained_rows_per_s'))} rows/s"
+        )
     steps = doc.get("bridge_steps_us_per_event")
     if steps:
         steps_table = Table(title=f"bridge cost per event (1 bridge, {steps['events']:,} events)")

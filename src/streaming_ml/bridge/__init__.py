@@ -13,6 +13,7 @@ quix-streams' application loop, with each step a collaborator of its own:
 
 ``offsets`` computes commit and rewind points, ``kafka_setup`` the topics and client
 configurations, ``metrics`` the Prometheus registry and the time of each step.
+``reprice`` is `streaming-ml reprice`: every listing priced again through this loop.
 See docs/bridge.md.
 """
 

@@ -66,7 +66,8 @@ def plan_actions(changes: Sequence[Change | str]) -> list[Action]:
 
     ``changes`` holds a Change, or a string reason when the message could not be
     decoded. An update is skipped as "unchanged" only when its ``unchanged`` header
-    names every feature; without that proof it is priced (correct, only slower).
+    names every feature; without that proof it is priced (correct, only slower). A
+    touch (an update that changed no column, the re-pricing's request) is priced.
     """
     actions: list[Action] = []
     for index, change in enumerate(changes):
@@ -84,7 +85,7 @@ def plan_actions(changes: Sequence[Change | str]) -> list[Action]:
             actions += dead_letter(index, change, "after: missing from event", "validation")
         elif problems := feature_problems(change.row):
             actions += dead_letter(index, change, dlq_reason(problems), "validation")
-        elif change.op == "u" and change.unchanged >= ALL_FEATURES:
+        elif change.op == "u" and change.unchanged >= ALL_FEATURES and not change.touched:
             actions.append(Action("skip", index, lid, change, skip_why="unchanged"))
         else:
             actions.append(Action("predict", index, lid, change, features_hash(change.row)))

@@ -109,6 +109,23 @@ class PredictionClient:
         except requests.RequestException:
             return False
 
+    def model_info(self) -> dict[str, Any] | None:
+        """The service's ``/model_info``; None while it does not answer."""
+        try:
+            response = self._session.post(
+                self.base_url + "/model_info", json={}, timeout=self.timeout_s
+            )
+            info = response.json() if response.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def champion_tag(self) -> str | None:
+        """The tag ``/model_info`` names as the champion the service prices with; None
+        while the service does not answer."""
+        tag = (self.model_info() or {}).get("tag")
+        return str(tag) if tag else None
+
     def close(self) -> None:
         self._session.close()
 

@@ -8,7 +8,7 @@ defers imports.
 from __future__ import annotations
 
 # Importing the command modules registers their commands on ``app``.
-from streaming_ml.cli import operate, pipeline
+from streaming_ml.cli import operate, pipeline, reprice
 from streaming_ml.cli.app import app, main
 
-__all__ = ["app", "main", "operate", "pipeline"]
+__all__ = ["app", "main", "operate", "pipeline", "reprice"]

@@ -22,6 +22,7 @@ from streaming_ml.cli.app import (
     stack_app,
     topics_app,
 )
+from streaming_ml.cli.reprice import rate_option, run_with_progress, settle_option, where_option
 from streaming_ml.config import REPO_ROOT
 from streaming_ml.errors import ConfigError, StackError
 
@@ -239,13 +240,32 @@ def model_describe(
 def model_promote(
     tag: str = typer.Argument(..., help="Model tag to make the champion"),
     force: bool = typer.Option(False, "--force", help="Promote even if its metrics are worse"),
+    reprice: bool = typer.Option(
+        False,
+        "--reprice",
+        help="Then price every listing again with it (waits for the swap; `streaming-ml reprice`)",
+    ),
+    where: str | None = where_option(),
+    rate: float | None = rate_option(),
+    settle_timeout: float = settle_option(),
 ) -> None:
     """Make a model the champion: every service replica swaps to it within seconds."""
     settings = command_settings()
-    from streaming_ml.models.lifecycle import promote
+    if not reprice:
+        from streaming_ml.models.lifecycle import promote
 
-    new, previous = promote(settings, tag, force)
-    typer.echo(f"champion: {new} (was {previous or 'none'}); services swap within seconds")
+        new, previous = promote(settings, tag, force)
+        typer.echo(f"champion: {new} (was {previous or 'none'}); services swap within seconds")
+        return
+    from streaming_ml.bridge.reprice import promote_and_reprice
+    from streaming_ml.stack import postgres_dsn
+
+    new, previous, repricer = promote_and_reprice(
+        settings, postgres_dsn(settings), tag, force=force, where=where, rate=rate
+    )
+    typer.echo(f"champion: {new} (was {previous or 'none'}); re-pricing every listing", err=True)
+    job = run_with_progress(repricer, settle_timeout)
+    typer.echo(f"job {job.job_id}: {job.done:,} of {job.total:,} listings touched ({job.state})")
 
 
 @model_app.command("rollback")

@@ -396,6 +396,12 @@ def bench(
         "--skip-explain",
         help="No figures with explanations (explained /predict_batch, bridge-only round)",
     ),
+    skip_reprice: bool = typer.Option(
+        False, "--skip-reprice", help="No re-pricing run (priced rows touched again)"
+    ),
+    reprice_rows: int | None = typer.Option(
+        None, min=1, help="Re-pricing run: rows priced, then re-priced (default 20000)"
+    ),
     explained_rows: int | None = typer.Option(
         None, help="Bridge-only round with explanations: events drained (default 5000)"
     ),
@@ -433,6 +439,7 @@ def bench(
         "step_duration_s": step_duration, "prefill_rows": prefill_rows,
         "bridges": bridges, "concurrency": concurrency, "explained_bridge_rows": explained_rows,
         "stream_bridges": stream_bridges, "compare_kafka_nodes": compare_kafka_nodes,
+        "reprice_rows": reprice_rows,
     }  # fmt: skip
     if steps is not None:
         # Only the --steps parse may turn a ValueError into this message: one raised
@@ -449,6 +456,7 @@ def bench(
         run_latency=not skip_latency,
         run_throughput=not skip_throughput,
         run_explain=not skip_explain,
+        run_reprice=not skip_reprice,
         run_baseline=options.run_baseline if baseline is None else baseline,
     )
     doc = run_bench(settings, options, out=out, plot=plot, command=" ".join(sys.argv))

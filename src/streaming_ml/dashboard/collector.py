@@ -13,8 +13,8 @@ Sources, and why each is read the way it is:
   arm, drift, alerts), the same view ``streaming-ml monitor`` has;
 * HTTP: each bridge's and the service's Prometheus text, the service's ``/readyz`` and
   ``/model_info``, Connect's status of every connector;
-* Postgres: row counters of the predictions table (rows written) and the latency
-  sample's rows.
+* Postgres: row counters of the predictions table (rows written), the latency
+  sample's rows, and the latest re-pricing jobs (``datasets.reprice``).
 
 A source that fails leaves its panel empty with the reason and the fix; the others go
 on. The collector only reads: it joins no consumer group and commits nothing.
@@ -39,6 +39,7 @@ from streaming_ml.dashboard.groups import GroupView
 from streaming_ml.dashboard.latency import LatencySampler
 from streaming_ml.dashboard.series import History, OffsetRate, Rates
 from streaming_ml.dashboard.tail import TopicTail
+from streaming_ml.datasets import reprice
 from streaming_ml.errors import StackError, StreamingMLError
 from streaming_ml.evaluation.monitor import Monitor
 from streaming_ml.models import registry
@@ -50,7 +51,10 @@ logger = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 1.0
 # Slow-changing sources are read less often than every round.
-EVERY_S = {"connect": 2.0, "members": 3.0, "model_info": 2.0, "evaluation_retry": 10.0}
+EVERY_S = {
+    "connect": 2.0, "members": 3.0, "model_info": 2.0, "evaluation_retry": 10.0, "reprice": 2.0,
+}  # fmt: skip
+REPRICE_JOBS = 3
 # Time the evaluation monitor may spend catching up per round (it starts at the
 # beginning of the outcomes topic, which may be long).
 MONITOR_BUDGET_S = 0.3
@@ -155,6 +159,8 @@ class Collector:
         self._read("dlq", lambda: self._dead_letters(now, point))
         self._read("registry", self._registry)
         self._read("postgres", lambda: self._postgres(now, point))
+        if self._due("reprice", now):
+            self._read("reprice", self._reprice)
         self._read("evaluation", lambda: self._evaluation(now, point))
         self.state = self._compose(now)
         self.history.append(point)
@@ -361,6 +367,17 @@ class Collector:
             else None,
         }
 
+    def _reprice(self) -> None:
+        table = self.settings.reprice_jobs_table
+        try:
+            found = reprice.recent_jobs(self._connection(), table, REPRICE_JOBS)
+        except psycopg2.errors.UndefinedTable as error:
+            raise StreamingMLError(
+                f"no table {table} (a database older than re-pricing): apply "
+                "postgres/02-schema.sql, or run `streaming-ml reprice` once"
+            ) from error
+        self._parts["reprice"] = {"table": table, "jobs": [job.as_dict() for job in found]}
+
     def _connection(self) -> Any:
         if self._conn is None:
             try:
@@ -473,4 +490,5 @@ PARTS = (
     "registry",
     "postgres",
     "evaluation",
+    "reprice",
 )

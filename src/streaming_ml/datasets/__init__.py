@@ -1,1 +1,2 @@
-"""Listings as data: CSV cleaning, the synthetic generator, and reads and inserts in Postgres."""
+"""Listings as data: CSV cleaning, the synthetic generator, reads and inserts in Postgres,
+and the re-pricing jobs that touch them."""

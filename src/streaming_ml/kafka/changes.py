@@ -7,6 +7,11 @@ it needs no cache and no table lookup, so the rule holds across restarts and
 rebalances. They are only trustworthy when the table has ``REPLICA IDENTITY FULL``
 (otherwise Debezium has no before-image and both lists are empty); an empty or missing
 header means "unknown", and the update is priced.
+
+An update whose ``changed`` header is present and empty changed no column at all: a
+"touch" (``UPDATE ... SET id = id``), the way `streaming-ml reprice` asks for a listing
+to be priced again by the champion. It is priced like any update (docs/bridge.md,
+"Re-pricing").
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from streaming_ml.schema import avro
 # transport errors mean the registry did not answer.
 TRANSPORT_ERRORS = (httpx.TransportError, httpx2.TransportError)
 
-# Named by the source connector's transforms.changes.header.unchanged.name.
+# Named by the source connector's transforms.changes.header.unchanged.name and
+# transforms.changes.header.changed.name.
 UNCHANGED_HEADER = "unchanged"
+CHANGED_HEADER = "changed"
 
 
 class RegistryUnavailable(Exception):
@@ -46,12 +53,14 @@ class Change:
     source_ts_ms: int | None
     lsn: int | None
     unchanged: frozenset[str] = frozenset()  # columns an update provably left alone
+    touched: bool = False  # an update that provably changed no column: price it again
 
 
 def parse_change(
     key: Mapping[str, Any] | None,
     value: Mapping[str, Any],
     unchanged: frozenset[str] = frozenset(),
+    changed: frozenset[str] | None = None,
 ) -> Change:
     """Read a decoded Debezium event: the standard envelope, or an
     ``ExtractNewRecordState``-flattened row with ``__op``/``__source_ts_ms`` fields."""
@@ -77,6 +86,7 @@ def parse_change(
         source_ts_ms=int(ts) if ts is not None else None,
         lsn=int(lsn) if lsn is not None else None,
         unchanged=unchanged if op == "u" else frozenset(),
+        touched=op == "u" and changed is not None and not changed and bool(unchanged),
     )
 
 
@@ -87,22 +97,29 @@ def listing_id_of(key: Mapping[str, Any] | None, row: Mapping[str, Any] | None) 
     return None
 
 
-def unchanged_columns(
-    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
-) -> frozenset[str]:
-    """Columns the ``unchanged`` header lists; empty when absent or unreadable."""
+Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+
+
+def header_columns(headers: Headers, header: str) -> frozenset[str] | None:
+    """Columns a column-list header names; None when it is absent or unreadable."""
     if isinstance(headers, Mapping):
         headers = list(headers.items())
     for name, raw in headers or ():
-        if name != UNCHANGED_HEADER or not raw:
+        if name != header or not raw:
             continue
         try:
             names = json.loads(raw)
         except ValueError:
-            return frozenset()
+            return None
         if isinstance(names, list):
             return frozenset(str(n) for n in names)
-    return frozenset()
+        return None
+    return None
+
+
+def unchanged_columns(headers: Headers) -> frozenset[str]:
+    """Columns the ``unchanged`` header lists; empty when absent or unreadable."""
+    return header_columns(headers, UNCHANGED_HEADER) or frozenset()
 
 
 def registry_unavailable(error: BaseException) -> bool:
@@ -143,10 +160,12 @@ class ChangeDecoder:
         if not isinstance(value, Mapping):
             return f"deserialization: expected a record, got {type(value).__name__}"
         try:
+            headers = msg.headers()
             return parse_change(
                 key if isinstance(key, Mapping) else None,
                 value,
-                unchanged_columns(msg.headers()),
+                unchanged_columns(headers),
+                header_columns(headers, CHANGED_HEADER),
             )
         except (TypeError, ValueError) as error:
             return f"deserialization: not a change event ({error})"

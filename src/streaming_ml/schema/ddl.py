@@ -1,4 +1,5 @@
-"""Postgres DDL of the listings table and of the tables the JDBC sink fills."""
+"""Postgres DDL of the listings table, of the tables the JDBC sink fills and of the
+re-pricing jobs."""
 
 from __future__ import annotations
 
@@ -78,3 +79,27 @@ def outcomes_ddl(table: str = "car_price_outcomes") -> str:
 
 def alerts_ddl(table: str = "car_price_alerts") -> str:
     return table_ddl(table, ALERT_FIELDS, ALERT_KEY_FIELDS)
+
+
+def reprice_jobs_ddl(table: str = "car_price_reprice_jobs") -> str:
+    """The re-pricing jobs (`streaming-ml reprice`): one row a job, its cursor advanced in
+    the same transaction as each chunk's touch, so a killed job resumes where it stopped
+    and never touches a listing twice. ``max_id``: the last listing id when the job began
+    (later listings are priced by the stream, already with the job's model)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS public.{table} (\n"
+        "    job_id bigserial PRIMARY KEY,\n"
+        "    model_tag text NOT NULL,\n"
+        "    where_sql text NOT NULL DEFAULT '',\n"
+        "    rate double precision,\n"
+        "    last_id bigint NOT NULL DEFAULT 0,\n"
+        "    max_id bigint NOT NULL,\n"
+        "    total bigint NOT NULL,\n"
+        "    done bigint NOT NULL DEFAULT 0,\n"
+        "    chunks bigint NOT NULL DEFAULT 0,\n"
+        "    state text NOT NULL DEFAULT 'running',\n"
+        "    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),\n"
+        "    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),\n"
+        "    finished_at timestamptz\n"
+        ");\n"
+    )

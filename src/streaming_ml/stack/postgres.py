@@ -78,6 +78,7 @@ def schema_sql(settings: Settings | None = None) -> str:
     shadow = settings.shadow_table if settings else "car_price_predictions_shadow"
     outcomes = settings.outcomes_table if settings else "car_price_outcomes"
     alerts = settings.alerts_table if settings else "car_price_alerts"
+    jobs = settings.reprice_jobs_table if settings else "car_price_reprice_jobs"
     sink_tables = (predictions, shadow, outcomes, alerts)
     return (
         "-- GENERATED from streaming_ml.schema.ddl (listings_ddl, table_ddl); a unit test keeps\n"
@@ -89,8 +90,9 @@ def schema_sql(settings: Settings | None = None) -> str:
         f"{ddl.predictions_ddl(shadow)}"
         f"{ddl.outcomes_ddl(outcomes)}"
         f"{ddl.alerts_ddl(alerts)}"
+        f"{ddl.reprice_jobs_ddl(jobs)}"
         "-- Least privilege: the CDC role reads the listings, the sinks write their tables,\n"
-        "-- the reader reads them all.\n"
+        "-- the reader reads them all (the re-pricing jobs too: the dashboard's panel).\n"
         f"GRANT SELECT ON public.{listings} TO {SOURCE_ROLE};\n"
         + "".join(
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{table} TO {SINK_ROLE};\n"
@@ -98,7 +100,7 @@ def schema_sql(settings: Settings | None = None) -> str:
         )
         + "".join(
             f"GRANT SELECT ON public.{table} TO {READER_ROLE};\n"
-            for table in (listings, *sink_tables)
+            for table in (listings, *sink_tables, jobs)
         )
         + "RESET ROLE;\n"
     )

@@ -22,7 +22,7 @@ const STAGE_NAMES = {
   end_to_end: "end to end",
 };
 const STATE_CLASS = {
-  RUNNING: "ok", UP: "ok", READY: "ok",
+  RUNNING: "ok", UP: "ok", READY: "ok", DONE: "ok",
   PAUSED: "warn", UNASSIGNED: "warn", RESTARTING: "warn", PARTIAL: "warn",
   SERVING: "ok",
   FAILED: "bad", MISSING: "bad", DOWN: "bad", "NO REPLICA": "bad", OPEN: "bad",
@@ -73,6 +73,12 @@ function ago(seconds) {
   if (s < 90) return `${Math.round(s)} s ago`;
   if (s < 5400) return `${Math.round(s / 60)} min ago`;
   return `${(s / 3600).toFixed(1)} h ago`;
+}
+function fmtDuration(seconds) {
+  if (!isNum(seconds)) return "?";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
 }
 function badge(state) {
   const text = state || "UNKNOWN";
@@ -512,6 +518,32 @@ function renderEvents() {
   );
 }
 
+function renderReprice() {
+  const part = view.state.reprice;
+  const table = document.getElementById("reprice");
+  const summary = document.getElementById("reprice-summary");
+  const jobs = part ? part.jobs : [];
+  summary.textContent = part ? `table ${part.table}` : "";
+  if (!jobs.length) {
+    table.replaceChildren(h("tr", {}, h("td", { class: "muted" }, part ? "no re-pricing job yet" : "jobs not read yet")));
+    return;
+  }
+  const head = h("tr", {}, ...["job", "model", "state", "done", "left", "rate", "ETA"].map((t) => h("th", {}, t)));
+  table.replaceChildren(
+    head,
+    ...jobs.map((j) =>
+      h("tr", { "data-state": j.state, "data-job": j.job_id },
+        h("td", {}, `${j.job_id}`),
+        h("td", {}, h("code", {}, shortTag(j.model_tag)), j.where_sql ? h("span", { class: "muted" }, ` where ${j.where_sql}`) : null),
+        h("td", {}, badge(j.state === "running" ? "RUNNING" : j.state === "done" ? "DONE" : "STOPPED")),
+        h("td", {}, bar(j.total ? j.done / j.total : 1), ` ${fmtInt(j.done)} / ${fmtInt(j.total)}`),
+        h("td", {}, fmtInt(j.left)),
+        h("td", {}, isNum(j.average_rate) ? `${fmtInt(j.average_rate)} rows/s` : "–"),
+        h("td", {}, j.state !== "running" ? "–" : fmtDuration(j.eta_s))),
+    ),
+  );
+}
+
 // --- panel 5: a listing's journey -------------------------------------------------------
 
 function renderJourney(answer) {
@@ -629,7 +661,7 @@ function renderErrors() {
 function render() {
   if (!view.state || !view.state.names) return;
   document.getElementById("updated").textContent = `updated ${fmtClock(view.state.now)}`;
-  for (const part of [renderErrors, renderDiagram, renderCharts, renderStages, renderDlq, renderArms, renderDrift, renderAlerts, renderEvents]) {
+  for (const part of [renderErrors, renderDiagram, renderCharts, renderStages, renderDlq, renderArms, renderDrift, renderAlerts, renderEvents, renderReprice]) {
     try {
       part();
     } catch (error) {
