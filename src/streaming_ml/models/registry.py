@@ -20,12 +20,10 @@ from __future__ import annotations
 import getpass
 import logging
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import bentoml
@@ -37,15 +35,21 @@ from pydantic import BaseModel, Field
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
 from streaming_ml.kafka import clients
-from streaming_ml.kafka.replay import read_until_end
+from streaming_ml.kafka.replay import read_one, read_until_end
 from streaming_ml.models import signing
 from streaming_ml.models.features import INPUT_NAMES
-from streaming_ml.models.store import FEATURES_KEY, get_bento_model
+from streaming_ml.models.store import FEATURES_KEY, export_bytes, get_bento_model, import_bytes
 
 logger = logging.getLogger(__name__)
 
 EventKind = Literal[
-    "published", "claimed", "promoted", "rolled_back", "experiment_started", "experiment_stopped"
+    "published",
+    "claimed",
+    "promoted",
+    "rolled_back",
+    "experiment_started",
+    "experiment_stopped",
+    "retired",
 ]
 # A model export is a few MB; the topics get room for larger boosters.
 MAX_MODEL_BYTES = 64 * 1024 * 1024
@@ -61,6 +65,11 @@ class ModelSummary(BaseModel):
     cv: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
     size_bytes: int = 0
+    # Where the export sits on the models topic: fetch() reads that one record.
+    partition: int | None = None
+    offset: int | None = None
+    # The online learner's counters (records it skipped), cumulative over its lineage.
+    learner: dict[str, int] | None = None
 
 
 class ModelEvent(BaseModel):
@@ -96,6 +105,8 @@ class Aliases:
     experiment: Experiment | None = None
     published: dict[str, ModelSummary] = field(default_factory=dict)
     history: list[ModelEvent] = field(default_factory=list)
+    retired: set[str] = field(default_factory=set)
+    unreadable: int = 0  # events skipped because they are not a ModelEvent
 
     @property
     def champion(self) -> str | None:
@@ -120,6 +131,28 @@ class Aliases:
             self.experiment = Experiment(event.challenger, event.split_percent, event.shadow)
         elif event.kind == "experiment_stopped":
             self.experiment = None
+        elif event.kind == "retired" and event.tag:
+            self.published.pop(event.tag, None)
+            self.retired.add(event.tag)
+
+    def apply_record(self, value: bytes | None) -> ModelEvent | None:
+        """Apply one record of the events log; the event, or None when the record is a
+        tombstone or is skipped (and counted) as unreadable."""
+        if value is None:
+            return None
+        event = parse_event(value)
+        if event is None:
+            self.unreadable += 1
+            return None
+        self.apply(event)
+        return event
+
+    def aliased(self) -> set[str]:
+        """Every tag an alias names: champion, previous, challenger, shadow."""
+        tags = {self.champion, self.previous_champion}
+        if self.experiment is not None:
+            tags |= set(self.experiment.tags())
+        return {t for t in tags if t}
 
     def wanted_tags(self) -> list[str]:
         """Every model the service must hold: champion first, then experiment models."""
@@ -140,6 +173,24 @@ class Aliases:
             if tag == self.experiment.shadow:
                 names.append("shadow")
         return names
+
+
+def parse_event(value: bytes) -> ModelEvent | None:
+    """The event a record holds, or None (logged) when it holds none: one malformed
+    record must not stop every reader of the log."""
+    try:
+        return ModelEvent.model_validate_json(value)
+    except ValueError as error:
+        logger.error("unreadable registry event skipped", extra={"error": str(error)[:300]})
+        return None
+
+
+def retired_tags(aliases: Aliases, name: str, keep: int) -> list[str]:
+    """The published versions of ``name`` to retire: all but the newest ``keep`` (in
+    the order they were published), except those an alias names."""
+    versions = [t for t in aliases.published if t.split(":")[0] == name]
+    protected = aliases.aliased()
+    return [t for t in versions[: max(len(versions) - keep, 0)] if t not in protected]
 
 
 def fold(events: list[ModelEvent]) -> Aliases:
@@ -163,6 +214,7 @@ def summarise(bento_model: Any) -> ModelSummary:
         inputs=list((metadata.get(FEATURES_KEY) or {}).get("inputs", [])),
         cv=metadata.get("cv"),
         validation=metadata.get("validation"),
+        learner=metadata.get("learner"),
     )
 
 
@@ -293,101 +345,239 @@ def read_to_end(
     return count
 
 
-def read_events(settings: Settings, timeout_s: float = 30.0) -> list[ModelEvent]:
-    events: list[ModelEvent] = []
+def read_aliases(settings: Settings, timeout_s: float = 30.0) -> Aliases:
+    """The registry's state from its whole log; an unreadable event is skipped and
+    counted in ``Aliases.unreadable``."""
+    aliases = Aliases()
 
     def keep(_key: bytes | None, value: bytes | None) -> None:
-        if value is not None:
-            events.append(ModelEvent.model_validate_json(value))
+        aliases.apply_record(value)
 
     read_to_end(settings, settings.model_events_topic, keep, timeout_s)
-    return events
+    return aliases
 
 
-def read_aliases(settings: Settings, timeout_s: float = 30.0) -> Aliases:
-    return fold(read_events(settings, timeout_s))
+def read_events(settings: Settings, timeout_s: float = 30.0) -> list[ModelEvent]:
+    return read_aliases(settings, timeout_s).history
 
 
-def _produce(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
-    producer = clients.producer(
-        settings,
-        {
+class RegistryWriter:
+    """Writes to both registry topics through one producer.
+
+    With a ``transactional_id`` the writes between ``begin()`` and ``commit()`` land
+    together or not at all, and a newer writer with the same id fences this one: its
+    next commit fails (the online learner's single-writer guarantee, docs/models.md).
+    """
+
+    def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
+        ensure_registry_topics(settings)
+        self.settings = settings
+        config: dict[str, Any] = {
             **QUIET,
             "acks": "all",
             "enable.idempotence": True,
             "message.max.bytes": MAX_MODEL_BYTES,
             "compression.type": "zstd",
-        },
-    )
-    errors: list[str] = []
+        }
+        if transactional_id is not None:
+            config["transactional.id"] = transactional_id
+        self._producer = clients.producer(settings, config)
+        self.transactional = transactional_id is not None
+        if self.transactional:
+            self._call("start the registry transactions", self._producer.init_transactions, 30)
 
-    def delivered(error: Any, _msg: Any) -> None:
-        if error is not None:
-            errors.append(str(error))
+    def _call(self, what: str, step: Callable[..., Any], *args: Any) -> None:
+        try:
+            step(*args)
+        except KafkaException as error:
+            raise self._failure(what, error.args[0]) from error
 
-    try:
-        producer.produce(topic, key=key, value=value, on_delivery=delivered)
-    except KafkaException as error:
-        raise RegistryError(f"cannot write to {topic}: {error}") from error
-    if producer.flush(30) != 0 or errors:
-        raise RegistryError(
-            f"write to {topic} not acknowledged ({'; '.join(errors) or 'timed out'}); "
-            "is Kafka up? Try `streaming-ml stack status`."
+    @staticmethod
+    def _failure(what: str, error: KafkaError) -> RegistryError:
+        if error.code() in FENCED:
+            return RegistryError(
+                f"cannot {what}: another writer with the same transactional id took over "
+                "(a second learner of this model started); this one stops."
+            )
+        return RegistryError(f"cannot {what}: {error}")
+
+    def begin(self) -> None:
+        self._call("begin a registry transaction", self._producer.begin_transaction)
+
+    def commit(self) -> None:
+        self._call("commit to the registry", self._producer.commit_transaction, 30)
+
+    def abort(self) -> None:
+        try:
+            self._producer.abort_transaction(30)
+        except KafkaException as error:
+            logger.warning("registry transaction not aborted", extra={"error": str(error)})
+
+    def write(self, topic: str, key: bytes, value: bytes | None) -> tuple[int, int]:
+        """Produce one record and wait for it; its (partition, offset)."""
+        delivered: list[tuple[int, int]] = []
+        errors: list[KafkaError] = []
+
+        def report(error: KafkaError | None, msg: Any) -> None:
+            if error is not None:
+                errors.append(error)
+            else:
+                delivered.append((msg.partition(), msg.offset()))
+
+        self._call(
+            f"write to {topic}",
+            lambda: self._producer.produce(topic, key=key, value=value, on_delivery=report),
         )
+        waiting = self._producer.flush(30)
+        if errors:
+            raise self._failure(f"write to {topic}", errors[0])
+        if waiting != 0 or not delivered:
+            raise RegistryError(
+                f"write to {topic} not acknowledged in 30 s; is Kafka up? "
+                "Try `streaming-ml stack status`."
+            )
+        return delivered[0]
+
+    def append(self, event: ModelEvent, aliases: Aliases | None = None) -> None:
+        """Append ``event`` to the log (and apply it to ``aliases``, when given)."""
+        self.write(
+            self.settings.model_events_topic, event.kind.encode(), event.model_dump_json().encode()
+        )
+        if aliases is not None:
+            aliases.apply(event)
+        logger.info("registry event", extra={"kind": event.kind, "tag": event.tag})
+
+    def publish(self, tag: str, aliases: Aliases) -> ModelSummary:
+        """Put a stored model on the models topic (once) and record it, with where it
+        sits, in the log and in ``aliases``."""
+        bento_model = get_bento_model(tag)
+        summary = summarise(bento_model)
+        if summary.tag in aliases.published:
+            return aliases.published[summary.tag]
+        key = signing.signing_key(self.settings)
+        data = signing.sign(key, summary.tag, export_bytes(summary.tag))
+        summary.size_bytes = len(data)
+        summary.partition, summary.offset = self.write(
+            self.settings.models_topic, summary.tag.encode(), data
+        )
+        self.append(ModelEvent(kind="published", tag=summary.tag, summary=summary), aliases)
+        logger.info("model published", extra={"tag": summary.tag, "bytes": len(data)})
+        return summary
+
+    def retire_old(self, aliases: Aliases, name: str) -> list[str]:
+        """Tombstone the versions of ``name`` past the newest ``SML_MODEL_KEEP_VERSIONS``
+        that no alias names (compaction then drops their exports); the tags retired."""
+        retired = retired_tags(aliases, name, self.settings.model_keep_versions)
+        for tag in retired:
+            self.write(self.settings.models_topic, tag.encode(), None)
+            self.append(ModelEvent(kind="retired", tag=tag, note="past the versions kept"), aliases)
+        return retired
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+# A producer fenced by a newer one with its transactional id.
+FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
 def append_event(settings: Settings, event: ModelEvent) -> None:
-    ensure_registry_topics(settings)
-    _produce(
-        settings, settings.model_events_topic, event.kind.encode(), event.model_dump_json().encode()
-    )
-    logger.info("registry event", extra={"kind": event.kind, "tag": event.tag})
+    writer = RegistryWriter(settings)
+    try:
+        writer.append(event)
+    finally:
+        writer.close()
 
 
 # --- Moving models between the store and Kafka ----------------------------------------
 
 
-def export_bytes(tag: str) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="sml-export-") as tmp:
-        path = Path(tmp) / "model.bentomodel"
-        bentoml.models.export_model(tag, str(path))
-        return path.read_bytes()
-
-
-def import_bytes(data: bytes) -> str:
-    """Import an exported model into the local store; return its tag."""
-    with tempfile.TemporaryDirectory(prefix="sml-import-") as tmp:
-        path = Path(tmp) / "model.bentomodel"
-        path.write_bytes(data)
-        return str(bentoml.models.import_model(str(path)).tag)
-
-
 def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> ModelSummary:
-    """Put a stored model on the models topic (once) and record it in the event log."""
-    bento_model = get_bento_model(tag)
-    summary = summarise(bento_model)
-    aliases = aliases if aliases is not None else read_aliases(settings)
-    if summary.tag in aliases.published:
-        return aliases.published[summary.tag]
-    data = signing.sign(signing.signing_key(settings), summary.tag, export_bytes(summary.tag))
-    summary.size_bytes = len(data)
-    ensure_registry_topics(settings)
-    _produce(settings, settings.models_topic, summary.tag.encode(), data)
-    append_event(settings, ModelEvent(kind="published", tag=summary.tag, summary=summary))
-    logger.info("model published", extra={"tag": summary.tag, "bytes": len(data)})
+    """Put a stored model on the models topic (once), record it in the event log and
+    retire the versions of its name past those kept. ``aliases``: the registry's state
+    if just read (left as it is: a follower folds these events when it reads them)."""
+    if aliases is None:
+        aliases = read_aliases(settings)
+    else:
+        aliases = replace(
+            aliases,
+            champions=list(aliases.champions),
+            published=dict(aliases.published),
+            history=list(aliases.history),
+            retired=set(aliases.retired),
+        )
+    writer = RegistryWriter(settings)
+    try:
+        summary = writer.publish(tag, aliases)
+        writer.retire_old(aliases, summary.tag.split(":")[0])
+    finally:
+        writer.close()
     return summary
 
 
-def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
+def fetch(
+    settings: Settings, tag: str, timeout_s: float = 60.0, aliases: Aliases | None = None
+) -> str:
     """Make ``tag`` available in the local store, importing it from the models topic if
     it is not there yet; return the stored tag. An export not signed with the registry's
-    key as ``tag`` is refused (``UntrustedModelError``) before any of it is extracted."""
+    key as ``tag`` is refused (``UntrustedModelError``) before any of it is extracted.
+
+    The published event says where the export sits, so only that record is read; a
+    model published before the log said so (or never published: whatever the topic
+    holds under that key is still checked) is looked for through the whole topic."""
 
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
         pass
     registry_key = signing.signing_key(settings)  # before reading: no key, nothing can be checked
+    aliases = aliases if aliases is not None else read_aliases(settings, timeout_s)
+    if tag in aliases.retired:
+        raise ModelNotFoundError(
+            f"model {tag} was retired from the registry (more than SML_MODEL_KEEP_VERSIONS "
+            "newer versions, and no alias named it); publish it again to serve it."
+        )
+    summary = aliases.published.get(tag)
+    if summary is not None and summary.partition is not None and summary.offset is not None:
+        found = _read_record(settings, tag, summary.partition, summary.offset, timeout_s)
+    else:
+        found = _scan_for(settings, tag, timeout_s)
+    if found is None:
+        raise ModelNotFoundError(
+            f"model {tag} is neither in the local store nor on the models topic "
+            f"{settings.models_topic}; publish it with `streaming-ml model promote` "
+            "from the machine that trained it."
+        )
+    stored = import_bytes(signing.verify(registry_key, tag, found))
+    logger.info("model imported from Kafka", extra={"tag": stored})
+    return stored
+
+
+def _read_record(
+    settings: Settings, tag: str, partition: int, offset: int, timeout_s: float
+) -> bytes | None:
+    """The value at ``offset`` of the models topic if it is ``tag``'s export."""
+    consumer = clients.consumer(
+        settings,
+        f"sml-registry-reader-{uuid.uuid4().hex[:8]}",
+        {**QUIET, "enable.partition.eof": True, "fetch.message.max.bytes": MAX_MODEL_BYTES},
+    )
+    try:
+        msg = read_one(consumer, settings.models_topic, partition, offset, timeout_s)
+    except TimeoutError as error:
+        raise RegistryError(
+            f"could not read {tag} from {settings.models_topic}: {error}; "
+            "is Kafka overloaded? See `streaming-ml stack logs kafka`."
+        ) from error
+    finally:
+        consumer.close()
+    if msg is None or msg.key() != tag.encode():
+        return None
+    value: bytes | None = msg.value()
+    return value
+
+
+def _scan_for(settings: Settings, tag: str, timeout_s: float) -> bytes | None:
     found: list[bytes] = []
 
     def keep(key: bytes | None, value: bytes | None) -> None:
@@ -396,15 +586,7 @@ def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
             found[:] = [value] if value is not None else []
 
     read_to_end(settings, settings.models_topic, keep, timeout_s)
-    if not found:
-        raise ModelNotFoundError(
-            f"model {tag} is neither in the local store nor on the models topic "
-            f"{settings.models_topic}; publish it with `streaming-ml model promote` "
-            "from the machine that trained it."
-        )
-    stored = import_bytes(signing.verify(registry_key, tag, found[0]))
-    logger.info("model imported from Kafka", extra={"tag": stored})
-    return stored
+    return found[0] if found else None
 
 
 def iter_local_models(name: str) -> Iterator[Any]:

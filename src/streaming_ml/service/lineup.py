@@ -34,7 +34,6 @@ from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.models import registry
 from streaming_ml.models.loader import from_bento_model
 from streaming_ml.models.protocol import PriceModelProtocol
-from streaming_ml.models.registry import ModelEvent
 from streaming_ml.models.store import get_bento_model, model_card
 from streaming_ml.service.api import EXAMPLE_RECORDS
 from streaming_ml.system.waits import Deadline
@@ -221,6 +220,7 @@ class RegistryFollower:
             "following": True,
             "connected": self.connected,
             "events_read": self.events_read,
+            "events_unreadable": self._aliases.unreadable if self._aliases is not None else 0,
             "error": self.error,
             "refused": [r.as_dict() for r in self.refused],
         }
@@ -318,14 +318,9 @@ class RegistryFollower:
         self.error = error
 
     def _on_event(self, value: bytes | None) -> None:
-        if value is None:
+        event = self._aliases.apply_record(value)
+        if event is None:
             return
-        try:
-            event = ModelEvent.model_validate_json(value)
-        except ValueError as error:
-            logger.error("unreadable registry event skipped", extra={"error": str(error)})
-            return
-        self._aliases.apply(event)
         self.events_read += 1
         # A new event naming a model gives a refused model another chance.
         self._tried = {
