@@ -166,6 +166,13 @@ class Learner:
         self._writer = registry.RegistryWriter(
             s, transactional_id=f"sml-learner-{s.model_events_topic}-{s.online_model_name}"
         )
+        try:
+            return self._learn_until_stopped(timeout)
+        finally:
+            self._writer.close()
+
+    def _learn_until_stopped(self, timeout: float | None) -> LearnerStats:
+        s = self.settings
         model = newest_online(s)
         self.stats.tag = model.tag
         self._carried_counters = dict(self._stored_metadata(model).get("learner") or {})
@@ -203,7 +210,6 @@ class Learner:
                 model = self._snapshot(model)
         finally:
             consumer.close()
-            self._writer.close()
         return self.stats
 
     def _assign(self, loop: ConsumeLoop, model: OnlinePriceModel) -> list[int]:
@@ -298,7 +304,7 @@ class Learner:
         # One transaction: a fenced learner's snapshot leaves no trace in the registry.
         writer.begin()
         try:
-            writer.publish(tag, aliases)
+            writer.publish([tag], aliases)
             moved = advance_aliases(writer, name, tag, aliases)
             writer.retire_old(aliases, name)
             writer.commit()
@@ -348,7 +354,7 @@ def advance_aliases(
             registry.ModelEvent(
                 kind="promoted", tag=tag, forced=True, note="online model snapshot"
             ),
-            aliases,
+            aliases=aliases,
         )
         moved.append("champion")
     experiment = aliases.experiment
@@ -363,7 +369,7 @@ def advance_aliases(
                 split_percent=experiment.split_percent, shadow=shadow,
                 note="online model snapshot",
             ),
-            aliases,
+            aliases=aliases,
         )  # fmt: skip
         moved += [a for a, t in (("challenger", challenger), ("shadow", shadow)) if t == tag]
     return moved

@@ -120,6 +120,7 @@ class Aliases:
         self.history.append(event)
         if event.kind == "published" and event.summary is not None:
             self.published[event.summary.tag] = event.summary
+            self.retired.discard(event.summary.tag)  # published again
         elif event.kind == "claimed" and event.tag and not self.champions:
             # Several replicas may claim at once; the first claim in the log wins.
             self.champions.append(event.tag)
@@ -382,13 +383,14 @@ class RegistryWriter:
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
         self._producer = clients.producer(settings, config)
+        self._errors: list[KafkaError] = []  # delivery failures not yet raised by flush()
         self.transactional = transactional_id is not None
         if self.transactional:
             self._call("start the registry transactions", self._producer.init_transactions, 30)
 
-    def _call(self, what: str, step: Callable[..., Any], *args: Any) -> None:
+    def _call(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
         try:
-            step(*args)
+            return step(*args)
         except KafkaException as error:
             raise self._failure(what, error.args[0]) from error
 
@@ -413,68 +415,113 @@ class RegistryWriter:
         except KafkaException as error:
             logger.warning("registry transaction not aborted", extra={"error": str(error)})
 
-    def write(self, topic: str, key: bytes, value: bytes | None) -> tuple[int, int]:
-        """Produce one record and wait for it; its (partition, offset)."""
-        delivered: list[tuple[int, int]] = []
-        errors: list[KafkaError] = []
+    def _send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        where: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Produce one record without waiting for it; ``flush`` waits and raises what
+        failed. ``where`` receives its (partition, offset) once acknowledged."""
 
         def report(error: KafkaError | None, msg: Any) -> None:
             if error is not None:
-                errors.append(error)
-            else:
-                delivered.append((msg.partition(), msg.offset()))
+                self._errors.append(error)
+            elif where is not None:
+                where.append((msg.partition(), msg.offset()))
 
-        self._call(
-            f"write to {topic}",
-            lambda: self._producer.produce(topic, key=key, value=value, on_delivery=report),
-        )
-        waiting = self._producer.flush(30)
+        def produce() -> None:
+            self._producer.produce(topic, key=key, value=value, on_delivery=report)
+
+        try:
+            self._call(f"write to {topic}", produce)
+        except BufferError:
+            # The local queue is full: let it drain, then there is room.
+            self.flush()
+            self._call(f"write to {topic}", produce)
+
+    def flush(self) -> None:
+        """Wait until every record sent is acknowledged; RegistryError if one was not."""
+        waiting = self._call("write to the registry", self._producer.flush, 30)
+        errors, self._errors = self._errors, []
         if errors:
-            raise self._failure(f"write to {topic}", errors[0])
-        if waiting != 0 or not delivered:
+            raise self._failure("write to the registry", errors[0])
+        if waiting != 0:
             raise RegistryError(
-                f"write to {topic} not acknowledged in 30 s; is Kafka up? "
+                f"{waiting} registry writes not acknowledged in 30 s; is Kafka up? "
                 "Try `streaming-ml stack status`."
             )
-        return delivered[0]
 
-    def append(self, event: ModelEvent, aliases: Aliases | None = None) -> None:
-        """Append ``event`` to the log (and apply it to ``aliases``, when given)."""
-        self.write(
-            self.settings.model_events_topic, event.kind.encode(), event.model_dump_json().encode()
-        )
-        if aliases is not None:
-            aliases.apply(event)
-        logger.info("registry event", extra={"kind": event.kind, "tag": event.tag})
+    def write(self, topic: str, key: bytes, value: bytes | None) -> tuple[int, int]:
+        """Produce one record and wait for it; its (partition, offset)."""
+        where: list[tuple[int, int]] = []
+        self._send(topic, key, value, where)
+        self.flush()
+        return where[0]
 
-    def publish(self, tag: str, aliases: Aliases) -> ModelSummary:
-        """Put a stored model on the models topic (once) and record it, with where it
-        sits, in the log and in ``aliases``."""
-        bento_model = get_bento_model(tag)
-        summary = summarise(bento_model)
-        if summary.tag in aliases.published:
-            return aliases.published[summary.tag]
+    def append(self, *events: ModelEvent, aliases: Aliases | None = None) -> None:
+        """Append ``events`` to the log, acknowledged together (and apply them to
+        ``aliases``, when given)."""
+        for event in events:
+            self._send(
+                self.settings.model_events_topic,
+                event.kind.encode(),
+                event.model_dump_json().encode(),
+            )
+        if not events:
+            return
+        self.flush()
+        for event in events:
+            if aliases is not None:
+                aliases.apply(event)
+            logger.info("registry event", extra={"kind": event.kind, "tag": event.tag})
+
+    def publish(self, tags: list[str], aliases: Aliases) -> list[ModelSummary]:
+        """Put stored models on the models topic (each once) and record them, with where
+        each sits, in the log and in ``aliases``. One wait for all the exports and one
+        for all the events, however many models: a writer that publishes many versions
+        waits on Kafka twice, not twice per version."""
         key = signing.signing_key(self.settings)
-        data = signing.sign(key, summary.tag, export_bytes(summary.tag))
-        summary.size_bytes = len(data)
-        summary.partition, summary.offset = self.write(
-            self.settings.models_topic, summary.tag.encode(), data
+        summaries = [summarise(get_bento_model(tag)) for tag in tags]  # "latest" resolved
+        sent: dict[str, tuple[ModelSummary, list[tuple[int, int]]]] = {}
+        for summary in summaries:
+            if summary.tag in aliases.published or summary.tag in sent:
+                continue
+            data = signing.sign(key, summary.tag, export_bytes(summary.tag))
+            summary.size_bytes = len(data)
+            where: list[tuple[int, int]] = []
+            self._send(self.settings.models_topic, summary.tag.encode(), data, where)
+            sent[summary.tag] = (summary, where)
+        self.flush()
+        for summary, where in sent.values():
+            summary.partition, summary.offset = where[0]
+            logger.info("model published", extra={"tag": summary.tag, "bytes": summary.size_bytes})
+        self.append(
+            *(ModelEvent(kind="published", tag=s.tag, summary=s) for s, _ in sent.values()),
+            aliases=aliases,
         )
-        self.append(ModelEvent(kind="published", tag=summary.tag, summary=summary), aliases)
-        logger.info("model published", extra={"tag": summary.tag, "bytes": len(data)})
-        return summary
+        return [aliases.published[s.tag] for s in summaries]
 
     def retire_old(self, aliases: Aliases, name: str) -> list[str]:
         """Tombstone the versions of ``name`` past the newest ``SML_MODEL_KEEP_VERSIONS``
         that no alias names (compaction then drops their exports); the tags retired."""
         retired = retired_tags(aliases, name, self.settings.model_keep_versions)
         for tag in retired:
-            self.write(self.settings.models_topic, tag.encode(), None)
-            self.append(ModelEvent(kind="retired", tag=tag, note="past the versions kept"), aliases)
+            self._send(self.settings.models_topic, tag.encode(), None)
+        self.append(
+            *(ModelEvent(kind="retired", tag=t, note="past the versions kept") for t in retired),
+            aliases=aliases,
+        )
         return retired
 
     def close(self) -> None:
-        self._producer.flush(30)
+        """Send what is left; a failure is only logged (``flush`` and ``commit`` are where
+        a caller learns of one), so closing never hides the error that stopped it."""
+        try:
+            self._producer.flush(30)
+        except KafkaException as error:
+            logger.warning("registry writer closed with an error", extra={"error": str(error)})
 
 
 # A producer fenced by a newer one with its transactional id.
@@ -508,7 +555,7 @@ def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> Mod
         )
     writer = RegistryWriter(settings)
     try:
-        summary = writer.publish(tag, aliases)
+        (summary,) = writer.publish([tag], aliases)
         writer.retire_old(aliases, summary.tag.split(":")[0])
     finally:
         writer.close()
@@ -540,8 +587,9 @@ def fetch(
     summary = aliases.published.get(tag)
     if summary is not None and summary.partition is not None and summary.offset is not None:
         found = _read_record(settings, tag, summary.partition, summary.offset, timeout_s)
+        records_read = 1
     else:
-        found = _scan_for(settings, tag, timeout_s)
+        found, records_read = _scan_for(settings, tag, timeout_s)
     if found is None:
         raise ModelNotFoundError(
             f"model {tag} is neither in the local store nor on the models topic "
@@ -549,7 +597,7 @@ def fetch(
             "from the machine that trained it."
         )
     stored = import_bytes(signing.verify(registry_key, tag, found))
-    logger.info("model imported from Kafka", extra={"tag": stored})
+    logger.info("model imported from Kafka", extra={"tag": stored, "records_read": records_read})
     return stored
 
 
@@ -577,7 +625,8 @@ def _read_record(
     return value
 
 
-def _scan_for(settings: Settings, tag: str, timeout_s: float) -> bytes | None:
+def _scan_for(settings: Settings, tag: str, timeout_s: float) -> tuple[bytes | None, int]:
+    """The last value of ``tag`` on the models topic (or None) and the records read."""
     found: list[bytes] = []
 
     def keep(key: bytes | None, value: bytes | None) -> None:
@@ -585,8 +634,8 @@ def _scan_for(settings: Settings, tag: str, timeout_s: float) -> bytes | None:
             # Compaction keeps the last value per key; before it runs, the last one wins too.
             found[:] = [value] if value is not None else []
 
-    read_to_end(settings, settings.models_topic, keep, timeout_s)
-    return found[0] if found else None
+    count = read_to_end(settings, settings.models_topic, keep, timeout_s)
+    return (found[0] if found else None), count
 
 
 def iter_local_models(name: str) -> Iterator[Any]:
