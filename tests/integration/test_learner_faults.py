@@ -58,10 +58,10 @@ class Outcomes:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        client = avro.registry_client(settings.registry_url, settings.registry_basic_auth)
         self.key_ser, self.value_ser = avro.table_serializers(
-            avro.registry_client(settings.registry_url), "CarPriceOutcome", "test outcomes",
-            OUTCOME_FIELDS, OUTCOME_KEY_FIELDS,
-        )  # fmt: skip
+            client, "CarPriceOutcome", "test outcomes", OUTCOME_FIELDS, OUTCOME_KEY_FIELDS
+        )
         self.producer = clients.producer(settings, {"acks": "all"})
         self.rows = generate_listing_records(500, seed=7)
         self.written = 0

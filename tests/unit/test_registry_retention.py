@@ -1,5 +1,5 @@
-"""Which published versions the registry retires, unreadable events, and which labels
-the online learner refuses to learn."""
+"""Which published versions the registry retires, unreadable events, which labels the
+online learner refuses to learn, and how `monitor` shows what it skipped."""
 
 from __future__ import annotations
 
@@ -70,3 +70,25 @@ def test_a_label_that_is_not_a_plausible_price_is_refused(price: float) -> None:
 @pytest.mark.parametrize("price", [1.0, 12_500.0, 1_000_000.0])
 def test_a_price_within_the_listing_schema_is_learned(price: float) -> None:
     assert label_problem(price) is None
+
+
+def test_monitor_shows_the_learner_counters_and_the_unreadable_events() -> None:
+    from rich.console import Console
+
+    from streaming_ml.evaluation.monitor import render
+
+    counts = {"skipped_labels": 4, "failed_records": 1, "retention_gaps": 2, "outcomes_lost": 15}
+    snapshot = {
+        "pairs": {},
+        "drift": {},
+        "alerts": {"count": 0, "recent": []},
+        "learner": {"model_tag": "ford_online:abc", **counts},
+        "registry_unreadable_events": 3,
+    }
+    console = Console(width=200, record=True)
+    console.print(render(snapshot))
+    text = console.export_text()
+    assert "3 unreadable registry events skipped" in text
+    row = next(line for line in text.splitlines() if "ford_online:abc" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells == ["ford_online:abc", "4", "1", "2", "15"]

@@ -30,10 +30,16 @@ from streaming_ml.evaluation.state import PARTITION_KEY
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import partition_of
-from streaming_ml.models.registry import Aliases
+from streaming_ml.models.registry import LEARNER_COUNTERS, Aliases
 from streaming_ml.schema import avro
 
 RECENT_ALERTS = 20
+COUNTER_HEADINGS = {
+    "skipped_labels": "bad labels",
+    "failed_records": "failed records",
+    "retention_gaps": "retention gaps",
+    "outcomes_lost": "outcomes lost",
+}
 
 
 class Monitor:
@@ -203,16 +209,18 @@ def render(snapshot: Mapping[str, Any]) -> Any:
     alerts.add_column("message")
     for alert in snapshot["alerts"]["recent"][-8:]:
         alerts.add_row(alert["kind"], alert["message"])
-    learner = Table(title="Online learner (as of its last snapshot): records skipped")
-    for column in ("model tag", "bad labels", "failed records", "retention gaps", "outcomes lost"):
-        learner.add_column(column, justify="left" if column == "model tag" else "right")
+    unreadable = snapshot.get("registry_unreadable_events", 0)
+    learner = Table(
+        title="Online learner (as of its last snapshot): records skipped"
+        + (f"; {unreadable} unreadable registry events skipped" if unreadable else ""),
+        expand=True,
+    )
+    learner.add_column("model tag")
+    for counter in LEARNER_COUNTERS:
+        learner.add_column(COUNTER_HEADINGS[counter], justify="right")
     counts = snapshot.get("learner")
     if counts is not None:
-        learner.add_row(
-            counts["model_tag"],
-            *(str(counts.get(k, 0)) for k in ("skipped_labels", "failed_records",
-                                               "retention_gaps", "outcomes_lost")),
-        )  # fmt: skip
+        learner.add_row(counts["model_tag"], *(str(counts.get(k, 0)) for k in LEARNER_COUNTERS))
     return Group(accuracy, drift, alerts, learner)
 
 

@@ -57,8 +57,6 @@ from streaming_ml.system.processes import stop_on_signals
 logger = logging.getLogger(__name__)
 
 SERVED_ARMS = frozenset({"champion", "challenger"})
-# The counters a snapshot carries (cumulative over the model's lineage).
-COUNTERS = ("skipped_labels", "failed_records", "retention_gaps", "outcomes_lost")
 
 
 @dataclass
@@ -73,7 +71,7 @@ class LearnerStats:
     outcomes_lost: int = 0  # outcomes deleted before they were learned
 
     def counters(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS}
+        return {name: getattr(self, name) for name in registry.LEARNER_COUNTERS}
 
 
 def label_problem(price: float) -> str | None:
@@ -332,10 +330,8 @@ class Learner:
         checks inputs), the training reference (drift), and the learner's counters."""
         previous = self._stored_metadata(model)
         carried = {k: previous[k] for k in (FEATURES_KEY, "reference", "data") if k in previous}
-        counters = self.stats.counters()
-        carried["learner"] = {
-            k: int(self._carried_counters.get(k, 0)) + counters[k] for k in COUNTERS
-        }
+        now = self.stats.counters()
+        carried["learner"] = {k: int(self._carried_counters.get(k, 0)) + n for k, n in now.items()}
         return carried
 
 

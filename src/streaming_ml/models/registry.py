@@ -51,6 +51,9 @@ EventKind = Literal[
     "experiment_stopped",
     "retired",
 ]
+# The online learner's counters a snapshot carries in its metadata (``learner``),
+# cumulative over the model's lineage: what it skipped and what it never saw.
+LEARNER_COUNTERS = ("skipped_labels", "failed_records", "retention_gaps", "outcomes_lost")
 # A model export is a few MB; the topics get room for larger boosters.
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 
