@@ -8,7 +8,7 @@ import math
 import pytest
 
 from streaming_ml.models.learner import label_problem
-from streaming_ml.models.registry import (
+from streaming_ml.models.registry_state import (
     Aliases,
     ModelEvent,
     ModelSummary,

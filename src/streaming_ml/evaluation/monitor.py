@@ -30,7 +30,7 @@ from streaming_ml.evaluation.state import PARTITION_KEY
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import partition_of
-from streaming_ml.models.registry import LEARNER_COUNTERS, Aliases
+from streaming_ml.models.registry_state import LEARNER_COUNTERS, Aliases
 from streaming_ml.schema import avro
 
 RECENT_ALERTS = 20

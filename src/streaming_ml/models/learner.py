@@ -48,6 +48,7 @@ from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import position_of
 from streaming_ml.models import loader, registry
 from streaming_ml.models.online import OnlinePriceModel, is_online
+from streaming_ml.models.registry_state import LEARNER_COUNTERS
 from streaming_ml.models.store import FEATURES_KEY, get_bento_model, remove_damaged_versions
 from streaming_ml.schema import avro
 from streaming_ml.schema.listing import COLUMNS_BY_NAME, TARGET
@@ -71,7 +72,7 @@ class LearnerStats:
     outcomes_lost: int = 0  # outcomes deleted before they were learned
 
     def counters(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in registry.LEARNER_COUNTERS}
+        return {name: getattr(self, name) for name in LEARNER_COUNTERS}
 
 
 def label_problem(price: float) -> str | None:
