@@ -127,12 +127,15 @@ def canary_problem(model: PriceModelProtocol) -> str | None:
     return None
 
 
-def load_checked(tag: str, settings: Settings | None) -> ServedModel:
+def load_checked(
+    tag: str, settings: Settings | None, aliases: registry.Aliases | None = None
+) -> ServedModel:
     """Import (from Kafka if ``settings``), load and canary-check one model; raises
-    ``RefusedModel`` with the reason when it cannot serve."""
+    ``RefusedModel`` with the reason when it cannot serve. ``aliases``: the registry's
+    state as the caller has folded it (it says where the export sits), else read here."""
 
     try:
-        stored = registry.fetch(settings, tag) if settings is not None else tag
+        stored = registry.fetch(settings, tag, aliases=aliases) if settings is not None else tag
         bento_model = get_bento_model(stored)
         model = from_bento_model(bento_model)
     except UntrustedModelError as error:
@@ -200,7 +203,9 @@ class RegistryFollower:
         self.lineup = lineup
         # Set by the service once its Predictor exists; catch_up() runs before that.
         self.on_swap: Callable[[Lineup], None] = lambda _lineup: None
-        self._load = load or (lambda tag: load_checked(tag, settings))
+        # The follower's own fold names every model it loads (an event is applied before
+        # the models it names are loaded), so fetch need not read the log again.
+        self._load = load or (lambda tag: load_checked(tag, settings, self._aliases))
         self.on_refused = on_refused
         self.refused: list[Refusal] = []
         self.events_read = 0
