@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     model_events_topic: str = Field(
         "sml_model_events", description="Model registry log: promotions, rollbacks, experiments"
     )
+    model_keep_versions: int = Field(
+        5,
+        ge=1,
+        description="Published versions kept per model name; older ones no alias names are "
+        "tombstoned on the models topic",
+    )
     model_follow: bool = Field(
         True,
         description="Service follows the registry's champion and experiment (false: serve "

@@ -189,9 +189,10 @@ def test_a_model_not_signed_with_the_registry_key_is_refused_before_it_is_unpick
     with following_service(settings, trained_model_tag, log, bentoml_home=empty_store) as service:
         assert champion_is(service, trained_model_tag)  # a signed model loads
         # Written straight to the topics, as anyone who can reach Kafka could.
-        registry._produce(settings, settings.models_topic, unsigned.encode(), unsigned_bytes)
+        writer = registry.RegistryWriter(settings)
+        writer.write(settings.models_topic, unsigned.encode(), unsigned_bytes)
         signed_elsewhere = signing.sign(b"an attacker's own key, 32+ bytes", forged, forged_bytes)
-        registry._produce(settings, settings.models_topic, forged.encode(), signed_elsewhere)
+        writer.write(settings.models_topic, forged.encode(), signed_elsewhere)
         for tag in (unsigned, forged):
             registry.append_event(settings, registry.ModelEvent(kind="promoted", tag=tag))
 

@@ -173,7 +173,7 @@ def test_the_learner_never_loads_a_published_version_not_signed_with_the_registr
     marker = tmp_path / "payload-ran"
     # Another version of the learner's model, written to the topics without the key.
     crafted, data = crafted_online_export(trained_model_tag, name, marker)
-    registry._produce(settings, settings.models_topic, crafted.encode(), data)
+    registry.RegistryWriter(settings).write(settings.models_topic, crafted.encode(), data)
     summary = registry.ModelSummary(tag=crafted)
     registry.append_event(settings, registry.ModelEvent(kind="published", summary=summary))
 

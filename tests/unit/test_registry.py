@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from streaming_ml.models.features import INPUT_NAMES
-from streaming_ml.models.registry import ModelEvent, ModelSummary, fold, gate, schema_problem
+from streaming_ml.models.registry_state import ModelEvent, ModelSummary, fold, gate, schema_problem
 from streaming_ml.service.api import EXAMPLE_RECORDS
 from streaming_ml.service.lineup import (
     BUCKETS,
@@ -170,7 +170,7 @@ def follower_with(loads: dict[str, ServedModel | str], current: Lineup) -> Regis
         return outcome
 
     from streaming_ml.config import Settings
-    from streaming_ml.models.registry import Aliases
+    from streaming_ml.models.registry_state import Aliases
 
     follower = RegistryFollower(Settings(), current, load=load)
     follower._aliases = Aliases()

@@ -205,7 +205,7 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="One JSON arra
 
     from streaming_ml.models.lifecycle import model_rows
 
-    rows, _aliases, problem = model_rows(settings)
+    rows, aliases, problem = model_rows(settings)
     if as_json:
         typer.echo(json.dumps([row.as_dict() for row in rows], default=str))
         return
@@ -222,6 +222,8 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="One JSON arra
     console.print(table)
     if problem is not None:
         console.print(f"[yellow]registry not read[/]: {problem}")
+    if aliases is not None and aliases.unreadable:
+        console.print(f"[yellow]{aliases.unreadable} unreadable registry events skipped[/]")
 
 
 @model_app.command("describe")

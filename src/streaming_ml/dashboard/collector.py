@@ -309,8 +309,7 @@ class Collector:
 
     def _registry(self) -> None:
         for msg in self._events.poll():
-            if msg.value() is not None:
-                self._aliases.apply(registry.ModelEvent.model_validate_json(msg.value()))
+            self._aliases.apply_record(msg.value())
         aliases = self._aliases
         experiment = aliases.experiment
         self.markers = [
@@ -333,6 +332,7 @@ class Collector:
                 for e in aliases.history[-REGISTRY_EVENTS:]
             ][::-1],
             "following": self._events.assigned,
+            "unreadable_events": aliases.unreadable,
             # The page shows accuracy only for these (when there are any): the predictions
             # topic may hold prices of models this registry never knew.
             "tags": sorted(

@@ -6,7 +6,9 @@ owns it, and needs no evaluator to be reachable).
   model tag and arm (written with the outcomes it covers), label coverage counts and
   drift scores; only each partition's latest record is decoded, so catching up costs
   what the state holds, not the outcomes topic's history;
-* alerts topic -> the alerts raised.
+* alerts topic -> the alerts raised;
+* the model registry's log -> the online learner's counters as of its last snapshot
+  (labels and records it skipped, outcomes retention deleted before it read them).
 """
 
 from __future__ import annotations
@@ -28,9 +30,16 @@ from streaming_ml.evaluation.state import PARTITION_KEY
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import partition_of
+from streaming_ml.models.registry_state import LEARNER_COUNTERS, Aliases
 from streaming_ml.schema import avro
 
 RECENT_ALERTS = 20
+COUNTER_HEADINGS = {
+    "skipped_labels": "bad labels",
+    "failed_records": "failed records",
+    "retention_gaps": "retention gaps",
+    "outcomes_lost": "outcomes lost",
+}
 
 
 class Monitor:
@@ -46,6 +55,7 @@ class Monitor:
         self._undecoded: dict[int, bytes] = {}  # partition records newer than ``partitions``
         self.alerts: list[dict[str, Any]] = []
         self.alert_count = 0
+        self.registry = Aliases()
         self._decode = avro.writer_schema_deserializer(
             avro.registry_client(s.registry_url, s.registry_basic_auth)
         )
@@ -67,9 +77,11 @@ class Monitor:
                 f"no evaluation topics yet ({', '.join(missing)}): start the evaluator "
                 "(`streaming-ml evaluator`, or `streaming-ml demo` which starts it)."
             )
+        # The registry's log is optional: without it there is no learner to show.
+        topics = [*self._topics, *[t for t in (self.settings.model_events_topic,) if t in metadata]]
         self._assigned = [
             TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in self._topics
+            for topic in topics
             for p in sorted(metadata[topic].partitions)
         ]
         self._loop.assign(self._assigned)
@@ -97,6 +109,9 @@ class Monitor:
         topic, value = msg.topic(), msg.value()
         if value is None:
             return
+        if topic == self.settings.model_events_topic:
+            self.registry.apply_record(value)
+            return
         partition = partition_of(msg)[1]
         if topic == self.settings.evaluator_state_topic:
             if msg.key() == PARTITION_KEY:
@@ -119,6 +134,14 @@ class Monitor:
             for state in self.partitions.values()
         )
 
+    def learner(self) -> dict[str, Any] | None:
+        """The online learner's counters from its newest published snapshot, or None."""
+        name = self.settings.online_model_name
+        for summary in reversed(self.registry.published.values()):
+            if summary.tag.split(":")[0] == name and summary.learner is not None:
+                return {"model_tag": summary.tag, **summary.learner}
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         self._decode_partitions()
         drift = {
@@ -134,6 +157,8 @@ class Monitor:
             "pairs": self.scoreboard.snapshot(int(time.time() * 1000), self.coverage()),
             "drift": drift,
             "alerts": {"count": self.alert_count, "recent": self.alerts},
+            "learner": self.learner(),
+            "registry_unreadable_events": self.registry.unreadable,
         }
 
     def close(self) -> None:
@@ -184,7 +209,19 @@ def render(snapshot: Mapping[str, Any]) -> Any:
     alerts.add_column("message")
     for alert in snapshot["alerts"]["recent"][-8:]:
         alerts.add_row(alert["kind"], alert["message"])
-    return Group(accuracy, drift, alerts)
+    unreadable = snapshot.get("registry_unreadable_events", 0)
+    learner = Table(
+        title="Online learner (as of its last snapshot): records skipped"
+        + (f"; {unreadable} unreadable registry events skipped" if unreadable else ""),
+        expand=True,
+    )
+    learner.add_column("model tag")
+    for counter in LEARNER_COUNTERS:
+        learner.add_column(COUNTER_HEADINGS[counter], justify="right")
+    counts = snapshot.get("learner")
+    if counts is not None:
+        learner.add_row(counts["model_tag"], *(str(counts.get(k, 0)) for k in LEARNER_COUNTERS))
+    return Group(accuracy, drift, alerts, learner)
 
 
 def snapshot(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:

@@ -51,3 +51,24 @@ def read_until_end(
     loop.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
     loop.run(timeout=timeout_s, until=lambda: not todo)
     return count, not todo
+
+
+def read_one(consumer: Any, topic: str, partition: int, offset: int, timeout_s: float) -> Any:
+    """The record at ``offset`` of ``topic``'s ``partition``: the message, or None when
+    that offset holds no record any more (compacted away, an aborted transaction's) and
+    the partition ends there. ``consumer`` is created with ``enable.partition.eof``.
+    Raises ``TimeoutError`` when neither came within ``timeout_s``."""
+    found: list[Any] = []
+    ended: list[bool] = []
+
+    def keep(batch: list[Message]) -> None:
+        # The first record at or after ``offset``: another offset means none is there.
+        for msg in batch[:1]:
+            found.append(msg if msg.offset() == offset else None)
+
+    loop = ConsumeLoop(consumer, keep, batch_size=1, on_end=lambda _msg: ended.append(True))
+    loop.assign([TopicPartition(topic, partition, offset)])
+    loop.run(timeout=timeout_s, until=lambda: bool(found or ended))
+    if not found and not ended:
+        raise TimeoutError(f"no record of {topic} [{partition}] @ {offset} in {timeout_s:g}s")
+    return found[0] if found else None

@@ -16,11 +16,22 @@ challenger or shadow) to the new version. A restart loads the newest version and
 at its offsets, so each outcome is learned exactly once by the model's lineage: the
 outcomes learned after the last snapshot by a killed learner are learned again by its
 successor, whose model had not learned them.
+
+A record that cannot be learned (a label that is not a price, an undecodable value, any
+error while learning it) is skipped, counted and logged with its position: one record
+must never stop the learner, or a restart at the same offset would stop it again. The
+counts travel with each snapshot (its ``learner`` metadata, shown by `monitor`).
+
+One learner per model: it writes its snapshots through a transactional producer whose
+id names the registry and the model, and opens it before it loads the newest version. A second
+learner's start fences the first, whose next snapshot is refused, so two learners never
+fork one lineage into two (docs/models.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import threading
 import time
@@ -35,10 +46,12 @@ from streaming_ml.errors import ModelNotFoundError, RegistryError, UntrustedMode
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import position_of
-from streaming_ml.models import lifecycle, loader, registry
+from streaming_ml.models import loader, registry
 from streaming_ml.models.online import OnlinePriceModel, is_online
+from streaming_ml.models.registry_state import LEARNER_COUNTERS
 from streaming_ml.models.store import FEATURES_KEY, get_bento_model, remove_damaged_versions
 from streaming_ml.schema import avro
+from streaming_ml.schema.listing import COLUMNS_BY_NAME, TARGET
 from streaming_ml.schema.outcome import Outcome
 from streaming_ml.system.processes import stop_on_signals
 
@@ -53,23 +66,47 @@ class LearnerStats:
     learned: int = 0  # by this process
     snapshots: int = 0
     tag: str = ""
+    skipped_labels: int = 0  # a label that is not a plausible price
+    failed_records: int = 0  # a record that raised while decoded or learned
+    retention_gaps: int = 0  # partitions whose next outcome was deleted by retention
+    outcomes_lost: int = 0  # outcomes deleted before they were learned
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in LEARNER_COUNTERS}
+
+
+def label_problem(price: float) -> str | None:
+    """Why ``price`` cannot be learned as a listing's price, or None. The bounds are the
+    listing schema's: a label outside them is a data error, not a price to fit."""
+    column = COLUMNS_BY_NAME[TARGET]
+    low = column.minimum if column.minimum is not None else 0.0
+    high = column.maximum if column.maximum is not None else math.inf
+    if not math.isfinite(price):
+        return f"price {price} is not a number"
+    if price <= 0 or price < low:
+        return f"price {price:g} is below the schema's minimum {low:g}"
+    if price > high:
+        return f"price {price:g} is above the schema's maximum {high:g}"
+    return None
 
 
 def newest_online(settings: Settings) -> OnlinePriceModel:
-    """The newest stored version of the online model (imported from the registry when
-    this store lacks it) that loads: a snapshot a kill cut short is removed and the one
-    before it taken, whose offsets say where to resume, so nothing is learned twice."""
+    """The newest published version of the online model (imported from the registry
+    when this store lacks it; the newest local one while none is published) that loads:
+    a snapshot a kill cut short is removed and the one before it taken, whose offsets
+    say where to resume, so nothing is learned twice."""
     name = settings.online_model_name
     remove_damaged_versions(name)
     aliases = registry.read_aliases(settings)
     published = [t for t in aliases.published if t.split(":")[0] == name]
-    local = [str(m.tag) for m in registry.iter_local_models(name)]
+    # Published ones only once there are any: another machine's learner may have gone
+    # further, and a local version that was never published is a fenced learner's
+    # snapshot, a fork. fetch() reads the models topic only for a version this store lacks.
+    tags = published or [str(m.tag) for m in registry.iter_local_models(name)]
     candidates = []
-    # Published versions too, not only local ones: another machine's learner may have gone
-    # further. fetch() reads the models topic only for a version this store lacks.
-    for tag in dict.fromkeys([*published, *local]):
+    for tag in tags:
         try:
-            stored = registry.fetch(settings, tag)
+            stored = registry.fetch(settings, tag, aliases=aliases)
         except UntrustedModelError as error:
             # Never loaded: whoever wrote it to the topic does not hold the registry's key.
             logger.error("model refused", extra={"tag": tag, "reason": str(error)})
@@ -115,24 +152,45 @@ class Learner:
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._since_snapshot = 0
+        self._carried_counters: dict[str, int] = {}
+        self._writer: registry.RegistryWriter | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self, timeout: float | None = None) -> LearnerStats:
         s = self.settings
+        # Before the newest version is loaded: from here on an older learner of this
+        # model (in this registry) can publish nothing more.
+        self._writer = registry.RegistryWriter(
+            s, transactional_id=f"sml-learner-{s.model_events_topic}-{s.online_model_name}"
+        )
+        try:
+            return self._learn_until_stopped(timeout)
+        finally:
+            self._writer.close()
+
+    def _learn_until_stopped(self, timeout: float | None) -> LearnerStats:
+        s = self.settings
         model = newest_online(s)
         self.stats.tag = model.tag
+        self._carried_counters = dict(self._stored_metadata(model).get("learner") or {})
         decode = avro.writer_schema_deserializer(
             avro.registry_client(s.registry_url, s.registry_basic_auth)
         )
-        # The group is for lag tooling only: the offsets live in the snapshots.
-        consumer = clients.consumer(s, s.learner_group, {"isolation.level": "read_committed"})
+        # The group is for lag tooling only: the offsets live in the snapshots. A position
+        # out of the partition's range (retention deleted it) restarts at the oldest
+        # outcome left rather than the newest: learn what is still there.
+        consumer = clients.consumer(
+            s,
+            s.learner_group,
+            {"isolation.level": "read_committed", "auto.offset.reset": "earliest"},
+        )
 
         def handle(batch: list[Message]) -> None:
             nonlocal model
             for msg in batch:
-                self._learn(model, msg, decode)
+                self._learn_or_skip(model, msg, decode)
                 if self._since_snapshot >= s.online_snapshot_labels:
                     model = self._snapshot(model)
             if batch:
@@ -162,13 +220,31 @@ class Learner:
                 "evaluator`, or `streaming-ml demo`)."
             )
         partitions = sorted(metadata.partitions)
-        loop.assign(
-            [
-                TopicPartition(topic, p, model.positions.get(str(p), OFFSET_BEGINNING))
-                for p in partitions
-            ]
-        )
+        start = []
+        for p in partitions:
+            position = model.positions.get(str(p), OFFSET_BEGINNING)
+            if position >= 0:
+                position = self._check_retention(loop.consumer, topic, p, position)
+            start.append(TopicPartition(topic, p, position))
+        loop.assign(start)
         return partitions
+
+    def _check_retention(
+        self, consumer: Consumer, topic: str, partition: int, position: int
+    ) -> int:
+        """Where to resume ``partition``: ``position``, or the oldest outcome left when
+        retention deleted the outcomes from ``position`` on (reported: never learned)."""
+        low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        if position >= low:
+            return position
+        self.stats.retention_gaps += 1
+        self.stats.outcomes_lost += low - position
+        logger.error(
+            "outcomes deleted by retention before the learner read them",
+            extra={"topic": topic, "partition": partition, "position": position, "oldest": low,
+                   "lost": low - position},
+        )  # fmt: skip
+        return low
 
     def _report_position(self, consumer: Consumer) -> None:
         """Commit what has been read, for lag tooling only (`kafka-consumer-groups`, the
@@ -179,15 +255,38 @@ class Learner:
         if offsets:
             consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _learn(self, model: OnlinePriceModel, msg: Message, decode: Any) -> None:
+    def _learn_or_skip(self, model: OnlinePriceModel, msg: Message, decode: Any) -> None:
         self.stats.outcomes += 1
-        # The offset after this outcome: where a successor resumes.
-        _, partition, offset = position_of(msg)
+        # The offset after this outcome: where a successor resumes, learned or skipped.
+        topic, partition, offset = position_of(msg)
         model.positions[str(partition)] = offset + 1
+        try:
+            self._learn(model, msg, decode)
+        except Exception as error:
+            self.stats.failed_records += 1
+            # Counted towards the next snapshot, so the position past it is kept.
+            self._since_snapshot += 1
+            logger.exception(
+                "outcome skipped: it could not be learned",
+                extra={"topic": topic, "partition": partition, "offset": offset,
+                       "error": str(error)[:300]},
+            )  # fmt: skip
+
+    def _learn(self, model: OnlinePriceModel, msg: Message, decode: Any) -> None:
         if msg.value() is None:
             return
         outcome = Outcome.from_record(decode(msg.value(), None))
         if outcome.arm not in SERVED_ARMS or outcome.features is None:
+            return
+        problem = label_problem(outcome.actual_price)
+        if problem is not None:
+            self.stats.skipped_labels += 1
+            self._since_snapshot += 1
+            _, partition, offset = position_of(msg)
+            logger.warning(
+                "label skipped",
+                extra={"partition": partition, "offset": offset, "reason": problem},
+            )
             return
         model.learn(outcome.features, outcome.actual_price)
         self.stats.learned += 1
@@ -198,9 +297,19 @@ class Learner:
         started = time.monotonic()
         name = self.settings.online_model_name
         tag = model.save(name, self._carried_metadata(model), source="online learner")
-        aliases = registry.read_aliases(self.settings)  # once, for both steps below
-        registry.publish(self.settings, tag, aliases)
-        moved = advance_aliases(self.settings, name, tag, aliases)
+        writer = self._writer
+        assert writer is not None, "run() opens the writer"
+        aliases = registry.read_aliases(self.settings)  # once, for every step below
+        # One transaction: a fenced learner's snapshot leaves no trace in the registry.
+        writer.begin()
+        try:
+            writer.publish([tag], aliases)
+            moved = advance_aliases(writer, name, tag, aliases)
+            writer.retire_old(aliases, name)
+            writer.commit()
+        except Exception:
+            writer.abort()
+            raise
         self.stats.snapshots += 1
         self.stats.tag = tag
         self._since_snapshot = 0
@@ -213,37 +322,52 @@ class Learner:
         )  # fmt: skip
         return model
 
+    @staticmethod
+    def _stored_metadata(model: OnlinePriceModel) -> dict[str, Any]:
+        return dict(get_bento_model(model.tag).info.metadata) if model.tag else {}
+
     def _carried_metadata(self, model: OnlinePriceModel) -> dict[str, Any]:
         """What a snapshot keeps of the model it came from: the feature spec (the service
-        checks inputs) and the training reference (drift)."""
-        previous = get_bento_model(model.tag).info.metadata if model.tag else {}
-        return {k: previous[k] for k in (FEATURES_KEY, "reference", "data") if k in previous}
+        checks inputs), the training reference (drift), and the learner's counters."""
+        previous = self._stored_metadata(model)
+        carried = {k: previous[k] for k in (FEATURES_KEY, "reference", "data") if k in previous}
+        now = self.stats.counters()
+        carried["learner"] = {k: int(self._carried_counters.get(k, 0)) + n for k, n in now.items()}
+        return carried
 
 
 def advance_aliases(
-    settings: Settings, name: str, tag: str, aliases: registry.Aliases | None = None
+    writer: registry.RegistryWriter, name: str, tag: str, aliases: registry.Aliases
 ) -> list[str]:
-    """Point every alias now on a version of ``name`` at ``tag``; the aliases moved.
-    ``aliases``: the registry's state if just read (publishing does not change them)."""
-    aliases = aliases if aliases is not None else registry.read_aliases(settings)
+    """Point every alias now on a version of ``name`` at ``tag`` (events appended
+    through ``writer`` and applied to ``aliases``); the aliases moved."""
 
     def ours(current: str | None) -> bool:
         return current is not None and current != tag and current.split(":")[0] == name
 
     moved = []
     if ours(aliases.champion):
-        registry.append_event(
-            settings,
+        writer.append(
             registry.ModelEvent(
                 kind="promoted", tag=tag, forced=True, note="online model snapshot"
             ),
+            aliases=aliases,
         )
         moved.append("champion")
     experiment = aliases.experiment
     if experiment is not None and (ours(experiment.challenger) or ours(experiment.shadow)):
         challenger = tag if ours(experiment.challenger) else experiment.challenger
         shadow = tag if ours(experiment.shadow) else experiment.shadow
-        lifecycle.start_experiment(settings, challenger, experiment.split_percent, shadow)
+        # The same experiment with the new version: the checks `experiment start` makes
+        # held for the version it replaces, and this one was just published.
+        writer.append(
+            registry.ModelEvent(
+                kind="experiment_started", challenger=challenger,
+                split_percent=experiment.split_percent, shadow=shadow,
+                note="online model snapshot",
+            ),
+            aliases=aliases,
+        )  # fmt: skip
         moved += [a for a, t in (("challenger", challenger), ("shadow", shadow)) if t == tag]
     return moved
 

@@ -17,7 +17,13 @@ from bentoml.exceptions import NotFound
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
 from streaming_ml.models import registry
-from streaming_ml.models.registry import Aliases, ModelEvent, ModelSummary
+from streaming_ml.models.registry_state import (
+    Aliases,
+    ModelEvent,
+    ModelSummary,
+    gate,
+    schema_problem,
+)
 from streaming_ml.models.store import without_paths
 
 logger = logging.getLogger(__name__)
@@ -114,7 +120,7 @@ def _summary_of(tag: str, aliases: Aliases) -> ModelSummary:
 def _usable(settings: Settings, tag: str, aliases: Aliases) -> ModelSummary:
     """The model's summary once its schema fits and it is published; else RegistryError."""
     summary = _summary_of(tag, aliases)
-    problem = registry.schema_problem(summary)
+    problem = schema_problem(summary)
     if problem is not None:
         raise RegistryError(f"refused: {problem}")
     if summary.tag not in aliases.published:
@@ -129,7 +135,7 @@ def promote(settings: Settings, tag: str, force: bool = False) -> tuple[str, str
     candidate = _summary_of(tag, aliases)
     previous = aliases.champion
     champion = _summary_of(previous, aliases) if previous else None
-    reasons = registry.gate(candidate, champion)
+    reasons = gate(candidate, champion)
     if reasons and not force:
         raise RegistryError(
             f"refused to promote {candidate.tag}: {'; '.join(reasons)}. "

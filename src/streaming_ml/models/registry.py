@@ -11,142 +11,38 @@ Two topics, nothing else shared:
   the BentoML store (``bentoml.models.export_model``), so a replica started with an
   empty store imports what it has to serve (the model-topic pattern).
 
+The events and their fold into aliases are plain data (``registry_state``); this module
+moves them, and the models, through Kafka.
+
 The local BentoML store stays the working copy: ``bentoml serve`` with a stored model
 works as before, and a published model is imported once per store.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
-import socket
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import NotFound
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
-from pydantic import BaseModel, Field
 
 from streaming_ml.config import Settings
 from streaming_ml.errors import ModelNotFoundError, RegistryError
 from streaming_ml.kafka import clients
-from streaming_ml.kafka.replay import read_until_end
+from streaming_ml.kafka.replay import read_one, read_until_end
 from streaming_ml.models import signing
-from streaming_ml.models.features import INPUT_NAMES
-from streaming_ml.models.store import FEATURES_KEY, get_bento_model
+from streaming_ml.models.registry_state import Aliases, ModelEvent, ModelSummary, retired_tags
+from streaming_ml.models.store import FEATURES_KEY, export_bytes, get_bento_model, import_bytes
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal[
-    "published", "claimed", "promoted", "rolled_back", "experiment_started", "experiment_stopped"
-]
 # A model export is a few MB; the topics get room for larger boosters.
 MAX_MODEL_BYTES = 64 * 1024 * 1024
-
-
-class ModelSummary(BaseModel):
-    """What the registry keeps about a published model (from its BentoML metadata)."""
-
-    tag: str
-    created_at: str = ""
-    source: str = ""
-    inputs: list[str] = Field(default_factory=list)
-    cv: dict[str, Any] | None = None
-    validation: dict[str, Any] | None = None
-    size_bytes: int = 0
-
-
-class ModelEvent(BaseModel):
-    kind: EventKind
-    tag: str | None = None
-    challenger: str | None = None
-    split_percent: float = 0.0
-    shadow: str | None = None
-    forced: bool = False
-    summary: ModelSummary | None = None
-    at: float = Field(default_factory=time.time)
-    by: str = Field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A challenger takes ``split_percent`` of the listings; a shadow prices all of them."""
-
-    challenger: str | None = None
-    split_percent: float = 0.0
-    shadow: str | None = None
-
-    def tags(self) -> list[str]:
-        return [t for t in (self.challenger, self.shadow) if t]
-
-
-@dataclass
-class Aliases:
-    """The registry's state: a fold over the event log, in log order."""
-
-    champions: list[str] = field(default_factory=list)
-    experiment: Experiment | None = None
-    published: dict[str, ModelSummary] = field(default_factory=dict)
-    history: list[ModelEvent] = field(default_factory=list)
-
-    @property
-    def champion(self) -> str | None:
-        return self.champions[-1] if self.champions else None
-
-    @property
-    def previous_champion(self) -> str | None:
-        return self.champions[-2] if len(self.champions) > 1 else None
-
-    def apply(self, event: ModelEvent) -> None:
-        self.history.append(event)
-        if event.kind == "published" and event.summary is not None:
-            self.published[event.summary.tag] = event.summary
-        elif event.kind == "claimed" and event.tag and not self.champions:
-            # Several replicas may claim at once; the first claim in the log wins.
-            self.champions.append(event.tag)
-        elif event.kind == "promoted" and event.tag:
-            self.champions.append(event.tag)
-        elif event.kind == "rolled_back" and len(self.champions) > 1:
-            self.champions.pop()
-        elif event.kind == "experiment_started":
-            self.experiment = Experiment(event.challenger, event.split_percent, event.shadow)
-        elif event.kind == "experiment_stopped":
-            self.experiment = None
-
-    def wanted_tags(self) -> list[str]:
-        """Every model the service must hold: champion first, then experiment models."""
-        tags = [self.champion] if self.champion else []
-        if self.experiment is not None:
-            tags += [t for t in self.experiment.tags() if t not in tags]
-        return tags
-
-    def aliases_of(self, tag: str) -> list[str]:
-        names = []
-        if tag == self.champion:
-            names.append("champion")
-        if tag == self.previous_champion:
-            names.append("previous")
-        if self.experiment is not None:
-            if tag == self.experiment.challenger:
-                names.append(f"challenger ({self.experiment.split_percent:g}%)")
-            if tag == self.experiment.shadow:
-                names.append("shadow")
-        return names
-
-
-def fold(events: list[ModelEvent]) -> Aliases:
-    aliases = Aliases()
-    for event in events:
-        aliases.apply(event)
-    return aliases
 
 
 # --- Reading a BentoML model's registry facts ----------------------------------------
@@ -163,47 +59,8 @@ def summarise(bento_model: Any) -> ModelSummary:
         inputs=list((metadata.get(FEATURES_KEY) or {}).get("inputs", [])),
         cv=metadata.get("cv"),
         validation=metadata.get("validation"),
+        learner=metadata.get("learner"),
     )
-
-
-def gate(candidate: ModelSummary, champion: ModelSummary | None) -> list[str]:
-    """Why ``candidate`` may not replace ``champion`` (empty: it may).
-
-    Offline metrics are compared only under the same protocol: both cross-validated with
-    the same folds and seed on the same data (fingerprint), else the comparison says
-    nothing and the promotion needs ``--force``. A schema mismatch is never forceable
-    (see ``schema_problem``)."""
-    if champion is None or champion.tag == candidate.tag:
-        return []
-    mine, theirs = candidate.cv, champion.cv
-    if not mine or not theirs:
-        which = candidate.tag if not mine else champion.tag
-        return [
-            f"{which} has no stored cross-validation metrics to compare (train with --cv-folds)"
-        ]
-    same = ("folds", "seed", "data_fingerprint_sha256")
-    differing = [k for k in same if mine.get(k) != theirs.get(k)]
-    if differing:
-        return [
-            f"offline metrics not comparable: {', '.join(differing)} differ "
-            f"({candidate.tag} vs champion {champion.tag})"
-        ]
-    if float(mine["rmse"]) > float(theirs["rmse"]):
-        return [
-            f"CV RMSE {float(mine['rmse']):,.1f} is worse than champion {champion.tag}'s "
-            f"{float(theirs['rmse']):,.1f}"
-        ]
-    return []
-
-
-def schema_problem(candidate: ModelSummary) -> str | None:
-    """Why the service could not use this model's inputs, or None."""
-    if candidate.inputs != list(INPUT_NAMES):
-        return (
-            f"{candidate.tag} takes inputs {candidate.inputs}, the pipeline sends "
-            f"{list(INPUT_NAMES)}; retrain it with this version of `streaming-ml train`"
-        )
-    return None
 
 
 # --- Kafka -----------------------------------------------------------------------------
@@ -293,101 +150,287 @@ def read_to_end(
     return count
 
 
-def read_events(settings: Settings, timeout_s: float = 30.0) -> list[ModelEvent]:
-    events: list[ModelEvent] = []
+def read_aliases(settings: Settings, timeout_s: float = 30.0) -> Aliases:
+    """The registry's state from its whole log; an unreadable event is skipped and
+    counted in ``Aliases.unreadable``."""
+    aliases = Aliases()
 
     def keep(_key: bytes | None, value: bytes | None) -> None:
-        if value is not None:
-            events.append(ModelEvent.model_validate_json(value))
+        aliases.apply_record(value)
 
     read_to_end(settings, settings.model_events_topic, keep, timeout_s)
-    return events
+    return aliases
 
 
-def read_aliases(settings: Settings, timeout_s: float = 30.0) -> Aliases:
-    return fold(read_events(settings, timeout_s))
+def read_events(settings: Settings, timeout_s: float = 30.0) -> list[ModelEvent]:
+    return read_aliases(settings, timeout_s).history
 
 
-def _produce(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
-    producer = clients.producer(
-        settings,
-        {
+class RegistryWriter:
+    """Writes to both registry topics through one producer.
+
+    With a ``transactional_id`` the writes between ``begin()`` and ``commit()`` land
+    together or not at all, and a newer writer with the same id fences this one: its
+    next commit fails (the online learner's single-writer guarantee, docs/models.md).
+    """
+
+    def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
+        ensure_registry_topics(settings)
+        self.settings = settings
+        config: dict[str, Any] = {
             **QUIET,
             "acks": "all",
             "enable.idempotence": True,
             "message.max.bytes": MAX_MODEL_BYTES,
             "compression.type": "zstd",
-        },
-    )
-    errors: list[str] = []
+        }
+        if transactional_id is not None:
+            config["transactional.id"] = transactional_id
+        self._producer = clients.producer(settings, config)
+        self._errors: list[KafkaError] = []  # delivery failures not yet raised by flush()
+        self.transactional = transactional_id is not None
+        if self.transactional:
+            self._call("start the registry transactions", self._producer.init_transactions, 30)
 
-    def delivered(error: Any, _msg: Any) -> None:
-        if error is not None:
-            errors.append(str(error))
+    def _call(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return step(*args)
+        except KafkaException as error:
+            raise self._failure(what, error.args[0]) from error
 
-    try:
-        producer.produce(topic, key=key, value=value, on_delivery=delivered)
-    except KafkaException as error:
-        raise RegistryError(f"cannot write to {topic}: {error}") from error
-    if producer.flush(30) != 0 or errors:
-        raise RegistryError(
-            f"write to {topic} not acknowledged ({'; '.join(errors) or 'timed out'}); "
-            "is Kafka up? Try `streaming-ml stack status`."
+    @staticmethod
+    def _failure(what: str, error: KafkaError) -> RegistryError:
+        if error.code() in FENCED:
+            return RegistryError(
+                f"cannot {what}: another writer with the same transactional id took over "
+                "(a second learner of this model started); this one stops."
+            )
+        return RegistryError(f"cannot {what}: {error}")
+
+    def begin(self) -> None:
+        self._call("begin a registry transaction", self._producer.begin_transaction)
+
+    def commit(self) -> None:
+        self._call("commit to the registry", self._producer.commit_transaction, 30)
+
+    def abort(self) -> None:
+        try:
+            self._producer.abort_transaction(30)
+        except KafkaException as error:
+            logger.warning("registry transaction not aborted", extra={"error": str(error)})
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        where: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Produce one record without waiting for it; ``flush`` waits and raises what
+        failed. ``where`` receives its (partition, offset) once acknowledged."""
+
+        def report(error: KafkaError | None, msg: Any) -> None:
+            if error is not None:
+                self._errors.append(error)
+            elif where is not None:
+                where.append((msg.partition(), msg.offset()))
+
+        def produce() -> None:
+            self._producer.produce(topic, key=key, value=value, on_delivery=report)
+
+        try:
+            self._call(f"write to {topic}", produce)
+        except BufferError:
+            # The local queue is full: let it drain, then there is room.
+            self.flush()
+            self._call(f"write to {topic}", produce)
+
+    def flush(self) -> None:
+        """Wait until every record sent is acknowledged; RegistryError if one was not."""
+        waiting = self._call("write to the registry", self._producer.flush, 30)
+        errors, self._errors = self._errors, []
+        if errors:
+            raise self._failure("write to the registry", errors[0])
+        if waiting != 0:
+            raise RegistryError(
+                f"{waiting} registry writes not acknowledged in 30 s; is Kafka up? "
+                "Try `streaming-ml stack status`."
+            )
+
+    def write(self, topic: str, key: bytes, value: bytes | None) -> tuple[int, int]:
+        """Produce one record and wait for it; its (partition, offset)."""
+        where: list[tuple[int, int]] = []
+        self._send(topic, key, value, where)
+        self.flush()
+        return where[0]
+
+    def append(self, *events: ModelEvent, aliases: Aliases | None = None) -> None:
+        """Append ``events`` to the log, acknowledged together (and apply them to
+        ``aliases``, when given)."""
+        for event in events:
+            self._send(
+                self.settings.model_events_topic,
+                event.kind.encode(),
+                event.model_dump_json().encode(),
+            )
+        if not events:
+            return
+        self.flush()
+        for event in events:
+            if aliases is not None:
+                aliases.apply(event)
+            logger.info("registry event", extra={"kind": event.kind, "tag": event.tag})
+
+    def publish(self, tags: list[str], aliases: Aliases) -> list[ModelSummary]:
+        """Put stored models on the models topic (each once) and record them, with where
+        each sits, in the log and in ``aliases``. One wait for all the exports and one
+        for all the events, however many models: a writer that publishes many versions
+        waits on Kafka twice, not twice per version."""
+        key = signing.signing_key(self.settings)
+        summaries = [summarise(get_bento_model(tag)) for tag in tags]  # "latest" resolved
+        sent: dict[str, tuple[ModelSummary, list[tuple[int, int]]]] = {}
+        for summary in summaries:
+            if summary.tag in aliases.published or summary.tag in sent:
+                continue
+            data = signing.sign(key, summary.tag, export_bytes(summary.tag))
+            summary.size_bytes = len(data)
+            where: list[tuple[int, int]] = []
+            self._send(self.settings.models_topic, summary.tag.encode(), data, where)
+            sent[summary.tag] = (summary, where)
+        self.flush()
+        for summary, where in sent.values():
+            summary.partition, summary.offset = where[0]
+            logger.info("model published", extra={"tag": summary.tag, "bytes": summary.size_bytes})
+        self.append(
+            *(ModelEvent(kind="published", tag=s.tag, summary=s) for s, _ in sent.values()),
+            aliases=aliases,
         )
+        return [aliases.published[s.tag] for s in summaries]
+
+    def retire_old(self, aliases: Aliases, name: str) -> list[str]:
+        """Tombstone the versions of ``name`` past the newest ``SML_MODEL_KEEP_VERSIONS``
+        that no alias names (compaction then drops their exports); the tags retired."""
+        retired = retired_tags(aliases, name, self.settings.model_keep_versions)
+        for tag in retired:
+            self._send(self.settings.models_topic, tag.encode(), None)
+        self.append(
+            *(ModelEvent(kind="retired", tag=t, note="past the versions kept") for t in retired),
+            aliases=aliases,
+        )
+        return retired
+
+    def close(self) -> None:
+        """Send what is left; a failure is only logged (``flush`` and ``commit`` are where
+        a caller learns of one), so closing never hides the error that stopped it."""
+        try:
+            self._producer.flush(30)
+        except KafkaException as error:
+            logger.warning("registry writer closed with an error", extra={"error": str(error)})
+
+
+# A producer fenced by a newer one with its transactional id.
+FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
 def append_event(settings: Settings, event: ModelEvent) -> None:
-    ensure_registry_topics(settings)
-    _produce(
-        settings, settings.model_events_topic, event.kind.encode(), event.model_dump_json().encode()
-    )
-    logger.info("registry event", extra={"kind": event.kind, "tag": event.tag})
+    writer = RegistryWriter(settings)
+    try:
+        writer.append(event)
+    finally:
+        writer.close()
 
 
 # --- Moving models between the store and Kafka ----------------------------------------
 
 
-def export_bytes(tag: str) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="sml-export-") as tmp:
-        path = Path(tmp) / "model.bentomodel"
-        bentoml.models.export_model(tag, str(path))
-        return path.read_bytes()
-
-
-def import_bytes(data: bytes) -> str:
-    """Import an exported model into the local store; return its tag."""
-    with tempfile.TemporaryDirectory(prefix="sml-import-") as tmp:
-        path = Path(tmp) / "model.bentomodel"
-        path.write_bytes(data)
-        return str(bentoml.models.import_model(str(path)).tag)
-
-
 def publish(settings: Settings, tag: str, aliases: Aliases | None = None) -> ModelSummary:
-    """Put a stored model on the models topic (once) and record it in the event log."""
-    bento_model = get_bento_model(tag)
-    summary = summarise(bento_model)
-    aliases = aliases if aliases is not None else read_aliases(settings)
-    if summary.tag in aliases.published:
-        return aliases.published[summary.tag]
-    data = signing.sign(signing.signing_key(settings), summary.tag, export_bytes(summary.tag))
-    summary.size_bytes = len(data)
-    ensure_registry_topics(settings)
-    _produce(settings, settings.models_topic, summary.tag.encode(), data)
-    append_event(settings, ModelEvent(kind="published", tag=summary.tag, summary=summary))
-    logger.info("model published", extra={"tag": summary.tag, "bytes": len(data)})
+    """Put a stored model on the models topic (once), record it in the event log and
+    retire the versions of its name past those kept. ``aliases``: the registry's state
+    if just read (left as it is: a follower folds these events when it reads them)."""
+    if aliases is None:
+        aliases = read_aliases(settings)
+    else:
+        aliases = replace(
+            aliases,
+            champions=list(aliases.champions),
+            published=dict(aliases.published),
+            history=list(aliases.history),
+            retired=set(aliases.retired),
+        )
+    writer = RegistryWriter(settings)
+    try:
+        (summary,) = writer.publish([tag], aliases)
+        writer.retire_old(aliases, summary.tag.split(":")[0])
+    finally:
+        writer.close()
     return summary
 
 
-def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
+def fetch(
+    settings: Settings, tag: str, timeout_s: float = 60.0, aliases: Aliases | None = None
+) -> str:
     """Make ``tag`` available in the local store, importing it from the models topic if
     it is not there yet; return the stored tag. An export not signed with the registry's
-    key as ``tag`` is refused (``UntrustedModelError``) before any of it is extracted."""
+    key as ``tag`` is refused (``UntrustedModelError``) before any of it is extracted.
+
+    The published event says where the export sits, so only that record is read; a
+    model published before the log said so (or never published: whatever the topic
+    holds under that key is still checked) is looked for through the whole topic."""
 
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
         pass
     registry_key = signing.signing_key(settings)  # before reading: no key, nothing can be checked
+    aliases = aliases if aliases is not None else read_aliases(settings, timeout_s)
+    if tag in aliases.retired:
+        raise ModelNotFoundError(
+            f"model {tag} was retired from the registry (more than SML_MODEL_KEEP_VERSIONS "
+            "newer versions, and no alias named it); publish it again to serve it."
+        )
+    summary = aliases.published.get(tag)
+    if summary is not None and summary.partition is not None and summary.offset is not None:
+        found = _read_record(settings, tag, summary.partition, summary.offset, timeout_s)
+        records_read = 1
+    else:
+        found, records_read = _scan_for(settings, tag, timeout_s)
+    if found is None:
+        raise ModelNotFoundError(
+            f"model {tag} is neither in the local store nor on the models topic "
+            f"{settings.models_topic}; publish it with `streaming-ml model promote` "
+            "from the machine that trained it."
+        )
+    stored = import_bytes(signing.verify(registry_key, tag, found))
+    logger.info("model imported from Kafka", extra={"tag": stored, "records_read": records_read})
+    return stored
+
+
+def _read_record(
+    settings: Settings, tag: str, partition: int, offset: int, timeout_s: float
+) -> bytes | None:
+    """The value at ``offset`` of the models topic if it is ``tag``'s export."""
+    consumer = clients.consumer(
+        settings,
+        f"sml-registry-reader-{uuid.uuid4().hex[:8]}",
+        {**QUIET, "enable.partition.eof": True, "fetch.message.max.bytes": MAX_MODEL_BYTES},
+    )
+    try:
+        msg = read_one(consumer, settings.models_topic, partition, offset, timeout_s)
+    except TimeoutError as error:
+        raise RegistryError(
+            f"could not read {tag} from {settings.models_topic}: {error}; "
+            "is Kafka overloaded? See `streaming-ml stack logs kafka`."
+        ) from error
+    finally:
+        consumer.close()
+    if msg is None or msg.key() != tag.encode():
+        return None
+    value: bytes | None = msg.value()
+    return value
+
+
+def _scan_for(settings: Settings, tag: str, timeout_s: float) -> tuple[bytes | None, int]:
+    """The last value of ``tag`` on the models topic (or None) and the records read."""
     found: list[bytes] = []
 
     def keep(key: bytes | None, value: bytes | None) -> None:
@@ -395,16 +438,8 @@ def fetch(settings: Settings, tag: str, timeout_s: float = 60.0) -> str:
             # Compaction keeps the last value per key; before it runs, the last one wins too.
             found[:] = [value] if value is not None else []
 
-    read_to_end(settings, settings.models_topic, keep, timeout_s)
-    if not found:
-        raise ModelNotFoundError(
-            f"model {tag} is neither in the local store nor on the models topic "
-            f"{settings.models_topic}; publish it with `streaming-ml model promote` "
-            "from the machine that trained it."
-        )
-    stored = import_bytes(signing.verify(registry_key, tag, found[0]))
-    logger.info("model imported from Kafka", extra={"tag": stored})
-    return stored
+    count = read_to_end(settings, settings.models_topic, keep, timeout_s)
+    return (found[0] if found else None), count
 
 
 def iter_local_models(name: str) -> Iterator[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,18 @@ def metadata_of(model: bentoml.Model) -> Mapping[str, Any]:
     """A stored model's metadata as the JSON ``train`` and ``online`` saved: BentoML types
     each value as any of its metadata types, so a nested read would not type-check."""
     return model.info.metadata
+
+
+def export_bytes(tag: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="sml-export-") as tmp:
+        path = Path(tmp) / "model.bentomodel"
+        bentoml.models.export_model(tag, str(path))
+        return path.read_bytes()
+
+
+def import_bytes(data: bytes) -> str:
+    """Import an exported model into the local store; return its tag."""
+    with tempfile.TemporaryDirectory(prefix="sml-import-") as tmp:
+        path = Path(tmp) / "model.bentomodel"
+        path.write_bytes(data)
+        return str(bentoml.models.import_model(str(path)).tag)

@@ -34,7 +34,6 @@ from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.models import registry
 from streaming_ml.models.loader import from_bento_model
 from streaming_ml.models.protocol import PriceModelProtocol
-from streaming_ml.models.registry import ModelEvent
 from streaming_ml.models.store import get_bento_model, model_card
 from streaming_ml.service.api import EXAMPLE_RECORDS
 from streaming_ml.system.waits import Deadline
@@ -128,12 +127,15 @@ def canary_problem(model: PriceModelProtocol) -> str | None:
     return None
 
 
-def load_checked(tag: str, settings: Settings | None) -> ServedModel:
+def load_checked(
+    tag: str, settings: Settings | None, aliases: registry.Aliases | None = None
+) -> ServedModel:
     """Import (from Kafka if ``settings``), load and canary-check one model; raises
-    ``RefusedModel`` with the reason when it cannot serve."""
+    ``RefusedModel`` with the reason when it cannot serve. ``aliases``: the registry's
+    state as the caller has folded it (it says where the export sits), else read here."""
 
     try:
-        stored = registry.fetch(settings, tag) if settings is not None else tag
+        stored = registry.fetch(settings, tag, aliases=aliases) if settings is not None else tag
         bento_model = get_bento_model(stored)
         model = from_bento_model(bento_model)
     except UntrustedModelError as error:
@@ -201,7 +203,9 @@ class RegistryFollower:
         self.lineup = lineup
         # Set by the service once its Predictor exists; catch_up() runs before that.
         self.on_swap: Callable[[Lineup], None] = lambda _lineup: None
-        self._load = load or (lambda tag: load_checked(tag, settings))
+        # The follower's own fold names every model it loads (an event is applied before
+        # the models it names are loaded), so fetch need not read the log again.
+        self._load = load or (lambda tag: load_checked(tag, settings, self._aliases))
         self.on_refused = on_refused
         self.refused: list[Refusal] = []
         self.events_read = 0
@@ -221,6 +225,7 @@ class RegistryFollower:
             "following": True,
             "connected": self.connected,
             "events_read": self.events_read,
+            "events_unreadable": self._aliases.unreadable if self._aliases is not None else 0,
             "error": self.error,
             "refused": [r.as_dict() for r in self.refused],
         }
@@ -318,14 +323,9 @@ class RegistryFollower:
         self.error = error
 
     def _on_event(self, value: bytes | None) -> None:
-        if value is None:
+        event = self._aliases.apply_record(value)
+        if event is None:
             return
-        try:
-            event = ModelEvent.model_validate_json(value)
-        except ValueError as error:
-            logger.error("unreadable registry event skipped", extra={"error": str(error)})
-            return
-        self._aliases.apply(event)
         self.events_read += 1
         # A new event naming a model gives a refused model another chance.
         self._tried = {
