@@ -186,17 +186,29 @@ class RegistryWriter:
         }
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
+        self._fatal: list[KafkaError] = []  # e.g. fenced: the producer can do nothing more
+        config["error_cb"] = self._on_error
         self._producer = clients.producer(settings, config)
         self._errors: list[KafkaError] = []  # delivery failures not yet raised by flush()
         self.transactional = transactional_id is not None
         if self.transactional:
             self._call("start the registry transactions", self._producer.init_transactions, 30)
 
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal.append(error)
+
     def _call(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
         try:
             return step(*args)
         except KafkaException as error:
             raise self._failure(what, error.args[0]) from error
+        except SystemError as error:
+            # Once the producer is fenced, confluent-kafka's flush() can fail with a bare
+            # SystemError; the fatal error itself arrived through error_cb.
+            if self._fatal:
+                raise self._failure(what, self._fatal[0]) from error
+            raise
 
     @staticmethod
     def _failure(what: str, error: KafkaError) -> RegistryError:
