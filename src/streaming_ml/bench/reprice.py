@@ -27,6 +27,7 @@ class RepriceRuns(BenchSession):
         o, s = self.options, self.settings
         rows = o.reprice_rows
         self.console.rule(f"[bold]re-pricing: {rows} priced rows touched again")
+        self.ensure_stream_bridges()  # the bridge-only runs stop them
         report, _ = self.load(rows, None, PREFILL_BATCH_ROWS, f"re-pricing: {rows} rows to price")
         self.wait_predicted(report, o.drain_timeout_s)
         where = f"id BETWEEN {report.first_id} AND {report.last_id}"

@@ -159,6 +159,21 @@ class BenchSession:
     def _start_bridge(self, cleanup: ExitStack) -> None:
         """``--stream-bridges`` bridges in a fresh consumer group that starts at the change
         topic's end, so a backlog left by earlier runs is not measured."""
+        began = time.monotonic()
+        cleanup.callback(self._stop_bridge)
+        group = self._launch_bridges()
+        count = self.options.stream_bridges
+        self.env.started.append("bridge" if count == 1 else f"{count} bridges")
+        self.env.bridge_group = group
+        self.env.startup_s["bridge"] = round(time.monotonic() - began, 1)
+
+    def ensure_stream_bridges(self) -> None:
+        """The stream bridges again after a run that stopped them (the bridge-only runs),
+        in a new group at the topic's end; nothing when a bridge of the user's runs."""
+        if not self.bridges and not self.env.external_bridge:
+            self.env.bridge_group = self._launch_bridges()
+
+    def _launch_bridges(self) -> str:
         s = self.settings
         group = f"sml-bench-{uuid.uuid4().hex[:8]}"
         consumer = _consumer(s)
@@ -168,20 +183,16 @@ class BenchSession:
             consumer.close()
         if ends is not None:
             commit_offsets(s, group, s.listings_topic, ends)
-        began = time.monotonic()
         count = self.options.stream_bridges
         names = [group] if count == 1 else [f"{group}-{i + 1}" for i in range(count)]
         self.bridges = [
             BridgeProcess(s, self.child_env, group, self.log_dir, name=n) for n in names
         ]
-        cleanup.callback(self._stop_bridge)
         for bridge in self.bridges:
             bridge.start()
         for bridge in self.bridges:
             bridge.wait_ready(self.console)
-        self.env.started.append("bridge" if count == 1 else f"{count} bridges")
-        self.env.bridge_group = group
-        self.env.startup_s["bridge"] = round(time.monotonic() - began, 1)
+        return group
 
     def _stop_bridge(self) -> None:
         for bridge in self.bridges:
