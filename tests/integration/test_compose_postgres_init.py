@@ -120,6 +120,7 @@ def test_postgres_init_creates_roles_schema_and_passwords(
                     settings.shadow_table,
                     settings.outcomes_table,
                     settings.alerts_table,
+                    settings.reprice_jobs_table,
                 ]
             )
             cur.execute(
