@@ -228,7 +228,7 @@ class RegistryWriter:
     def abort(self) -> None:
         try:
             self._producer.abort_transaction(30)
-        except KafkaException as error:
+        except (KafkaException, SystemError) as error:
             logger.warning("registry transaction not aborted", extra={"error": str(error)})
 
     def _send(
@@ -336,7 +336,8 @@ class RegistryWriter:
         a caller learns of one), so closing never hides the error that stopped it."""
         try:
             self._producer.flush(30)
-        except KafkaException as error:
+        except (KafkaException, SystemError) as error:
+            # SystemError: confluent-kafka's flush() of a fenced producer can fail bare.
             logger.warning("registry writer closed with an error", extra={"error": str(error)})
 
 
