@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -186,14 +187,15 @@ def test_a_second_learner_fences_the_first_so_the_model_never_forks(
     outcomes.write(outcomes.good(10))
     first = Running(settings)
     wait_until(lambda: first.stats.snapshots >= 1 or first.error, 60, "the first's snapshot")
-    assert first.error is None
+    assert first.error is None, "".join(traceback.format_exception(first.error))
     second = Running(settings)
     wait_until(lambda: second.learner.ready.is_set() or second.error, 60, "the second started")
     before = newest_counters(settings)["tag"]
     # Both read these; only the second may publish what it learns from them.
     outcomes.write(outcomes.good(10))
     wait_until(lambda: first.error is not None, 60, "the first learner fenced")
-    assert isinstance(first.error, RegistryError) and "took over" in str(first.error)
+    why = "".join(traceback.format_exception(first.error))
+    assert isinstance(first.error, RegistryError) and "took over" in str(first.error), why
     wait_until(lambda: second.stats.snapshots >= 1 or second.error, 60, "the second's snapshot")
     second.stop()
     assert second.error is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
@@ -204,11 +205,26 @@ class RegistryWriter:
         except KafkaException as error:
             raise self._failure(what, error.args[0]) from error
         except SystemError as error:
-            # Once the producer is fenced, confluent-kafka's flush() can fail with a bare
-            # SystemError; the fatal error itself arrived through error_cb.
+            # Once the producer is fenced, confluent-kafka's flush() can fail with a
+            # SystemError (a delivery callback ran while the fatal KafkaException was set):
+            # the KafkaException is its cause, or the fatal error arrived through error_cb.
+            cause = error.__cause__ or error.__context__
+            if isinstance(cause, KafkaException):
+                raise self._failure(what, cause.args[0]) from error
+            with suppress(SystemError, KafkaException):
+                self._producer.poll(1.0)  # serves error_cb, which records the fatal error
             if self._fatal:
                 raise self._failure(what, self._fatal[0]) from error
-            raise
+            if self.transactional:
+                # The transaction API says what the producer's state is (fenced or not);
+                # the caller aborts after a failure anyway.
+                try:
+                    self._producer.abort_transaction(5)
+                except KafkaException as state:
+                    raise self._failure(what, state.args[0]) from error
+                except SystemError:
+                    pass
+            raise RegistryError(f"cannot {what}: the Kafka producer failed ({error})") from error
 
     @staticmethod
     def _failure(what: str, error: KafkaError) -> RegistryError:
