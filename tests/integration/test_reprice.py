@@ -27,8 +27,10 @@ from streaming_ml.datasets.load import load_listings
 from streaming_ml.datasets.reprice import DONE, RUNNING, recent_jobs
 from streaming_ml.errors import RepriceError
 from streaming_ml.kafka.changes import CHANGED_HEADER, header_columns
+from streaming_ml.schema.ddl import reprice_jobs_ddl
 from streaming_ml.schema.listing import features_hash
 from streaming_ml.stack import postgres_dsn
+from streaming_ml.stack.secrets import READER_ROLE
 from tests.integration.following import champion_is, following_service, own_registry
 from tests.integration.pipeline import (
     dsn_of,
@@ -101,12 +103,21 @@ def job_rows(dsn: str, table: str) -> list[dict[str, Any]]:
     return query(dsn, f"SELECT * FROM public.{table} ORDER BY job_id")
 
 
+def own_jobs_table(dsn: str) -> str:
+    """A job table of the test's own, made as postgres/02-schema.sql makes the real one
+    (readable by the dashboard's role too)."""
+    table = f"reprice_jobs_{uuid.uuid4().hex[:8]}"
+    execute(dsn, reprice_jobs_ddl(table))
+    execute(dsn, f"GRANT SELECT ON public.{table} TO {READER_ROLE}")
+    return table
+
+
 def test_promote_with_reprice_survives_a_kill_and_leaves_every_row_on_the_new_champion(
     stack_settings: Settings, trained_model_tag: str, second_model_tag: str, tmp_path: Path
 ) -> None:
     a, b = trained_model_tag, second_model_tag
     registry_settings = own_registry(stack_settings)
-    jobs_table = f"reprice_jobs_{uuid.uuid4().hex[:8]}"
+    jobs_table = own_jobs_table(dsn_of(stack_settings))
     with following_service(registry_settings, a, tmp_path / "service.log") as service:
         wait_until(lambda: champion_is(service, a), 30, "model A claimed as champion")
         settings = pipeline_settings(
@@ -219,12 +230,11 @@ def test_a_stale_cursor_touches_nothing_and_jobs_resume_or_supersede_by_what_the
     from streaming_ml.datasets import reprice as jobs
 
     dsn = dsn_of(stack_settings)
-    table, listings_table = f"reprice_jobs_{uuid.uuid4().hex[:8]}", stack_settings.listings_table
+    table, listings_table = own_jobs_table(dsn), stack_settings.listings_table
     ids = load_listings(dsn, 6, seed=78, table=listings_table).ids
     where = f"id >= {min(ids)} AND model LIKE '%'"  # a '%' reaches Postgres as written
     reader, writer = jobs.connect_pair(dsn)
     try:
-        jobs.ensure_jobs_table(writer, table)
         job = jobs.create_job(
             reader, writer, jobs=table, listings=listings_table, tag="m:b", where=where, rate=None
         )

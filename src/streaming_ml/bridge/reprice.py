@@ -24,7 +24,6 @@ from streaming_ml.datasets import reprice as jobs
 from streaming_ml.datasets.reprice import Job
 from streaming_ml.errors import RegistryError, RepriceError, WaitTimeoutError
 from streaming_ml.models import lifecycle, registry
-from streaming_ml.stack.secrets import READER_ROLE
 from streaming_ml.system.waits import Deadline, wait_until
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class Repricer:
     def run(self) -> Job:
         reader, writer = jobs.connect_pair(self.dsn)
         try:
-            jobs.ensure_jobs_table(writer, self.settings.reprice_jobs_table, READER_ROLE)
+            jobs.check_jobs_table(reader, self.settings.reprice_jobs_table)
             job = self._job(reader, writer)
             self.wait_until_served(job.model_tag)
             logger.info("re-pricing", extra={"job": job.as_dict()})
@@ -93,17 +92,15 @@ class Repricer:
                     "no unfinished re-pricing job to resume; start one with `streaming-ml reprice`"
                 )
             self._check_champion(unfinished.model_tag)
-            jobs.count_matching(reader, self.settings.listings_table, unfinished.where_sql, 0)
             return unfinished
         where = jobs.clean_where(self.request.where)
         tag = self._check_champion(self.request.model)
-        # Checked READ ONLY before anything is written: a bad --where fails here.
-        jobs.count_matching(reader, self.settings.listings_table, where, 0)
         rate = self.request.rate or self.settings.reprice_rate
         unfinished = jobs.unfinished_job(reader, table, tag, where)
         if unfinished is not None:
             logger.info("resuming the unfinished job", extra={"job_id": unfinished.job_id})
             return unfinished
+        # create_job counts the listings READ ONLY before it writes: a bad --where fails there.
         return jobs.create_job(
             reader, writer, jobs=table, listings=self.settings.listings_table,
             tag=tag, where=where, rate=rate,

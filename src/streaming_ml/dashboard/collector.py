@@ -373,8 +373,8 @@ class Collector:
             found = reprice.recent_jobs(self._connection(), table, REPRICE_JOBS)
         except psycopg2.errors.UndefinedTable as error:
             raise StreamingMLError(
-                f"no table {table} (a database older than re-pricing): apply "
-                "postgres/02-schema.sql, or run `streaming-ml reprice` once"
+                f"no table {table} (a database older than re-pricing): run `streaming-ml "
+                "stack up` again, or apply postgres/02-schema.sql"
             ) from error
         self._parts["reprice"] = {"table": table, "jobs": [job.as_dict() for job in found]}
 

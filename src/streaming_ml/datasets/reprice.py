@@ -26,7 +26,6 @@ from psycopg2 import sql
 
 from streaming_ml.datasets.load import connect
 from streaming_ml.errors import RepriceError
-from streaming_ml.schema.ddl import reprice_jobs_ddl
 
 logger = logging.getLogger(__name__)
 
@@ -180,24 +179,20 @@ def chunk_ids(
     return [int(row[0]) for row in found]
 
 
-def ensure_jobs_table(writer: Any, jobs: str, reader_role: str | None = None) -> None:
-    """The job table (as postgres/02-schema.sql makes it), for a database older than it,
-    readable by ``reader_role`` (the dashboard's) where that role exists."""
-    with writer.cursor() as cur:
+def check_jobs_table(conn: Any, jobs: str) -> None:
+    """RepriceError unless the job table exists. It is part of the schema
+    (postgres/02-schema.sql), which `stack up` and compose's postgres-init apply on every
+    start; someone else's database gets it from that file."""
+    with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{jobs}",))
         found = cur.fetchone()
-        if found is not None and found[0]:
-            writer.commit()
-            return
-        cur.execute(reprice_jobs_ddl(jobs))
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader_role,))
-        if reader_role is not None and cur.fetchone() is not None:
-            cur.execute(
-                sql.SQL("GRANT SELECT ON {} TO {}").format(
-                    sql.Identifier("public", jobs), sql.Identifier(reader_role)
-                )
-            )
-    writer.commit()
+    conn.commit()
+    if not (found and found[0]):
+        raise RepriceError(
+            f"no re-pricing job table {jobs}: the database predates it. Run `streaming-ml "
+            "stack up` (it applies postgres/*.sql again, keeping the data), or apply "
+            "postgres/02-schema.sql to your own database"
+        )
 
 
 def _job(row: dict[str, Any]) -> Job:
