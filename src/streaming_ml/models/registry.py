@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
@@ -187,17 +186,11 @@ class RegistryWriter:
         }
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
-        self._fatal: list[KafkaError] = []  # e.g. fenced: the producer can do nothing more
-        config["error_cb"] = self._on_error
         self._producer = clients.producer(settings, config)
         self._errors: list[KafkaError] = []  # delivery failures not yet raised by flush()
         self.transactional = transactional_id is not None
         if self.transactional:
             self._call("start the registry transactions", self._producer.init_transactions, 30)
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._fatal.append(error)
 
     def _call(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -205,19 +198,13 @@ class RegistryWriter:
         except KafkaException as error:
             raise self._failure(what, error.args[0]) from error
         except SystemError as error:
-            # Once the producer is fenced, confluent-kafka's flush() can fail with a
-            # SystemError (a delivery callback ran while the fatal KafkaException was set):
-            # the KafkaException is its cause, or the fatal error arrived through error_cb.
+            # Once the producer is fenced, confluent-kafka's flush() can fail with a bare
+            # SystemError. The fencing is then its cause, or the transaction API says so
+            # (the caller aborts after a failure anyway).
             cause = error.__cause__ or error.__context__
             if isinstance(cause, KafkaException):
                 raise self._failure(what, cause.args[0]) from error
-            with suppress(SystemError, KafkaException):
-                self._producer.poll(1.0)  # serves error_cb, which records the fatal error
-            if self._fatal:
-                raise self._failure(what, self._fatal[0]) from error
             if self.transactional:
-                # The transaction API says what the producer's state is (fenced or not);
-                # the caller aborts after a failure anyway.
                 try:
                     self._producer.abort_transaction(5)
                 except KafkaException as state:
