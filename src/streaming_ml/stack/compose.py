@@ -88,17 +88,22 @@ def init_database(settings: Settings, environ: Mapping[str, str] | None = None) 
     does after Postgres starts: (re)apply postgres/NN-*.sql (idempotent, so a volume made
     by an older checkout gets new tables and roles too) and give each role the password
     compose passed, sent as a SCRAM verifier computed here, never as plaintext."""
-    environ = os.environ if environ is None else environ
-    missing = [variable for variable in ENV_OF_ROLE.values() if not environ.get(variable)]
+    given = passwords_from_env(environ)
+    missing = [variable for role, variable in ENV_OF_ROLE.items() if role not in given]
     if missing:
         raise StackError(
             f"postgres-init: {', '.join(missing)} not set; run `streaming-ml compose init` "
             "on the host (it writes every password to .env) and start the stack again."
         )
-    passwords = secrets.Passwords(
-        {role: SecretStr(environ[variable]) for role, variable in ENV_OF_ROLE.items()}
-    )
+    passwords = secrets.Passwords({role: SecretStr(value) for role, value in given.items()})
     postgres.apply_init_sql(settings, passwords)
+
+
+def passwords_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each role's password compose passed as its variable (``ENV_OF_ROLE``), for the roles
+    whose variable is set."""
+    environ = os.environ if environ is None else environ
+    return {role: environ[env] for role, env in ENV_OF_ROLE.items() if environ.get(env)}
 
 
 def write_state_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -107,7 +112,7 @@ def write_state_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
     CLI reads them. Only the roles whose variable is set; returns them. A container
     given none (the bridge, the evaluator) gets no file."""
     environ = os.environ if environ is None else environ
-    values = {role: environ[env] for role, env in ENV_OF_ROLE.items() if environ.get(env)}
+    values = passwords_from_env(environ)
     if values:
         path = secrets.secrets_path(Path(environ.get("SML_STATE_DIR", ".stack")))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
