@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -542,6 +543,57 @@ def test_published_offsets_are_the_last_offset_plus_one_per_partition() -> None:
     assert records[1].value is None  # the delete's tombstone
     assert bridge.stats.events == 5
     assert (bridge.stats.predicted, bridge.stats.skipped_unchanged) == (2, 1)
+
+
+def without_mpg(change: Change) -> Change:
+    """The change as Debezium sends it once ``mpg`` was dropped from the table."""
+    assert change.row is not None
+    return replace(change, row={k: v for k, v in change.row.items() if k != "mpg"})
+
+
+def test_a_record_lacking_a_feature_is_dead_lettered_with_one_alert_per_partition() -> None:
+    output = FakeOutput()
+    bridge = bridge_with(FakeConsumer(), FakeService(), output)
+    bridge._records.alerts_topic = "alerts"
+    bridge._records._alert_key = lambda obj, _ctx: serialize(obj)  # type: ignore[method-assign]
+    bridge._records._alert_value = lambda obj, _ctx: serialize(obj)  # type: ignore[method-assign]
+    batch = batch_of(
+        FakeMessage(0, 3, without_mpg(insert(1))),
+        FakeMessage(0, 4, without_mpg(update(2))),
+        FakeMessage(1, 9, insert(3)),
+    )
+    bridge._handle(batch)
+
+    [(records, _offsets)] = output.published
+    s = bridge.settings
+    assert [(r.topic, r.key) for r in records] == [
+        (s.dlq_topic, b"key@0:3"),
+        ("alerts", b'{"alert_id": "missing_feature:mpg:p0"}'),
+        (s.dlq_topic, b"key@0:4"),
+        (s.predictions_topic, b'{"listing_id": 2}'),  # the update's old price withdrawn
+        (s.predictions_topic, b'{"listing_id": 3}'),
+    ]
+    reason = header(records[0], "reason")
+    assert (
+        reason == "mpg: is not in the record: its column was dropped or renamed in the source table"
+    )
+    alert = json.loads(records[1].value or b"")
+    assert (alert["kind"], alert["feature"], alert["source_partition"]) == (
+        "missing_feature",
+        "mpg",
+        0,
+    )
+    assert "docs/schema-evolution.md" in alert["message"]
+    assert (
+        bridge.metrics.registry.get_sample_value("sml_bridge_dlq_total", {"stage": "schema"}) == 2
+    )
+
+    # Later records of that partition raise no new alert; the same batch consumed again
+    # (its transaction aborted) raises it again, so an aborted alert is not lost.
+    bridge._handle(batch_of(FakeMessage(0, 5, without_mpg(insert(4)))))
+    bridge._handle(batch)
+    alerts = [r for records, _ in output.published[1:] for r in records if r.topic == "alerts"]
+    assert [json.loads(r.key or b"") for r in alerts] == [{"alert_id": "missing_feature:mpg:p0"}]
 
 
 def test_aborted_output_rewinds_to_the_batch_start_and_counts_nothing_done() -> None:

@@ -16,11 +16,14 @@ from streaming_ml.datasets.synthetic import (
 from streaming_ml.errors import DataError
 from streaming_ml.schema import listing
 from streaming_ml.schema.listing import (
+    ABSENT,
     COLUMNS_BY_NAME,
     FEATURES,
     LISTING_COLUMNS,
+    absent_features,
     check_value,
     feature_problems,
+    table_problems,
 )
 
 TODAY = dt.date(2026, 6, 1)
@@ -64,8 +67,17 @@ def test_feature_problems_names_field_and_reason(field, value, fragment):
 def test_unknown_engine_size_is_valid(unknown):
     """Exports record an unknown engine size as 0 or null: priced, not dead-lettered."""
     assert feature_problems({**VALID, "engineSize": unknown}, TODAY) == {}
-    record = {k: v for k, v in VALID.items() if k != "engineSize"}
-    assert feature_problems(record, TODAY) == {}
+
+
+@pytest.mark.parametrize("feature", ["engineSize", "mpg", "model"])
+def test_a_feature_absent_from_the_record_is_a_schema_problem_even_when_nullable(feature):
+    """A key missing from a change record means its column left the table (dropped or
+    renamed): not an unknown value, so even the nullable engineSize is not priced."""
+    record = {k: v for k, v in VALID.items() if k != feature}
+    problems = feature_problems(record, TODAY)
+    assert problems == {feature: ABSENT}
+    assert absent_features(problems) == [feature]
+    assert absent_features(feature_problems({**VALID, "mpg": None}, TODAY)) == []
 
 
 def test_the_service_accepts_unknown_engine_sizes_too():
@@ -318,3 +330,20 @@ def test_ordinary_names_and_small_engines_stay_valid() -> None:
     for value in ("Grand Tourneo Connect", "Ka+", "C-MAX", "Škoda-like ünïcode"):
         assert not feature_problems({**row, "model": value})
     assert not feature_problems({**row, "engineSize": 0.6})
+
+
+def test_a_table_fits_a_model_while_its_features_are_columns_of_a_usable_type():
+    columns = {c.name: c.sql_type for c in LISTING_COLUMNS}
+    assert table_problems(columns) == []
+    # Widened columns and new columns still fit.
+    widened = {**columns, "mileage": "bigint", "tax": "numeric", "mpg": "real", "colour": "text"}
+    assert table_problems(widened) == []
+    dropped = {k: v for k, v in columns.items() if k != "mpg"}
+    assert table_problems(dropped) == ["mpg is not a column (dropped or renamed)"]
+    texted = {**columns, "tax": "text", "model": "integer"}
+    assert table_problems(texted) == [
+        "model is integer, the model needs a string",
+        "tax is text, the model needs a number",
+    ]
+    # Only the features a model takes count.
+    assert table_problems(dropped, [f for f in FEATURES if f != "mpg"]) == []

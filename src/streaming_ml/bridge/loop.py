@@ -409,7 +409,7 @@ class Bridge:
         self._decoder = ChangeDecoder(self._registry)
         self._records = RecordBuilder(
             self._registry, s.registry_url, s.predictions_topic, s.dlq_topic, s.shadow_topic,
-            copartition=topics.copartitioned(s, counts),
+            copartition=topics.copartitioned(s, counts), alerts_topic=s.alerts_topic,
         )  # fmt: skip
         self._records.register_schemas()
         self._consumer = clients.group_consumer(s, self.group_id)

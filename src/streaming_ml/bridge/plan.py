@@ -13,7 +13,13 @@ from typing import Any, Literal
 from streaming_ml.kafka.changes import Change
 from streaming_ml.models.contributions import largest_first
 from streaming_ml.schema.fields import EXPLANATION_FIELDS, LISTING_ID_KEY, TOP_CONTRIBUTIONS
-from streaming_ml.schema.listing import ALL_FEATURES, FEATURES, feature_problems, features_hash
+from streaming_ml.schema.listing import (
+    ALL_FEATURES,
+    FEATURES,
+    absent_features,
+    feature_problems,
+    features_hash,
+)
 
 # Debezium op codes: create, update, delete, read (snapshot).
 PRICED_OPS = frozenset({"c", "u", "r"})
@@ -32,7 +38,10 @@ class Action:
     features_hash: str | None = None
     reason: str | None = None
     skip_why: str | None = None
-    stage: str = "validation"  # where a DLQ reason came from: decode, validation, service
+    # Where a DLQ reason came from: decode, validation, service, or schema (the record
+    # lacks a feature: the source table lost the column).
+    stage: str = "validation"
+    absent: tuple[str, ...] = ()  # the features a "schema" dead letter lacks
 
 
 def dlq_reason(problems: Mapping[str, str]) -> str:
@@ -84,7 +93,12 @@ def plan_actions(changes: Sequence[Change | str]) -> list[Action]:
         elif change.row is None:
             actions += dead_letter(index, change, "after: missing from event", "validation")
         elif problems := feature_problems(change.row):
-            actions += dead_letter(index, change, dlq_reason(problems), "validation")
+            absent = absent_features(problems)
+            letters = dead_letter(
+                index, change, dlq_reason(problems), "schema" if absent else "validation"
+            )
+            letters[0].absent = tuple(absent)
+            actions += letters
         elif change.op == "u" and change.unchanged >= ALL_FEATURES and not change.touched:
             actions.append(Action("skip", index, lid, change, skip_why="unchanged"))
         else:

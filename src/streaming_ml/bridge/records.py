@@ -50,8 +50,15 @@ class RecordBuilder:
         dlq_topic: str,
         shadow_topic: str | None = None,
         copartition: bool = False,
+        alerts_topic: str | None = None,
     ) -> None:
         self.predictions_topic = predictions_topic
+        self.alerts_topic = alerts_topic
+        self._alert_key, self._alert_value = avro.alert_serializers(registry)
+        # First offset that raised each (feature, partition) alert: one alert per feature
+        # and partition, raised again only when that same message is processed again
+        # (a batch aborted and replayed), so an aborted alert is never lost.
+        self._alerted: dict[tuple[str, int], int] = {}
         self.copartition = copartition
         self.dlq_topic = dlq_topic
         self.shadow_topic = shadow_topic
@@ -108,6 +115,29 @@ class RecordBuilder:
         )
         return OutRecord(self.dlq_topic, msg.key(), msg.value(), headers, fallback=bare)
 
+    def _missing_feature_alerts(self, msg: Message, absent: Iterable[str]) -> list[OutRecord]:
+        """An alert per feature the source table lost, the first time a partition shows it."""
+        if self.alerts_topic is None:
+            return []
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        records = []
+        for feature in absent:
+            first = self._alerted.setdefault((feature, partition), offset)
+            if offset > first:
+                continue
+            alert = missing_feature_alert(feature, partition)
+            logger.error(alert["message"], extra={"feature": feature, "partition": partition})
+            key_ctx = SerializationContext(self.alerts_topic, MessageField.KEY)
+            value_ctx = SerializationContext(self.alerts_topic, MessageField.VALUE)
+            records.append(
+                OutRecord(
+                    self.alerts_topic,
+                    self._alert_key({"alert_id": alert["alert_id"]}, key_ctx),
+                    self._alert_value(alert, value_ctx),
+                )
+            )
+        return records
+
     def _partition(self, msg: Message) -> int | None:
         return msg.partition() if self.copartition else None
 
@@ -152,6 +182,7 @@ class RecordBuilder:
                 out.records.append(self.dlq(msg, action.reason or ""))
                 out.counts["dlq"] += 1
                 out.dlq_stages[action.stage] += 1
+                out.records += self._missing_feature_alerts(msg, action.absent)
                 logger.warning(
                     "event dead-lettered",
                     extra={
@@ -200,3 +231,24 @@ class RecordBuilder:
                     )
                     out.counts["shadow"] += 1
         return out
+
+
+def missing_feature_alert(feature: str, partition: int) -> dict[str, Any]:
+    """The alert that change records lack ``feature``: its column left the source table."""
+    return {
+        "alert_id": f"missing_feature:{feature}:p{partition}",
+        "kind": "missing_feature",
+        "feature": feature,
+        "model_tag": None,
+        "arm": None,
+        "score": 1.0,
+        "threshold": 0.0,
+        "source_partition": partition,
+        "raised_ts_ms": int(time.time() * 1000),
+        "message": (
+            f"change records lack the feature {feature}: its column was dropped or renamed "
+            "in the source table, so those listings are dead-lettered, not priced. Add the "
+            "column back (then `streaming-ml reprice`), or train a model without it; see "
+            "docs/schema-evolution.md"
+        ),
+    }

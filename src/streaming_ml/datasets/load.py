@@ -71,6 +71,18 @@ def read_listings(conn: Any, table: str, ids: Sequence[int]) -> dict[int, dict[s
         return {int(row["id"]): dict(row) for row in cur.fetchall()}
 
 
+def table_columns(conn: Any, table: str) -> dict[str, str]:
+    """The columns of ``public.table`` and their Postgres types (information_schema's
+    ``data_type``, e.g. ``integer``, ``text``); empty when there is no such table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name = %s",
+            (table,),
+        )
+        return {str(name): str(data_type) for name, data_type in cur.fetchall()}
+
+
 def insert_statement(table: str) -> sql.Composed:
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in LISTING_COLUMNS)
     return sql.SQL("INSERT INTO {} ({}) VALUES %s RETURNING id").format(

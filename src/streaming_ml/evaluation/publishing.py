@@ -17,8 +17,6 @@ from streaming_ml.kafka.output import OutRecord
 from streaming_ml.models.reference import PREDICTION
 from streaming_ml.schema import avro
 from streaming_ml.schema.fields import (
-    ALERT_FIELDS,
-    ALERT_KEY_FIELDS,
     OUTCOME_FIELDS,
     OUTCOME_KEY_FIELDS,
 )
@@ -40,9 +38,7 @@ class Publisher:
             registry, "CarPriceOutcome", "A prediction judged against the listing's price",
             OUTCOME_FIELDS, OUTCOME_KEY_FIELDS,
         )  # fmt: skip
-        self._alert_ser = avro.table_serializers(
-            registry, "CarPriceAlert", "Drift or degradation alert", ALERT_FIELDS, ALERT_KEY_FIELDS
-        )
+        self._alert_ser = avro.alert_serializers(registry)
 
     def records(
         self,

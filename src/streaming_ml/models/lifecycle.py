@@ -15,8 +15,10 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from streaming_ml.config import Settings
+from streaming_ml.datasets.load import connect, table_columns
 from streaming_ml.errors import ModelNotFoundError, RegistryError
 from streaming_ml.models import registry
+from streaming_ml.models.features import FEATURE_OF_INPUT
 from streaming_ml.models.registry_state import (
     Aliases,
     ModelEvent,
@@ -25,6 +27,8 @@ from streaming_ml.models.registry_state import (
     schema_problem,
 )
 from streaming_ml.models.store import without_paths
+from streaming_ml.schema.listing import FEATURES, table_problems
+from streaming_ml.stack import postgres_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +121,30 @@ def _summary_of(tag: str, aliases: Aliases) -> ModelSummary:
     )
 
 
+def table_problem(settings: Settings, summary: ModelSummary) -> str | None:
+    """Why the listings table, as it is now, cannot feed this model: the features it
+    takes that are no longer columns (dropped, renamed) or no longer of a usable type."""
+    wanted = {FEATURE_OF_INPUT.get(name, name) for name in summary.inputs}
+    conn = connect(postgres_dsn(settings, "reader"))
+    try:
+        columns = table_columns(conn, settings.listings_table)
+    finally:
+        conn.close()
+    problems = table_problems(columns, [name for name in FEATURES if name in wanted])
+    if not problems:
+        return None
+    return (
+        f"{summary.tag} prices from features that {settings.listings_table} no longer has: "
+        f"{'; '.join(problems)}. Every listing would be dead-lettered; restore the columns "
+        "first (docs/schema-evolution.md)"
+    )
+
+
 def _usable(settings: Settings, tag: str, aliases: Aliases) -> ModelSummary:
-    """The model's summary once its schema fits and it is published; else RegistryError."""
+    """The model's summary once its schema fits the pipeline and the listings table as it
+    is now, and it is published; else RegistryError."""
     summary = _summary_of(tag, aliases)
-    problem = schema_problem(summary)
+    problem = schema_problem(summary) or table_problem(settings, summary)
     if problem is not None:
         raise RegistryError(f"refused: {problem}")
     if summary.tag not in aliases.published:

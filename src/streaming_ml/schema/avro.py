@@ -26,7 +26,12 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import SerializationContext, SerializationError
 
-from streaming_ml.schema.fields import PREDICTION_FIELDS, PredictionField
+from streaming_ml.schema.fields import (
+    ALERT_FIELDS,
+    ALERT_KEY_FIELDS,
+    PREDICTION_FIELDS,
+    PredictionField,
+)
 
 NAMESPACE = "streaming_ml"
 PREDICTION_VALUE_NAME = "CarPricePrediction"
@@ -111,6 +116,14 @@ def table_serializers(
     key_ser = AvroSerializer(client, json.dumps(key_schema(f"{name}Key", fields, key)), conf=conf)
     value_ser = AvroSerializer(client, json.dumps(record_schema(name, doc, fields)), conf=conf)
     return key_ser, value_ser
+
+
+def alert_serializers(client: SchemaRegistryClient) -> tuple[AvroSerializer, AvroSerializer]:
+    """(key, value) serializers of the alerts topic, which the evaluator (drift and
+    degradation) and the bridge (a feature gone from the source table) both write."""
+    return table_serializers(
+        client, "CarPriceAlert", "Drift or degradation alert", ALERT_FIELDS, ALERT_KEY_FIELDS
+    )
 
 
 # Confluent wire format: magic byte 0, the schema id as 4 big-endian bytes, the body.

@@ -103,14 +103,25 @@ OUTCOME_FIELDS: tuple[PredictionField, ...] = (
 OUTCOME_KEY_FIELDS = ("listing_id", "model_tag", "arm", "actual_price")
 
 
-# One record per alert raised by the evaluator (drift of a feature, a model degraded).
+# One record per alert raised by the evaluator (drift of a feature, a model degraded) or
+# by the bridge (a feature gone from the source table).
 ALERT_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("alert_id", "text", "string", "Unique id (also the record key)"),
-    PredictionField("kind", "text", "string", "feature_drift, prediction_drift, model_degraded"),
-    PredictionField("feature", "text", ["null", "string"], "Drifting feature (drift alerts)"),
+    PredictionField(
+        "kind",
+        "text",
+        "string",
+        "feature_drift, prediction_drift, model_degraded, missing_feature",
+    ),
+    PredictionField("feature", "text", ["null", "string"], "Drifting or missing feature"),
     PredictionField("model_tag", "text", ["null", "string"], "Model concerned"),
     PredictionField("arm", "text", ["null", "string"], "Arm concerned (model_degraded)"),
-    PredictionField("score", "double precision", "double", "PSI, or the detector's statistic"),
+    PredictionField(
+        "score",
+        "double precision",
+        "double",
+        "PSI, the detector's statistic, or 1 (missing_feature)",
+    ),
     PredictionField("threshold", "double precision", "double", "Threshold that was crossed"),
     PredictionField("source_partition", "integer", "int", "Change-topic partition observed"),
     PredictionField("raised_ts_ms", "bigint", "long", "Raised at (epoch ms)"),

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,13 +154,48 @@ def check_value(column: Column, value: Any, today: dt.date | None = None) -> str
     return None
 
 
+# A feature whose key a change record lacks: its column is gone from the source table
+# (dropped or renamed), which is not the same as a null value in a column that exists.
+ABSENT = "is not in the record: its column was dropped or renamed in the source table"
+
+
 def feature_problems(record: Mapping[str, Any], today: dt.date | None = None) -> dict[str, str]:
     """Every reason a record's features cannot be priced, keyed by field name."""
     problems: dict[str, str] = {}
     for column in FEATURE_COLUMNS:
-        reason = check_value(column, record.get(column.name), today)
-        if reason:
+        if column.name not in record:
+            problems[column.name] = ABSENT
+        elif reason := check_value(column, record[column.name], today):
             problems[column.name] = reason
+    return problems
+
+
+def absent_features(problems: Mapping[str, str]) -> list[str]:
+    """The features ``feature_problems`` found missing from the record itself."""
+    return [name for name, reason in problems.items() if reason == ABSENT]
+
+
+# Postgres types a feature's column may have: any integer or floating type for a number
+# (a widened column is read as the wider Avro type and priced the same), any string type
+# for a category.
+_COLUMN_TYPES: dict[ColumnKind, frozenset[str]] = {
+    "int": frozenset({"smallint", "integer", "bigint", "numeric"}),
+    "float": frozenset({"smallint", "integer", "bigint", "numeric", "real", "double precision"}),
+    "category": frozenset({"text", "character varying", "character"}),
+}
+
+
+def table_problems(columns: Mapping[str, str], features: Sequence[str] = FEATURES) -> list[str]:
+    """Why a table with ``columns`` (name: Postgres data_type) cannot feed a model that
+    takes ``features``: each feature missing or of a type it cannot be priced from."""
+    problems = []
+    for name in features:
+        column = COLUMNS_BY_NAME.get(name)
+        if name not in columns:
+            problems.append(f"{name} is not a column (dropped or renamed)")
+        elif column is not None and columns[name] not in _COLUMN_TYPES[column.kind]:
+            wanted = "a string" if column.kind == "category" else "a number"
+            problems.append(f"{name} is {columns[name]}, the model needs {wanted}")
     return problems
 
 
