@@ -495,7 +495,10 @@ function renderAlerts() {
         ? h("li", { class: "muted" }, "no alert raised")
         : h("li", { "data-kind": a.kind },
             badge(a.open ? "OPEN" : "EARLIER"), " ",
-            h("b", {}, a.kind), ` ${a.feature || a.model_tag || ""} · ${a.score.toFixed(3)} > ${a.threshold} · ${ago(a.raised_ts_ms / 1000)} · `,
+            // A missing feature has no statistic: the record lacked it, or it did not.
+            h("b", {}, a.kind), ` ${a.feature || a.model_tag || ""} · `
+              + (a.kind === "missing_feature" ? "" : `${a.score.toFixed(3)} > ${a.threshold} · `)
+              + `${ago(a.raised_ts_ms / 1000)} · `,
             h("span", { class: "muted" }, a.message)),
     ),
   );
