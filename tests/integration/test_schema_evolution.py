@@ -20,14 +20,12 @@ from psycopg2 import errors, sql
 
 from streaming_ml.bridge.reprice import Repricer, RepriceRequest
 from streaming_ml.config import Settings
-from streaming_ml.connect import commands
 from streaming_ml.datasets.load import load_listings, table_columns
 from streaming_ml.datasets.synthetic import generate_listing_records
 from streaming_ml.errors import RegistryError
 from streaming_ml.models.lifecycle import promote
 from streaming_ml.schema.listing import LISTING_COLUMNS
-from streaming_ml.stack import down, up
-from tests.fixtures.stack import private_stack_settings
+from tests.fixtures.stack import private_stack
 from tests.integration.pipeline import (
     RunningBridge,
     assert_prices_match_service,
@@ -125,13 +123,8 @@ class Stream:
 @pytest.fixture(scope="module")
 def evolving_stack() -> Iterator[Settings]:
     """A stack whose car_listings the tests alter (never the shared stack's)."""
-    settings = private_stack_settings(prefix="sml-evolve-")
-    try:
-        up(settings)
-        commands.apply(settings)
+    with private_stack("sml-evolve-") as settings:
         yield settings
-    finally:
-        down(settings, purge=True)
 
 
 @pytest.fixture(scope="module")

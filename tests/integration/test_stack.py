@@ -36,7 +36,7 @@ from streaming_ml.schema.fields import EXPLANATION_FIELDS, PREDICTION_FIELDS
 from streaming_ml.schema.listing import FEATURES, LISTING_COLUMNS
 from streaming_ml.stack import detached, postgres
 from streaming_ml.system import processes
-from tests.fixtures.stack import PORT_FIELDS, private_stack_settings
+from tests.fixtures.stack import PORT_FIELDS, private_stack
 from tests.integration.pipeline import wait_until
 
 pytestmark = pytest.mark.integration
@@ -46,12 +46,8 @@ WAIT_S = 90.0
 
 @pytest.fixture(scope="module")
 def own_stack() -> Iterator[Settings]:
-    settings = private_stack_settings(prefix="sml-stack-test-")
-    try:
-        stack.up(settings)
+    with private_stack("sml-stack-test-", with_connectors=False) as settings:
         yield settings
-    finally:
-        stack.down(settings, purge=True)
 
 
 LISTING = {

@@ -18,10 +18,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streaming_ml.bench.kafka import high_watermarks
 from streaming_ml.config import Settings
-from streaming_ml.connect import commands
 from streaming_ml.datasets.load import load_listings
-from streaming_ml.stack import detached, down, kafka, up
-from tests.fixtures.stack import private_stack_settings
+from streaming_ml.stack import detached, kafka, up
+from tests.fixtures.stack import private_stack
 from tests.integration.pipeline import (
     assert_prices_match_service,
     dsn_of,
@@ -46,13 +45,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def three_brokers() -> Iterator[Settings]:
     """A whole stack on three KRaft nodes, topics and connectors applied."""
-    settings = private_stack_settings(prefix="sml-brokers-", kafka_nodes=3)
-    try:
-        up(settings)
-        commands.apply(settings)
+    with private_stack("sml-brokers-", kafka_nodes=3) as settings:
         yield settings
-    finally:
-        down(settings, purge=True)
 
 
 def leader_of(settings: Settings, topic: str, partition: int) -> kafka.Node:

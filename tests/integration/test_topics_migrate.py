@@ -19,8 +19,7 @@ from streaming_ml.errors import BridgeError
 from streaming_ml.kafka import clients
 from streaming_ml.kafka.migrate import Step, group_lag, partition_counts, temporary_topic
 from streaming_ml.kafka.topics import pipeline_topics
-from streaming_ml.stack import down, up
-from tests.fixtures.stack import private_stack_settings
+from tests.fixtures.stack import private_stack
 from tests.integration.pipeline import (
     assert_prices_match_service,
     dsn_of,
@@ -40,12 +39,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def old_stack() -> Iterator[Settings]:
-    settings = private_stack_settings(prefix="sml-migrate-")
-    try:
-        up(settings)
+    with private_stack("sml-migrate-", with_connectors=False) as settings:
         yield settings
-    finally:
-        down(settings, purge=True)
 
 
 class Crashed(Exception):
