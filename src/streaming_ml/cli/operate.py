@@ -23,8 +23,8 @@ from streaming_ml.cli.app import (
     topics_app,
 )
 from streaming_ml.cli.reprice import rate_option, run_with_progress, settle_option, where_option
-from streaming_ml.config import REPO_ROOT
-from streaming_ml.errors import ConfigError, StackError
+from streaming_ml.config import REPO_ROOT, Settings
+from streaming_ml.errors import ConfigError, ConnectorError, StackError
 
 
 @stack_app.command("install")
@@ -63,8 +63,24 @@ def stack_status(as_json: bool = json_option("each component's state")) -> None:
     settings = command_settings()
     from streaming_ml.stack import print_status
 
-    if not print_status(settings, as_json=as_json):
+    healthy = print_status(settings, as_json=as_json)
+    if not as_json:
+        # Components can all run while the pipeline is stuck on a FAILED connector task.
+        for line in _connector_failures(settings):
+            typer.secho(f"          {line}", fg="red", err=True)
+    if not healthy:
         raise typer.Exit(1)
+
+
+def _connector_failures(settings: Settings) -> list[str]:
+    """Why each FAILED connector part failed, one line each; none when Connect is not
+    answering (the component's own state says that)."""
+    from streaming_ml.connect import commands
+
+    try:
+        return commands.failure_lines(commands.status(settings))
+    except ConnectorError:
+        return []
 
 
 @stack_app.command("logs")
@@ -129,11 +145,36 @@ def connectors_status(as_json: bool = json_option("each connector's state")) -> 
 
     summary = commands.status(settings)
     print_report(summary, as_json, title="connectors")
+    if not as_json:
+        for line in commands.failure_lines(summary):
+            typer.secho(line, fg="red", err=True)
     running = all(
         info["state"] == "RUNNING" and info["tasks"] and set(info["tasks"]) == {"RUNNING"}
         for info in summary.values()
     )
     raise typer.Exit(0 if running else 1)
+
+
+@connectors_app.command("recover-schema")
+def connectors_recover_schema(
+    timeout: float = typer.Option(
+        300.0, help="Seconds to wait for the source to read the WAL written before this call"
+    ),
+    as_json: bool = json_option("what was recovered"),
+) -> None:
+    """Get the source past changes the registry refused (an incompatible column type),
+    losing none: revert the column first. Lifts the compatibility rule for the change
+    topic's value subject only, restarts the source task, waits until it has read every
+    change written before this call, then restores the rule. The bridge dead-letters the
+    rows of the incompatible time; price them again with `streaming-ml reprice --where`."""
+    settings = command_settings()
+    from rich.console import Console
+
+    from streaming_ml.connect import commands
+
+    with Console(stderr=True).status("recover-schema: lifting the rule") as spinner:
+        report = commands.recover_schema(settings, timeout, progress=spinner.update)
+    print_report(report, as_json, title="connectors recover-schema")
 
 
 @connectors_app.command("watch")

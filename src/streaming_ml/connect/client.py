@@ -262,6 +262,30 @@ def trace_summary(trace: str | None) -> str:
     return "\n".join([lines[0], *causes[-3:]])
 
 
+# What the Apicurio converter throws when the registry refuses a new schema by its
+# compatibility rule (HTTP 409). The trace carries only this class name, not the field;
+# the registry's own log has the diff.
+_RULE_VIOLATION = "RuleViolationProblemDetails"
+
+
+def registry_refused(trace: str | None) -> bool:
+    """Whether a FAILED part's trace is the registry refusing a new schema: a restart
+    cannot help, the task fails again on the same change event."""
+    return bool(trace) and _RULE_VIOLATION in str(trace)
+
+
+def failure_reason(trace: str | None, topic: str | None = None) -> str | None:
+    """One plain line on why a part FAILED, for the causes we recognise (else None)."""
+    if not registry_refused(trace):
+        return None
+    what = f"the new schema of {topic}" if topic else "a new schema"
+    return (
+        f"the registry refused {what} (incompatible with the previous version: a column "
+        "changed type; `streaming-ml stack logs registry` names the field). Revert the "
+        "column, then run `streaming-ml connectors recover-schema` (docs/schema-evolution.md)"
+    )
+
+
 def wait_until_running(connect_url: str, name: str, timeout: float = 60.0) -> dict[str, Any]:
     """Poll until the connector and all its tasks are RUNNING; raise ConnectorError if one
     FAILED (with the trace summary) or the deadline passes. Returns the last status."""

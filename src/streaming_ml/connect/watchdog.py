@@ -32,6 +32,10 @@ class ConnectorWatchdog:
     settings do not cover that. Every ``interval_s`` this asks Connect for each
     connector's status and restarts only the failed parts. Connect being unreachable
     is logged and tried again on the next tick: it never stops the bridge.
+
+    A task the schema registry refused (an incompatible change to the table) is not
+    restarted: it would fail again on the same change event, every tick. The recovery
+    is logged once, as an error, until the task runs again.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class ConnectorWatchdog:
         self.also_each_tick = also_each_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Connectors whose refused schema was reported: said once, not every tick.
+        self._refused: set[str] = set()
 
     def start(self) -> None:
         # A fresh event per thread: a thread told to stop without waiting may still be
@@ -93,6 +99,10 @@ class ConnectorWatchdog:
                     continue
                 failed = client.failed_parts(status)
                 if not failed:
+                    self._refused.discard(name)
+                    continue
+                if any(client.registry_refused(info.get("trace")) for _, info in failed):
+                    self._report_refused(name, failed)
                     continue
                 for part, info in failed:
                     logger.warning(
@@ -112,6 +122,19 @@ class ConnectorWatchdog:
                     extra={"connector": name, "error": str(error), "retry_in_s": self.interval_s},
                 )
         return restarted
+
+    def _report_refused(self, name: str, failed: list[tuple[str, dict[str, object]]]) -> None:
+        if name in self._refused:
+            return
+        self._refused.add(name)
+        for part, info in failed:
+            trace = info.get("trace")
+            reason = client.failure_reason(trace if isinstance(trace, str) else None)
+            logger.error(
+                "connector FAILED on a schema the registry refused: not restarting it "
+                "(it would fail again on the same change)",
+                extra={"connector": name, "part": part, "reason": reason},
+            )
 
 
 class PartitionZeroWatchdog:

@@ -219,7 +219,8 @@ class Collector:
     def _connectors(self) -> None:
         answers = client.all_statuses(self.settings.connect_url, timeout_s=HTTP_TIMEOUT_S)
         self._parts["connect"] = {
-            name: commands.summarise(answers.get(name)) for name in self.settings.connector_names
+            name: commands.summarise(answers.get(name), commands.topic_of(self.settings, name))
+            for name in self.settings.connector_names
         }
 
     def _bridges(self, now: float) -> None:

@@ -327,6 +327,9 @@ def up(settings: Settings) -> dict[str, dict[str, Any]]:
             "/health/ready + ccompat API",
             lambda: schema_registry.ready(settings),
         )
+        # Before any connector can register a schema; `connectors apply` checks it again.
+        level = schema_registry.ensure_compatibility(settings)
+        console.print(f"[green]{REGISTRY.name}[/]: compatibility {level}")
         wait(CONNECT, connect_pid, "REST API + plugins", lambda: connect_worker.ready(settings))
         wait(ADMINER, adminer_pid, "HTTP", lambda: adminer.ready(settings))
     except BaseException:

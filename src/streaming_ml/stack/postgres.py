@@ -274,6 +274,48 @@ def slot_health(reader_dsn: str) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
+# The prefix of the logical decoding messages that mark a WAL position for the source
+# connector; its config (message.prefix.exclude.list) keeps them out of every topic.
+MARKER_PREFIX = "streaming-ml-recover"
+
+
+def write_marker(dsn: str) -> int:
+    """Write a logical decoding message (outside any transaction) and return its WAL
+    position. Every change committed before it is decoded before it, so once the slot
+    has confirmed this position the source connector has read them all. Works with
+    the reader role: the message changes no table."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_wal_lsn_diff(pg_logical_emit_message(false, %s, ''), '0/0')::bigint",
+                (MARKER_PREFIX,),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    assert row is not None  # a SELECT without FROM returns one row
+    return int(row[0])
+
+
+def slot_confirmed(reader_dsn: str) -> int | None:
+    """The CDC slot's ``confirmed_flush_lsn`` as a byte position: how far the source
+    connector has read and committed (None when there is no slot)."""
+    conn = psycopg2.connect(reader_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint "
+                "FROM pg_replication_slots WHERE slot_name = %s",
+                (SLOT,),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def slot_warning(wal_status: str | None, retained: int | None, cap: int | None) -> str | None:
     """What is wrong with the slot, if anything: lost, or past half its WAL cap."""
     if wal_status in ("unreserved", "lost"):

@@ -248,7 +248,8 @@ function connectorState(name) {
   if (!connect) return { state: null, detail: "Connect not answering" };
   const entry = connect[name] || { state: "MISSING", tasks: [] };
   const tasks = entry.tasks.length ? `tasks ${entry.tasks.join(", ")}` : "no task";
-  const failed = (entry.failed || []).map((f) => `${f.part}: ${f.trace.split("\n")[0]}`);
+  // A recognised cause has a plain reason; otherwise the trace's outer error.
+  const failed = (entry.failed || []).map((f) => `${f.part} failed: ${f.reason || f.trace.split("\n")[0]}`);
   let state = entry.state;
   if (state === "RUNNING" && entry.tasks.some((t) => t !== "RUNNING")) state = "PARTIAL";
   return { state, detail: [tasks, ...failed].join(" · ") };
