@@ -20,10 +20,10 @@ import pytest
 import requests
 
 from streaming_ml.config import REPO_ROOT, Settings
-from streaming_ml.connect import client, commands
+from streaming_ml.connect import client
 from streaming_ml.datasets.load import load_listings
-from streaming_ml.stack import down, schema_registry, up
-from tests.fixtures.stack import private_stack_settings
+from streaming_ml.stack import schema_registry
+from tests.fixtures.stack import private_stack
 from tests.integration.pipeline import (
     assert_prices_match_service,
     dsn_of,
@@ -46,13 +46,8 @@ N1, N2, N3 = 40, 25, 30
 
 @pytest.fixture(scope="module")
 def own_stack() -> Iterator[Settings]:
-    settings = private_stack_settings(prefix="sml-schema-")
-    try:
-        up(settings)
-        commands.apply(settings)
+    with private_stack("sml-schema-") as settings:
         yield settings
-    finally:
-        down(settings, purge=True)
 
 
 def cli(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
