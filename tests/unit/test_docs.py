@@ -174,3 +174,18 @@ def test_local_urls_use_a_default_port_or_one_the_page_sets() -> None:
                 if int(port) not in known and f"={port}" not in text:
                     stray.append(f"{page.relative_to(REPO_ROOT)}: {line.strip()[:100]}")
     assert not stray, stray
+
+
+NUMBER_WORDS = {"both": 2, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
+
+
+def test_the_connectors_are_counted_as_many_as_there_are() -> None:
+    """Prose that counts the connectors ("both connectors") goes stale when one is added."""
+    count = len(Settings().connector_names)
+    wrong = [
+        f"{page.relative_to(REPO_ROOT)}: {match.group(0)!r}"
+        for page, text in pages()
+        for match in re.finditer(r"\b(both|two|three|four|five|six|seven) connectors\b", text, re.I)
+        if NUMBER_WORDS[match.group(1).lower()] != count
+    ]
+    assert not wrong, f"the pipeline has {count} connectors: {wrong}"
