@@ -386,6 +386,7 @@ def test_status_json_describes_every_component(own_stack: Settings) -> None:
     slot = body["postgres"]["replication"]
     assert slot["slot"] == postgres.SLOT and slot["wal_status"] == "reserved", slot
     assert 0 <= slot["retained_bytes"] < slot["cap_bytes"] == 2 * 2**30
+    assert slot["confirmed_lsn"] > 0  # the source connector has read and committed
     assert slot["warning"] is None
     assert requests.get(body["registry"]["url"] + "/subjects", timeout=5).status_code == 200
 

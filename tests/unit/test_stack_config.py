@@ -336,7 +336,7 @@ def _health(wal_status: str, retained: int | None, cap: int) -> dict[str, Any]:
     return {
         "slot": postgres.SLOT, "active": False, "wal_status": wal_status,
         "retained_bytes": retained, "safe_wal_size_bytes": safe, "cap_bytes": cap,
-        "warning": postgres.slot_warning(wal_status, retained, cap),
+        "confirmed_lsn": None, "warning": postgres.slot_warning(wal_status, retained, cap),
     }  # fmt: skip
 
 

@@ -97,7 +97,7 @@ def recover_schema(
     name = settings.source_connector
     subject = schema_registry.value_subject(settings.listings_topic)
     reader = postgres_dsn(settings, "reader")
-    if postgres.slot_confirmed(reader) is None:
+    if postgres.slot_health(reader) is None:
         raise ConnectorError(
             f"no replication slot {postgres.SLOT}: the source connector has never run, so "
             "there is nothing to recover. Register it with `streaming-ml connectors apply`."
@@ -138,7 +138,8 @@ def recover_schema(
                     f"{why or client.trace_summary(trace)}. "
                     "Fix the cause and run `streaming-ml connectors recover-schema` again."
                 )
-            return postgres.slot_confirmed(reader) or 0
+            health = postgres.slot_health(reader) or {}
+            return health.get("confirmed_lsn") or 0
 
         def show(done: int, deadline: Deadline) -> None:
             if progress is not None:

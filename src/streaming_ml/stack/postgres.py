@@ -247,7 +247,9 @@ SLOT_WARN_SHARE = 0.5
 
 def slot_health(reader_dsn: str) -> dict[str, Any] | None:
     """The CDC slot's state: active, ``wal_status``, retained WAL and what is left before
-    Postgres invalidates it (``max_slot_wal_keep_size``); None if the slot does not exist.
+    Postgres invalidates it (``max_slot_wal_keep_size``), and ``confirmed_lsn``, how far
+    the source connector has read and committed (a byte position); None if the slot does
+    not exist.
     ``warning`` says what is wrong when the slot is lost or nearing its cap. Read as the
     reader role (``stack.postgres_dsn(settings, "reader")``): every role may read
     pg_replication_slots, so no superuser is needed."""
@@ -257,7 +259,8 @@ def slot_health(reader_dsn: str) -> dict[str, Any] | None:
             cur.execute(
                 "SELECT active, wal_status, "
                 "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, safe_wal_size, "
-                "pg_size_bytes(current_setting('max_slot_wal_keep_size')) "
+                "pg_size_bytes(current_setting('max_slot_wal_keep_size')), "
+                "pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint "
                 "FROM pg_replication_slots WHERE slot_name = %s",
                 (SLOT,),
             )
@@ -266,11 +269,11 @@ def slot_health(reader_dsn: str) -> dict[str, Any] | None:
         conn.close()
     if row is None:
         return None
-    active, wal_status, retained, safe, cap = row
+    active, wal_status, retained, safe, cap, confirmed = row
     return {
         "slot": SLOT, "active": active, "wal_status": wal_status,
         "retained_bytes": retained, "safe_wal_size_bytes": safe, "cap_bytes": cap,
-        "warning": slot_warning(wal_status, retained, cap),
+        "confirmed_lsn": confirmed, "warning": slot_warning(wal_status, retained, cap),
     }  # fmt: skip
 
 
@@ -297,23 +300,6 @@ def write_marker(dsn: str) -> int:
         conn.close()
     assert row is not None  # a SELECT without FROM returns one row
     return int(row[0])
-
-
-def slot_confirmed(reader_dsn: str) -> int | None:
-    """The CDC slot's ``confirmed_flush_lsn`` as a byte position: how far the source
-    connector has read and committed (None when there is no slot)."""
-    conn = psycopg2.connect(reader_dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint "
-                "FROM pg_replication_slots WHERE slot_name = %s",
-                (SLOT,),
-            )
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return None if row is None or row[0] is None else int(row[0])
 
 
 def slot_warning(wal_status: str | None, retained: int | None, cap: int | None) -> str | None:
