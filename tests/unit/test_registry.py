@@ -93,6 +93,22 @@ def test_schema_problem_names_the_mismatched_inputs() -> None:
     assert problem is not None and "['year', 'mileage']" in problem
 
 
+def test_table_problem_names_the_features_a_model_takes_that_the_table_lost() -> None:
+    from streaming_ml.models.lifecycle import table_problem
+    from streaming_ml.schema.listing import LISTING_COLUMNS
+
+    columns = {column.name: column.sql_type for column in LISTING_COLUMNS}
+    assert table_problem("listings", columns, summary("m:1", 1.0)) is None
+    renamed = {("miles" if name == "mileage" else name): kind for name, kind in columns.items()}
+    problem = table_problem("listings", renamed, summary("m:1", 1.0))
+    assert problem is not None
+    assert problem.startswith("m:1 prices from features that listings no longer has: ")
+    assert "mileage is not a column (dropped or renamed)" in problem
+    # A model that does not take mileage still fits the renamed table.
+    narrow = ModelSummary(tag="m:2", inputs=[n for n in INPUT_NAMES if n != "mileage"])
+    assert table_problem("listings", renamed, narrow) is None
+
+
 # -- lineups --
 
 

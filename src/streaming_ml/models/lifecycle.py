@@ -8,6 +8,7 @@ import them) and appends one event. The services pick the change up by themselve
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,30 +122,37 @@ def _summary_of(tag: str, aliases: Aliases) -> ModelSummary:
     )
 
 
-def table_problem(settings: Settings, summary: ModelSummary) -> str | None:
-    """Why the listings table, as it is now, cannot feed this model: the features it
-    takes that are no longer columns (dropped, renamed) or no longer of a usable type."""
-    wanted = {FEATURE_OF_INPUT.get(name, name) for name in summary.inputs}
+def listing_columns(settings: Settings) -> dict[str, str]:
+    """The listings table's columns as they are now, with their types (read as the
+    reader role)."""
     conn = connect(postgres_dsn(settings, "reader"))
     try:
-        columns = table_columns(conn, settings.listings_table)
+        return table_columns(conn, settings.listings_table)
     finally:
         conn.close()
+
+
+def table_problem(table: str, columns: Mapping[str, str], summary: ModelSummary) -> str | None:
+    """Why the listings table with these columns cannot feed this model: the features it
+    takes that are no longer columns (dropped, renamed) or no longer of a usable type."""
+    wanted = {FEATURE_OF_INPUT.get(name, name) for name in summary.inputs}
     problems = table_problems(columns, [name for name in FEATURES if name in wanted])
     if not problems:
         return None
     return (
-        f"{summary.tag} prices from features that {settings.listings_table} no longer has: "
+        f"{summary.tag} prices from features that {table} no longer has: "
         f"{'; '.join(problems)}. Every listing would be dead-lettered; restore the columns "
         "first (docs/schema-evolution.md)"
     )
 
 
-def _usable(settings: Settings, tag: str, aliases: Aliases) -> ModelSummary:
-    """The model's summary once its schema fits the pipeline and the listings table as it
-    is now, and it is published; else RegistryError."""
+def _usable(
+    settings: Settings, tag: str, aliases: Aliases, columns: Mapping[str, str]
+) -> ModelSummary:
+    """The model's summary once its schema fits the pipeline and the listings table (as
+    ``columns``, read once per command), and it is published; else RegistryError."""
     summary = _summary_of(tag, aliases)
-    problem = schema_problem(summary) or table_problem(settings, summary)
+    problem = schema_problem(summary) or table_problem(settings.listings_table, columns, summary)
     if problem is not None:
         raise RegistryError(f"refused: {problem}")
     if summary.tag not in aliases.published:
@@ -165,7 +173,7 @@ def promote(settings: Settings, tag: str, force: bool = False) -> tuple[str, str
             f"refused to promote {candidate.tag}: {'; '.join(reasons)}. "
             "Use --force to promote it anyway."
         )
-    _usable(settings, candidate.tag, aliases)
+    _usable(settings, candidate.tag, aliases, listing_columns(settings))
     note = f"forced past: {'; '.join(reasons)}" if reasons else ""
     registry.append_event(
         settings,
@@ -201,11 +209,12 @@ def start_experiment(
         raise RegistryError(
             "no champion yet: start a service once (it claims its model) or promote one first"
         )
+    columns = listing_columns(settings)
     event = ModelEvent(
         kind="experiment_started",
-        challenger=_usable(settings, challenger, aliases).tag if challenger else None,
+        challenger=_usable(settings, challenger, aliases, columns).tag if challenger else None,
         split_percent=split_percent if challenger else 0.0,
-        shadow=_usable(settings, shadow, aliases).tag if shadow else None,
+        shadow=_usable(settings, shadow, aliases, columns).tag if shadow else None,
     )
     registry.append_event(settings, event)
     return event
