@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from streaming_ml.kafka.offsets import position_of
 from streaming_ml.kafka.output import OutRecord
 from streaming_ml.schema import avro
 from streaming_ml.schema.fields import PREDICTION_FIELDS
+from streaming_ml.system.clock import now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class RecordBuilder:
     ) -> Built:
         """Records for ``actions`` in order; ``results`` are the prices by message index."""
         out = Built()
-        predicted_ms = int(time.time() * 1000)
+        predicted_ms = now_ms()
         for action in actions:
             msg = messages[action.index]
             if action.kind == "dlq":
@@ -244,7 +244,7 @@ def missing_feature_alert(feature: str, partition: int) -> dict[str, Any]:
         "score": 1.0,
         "threshold": 0.0,
         "source_partition": partition,
-        "raised_ts_ms": int(time.time() * 1000),
+        "raised_ts_ms": now_ms(),
         "message": (
             f"change records lack the feature {feature}: its column was dropped or renamed "
             "in the source table, so those listings are dead-lettered, not priced. Add the "

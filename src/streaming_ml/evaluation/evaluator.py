@@ -43,7 +43,6 @@ from streaming_ml.evaluation.publishing import (
     Publisher,
     degraded_alert,
     drift_alert,
-    now_ms,
 )
 from streaming_ml.evaluation.state import CHANGELOG_CONFIG, PartitionState, read_states
 from streaming_ml.kafka import clients
@@ -68,6 +67,7 @@ from streaming_ml.models.reference import PREDICTION
 from streaming_ml.schema import avro
 from streaming_ml.schema.listing import ALL_FEATURES, FEATURES, feature_problems
 from streaming_ml.schema.outcome import Outcome
+from streaming_ml.system.clock import now_ms
 from streaming_ml.system.processes import stop_on_signals
 
 logger = logging.getLogger(__name__)

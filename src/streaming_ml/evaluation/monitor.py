@@ -14,7 +14,6 @@ owns it, and needs no evaluator to be reachable).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from streaming_ml.kafka.loop import ConsumeLoop
 from streaming_ml.kafka.offsets import partition_of
 from streaming_ml.models.registry_state import LEARNER_COUNTERS, Aliases
 from streaming_ml.schema import avro
+from streaming_ml.system.clock import now_ms
 
 RECENT_ALERTS = 20
 COUNTER_HEADINGS = {
@@ -154,7 +154,7 @@ class Monitor:
             for p, state in sorted(self.partitions.items())
         }
         return {
-            "pairs": self.scoreboard.snapshot(int(time.time() * 1000), self.coverage()),
+            "pairs": self.scoreboard.snapshot(now_ms(), self.coverage()),
             "drift": drift,
             "alerts": {"count": self.alert_count, "recent": self.alerts},
             "learner": self.learner(),

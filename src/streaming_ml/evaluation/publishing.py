@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,12 +20,9 @@ from streaming_ml.schema.fields import (
     OUTCOME_KEY_FIELDS,
 )
 from streaming_ml.schema.outcome import Outcome
+from streaming_ml.system.clock import now_ms
 
 Alert = dict[str, Any]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Publisher:
