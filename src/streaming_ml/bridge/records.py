@@ -55,6 +55,10 @@ class RecordBuilder:
         self.predictions_topic = predictions_topic
         self.alerts_topic = alerts_topic
         self._alert_key, self._alert_value = avro.alert_serializers(registry)
+        self._alert_contexts = (
+            SerializationContext(alerts_topic or "", MessageField.KEY),
+            SerializationContext(alerts_topic or "", MessageField.VALUE),
+        )
         # First offset that raised each (feature, partition) alert: one alert per feature
         # and partition, raised again only when that same message is processed again
         # (a batch aborted and replayed), so an aborted alert is never lost.
@@ -127,8 +131,7 @@ class RecordBuilder:
                 continue
             alert = missing_feature_alert(feature, partition)
             logger.error(alert["message"], extra={"feature": feature, "partition": partition})
-            key_ctx = SerializationContext(self.alerts_topic, MessageField.KEY)
-            value_ctx = SerializationContext(self.alerts_topic, MessageField.VALUE)
+            key_ctx, value_ctx = self._alert_contexts
             records.append(
                 OutRecord(
                     self.alerts_topic,
