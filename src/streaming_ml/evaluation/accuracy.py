@@ -5,7 +5,12 @@ how the outcomes are split over partitions; the sliding windows (last N outcomes
 minutes) do, and are what a person watching wants. The "model degraded" detector is
 River's Page-Hinkley test, both directions, on each outcome's log error
 ``log(predicted / actual)`` (capped at ±1 so one absurd listing cannot trip it), one
-detector per partition and pair.
+detector per partition and pair, with no forgetting (``alpha`` 1, not River's default
+1 - 0.0001): with forgetting, the cumulative sums settle at -delta / (1 - alpha) = -150
+with a spread (sigma / sqrt(2 (1 - alpha)), about 11 for our errors' 0.15) wider than the
+threshold, so every normal stream alarmed sooner or later. With the test model's errors,
+28 of 40 runs of 20,000 normal outcomes raised a false alarm (the first after 9,352);
+without forgetting none did, and 1 of 20 runs of 100,000 (after 91,723).
 
 Everything is kept per partition and is plain data: ``partition_record`` is the
 partition's running state as JSON, which the evaluator stores in its changelog with the
@@ -38,6 +43,7 @@ from streaming_ml.schema.outcome import Outcome
 LOG_ERROR_CAP = 1.0
 DETECTOR_MIN_OUTCOMES = 100
 DETECTOR_DELTA = 0.015
+DETECTOR_ALPHA = 1.0
 # The last-T window is summed per bucket: the window's edge moves a bucket at a time.
 TIMED_BUCKETS = 120
 
@@ -95,7 +101,7 @@ class PageHinkley:
     min_instances: int
     delta: float
     threshold: float
-    alpha: float = 1 - 0.0001
+    alpha: float = DETECTOR_ALPHA
     n: int = 0
     mean: float = 0.0
     sum_increase: float = 0.0
