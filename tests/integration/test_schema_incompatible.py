@@ -111,6 +111,10 @@ def test_an_incompatible_column_type_fails_the_source_and_recovery_loses_nothing
             f"{settings.source_connector} task 0 failed: the registry refused the new schema "
             f"of {settings.listings_topic}"
         ) in " ".join(status.stderr.split()), status.stderr
+        # The same line, in `stack status --json`, under the component it concerns.
+        stack_report = cli(settings, "stack", "status", "--json")
+        (line,) = json.loads(stack_report.stdout)["connect"]["failures"]
+        assert line.startswith(f"{settings.source_connector} task 0 failed: the registry"), line
 
         execute(
             dsn, f"ALTER TABLE public.{source} ALTER COLUMN tax TYPE integer USING tax::integer"

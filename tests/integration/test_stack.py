@@ -29,6 +29,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from streaming_ml import stack
 from streaming_ml.config import Settings
 from streaming_ml.connect import client
+from streaming_ml.connect.commands import apply as apply_connectors
 from streaming_ml.errors import StackError
 from streaming_ml.kafka.topics import ensure_topics
 from streaming_ml.schema import avro
@@ -366,6 +367,7 @@ def test_connectors_command_applies_topics_and_connectors_and_reports_them(
 
 
 def test_status_json_describes_every_component(own_stack: Settings) -> None:
+    apply_connectors(own_stack)  # the slot exists once the source connector has run
     result = _cli(own_stack, "stack", "status", "--json")
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
@@ -382,6 +384,7 @@ def test_status_json_describes_every_component(own_stack: Settings) -> None:
         assert str(info["port"]) in info["url"]
     assert body["registry"]["url"] == own_stack.registry_url
     assert body["connect"]["url"] == own_stack.connect_url
+    assert body["connect"]["failures"] == []  # every connector part is RUNNING
     # The CDC slot's health, with its distance from the WAL cap that would invalidate it.
     slot = body["postgres"]["replication"]
     assert slot["slot"] == postgres.SLOT and slot["wal_status"] == "reserved", slot

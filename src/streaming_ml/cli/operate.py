@@ -61,12 +61,16 @@ def stack_status(as_json: bool = json_option("each component's state")) -> None:
     Exit codes: 0 every component runs; 1 one is down.
     """
     settings = command_settings()
-    from streaming_ml.stack import print_status
+    from streaming_ml.stack import print_status, status
 
-    healthy = print_status(settings, as_json=as_json)
+    current = status(settings)
+    # Components can all run while the pipeline is stuck on a FAILED connector task.
+    failures = _connector_failures(settings)
+    if as_json:
+        current["connect"]["failures"] = failures
+    healthy = print_status(current, as_json=as_json)
     if not as_json:
-        # Components can all run while the pipeline is stuck on a FAILED connector task.
-        for line in _connector_failures(settings):
+        for line in failures:
             typer.secho(f"          {line}", fg="red", err=True)
     if not healthy:
         raise typer.Exit(1)

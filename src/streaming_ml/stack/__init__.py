@@ -463,9 +463,8 @@ def stack_running(settings: Settings) -> bool:
     return all(detached.running_pid(settings.state_dir, c.name) for c in COMPONENTS)
 
 
-def print_status(settings: Settings, as_json: bool = False) -> bool:
-    """Print each component's state; True when every one runs."""
-    current = status(settings)
+def print_status(current: dict[str, dict[str, Any]], as_json: bool = False) -> bool:
+    """Print each component's state (a ``status()``); True when every one runs."""
     healthy = all(info["state"] == "running" for info in current.values())
     if as_json:
         print(json.dumps(current))
