@@ -502,7 +502,7 @@ def _uids(pid: int) -> set[int] | None:
     """Real, effective, saved and filesystem uids of a process; None once it has exited."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or during, the read
         return None
     for line in status.splitlines():
         if line.startswith("Uid:"):

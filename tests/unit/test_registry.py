@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from streaming_ml.models.features import INPUT_NAMES
+from streaming_ml.models.lifecycle import table_problem
 from streaming_ml.models.registry_state import ModelEvent, ModelSummary, fold, gate, schema_problem
+from streaming_ml.schema.listing import LISTING_COLUMNS
 from streaming_ml.service.api import EXAMPLE_RECORDS
 from streaming_ml.service.lineup import (
     BUCKETS,
@@ -94,9 +96,6 @@ def test_schema_problem_names_the_mismatched_inputs() -> None:
 
 
 def test_table_problem_names_the_features_a_model_takes_that_the_table_lost() -> None:
-    from streaming_ml.models.lifecycle import table_problem
-    from streaming_ml.schema.listing import LISTING_COLUMNS
-
     columns = {column.name: column.sql_type for column in LISTING_COLUMNS}
     assert table_problem("listings", columns, summary("m:1", 1.0)) is None
     renamed = {("miles" if name == "mileage" else name): kind for name, kind in columns.items()}
