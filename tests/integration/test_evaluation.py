@@ -455,8 +455,9 @@ def test_price_shift_raises_model_degraded_while_the_features_stay_quiet(
         before = load_listings(dsn, 3_000, seed=1006, table=settings.listings_table).ids
         wait_until(lambda: evaluated(len(before)), 120, "the normal listings evaluated")
         window_before = evaluator.snapshot()["pairs"][champion]["last_n"]
-        # 3,000 shifted outcomes per partition: the detector caught the shift in 165 of
-        # 200 simulated partitions, so all three missing it is rare (about 1 in 200).
+        # 3,000 shifted outcomes per partition: the detector caught the shift in 176 of
+        # 200 simulated partitions (scripts/degraded_detector.py), so all three missing
+        # it is rare (about 1 in 600).
         after = load_listings(
             dsn, 9_000, seed=1007, table=settings.listings_table,
             scenario="price-shift", lead_in=0,
