@@ -86,6 +86,23 @@ def test_a_long_normal_stream_raises_no_model_degraded_alarm() -> None:
             assert not detector.drift_detected, (seed, i)
 
 
+def test_a_detector_saved_with_another_forgetting_factor_starts_again() -> None:
+    # An evaluator upgraded from River's default factor restores state it cannot continue:
+    # one such restored state, which had not fired, fired 159 outcomes later.
+    old = PageHinkley(100, 0.015, 10.0, alpha=1 - 0.0001)
+    for x in np.random.default_rng(6).normal(0, 0.15, 5_000):
+        old.update(float(x))
+    saved = old.to_json()
+    restored = PageHinkley(100, 0.015, 10.0)
+    restored.restore({key: value for key, value in saved.items() if key != "alpha"})
+    assert restored == PageHinkley(100, 0.015, 10.0)
+    restored.restore(saved)
+    assert restored == PageHinkley(100, 0.015, 10.0)
+    same = PageHinkley(100, 0.015, 10.0, alpha=old.alpha)
+    same.restore(saved)
+    assert same == old
+
+
 def test_a_restored_scoreboard_equals_and_continues_as_the_one_that_kept_running() -> None:
     first, later = generated(3_000, seed=1), generated(3_000, seed=2, start_ms=3_000_000)
     running = board()

@@ -141,9 +141,16 @@ class PageHinkley:
             "n": self.n, "mean": self.mean, "sum_increase": self.sum_increase,
             "sum_decrease": self.sum_decrease, "min_increase": low,
             "max_decrease": self.max_decrease, "drift_detected": self.drift_detected,
+            "alpha": self.alpha,
         }  # fmt: skip
 
     def restore(self, raw: Mapping[str, Any]) -> None:
+        """Continue from a ``to_json``; start from nothing when it was saved with another
+        ``alpha`` (or before ``alpha`` was saved: River's default then). Its sums are not
+        ours to continue: one that had not fired could be one outcome from firing."""
+        if raw.get("alpha") != self.alpha:
+            self._reset()
+            return
         self.n = int(raw["n"])
         self.mean = float(raw["mean"])
         self.sum_increase = float(raw["sum_increase"])
