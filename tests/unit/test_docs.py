@@ -189,3 +189,20 @@ def test_the_connectors_are_counted_as_many_as_there_are() -> None:
         if NUMBER_WORDS[match.group(1).lower()] != count
     ]
     assert not wrong, f"the pipeline has {count} connectors: {wrong}"
+
+
+def test_the_roles_table_names_the_tables_each_role_is_granted() -> None:
+    """docs/stack.md's Roles table against the GRANTs of postgres/02-schema.sql."""
+    granted: dict[str, set[str]] = {}
+    schema = (REPO_ROOT / "postgres" / "02-schema.sql").read_text()
+    for table, role in re.findall(r"^GRANT [A-Z, ]+ ON public\.(\w+) TO (\w+);$", schema, re.M):
+        granted.setdefault(role, set()).add(table)
+    documented = {
+        role: set(re.findall(r"`(car_\w+)`", rights))
+        for role, rights in re.findall(
+            r"^\| `(\w+)` \| ([^|]+) \|", (REPO_ROOT / "docs" / "stack.md").read_text(), re.M
+        )
+    }
+    assert granted, "no GRANT read"
+    for role, tables in granted.items():
+        assert documented.get(role) == tables, role
