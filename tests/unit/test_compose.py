@@ -453,6 +453,26 @@ def test_app_containers_only_set_real_settings() -> None:
                 assert key[4:].lower() in fields, f"{service_name}: {key} is not a Settings field"
 
 
+# Ports only the stack's servers listen on: no application process reads them.
+SERVER_ONLY_PORTS = {"kafka_controller_port", "adminer_port"}
+
+
+def test_app_containers_get_every_port_and_the_partition_count_the_cli_uses() -> None:
+    """A port or partition count moved for the host CLI (the same variables) must move in
+    the containers too, or they listen and connect where the CLI does not."""
+    shared = [
+        field
+        for field in Settings.model_fields
+        if field.endswith("_port") and field not in SERVER_ONLY_PORTS
+    ] + ["partitions"]
+    for service_name, service in services(MAIN).items():
+        if service["image"] not in {"streaming-ml-app:0.1.0", SERVICE_IMAGE}:
+            continue
+        env = environment(service)
+        missing = [f"SML_{field.upper()}" for field in shared if f"SML_{field.upper()}" not in env]
+        assert missing == [], service_name
+
+
 def test_pod_shares_one_network_and_publishes_every_server_port() -> None:
     main = services(MAIN)
     settings = pod_settings()

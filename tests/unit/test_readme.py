@@ -38,10 +38,11 @@ def test_quick_start_has_demo_and_test() -> None:
     assert "make test" in quick_start
 
 
-def test_documented_pages_exist() -> None:
-    for page in ("docs/model.md", "docs/models.md", "docs/performance.md", "docs/compose.md"):
-        assert page in README
-        assert (REPO_ROOT / page).is_file(), page
+def test_every_docs_page_is_linked_from_the_readme_and_every_link_exists() -> None:
+    pages = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "docs").glob("*.md")}
+    linked = set(re.findall(r"docs/[\w-]+\.md", README))
+    assert pages - linked == set(), "pages nothing in the README links to"
+    assert linked - pages == set(), "links to pages that do not exist"
 
 
 def test_the_layout_names_every_module_of_every_wing() -> None:
@@ -63,3 +64,20 @@ def test_the_layout_names_every_module_of_every_wing() -> None:
     top = [p.name for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")]
     unnamed += [name for name in top if name not in layout]
     assert not unnamed, f"modules the README's layout does not name: {unnamed}"
+
+
+def test_the_explain_example_adds_up_to_the_price_it_explains() -> None:
+    """The README shows `streaming-ml explain`'s chart: its amounts are whole pounds that
+    add up to the price, as the command's are (tests/unit/test_dashboard.py holds that)."""
+    pounds = r"([+-]?)£([\d,]+)"
+
+    def amount(sign: str, digits: str) -> int:
+        return (-1 if sign == "-" else 1) * int(digits.replace(",", ""))
+
+    charts = re.findall(r"^Why £([\d,]+):.*?\n(.*?)^= price +£([\d,]+)$", README, re.M | re.S)
+    assert charts, "no explain chart in the README"
+    for headline, body, total in charts:
+        base, *features = re.findall(r"^\S.*? " + pounds, body, re.M)
+        assert body.startswith("base price")
+        assert amount(*base) + sum(amount(*f) for f in features) == amount("", total)
+        assert total == headline
