@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from streaming_ml.cli import app
 from streaming_ml.config import Settings, settings_env
-from streaming_ml.datasets.load import read_listings
+from streaming_ml.datasets.load import load_listings, read_listings
 from streaming_ml.datasets.synthetic import generate_listing_records
 from streaming_ml.schema.listing import LISTING_COLUMNS
 from streaming_ml.stack import postgres_dsn
@@ -49,3 +49,14 @@ def test_load_csv_inserts_exactly_the_rows_that_can_be_listings(
         assert saved["year"] == row["year"]
         assert saved["price"] == row["price"]
         assert saved["mileage"] == row["mileage"]
+
+
+def test_load_reports_its_progress_after_every_committed_batch(stack_settings: Settings) -> None:
+    """What `streaming-ml load` draws its progress bar from: rows committed so far, of all."""
+    seen: list[tuple[int, int]] = []
+    summary = load_listings(
+        postgres_dsn(stack_settings), 1_200, seed=78, batch=500,
+        table=stack_settings.listings_table, progress=lambda *step: seen.append(step),
+    )  # fmt: skip
+    assert seen == [(500, 1_200), (1_000, 1_200), (1_200, 1_200)]
+    assert len(summary.ids) == 1_200

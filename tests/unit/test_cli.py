@@ -8,7 +8,9 @@ import sys
 import typing
 from pathlib import Path
 
+import click
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from streaming_ml import stack
@@ -194,3 +196,22 @@ def test_bench_check_targets_exits_three_when_a_target_is_missed(
     assert "targets missed: sustained_rows_per_s" in checked.output
     targets["sustained_rows_per_s"]["met"] = True
     assert runner.invoke(app, ["bench", "--quick", "--check-targets"]).exit_code == 0
+
+
+def test_every_short_option_has_a_long_form() -> None:
+    def commands(group: click.Command, path: str) -> typing.Iterator[tuple[str, click.Command]]:
+        yield path, group
+        if isinstance(group, click.Group):
+            for name, command in group.commands.items():
+                yield from commands(command, f"{path} {name}")
+
+    short_only = [
+        f"{path}: {'/'.join(param.opts)}"
+        for path, command in commands(typer.main.get_command(app), "streaming-ml")
+        for param in command.params
+        if isinstance(param, click.Option)
+        and not any(opt.startswith("--") for opt in [*param.opts, *param.secondary_opts])
+    ]
+    assert short_only == []
+    logs = runner.invoke(app, ["stack", "logs", "--help"]).output
+    assert "--lines" in logs and "-n" in logs
