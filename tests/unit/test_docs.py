@@ -180,11 +180,13 @@ NUMBER_WORDS = {"both": 2, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
 
 
 def test_the_connectors_are_counted_as_many_as_there_are() -> None:
-    """Prose that counts the connectors ("both connectors") goes stale when one is added."""
+    """Prose that counts the connectors ("both connectors") goes stale when one is added:
+    in the docs, the compose files and the code's help texts and comments."""
     count = len(Settings().connector_names)
+    sources = [*REPO_ROOT.glob("docker-compose*.yml"), *(REPO_ROOT / "src").rglob("*.py")]
     wrong = [
         f"{page.relative_to(REPO_ROOT)}: {match.group(0)!r}"
-        for page, text in pages()
+        for page, text in [*pages(), *((path, path.read_text()) for path in sources)]
         for match in re.finditer(r"\b(both|two|three|four|five|six|seven) connectors\b", text, re.I)
         if NUMBER_WORDS[match.group(1).lower()] != count
     ]

@@ -57,6 +57,10 @@ def test_the_lock_satisfies_every_dependency_of_pyproject() -> None:
 def test_bentofile_pins_the_locked_versions() -> None:
     bentofile = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
     pins = locked()
+    names = set()
     for line in bentofile["python"]["packages"]:
         requirement = Requirement(line)
         assert str(requirement.specifier) == f"=={pins[canonicalize_name(requirement.name)]}", line
+        names.add(canonicalize_name(requirement.name))
+    # The service loads online models as well as boosters.
+    assert {"xgboost", "river"} <= names
